@@ -1,0 +1,718 @@
+//! Pipeline programs: the format, the rules a program must follow to build on the
+//! farm, and the content-addressed layout a worker writes into its build root.
+//!
+//! A program is a directory of files. Every `Cargo.toml` in it that has a `[package]`
+//! is a crate rooted at that file's directory; exactly one crate has a binary target
+//! (`src/main.rs` or `[[bin]]`), the others are libraries ("operators"). Crates depend
+//! on each other by `path` and on registry crates only from the farm's dependency set
+//! ([`DepSet`]). A root `Cargo.toml` with only a `[workspace]` is allowed, so that the
+//! same directory builds with a plain `cargo build`.
+//!
+//! The leader calls [`Program::parse`] on every submission (so a program that cannot
+//! build is refused with the rule named); a worker calls it again and then
+//! [`Program::layout`].
+
+use std::collections::HashMap;
+
+use sha2::{Digest, Sha256};
+
+use crate::depset::DepSet;
+
+/// Largest program accepted, all files together.
+pub const MAX_PROGRAM_BYTES: u64 = 8 * 1024 * 1024;
+/// Most files a program may hold.
+pub const MAX_PROGRAM_FILES: usize = 2_000;
+/// Longest pipeline name.
+pub const MAX_NAME_LEN: usize = 63;
+
+/// One file of a program, as submitted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProgramFile {
+    /// Relative to the program's directory, '/'-separated.
+    pub path: String,
+    pub content: Vec<u8>,
+    pub executable: bool,
+}
+
+/// A rule a program broke. Every message names the rule and says how to fix it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProgramError {
+    #[error(
+        "invalid pipeline name {0:?}: a name is 1 to {MAX_NAME_LEN} characters of lowercase letters, digits, '-' or '_', starting with a letter"
+    )]
+    InvalidName(String),
+    #[error(
+        "file path {0:?} escapes the program directory: paths must be relative, '/'-separated, without '.' or '..' components"
+    )]
+    PathEscapes(String),
+    #[error("file path {0:?} appears twice in the program")]
+    DuplicatePath(String),
+    #[error(
+        "the program is {size} bytes, over the limit of {MAX_PROGRAM_BYTES} bytes: leave out build outputs (target/) and large data files"
+    )]
+    TooLarge { size: u64 },
+    #[error(
+        "the program has {count} files, over the limit of {MAX_PROGRAM_FILES}: leave out build outputs (target/)"
+    )]
+    TooManyFiles { count: usize },
+    #[error("no Cargo.toml in the program: a program is a directory holding one binary crate")]
+    NoManifest,
+    #[error("{path} is not a valid Cargo manifest: {reason}")]
+    BadManifest { path: String, reason: String },
+    #[error(
+        "no binary crate: a program needs exactly one crate with src/main.rs (found only libraries: {libraries})"
+    )]
+    NoBinary { libraries: String },
+    #[error(
+        "two binary crates, {first} and {second}: a program has exactly one binary crate; make the others libraries (src/lib.rs)"
+    )]
+    TwoBinaries { first: String, second: String },
+    #[error("crate {package} ({dir}) has neither src/main.rs nor src/lib.rs")]
+    NoTarget { package: String, dir: String },
+    #[error("two crates are named {0}: package names must be unique within a program")]
+    DuplicatePackage(String),
+    #[error(
+        "crate {package} depends on {dependency}, which is outside the farm's dependency set: use a path crate of the program or one of: {allowed}"
+    )]
+    OutsideDependencySet { package: String, dependency: String, allowed: String },
+    #[error(
+        "crate {package} asks for {dependency} {requirement}, but the farm's dependency set has {dependency} {available}: change the requirement to match"
+    )]
+    VersionMismatch { package: String, dependency: String, requirement: String, available: String },
+    #[error(
+        "crate {package} enables feature {feature:?} of {dependency}, which the farm's dependency set does not build: use only {allowed}"
+    )]
+    FeatureOutsideSet { package: String, dependency: String, feature: String, allowed: String },
+    #[error(
+        "crate {package} takes {dependency} from {source_kind}: builds run offline, so use a path crate of the program or the farm's dependency set"
+    )]
+    UnsupportedSource { package: String, dependency: String, source_kind: &'static str },
+    #[error(
+        "crate {package} depends on {dependency} at path {path:?}, which is not a crate of the program: path dependencies must point to a crate directory inside the program"
+    )]
+    PathNotACrate { package: String, dependency: String, path: String },
+    #[error("crate {package} has an invalid entry for {dependency}: {reason}")]
+    BadDependency { package: String, dependency: String, reason: String },
+    #[error("path dependencies form a cycle through crate {0}")]
+    DependencyCycle(String),
+}
+
+/// Checks a pipeline name: `[a-z][a-z0-9_-]{0,62}`.
+pub fn validate_name(name: &str) -> Result<(), ProgramError> {
+    let mut chars = name.chars();
+    let first_ok = chars.next().is_some_and(|c| c.is_ascii_lowercase());
+    let rest_ok = chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+    if first_ok && rest_ok && name.len() <= MAX_NAME_LEN {
+        Ok(())
+    } else {
+        Err(ProgramError::InvalidName(name.to_owned()))
+    }
+}
+
+/// Checks one file path: relative, '/'-separated, no empty, '.' or '..' components.
+pub fn validate_path(path: &str) -> Result<(), ProgramError> {
+    let bad = path.is_empty()
+        || path.starts_with('/')
+        || path.contains('\\')
+        || path.contains('\0')
+        || path.split('/').any(|c| c.is_empty() || c == "." || c == "..");
+    if bad { Err(ProgramError::PathEscapes(path.to_owned())) } else { Ok(()) }
+}
+
+/// The program's source checksum: SHA-256 over its files in path order, each as
+/// path, NUL, executable flag, length and content. Independent of submission order.
+pub fn source_sha256(files: &[ProgramFile]) -> String {
+    let mut sorted: Vec<&ProgramFile> = files.iter().collect();
+    sorted.sort_by(|a, b| a.path.cmp(&b.path));
+    let mut hasher = Sha256::new();
+    for file in sorted {
+        hasher.update(file.path.as_bytes());
+        hasher.update([0, u8::from(file.executable)]);
+        hasher.update((file.content.len() as u64).to_le_bytes());
+        hasher.update(&file.content);
+    }
+    hex::encode(hasher.finalize())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CrateKind {
+    Binary,
+    Library,
+}
+
+/// A path dependency: where it sits in the manifest, and which crate it names.
+#[derive(Debug, Clone)]
+struct PathDependency {
+    /// Keys from the manifest's root to the dependency's entry, e.g.
+    /// `["target", "cfg(unix)", "dependencies", "ops"]`.
+    keys: Vec<String>,
+    target: usize,
+}
+
+/// One crate of a program.
+#[derive(Debug, Clone)]
+pub struct Crate {
+    /// The crate's directory relative to the program root ("" for the root).
+    pub dir: String,
+    pub package: String,
+    pub kind: CrateKind,
+    manifest: toml_edit::DocumentMut,
+    /// Indexes into the program's files of the files that belong to this crate
+    /// (those under `dir` and not under a nested crate).
+    files: Vec<usize>,
+    path_dependencies: Vec<PathDependency>,
+}
+
+/// A program that follows every rule.
+#[derive(Debug, Clone)]
+pub struct Program {
+    files: Vec<ProgramFile>,
+    crates: Vec<Crate>,
+    binary: usize,
+}
+
+/// One crate as a worker writes it: under `dir_name` in the build root, with path
+/// dependencies rewritten to their siblings' content-addressed directories.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LaidOutCrate {
+    /// `<package>-<first 16 hex digits of the content hash>`.
+    pub dir_name: String,
+    pub package: String,
+    pub kind: CrateKind,
+    /// Paths relative to the crate directory.
+    pub files: Vec<ProgramFile>,
+}
+
+/// Where a program's crates go: dependencies before dependents, the binary last.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layout {
+    pub crates: Vec<LaidOutCrate>,
+}
+
+impl Layout {
+    pub fn binary(&self) -> &LaidOutCrate {
+        // `Program::layout` pushes the binary crate last and a program always has one.
+        self.crates.last().expect("a layout holds the binary crate")
+    }
+}
+
+impl Program {
+    /// Applies every rule of the format to `files`.
+    pub fn parse(files: Vec<ProgramFile>, depset: &DepSet) -> Result<Program, ProgramError> {
+        if files.len() > MAX_PROGRAM_FILES {
+            return Err(ProgramError::TooManyFiles { count: files.len() });
+        }
+        let size: u64 = files.iter().map(|f| f.content.len() as u64).sum();
+        if size > MAX_PROGRAM_BYTES {
+            return Err(ProgramError::TooLarge { size });
+        }
+        let mut seen = std::collections::HashSet::new();
+        for file in &files {
+            validate_path(&file.path)?;
+            if !seen.insert(file.path.as_str()) {
+                return Err(ProgramError::DuplicatePath(file.path.clone()));
+            }
+        }
+
+        let mut crates = Vec::new();
+        let mut any_manifest = false;
+        for file in &files {
+            let Some(dir) = manifest_dir(&file.path) else { continue };
+            any_manifest = true;
+            let text = std::str::from_utf8(&file.content).map_err(|_| ProgramError::BadManifest {
+                path: file.path.clone(),
+                reason: "it is not UTF-8".into(),
+            })?;
+            let manifest: toml_edit::DocumentMut = text.parse().map_err(|e: toml_edit::TomlError| {
+                ProgramError::BadManifest { path: file.path.clone(), reason: e.message().to_owned() }
+            })?;
+            let Some(package) = manifest.get("package") else {
+                if manifest.get("workspace").is_some() {
+                    continue; // a virtual workspace manifest, for plain `cargo build`
+                }
+                return Err(ProgramError::BadManifest {
+                    path: file.path.clone(),
+                    reason: "it has no [package] table".into(),
+                });
+            };
+            let package = package.get("name").and_then(|n| n.as_str()).ok_or_else(|| {
+                ProgramError::BadManifest { path: file.path.clone(), reason: "[package] has no name".into() }
+            })?;
+            let has = |rel: &str| seen.contains(join(&dir, rel).as_str());
+            let kind = if has("src/main.rs") || manifest.get("bin").is_some() {
+                CrateKind::Binary
+            } else if has("src/lib.rs") || manifest.get("lib").is_some() {
+                CrateKind::Library
+            } else {
+                return Err(ProgramError::NoTarget { package: package.to_owned(), dir: display_dir(&dir) });
+            };
+            crates.push(Crate {
+                dir,
+                package: package.to_owned(),
+                kind,
+                manifest,
+                files: Vec::new(),
+                path_dependencies: Vec::new(),
+            });
+        }
+        if !any_manifest {
+            return Err(ProgramError::NoManifest);
+        }
+
+        let mut by_package = HashMap::new();
+        for (index, krate) in crates.iter().enumerate() {
+            if by_package.insert(krate.package.clone(), index).is_some() {
+                return Err(ProgramError::DuplicatePackage(krate.package.clone()));
+            }
+        }
+        let binaries: Vec<usize> =
+            (0..crates.len()).filter(|&i| crates[i].kind == CrateKind::Binary).collect();
+        let binary = match binaries.as_slice() {
+            [one] => *one,
+            [] => {
+                let libraries = crates.iter().map(|c| c.package.as_str()).collect::<Vec<_>>().join(", ");
+                return Err(ProgramError::NoBinary {
+                    libraries: if libraries.is_empty() { "none".into() } else { libraries },
+                });
+            }
+            [first, second, ..] => {
+                return Err(ProgramError::TwoBinaries {
+                    first: describe(&crates[*first]),
+                    second: describe(&crates[*second]),
+                });
+            }
+        };
+
+        // Each file belongs to the crate with the deepest directory containing it.
+        for (file_index, file) in files.iter().enumerate() {
+            let owner = crates
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| c.dir.is_empty() || file.path.starts_with(&format!("{}/", c.dir)))
+                .max_by_key(|(_, c)| c.dir.len())
+                .map(|(i, _)| i);
+            if let Some(owner) = owner {
+                crates[owner].files.push(file_index);
+            }
+        }
+
+        let by_dir: HashMap<String, usize> =
+            crates.iter().enumerate().map(|(i, c)| (c.dir.clone(), i)).collect();
+        for index in 0..crates.len() {
+            let deps = check_dependencies(&crates[index], &by_dir, depset)?;
+            crates[index].path_dependencies = deps;
+        }
+        let program = Program { files, crates, binary };
+        program.topological_order()?;
+        Ok(program)
+    }
+
+    pub fn binary(&self) -> &Crate {
+        &self.crates[self.binary]
+    }
+
+    pub fn crates(&self) -> &[Crate] {
+        &self.crates
+    }
+
+    /// Crates reachable from the binary by path dependencies, dependencies first.
+    fn topological_order(&self) -> Result<Vec<usize>, ProgramError> {
+        #[derive(Clone, Copy, PartialEq)]
+        enum Mark {
+            New,
+            Visiting,
+            Done,
+        }
+        fn visit(program: &Program, at: usize, marks: &mut [Mark], order: &mut Vec<usize>) -> Result<(), ProgramError> {
+            match marks[at] {
+                Mark::Done => return Ok(()),
+                Mark::Visiting => return Err(ProgramError::DependencyCycle(program.crates[at].package.clone())),
+                Mark::New => {}
+            }
+            marks[at] = Mark::Visiting;
+            for dep in &program.crates[at].path_dependencies {
+                visit(program, dep.target, marks, order)?;
+            }
+            marks[at] = Mark::Done;
+            order.push(at);
+            Ok(())
+        }
+        let mut marks = vec![Mark::New; self.crates.len()];
+        let mut order = Vec::new();
+        // Libraries the binary does not use still get checked for cycles.
+        for start in (0..self.crates.len()).filter(|&i| i != self.binary).chain([self.binary]) {
+            visit(self, start, &mut marks, &mut order)?;
+        }
+        let reachable = self.reachable_from_binary();
+        Ok(order.into_iter().filter(|i| reachable[*i]).collect())
+    }
+
+    fn reachable_from_binary(&self) -> Vec<bool> {
+        let mut reachable = vec![false; self.crates.len()];
+        let mut stack = vec![self.binary];
+        while let Some(at) = stack.pop() {
+            if std::mem::replace(&mut reachable[at], true) {
+                continue;
+            }
+            stack.extend(self.crates[at].path_dependencies.iter().map(|d| d.target));
+        }
+        reachable
+    }
+
+    /// Content-addresses every crate the binary uses. A crate's address covers its
+    /// files and, through its rewritten manifest, the addresses of its path
+    /// dependencies: the same operator source gets the same directory in every
+    /// pipeline and on every worker, which is what lets sccache share its compilation.
+    pub fn layout(&self) -> Layout {
+        // `parse` already rejected cycles, so the order exists.
+        let order = self.topological_order().expect("parse rejects dependency cycles");
+        let mut dir_names: HashMap<usize, String> = HashMap::new();
+        let mut crates = Vec::new();
+        for index in order {
+            let krate = &self.crates[index];
+            let mut manifest = krate.manifest.clone();
+            for dep in &krate.path_dependencies {
+                set_path(&mut manifest, &dep.keys, &format!("../{}", dir_names[&dep.target]));
+            }
+            // A member of the worker's workspace may not declare a workspace, and its
+            // profiles would be ignored with a warning: the farm decides both.
+            manifest.remove("workspace");
+            manifest.remove("profile");
+            let manifest_path = join(&krate.dir, "Cargo.toml");
+            let mut files: Vec<ProgramFile> = krate
+                .files
+                .iter()
+                .map(|&i| {
+                    let file = &self.files[i];
+                    let relative = strip_dir(&krate.dir, &file.path).to_owned();
+                    if file.path == manifest_path {
+                        ProgramFile { path: relative, content: manifest.to_string().into_bytes(), executable: false }
+                    } else {
+                        ProgramFile { path: relative, content: file.content.clone(), executable: file.executable }
+                    }
+                })
+                .collect();
+            files.sort_by(|a, b| a.path.cmp(&b.path));
+            let hash = source_sha256(&files);
+            let dir_name = format!("{}-{}", krate.package, &hash[..16]);
+            dir_names.insert(index, dir_name.clone());
+            crates.push(LaidOutCrate { dir_name, package: krate.package.clone(), kind: krate.kind, files });
+        }
+        Layout { crates }
+    }
+}
+
+fn describe(krate: &Crate) -> String {
+    format!("{} ({})", krate.package, display_dir(&krate.dir))
+}
+
+fn display_dir(dir: &str) -> String {
+    if dir.is_empty() { "the program's root".into() } else { format!("{dir}/") }
+}
+
+/// The directory of a `Cargo.toml` path, or None for any other file.
+fn manifest_dir(path: &str) -> Option<String> {
+    if path == "Cargo.toml" {
+        Some(String::new())
+    } else {
+        path.strip_suffix("/Cargo.toml").map(str::to_owned)
+    }
+}
+
+fn join(dir: &str, rel: &str) -> String {
+    if dir.is_empty() { rel.to_owned() } else { format!("{dir}/{rel}") }
+}
+
+fn strip_dir<'a>(dir: &str, path: &'a str) -> &'a str {
+    if dir.is_empty() { path } else { &path[dir.len() + 1..] }
+}
+
+/// Resolves `rel` against `dir` lexically; None when it climbs above the program root.
+fn resolve(dir: &str, rel: &str) -> Option<String> {
+    if rel.starts_with('/') || rel.contains('\\') {
+        return None;
+    }
+    let mut parts: Vec<&str> = dir.split('/').filter(|p| !p.is_empty()).collect();
+    for part in rel.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                parts.pop()?;
+            }
+            other => parts.push(other),
+        }
+    }
+    Some(parts.join("/"))
+}
+
+/// The dependency tables of a manifest, each as its keys from the root.
+fn dependency_tables(manifest: &toml_edit::DocumentMut) -> Vec<Vec<String>> {
+    const KINDS: [&str; 3] = ["dependencies", "dev-dependencies", "build-dependencies"];
+    let mut tables: Vec<Vec<String>> = KINDS.iter().map(|k| vec![(*k).to_owned()]).collect();
+    if let Some(targets) = manifest.get("target").and_then(|t| t.as_table_like()) {
+        for (target, _) in targets.iter() {
+            for kind in KINDS {
+                tables.push(vec!["target".into(), target.to_owned(), kind.to_owned()]);
+            }
+        }
+    }
+    tables
+}
+
+fn lookup<'a>(manifest: &'a toml_edit::DocumentMut, keys: &[String]) -> Option<&'a toml_edit::Item> {
+    let mut item = manifest.as_item();
+    for key in keys {
+        item = item.as_table_like()?.get(key)?;
+    }
+    Some(item)
+}
+
+fn set_path(manifest: &mut toml_edit::DocumentMut, keys: &[String], path: &str) {
+    let mut item = manifest.as_item_mut();
+    for key in keys {
+        // The keys were read from this very manifest by `check_dependencies`.
+        item = item
+            .as_table_like_mut()
+            .and_then(|t| t.get_mut(key))
+            .expect("a path dependency's keys exist in its manifest");
+    }
+    if let Some(table) = item.as_table_like_mut() {
+        table.insert("path", toml_edit::value(path));
+    }
+}
+
+fn check_dependencies(
+    krate: &Crate,
+    by_dir: &HashMap<String, usize>,
+    depset: &DepSet,
+) -> Result<Vec<PathDependency>, ProgramError> {
+    let mut path_dependencies = Vec::new();
+    for table_keys in dependency_tables(&krate.manifest) {
+        let Some(table) = lookup(&krate.manifest, &table_keys).and_then(|t| t.as_table_like()) else {
+            continue;
+        };
+        for (name, item) in table.iter() {
+            let bad = |reason: &str| ProgramError::BadDependency {
+                package: krate.package.clone(),
+                dependency: name.to_owned(),
+                reason: reason.to_owned(),
+            };
+            let unsupported = |source_kind| ProgramError::UnsupportedSource {
+                package: krate.package.clone(),
+                dependency: name.to_owned(),
+                source_kind,
+            };
+            let (requirement, features, spec): (Option<&str>, Vec<&str>, Option<&dyn toml_edit::TableLike>) =
+                match (item.as_str(), item.as_table_like()) {
+                    (Some(req), _) => (Some(req), Vec::new(), None),
+                    (None, Some(spec)) => {
+                        let features = match spec.get("features") {
+                            None => Vec::new(),
+                            Some(f) => f
+                                .as_array()
+                                .ok_or_else(|| bad("features must be an array of strings"))?
+                                .iter()
+                                .map(|v| v.as_str().ok_or_else(|| bad("features must be an array of strings")))
+                                .collect::<Result<_, _>>()?,
+                        };
+                        (spec.get("version").and_then(|v| v.as_str()), features, Some(spec))
+                    }
+                    _ => return Err(bad("expected a version string or a table")),
+                };
+            if let Some(spec) = spec {
+                if spec.get("workspace").is_some() {
+                    return Err(unsupported("the workspace (`workspace = true`); write the dependency out in the crate's own Cargo.toml"));
+                }
+                if spec.get("git").is_some() {
+                    return Err(unsupported("git"));
+                }
+                if spec.get("registry").is_some() || spec.get("registry-index").is_some() {
+                    return Err(unsupported("another registry"));
+                }
+                if let Some(path) = spec.get("path") {
+                    let path = path.as_str().ok_or_else(|| bad("path must be a string"))?;
+                    let target = resolve(&krate.dir, path)
+                        .and_then(|dir| by_dir.get(&dir).copied())
+                        .ok_or_else(|| ProgramError::PathNotACrate {
+                            package: krate.package.clone(),
+                            dependency: name.to_owned(),
+                            path: path.to_owned(),
+                        })?;
+                    let mut keys = table_keys.clone();
+                    keys.push(name.to_owned());
+                    path_dependencies.push(PathDependency { keys, target });
+                    continue;
+                }
+            }
+            let real_name = spec.and_then(|s| s.get("package")).and_then(|p| p.as_str()).unwrap_or(name);
+            let allowed = || depset.names().collect::<Vec<_>>().join(", ");
+            let Some(available) = depset.get(real_name) else {
+                return Err(ProgramError::OutsideDependencySet {
+                    package: krate.package.clone(),
+                    dependency: real_name.to_owned(),
+                    allowed: allowed(),
+                });
+            };
+            let requirement = requirement.ok_or_else(|| bad("a registry dependency needs a version"))?;
+            let parsed = semver::VersionReq::parse(requirement)
+                .map_err(|e| bad(&format!("version {requirement:?} is not a valid requirement: {e}")))?;
+            if !parsed.matches(&available.version) {
+                return Err(ProgramError::VersionMismatch {
+                    package: krate.package.clone(),
+                    dependency: real_name.to_owned(),
+                    requirement: requirement.to_owned(),
+                    available: available.version.to_string(),
+                });
+            }
+            for feature in features {
+                let builds = available.features.contains(feature) || (feature == "default" && available.default_features);
+                if !builds {
+                    let mut allowed: Vec<&str> = available.features.iter().map(String::as_str).collect();
+                    if available.default_features {
+                        allowed.push("default");
+                    }
+                    return Err(ProgramError::FeatureOutsideSet {
+                        package: krate.package.clone(),
+                        dependency: real_name.to_owned(),
+                        feature: feature.to_owned(),
+                        allowed: if allowed.is_empty() { "no features".into() } else { allowed.join(", ") },
+                    });
+                }
+            }
+        }
+    }
+    Ok(path_dependencies)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(path: &str, content: &str) -> ProgramFile {
+        ProgramFile { path: path.into(), content: content.as_bytes().to_vec(), executable: false }
+    }
+
+    fn manifest(name: &str, deps: &str) -> String {
+        format!("[package]\nname = \"{name}\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n[dependencies]\n{deps}")
+    }
+
+    fn two_crate_program(ops_source: &str) -> Vec<ProgramFile> {
+        vec![
+            file("Cargo.toml", &manifest("app", "ops = { path = \"operators/ops\" }\nserde = \"1\"\n")),
+            file("src/main.rs", "fn main() { ops::run() }"),
+            file("operators/ops/Cargo.toml", &manifest("ops", "")),
+            file("operators/ops/src/lib.rs", ops_source),
+        ]
+    }
+
+    fn parse(files: Vec<ProgramFile>) -> Result<Program, ProgramError> {
+        Program::parse(files, DepSet::embedded())
+    }
+
+    #[test]
+    fn names_follow_the_rule() {
+        for good in ["a", "word-count", "etl_2", &"x".repeat(63)] {
+            assert!(validate_name(good).is_ok(), "{good}");
+        }
+        for bad in ["", "Word", "1abc", "a b", "a/b", "ä", &"x".repeat(64)] {
+            assert_eq!(validate_name(bad), Err(ProgramError::InvalidName(bad.into())));
+        }
+    }
+
+    #[test]
+    fn paths_may_not_escape() {
+        for bad in ["../x", "a/../../x", "/etc/passwd", "a//b", "./a", "a\\b", ""] {
+            assert!(matches!(validate_path(bad), Err(ProgramError::PathEscapes(_))), "{bad}");
+        }
+        assert!(validate_path("operators/ops/src/lib.rs").is_ok());
+    }
+
+    #[test]
+    fn a_binary_with_an_operator_parses() {
+        let program = parse(two_crate_program("pub fn run() {}")).unwrap();
+        assert_eq!(program.binary().package, "app");
+        assert_eq!(program.crates().len(), 2);
+    }
+
+    #[test]
+    fn rules_are_named_in_errors() {
+        let only_lib = vec![file("Cargo.toml", &manifest("lib", "")), file("src/lib.rs", "")];
+        assert!(matches!(parse(only_lib), Err(ProgramError::NoBinary { .. })));
+
+        let mut two = two_crate_program("");
+        two.push(file("operators/ops/src/main.rs", "fn main() {}"));
+        let error = parse(two).unwrap_err();
+        assert!(error.to_string().starts_with("two binary crates"), "{error}");
+
+        let outside = vec![file("Cargo.toml", &manifest("app", "tokio = \"1\"\n")), file("src/main.rs", "")];
+        let error = parse(outside).unwrap_err().to_string();
+        assert!(error.contains("tokio, which is outside the farm's dependency set"), "{error}");
+        assert!(error.contains("serde_json"), "lists what is allowed: {error}");
+
+        let old = vec![file("Cargo.toml", &manifest("app", "serde = \"0.9\"\n")), file("src/main.rs", "")];
+        assert!(matches!(parse(old), Err(ProgramError::VersionMismatch { .. })));
+
+        let feature = vec![file("Cargo.toml", &manifest("app", "serde = { version = \"1\", features = [\"rc\"] }\n")), file("src/main.rs", "")];
+        assert!(matches!(parse(feature), Err(ProgramError::FeatureOutsideSet { .. })));
+
+        let git = vec![file("Cargo.toml", &manifest("app", "x = { git = \"https://example.com/x\" }\n")), file("src/main.rs", "")];
+        assert!(matches!(parse(git), Err(ProgramError::UnsupportedSource { source_kind: "git", .. })));
+
+        let escaping = vec![file("Cargo.toml", &manifest("app", "x = { path = \"../x\" }\n")), file("src/main.rs", "")];
+        assert!(matches!(parse(escaping), Err(ProgramError::PathNotACrate { .. })));
+
+        let too_big = vec![file("Cargo.toml", &manifest("app", "")), file("src/main.rs", &"x".repeat(MAX_PROGRAM_BYTES as usize))];
+        assert!(matches!(parse(too_big), Err(ProgramError::TooLarge { .. })));
+
+        let escaping_file = vec![file("Cargo.toml", &manifest("app", "")), file("../main.rs", "")];
+        assert!(matches!(parse(escaping_file), Err(ProgramError::PathEscapes(_))));
+
+        assert_eq!(parse(vec![file("src/main.rs", "")]).unwrap_err(), ProgramError::NoManifest);
+    }
+
+    #[test]
+    fn cycles_are_refused() {
+        let files = vec![
+            file("Cargo.toml", &manifest("app", "a = { path = \"a\" }\n")),
+            file("src/main.rs", ""),
+            file("a/Cargo.toml", &manifest("a", "b = { path = \"../b\" }\n")),
+            file("a/src/lib.rs", ""),
+            file("b/Cargo.toml", &manifest("b", "a = { path = \"../a\" }\n")),
+            file("b/src/lib.rs", ""),
+        ];
+        assert!(matches!(parse(files), Err(ProgramError::DependencyCycle(_))));
+    }
+
+    #[test]
+    fn the_same_operator_gets_the_same_address_in_any_program() {
+        let first = parse(two_crate_program("pub fn run() {}")).unwrap().layout();
+        let mut other = two_crate_program("pub fn run() {}");
+        other[1] = file("src/main.rs", "fn main() { ops::run(); ops::run() }");
+        let second = parse(other).unwrap().layout();
+        assert_eq!(first.crates[0], second.crates[0], "the operator is identical");
+        assert_ne!(first.binary().dir_name, second.binary().dir_name);
+
+        let changed = parse(two_crate_program("pub fn run() { println!() }")).unwrap().layout();
+        assert_ne!(first.crates[0].dir_name, changed.crates[0].dir_name);
+        assert_ne!(first.binary().dir_name, changed.binary().dir_name, "a dependency's change reaches its dependents");
+    }
+
+    #[test]
+    fn path_dependencies_are_rewritten_to_sibling_addresses() {
+        let layout = parse(two_crate_program("pub fn run() {}")).unwrap().layout();
+        let ops_dir = &layout.crates[0].dir_name;
+        assert!(ops_dir.starts_with("ops-"));
+        let manifest = layout.binary().files.iter().find(|f| f.path == "Cargo.toml").unwrap();
+        let text = String::from_utf8(manifest.content.clone()).unwrap();
+        assert!(text.contains(&format!("path = \"../{ops_dir}\"")), "{text}");
+        assert!(layout.binary().files.iter().all(|f| !f.path.starts_with("operators/")), "nested crates are not copied into the binary");
+    }
+
+    #[test]
+    fn source_checksum_ignores_submission_order() {
+        let files = two_crate_program("");
+        let mut reversed = files.clone();
+        reversed.reverse();
+        assert_eq!(source_sha256(&files), source_sha256(&reversed));
+    }
+}

@@ -1,0 +1,233 @@
+//! The artifact store: built binaries in the leader's data directory, each named by
+//! its SHA-256.
+//!
+//! **Invariant:** a file under `artifacts/<sha256>` always hashes to its name. A
+//! received binary is streamed to a temporary file in the same directory, hashed on
+//! the way, fsynced and only then renamed into place (and the directory fsynced); a
+//! mismatch or any error removes the temporary file. Files are hashed again before
+//! they are served.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ArtifactError {
+    #[error("{0:?} is not a SHA-256: expected 64 lowercase hex digits")]
+    InvalidSha(String),
+    #[error("artifact hash mismatch: declared {declared}, received bytes hash to {actual}; nothing was stored")]
+    Mismatch { declared: String, actual: String },
+    #[error("artifact size mismatch: declared {declared} bytes, received {received}; nothing was stored")]
+    SizeMismatch { declared: u64, received: u64 },
+    #[error("artifact of {size} bytes is over the leader's limit of {limit} bytes")]
+    TooLarge { size: u64, limit: u64 },
+    #[error("the leader's disk is full, so the artifact could not be stored: free space in its data directory")]
+    DiskFull,
+    #[error("stored artifact {sha256} is corrupt (its bytes hash to {actual}): it was removed; rebuild the pipeline")]
+    Corrupt { sha256: String, actual: String },
+    #[error("artifact store: {0}")]
+    Io(io::Error),
+}
+
+impl From<io::Error> for ArtifactError {
+    fn from(error: io::Error) -> Self {
+        let full = error.kind() == io::ErrorKind::StorageFull
+            || error.kind() == io::ErrorKind::QuotaExceeded
+            || error.raw_os_error() == Some(nix::libc::ENOSPC);
+        if full { ArtifactError::DiskFull } else { ArtifactError::Io(error) }
+    }
+}
+
+/// Checks that `sha` is 64 lowercase hex digits (so it is also a safe file name).
+pub fn validate_sha(sha: &str) -> Result<(), ArtifactError> {
+    if sha.len() == 64 && sha.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        Ok(())
+    } else {
+        Err(ArtifactError::InvalidSha(sha.to_owned()))
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ArtifactStore {
+    dir: PathBuf,
+    temp_dir: PathBuf,
+    max_bytes: u64,
+}
+
+/// An upload in progress. Dropping it without [`ArtifactWriter::finish`] leaves nothing.
+#[derive(Debug)]
+pub struct ArtifactWriter {
+    file: tokio::fs::File,
+    temp_path: tempfile::TempPath,
+    hasher: Sha256,
+    written: u64,
+    declared_sha: String,
+    declared_size: u64,
+    target: PathBuf,
+    dir: PathBuf,
+}
+
+impl ArtifactStore {
+    /// Opens the store, removing temporary files a crash left behind.
+    pub fn open(dir: &Path, max_bytes: u64) -> io::Result<ArtifactStore> {
+        let temp_dir = dir.join("incoming");
+        std::fs::create_dir_all(&temp_dir)?;
+        for entry in std::fs::read_dir(&temp_dir)? {
+            std::fs::remove_file(entry?.path())?;
+        }
+        Ok(ArtifactStore { dir: dir.to_owned(), temp_dir, max_bytes })
+    }
+
+    pub fn path(&self, sha: &str) -> Result<PathBuf, ArtifactError> {
+        validate_sha(sha)?;
+        Ok(self.dir.join(sha))
+    }
+
+    pub fn contains(&self, sha: &str) -> bool {
+        self.path(sha).is_ok_and(|p| p.is_file())
+    }
+
+    /// Starts receiving an artifact declared to hash to `sha` and to be `size` bytes.
+    pub fn begin(&self, sha: &str, size: u64) -> Result<ArtifactWriter, ArtifactError> {
+        let target = self.path(sha)?;
+        if size > self.max_bytes {
+            return Err(ArtifactError::TooLarge { size, limit: self.max_bytes });
+        }
+        // The temporary file lives in the store's own file system, so the final
+        // rename is atomic.
+        let temp = tempfile::Builder::new().prefix("upload-").tempfile_in(&self.temp_dir)?;
+        let (file, temp_path) = temp.into_parts();
+        Ok(ArtifactWriter {
+            file: tokio::fs::File::from_std(file),
+            temp_path,
+            hasher: Sha256::new(),
+            written: 0,
+            declared_sha: sha.to_owned(),
+            declared_size: size,
+            target,
+            dir: self.dir.clone(),
+        })
+    }
+
+    /// Opens a stored artifact after hashing it again. A corrupt file is removed.
+    pub async fn open_verified(&self, sha: &str) -> Result<Option<(tokio::fs::File, u64)>, ArtifactError> {
+        let path = self.path(sha)?;
+        let mut file = match tokio::fs::File::open(&path).await {
+            Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let mut hasher = Sha256::new();
+        let mut buffer = vec![0u8; kiln_proto::UPLOAD_CHUNK_BYTES];
+        let mut size = 0u64;
+        loop {
+            let n = file.read(&mut buffer).await?;
+            if n == 0 {
+                break;
+            }
+            size += n as u64;
+            hasher.update(&buffer[..n]);
+        }
+        let actual = hex::encode(hasher.finalize());
+        if actual != sha {
+            tracing::error!(sha256 = sha, actual, "stored artifact is corrupt; removing it");
+            tokio::fs::remove_file(&path).await?;
+            return Err(ArtifactError::Corrupt { sha256: sha.to_owned(), actual });
+        }
+        Ok(Some((tokio::fs::File::open(&path).await?, size)))
+    }
+}
+
+impl ArtifactWriter {
+    pub async fn write(&mut self, chunk: &[u8]) -> Result<(), ArtifactError> {
+        self.written += chunk.len() as u64;
+        if self.written > self.declared_size {
+            return Err(ArtifactError::SizeMismatch { declared: self.declared_size, received: self.written });
+        }
+        self.hasher.update(chunk);
+        self.file.write_all(chunk).await?;
+        Ok(())
+    }
+
+    /// Verifies size and hash, then makes the artifact durable under its name.
+    pub async fn finish(mut self) -> Result<u64, ArtifactError> {
+        if self.written != self.declared_size {
+            return Err(ArtifactError::SizeMismatch { declared: self.declared_size, received: self.written });
+        }
+        let actual = hex::encode(self.hasher.finalize());
+        if actual != self.declared_sha {
+            return Err(ArtifactError::Mismatch { declared: self.declared_sha, actual });
+        }
+        self.file.flush().await?;
+        self.file.sync_all().await?;
+        drop(self.file);
+        let target = self.target;
+        let temp_path = self.temp_path;
+        let dir = self.dir;
+        tokio::task::spawn_blocking(move || -> io::Result<()> {
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&temp_path, std::fs::Permissions::from_mode(0o755))?;
+            }
+            temp_path.persist(&target).map_err(|e| e.error)?;
+            std::fs::File::open(&dir)?.sync_all()
+        })
+        .await
+        .map_err(|e| io::Error::other(e.to_string()))??;
+        Ok(self.written)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sha(bytes: &[u8]) -> String {
+        hex::encode(Sha256::digest(bytes))
+    }
+
+    #[tokio::test]
+    async fn a_verified_upload_is_stored_under_its_hash() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ArtifactStore::open(dir.path(), 1 << 20).unwrap();
+        let data = b"binary bytes".repeat(1000);
+        let mut writer = store.begin(&sha(&data), data.len() as u64).unwrap();
+        for chunk in data.chunks(777) {
+            writer.write(chunk).await.unwrap();
+        }
+        assert_eq!(writer.finish().await.unwrap(), data.len() as u64);
+        assert!(store.contains(&sha(&data)));
+        let (_, size) = store.open_verified(&sha(&data)).await.unwrap().unwrap();
+        assert_eq!(size, data.len() as u64);
+    }
+
+    #[tokio::test]
+    async fn a_mismatch_leaves_nothing_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ArtifactStore::open(dir.path(), 1 << 20).unwrap();
+        let claimed = sha(b"what was built");
+        let mut writer = store.begin(&claimed, 8).unwrap();
+        writer.write(b"tampered").await.unwrap();
+        assert!(matches!(writer.finish().await, Err(ArtifactError::Mismatch { .. })));
+        assert!(!store.contains(&claimed));
+        assert_eq!(std::fs::read_dir(dir.path().join("incoming")).unwrap().count(), 0);
+    }
+
+    #[tokio::test]
+    async fn bad_names_sizes_and_corruption_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ArtifactStore::open(dir.path(), 10).unwrap();
+        assert!(matches!(store.begin("../../etc/passwd", 1), Err(ArtifactError::InvalidSha(_))));
+        assert!(matches!(store.begin(&sha(b"x"), 11), Err(ArtifactError::TooLarge { .. })));
+        let mut writer = store.begin(&sha(b"x"), 1).unwrap();
+        assert!(matches!(writer.write(b"xy").await, Err(ArtifactError::SizeMismatch { .. })));
+
+        let name = sha(b"good");
+        std::fs::write(dir.path().join(&name), b"evil").unwrap();
+        assert!(matches!(store.open_verified(&name).await, Err(ArtifactError::Corrupt { .. })));
+        assert!(!store.contains(&name), "a corrupt artifact is removed, not served");
+    }
+}

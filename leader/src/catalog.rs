@@ -1,0 +1,429 @@
+//! The catalog: pipelines, their sources, their build logs and the members' last
+//! known incarnations, in one embedded database (redb) in the leader's data
+//! directory. Every operation is one serializable write transaction, so claims are
+//! atomic: a pipeline version is handed to at most one worker at a time, and nothing
+//! is lost across a restart of the leader.
+//!
+//! **Invariant:** a pipeline is `compiling` or `uploading` only while the incarnation
+//! of its worker that claimed it may still be running. When a member comes back with
+//! a new incarnation, its in-flight pipelines go back to `pending`.
+
+use std::path::Path;
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+
+use crate::rules::{ClaimKey, PipelineRecord, Report, ReportRefused, Status, assigned_ordinal};
+
+const PIPELINES: TableDefinition<u64, &[u8]> = TableDefinition::new("pipelines");
+const NAMES: TableDefinition<&str, u64> = TableDefinition::new("names");
+const SOURCES: TableDefinition<&str, &[u8]> = TableDefinition::new("sources");
+const LOGS: TableDefinition<u64, &str> = TableDefinition::new("logs");
+const MEMBERS: TableDefinition<u32, u64> = TableDefinition::new("member_incarnations");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const NEXT_ID: &str = "next_pipeline_id";
+
+/// Longest build log kept; longer logs keep their beginning and end.
+pub const MAX_LOG_BYTES: usize = 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    #[error("catalog database: {0}")]
+    Database(#[from] redb::Error),
+    #[error("catalog record {0} is unreadable: {1}")]
+    Corrupt(u64, serde_json::Error),
+    #[error(transparent)]
+    Refused(#[from] ReportRefused),
+}
+
+macro_rules! impl_from_redb {
+    ($($t:ty),*) => {$(
+        impl From<$t> for CatalogError {
+            fn from(e: $t) -> Self { CatalogError::Database(e.into()) }
+        }
+    )*};
+}
+impl_from_redb!(redb::DatabaseError, redb::TransactionError, redb::TableError, redb::StorageError, redb::CommitError);
+
+/// How a submission changed the catalog.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Change {
+    Created,
+    Updated,
+    Unchanged,
+}
+
+#[derive(Debug)]
+pub struct Submitted {
+    pub record: PipelineRecord,
+    pub change: Change,
+}
+
+#[derive(Debug)]
+pub struct Catalog {
+    db: Database,
+}
+
+fn encode(record: &PipelineRecord) -> Vec<u8> {
+    // A record is plain data (strings, numbers, enums): serializing it cannot fail.
+    serde_json::to_vec(record).expect("a pipeline record serializes")
+}
+
+fn decode(id: u64, bytes: &[u8]) -> Result<PipelineRecord, CatalogError> {
+    serde_json::from_slice(bytes).map_err(|e| CatalogError::Corrupt(id, e))
+}
+
+fn truncate_log(log: &str) -> String {
+    if log.len() <= MAX_LOG_BYTES {
+        return log.to_owned();
+    }
+    let half = MAX_LOG_BYTES / 2;
+    let head_end = (0..=half).rev().find(|&i| log.is_char_boundary(i)).unwrap_or(0);
+    let tail_start = (log.len() - half..log.len()).find(|&i| log.is_char_boundary(i)).unwrap_or(log.len());
+    format!(
+        "{}\n\n[... {} bytes of the log left out ...]\n\n{}",
+        &log[..head_end],
+        tail_start - head_end,
+        &log[tail_start..]
+    )
+}
+
+impl Catalog {
+    pub fn open(path: &Path) -> Result<Catalog, CatalogError> {
+        let db = Database::create(path)?;
+        let txn = db.begin_write()?;
+        {
+            txn.open_table(PIPELINES)?;
+            txn.open_table(NAMES)?;
+            txn.open_table(SOURCES)?;
+            txn.open_table(LOGS)?;
+            txn.open_table(MEMBERS)?;
+            txn.open_table(META)?;
+        }
+        txn.commit()?;
+        Ok(Catalog { db })
+    }
+
+    /// Creates a pipeline, or a new version of it when its source changed. The same
+    /// source again changes nothing, except that a `system_error` is retried.
+    pub fn submit(
+        &self,
+        name: &str,
+        source_sha256: &str,
+        source: &[u8],
+        workers: u32,
+        now_ms: u64,
+    ) -> Result<Submitted, CatalogError> {
+        let txn = self.db.begin_write()?;
+        let submitted = {
+            let mut pipelines = txn.open_table(PIPELINES)?;
+            let mut names = txn.open_table(NAMES)?;
+            let mut sources = txn.open_table(SOURCES)?;
+            let mut meta = txn.open_table(META)?;
+            let existing = names.get(name)?.map(|id| id.value());
+            let submitted = match existing {
+                Some(id) => {
+                    let bytes = pipelines.get(id)?.map(|v| v.value().to_vec());
+                    let mut record = match bytes {
+                        Some(bytes) => decode(id, &bytes)?,
+                        None => return Err(CatalogError::Corrupt(id, serde::de::Error::custom("name without record"))),
+                    };
+                    let change = if record.source_sha256 != source_sha256 {
+                        record.new_version(source_sha256.to_owned(), now_ms);
+                        record.worker = assigned_ordinal(id, workers);
+                        Change::Updated
+                    } else if record.status == Status::SystemError {
+                        record.error = None;
+                        record.requeue(now_ms);
+                        Change::Updated
+                    } else {
+                        Change::Unchanged
+                    };
+                    Submitted { record, change }
+                }
+                None => {
+                    let id = meta.get(NEXT_ID)?.map(|v| v.value()).unwrap_or(1);
+                    meta.insert(NEXT_ID, id + 1)?;
+                    names.insert(name, id)?;
+                    let record = PipelineRecord {
+                        id,
+                        name: name.to_owned(),
+                        version: 1,
+                        status: Status::Pending,
+                        worker: assigned_ordinal(id, workers),
+                        source_sha256: source_sha256.to_owned(),
+                        binary_sha256: None,
+                        binary_size: None,
+                        error: None,
+                        attempt: 0,
+                        cache: None,
+                        created_at_ms: now_ms,
+                        submitted_at_ms: now_ms,
+                        started_at_ms: None,
+                        finished_at_ms: None,
+                        updated_at_ms: now_ms,
+                        compile_ms: None,
+                        upload_ms: None,
+                        upload_retries: 0,
+                    };
+                    Submitted { record, change: Change::Created }
+                }
+            };
+            if submitted.change != Change::Unchanged {
+                if sources.get(source_sha256)?.is_none() {
+                    sources.insert(source_sha256, source)?;
+                }
+                pipelines.insert(submitted.record.id, encode(&submitted.record).as_slice())?;
+            }
+            submitted
+        };
+        txn.commit()?;
+        Ok(submitted)
+    }
+
+    pub fn get(&self, id: u64) -> Result<Option<PipelineRecord>, CatalogError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(PIPELINES)?;
+        let value = table.get(id)?;
+        value.map(|v| decode(id, v.value())).transpose()
+    }
+
+    pub fn id_of(&self, name: &str) -> Result<Option<u64>, CatalogError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(NAMES)?;
+        Ok(table.get(name)?.map(|v| v.value()))
+    }
+
+    pub fn list(&self) -> Result<Vec<PipelineRecord>, CatalogError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(PIPELINES)?;
+        let mut records = Vec::new();
+        for entry in table.iter()? {
+            let (id, bytes) = entry?;
+            records.push(decode(id.value(), bytes.value())?);
+        }
+        Ok(records)
+    }
+
+    pub fn source(&self, source_sha256: &str) -> Result<Option<Vec<u8>>, CatalogError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(SOURCES)?;
+        Ok(table.get(source_sha256)?.map(|v| v.value().to_vec()))
+    }
+
+    pub fn log(&self, id: u64) -> Result<Option<String>, CatalogError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(LOGS)?;
+        Ok(table.get(id)?.map(|v| v.value().to_owned()))
+    }
+
+    /// Removes a pipeline and its log. Its source stays (other pipelines may share
+    /// it); its id is never reused.
+    pub fn delete(&self, id: u64) -> Result<Option<PipelineRecord>, CatalogError> {
+        let txn = self.db.begin_write()?;
+        let removed = {
+            let mut pipelines = txn.open_table(PIPELINES)?;
+            let mut names = txn.open_table(NAMES)?;
+            let mut logs = txn.open_table(LOGS)?;
+            let removed = pipelines.remove(id)?.map(|v| decode(id, v.value())).transpose()?;
+            if let Some(record) = &removed {
+                names.remove(record.name.as_str())?;
+                logs.remove(id)?;
+            }
+            removed
+        };
+        txn.commit()?;
+        Ok(removed)
+    }
+
+    /// Hands the oldest pending pipeline of `ordinal` to it, with its source.
+    pub fn claim(
+        &self,
+        ordinal: u32,
+        workers: u32,
+        now_ms: u64,
+    ) -> Result<Option<(PipelineRecord, Vec<u8>)>, CatalogError> {
+        let txn = self.db.begin_write()?;
+        let claimed = {
+            let mut pipelines = txn.open_table(PIPELINES)?;
+            let sources = txn.open_table(SOURCES)?;
+            let mut found = None;
+            for entry in pipelines.iter()? {
+                let (id, bytes) = entry?;
+                let id = id.value();
+                if assigned_ordinal(id, workers) != ordinal {
+                    continue;
+                }
+                let record = decode(id, bytes.value())?;
+                if record.status == Status::Pending {
+                    found = Some(record);
+                    break;
+                }
+            }
+            match found {
+                None => None,
+                Some(mut record) => {
+                    record.worker = ordinal;
+                    record.claim(now_ms);
+                    let source = sources
+                        .get(record.source_sha256.as_str())?
+                        .map(|v| v.value().to_vec())
+                        .ok_or_else(|| CatalogError::Corrupt(record.id, serde::de::Error::custom("source missing")))?;
+                    pipelines.insert(record.id, encode(&record).as_slice())?;
+                    Some((record, source))
+                }
+            }
+        };
+        txn.commit()?;
+        Ok(claimed)
+    }
+
+    /// Applies a worker's report to the pipeline it claimed, and keeps the build log
+    /// when one comes with it.
+    pub fn report(
+        &self,
+        claim: &ClaimKey,
+        report: Report,
+        log: Option<&str>,
+        now_ms: u64,
+    ) -> Result<PipelineRecord, CatalogError> {
+        let txn = self.db.begin_write()?;
+        let record = {
+            let mut pipelines = txn.open_table(PIPELINES)?;
+            let mut logs = txn.open_table(LOGS)?;
+            let bytes = pipelines.get(claim.pipeline_id)?.map(|v| v.value().to_vec());
+            let Some(bytes) = bytes else {
+                return Err(ReportRefused::StaleClaim {
+                    pipeline_id: claim.pipeline_id,
+                    version: claim.version,
+                    attempt: claim.attempt,
+                }
+                .into());
+            };
+            let mut record = decode(claim.pipeline_id, &bytes)?;
+            record.apply(claim, report, now_ms)?;
+            pipelines.insert(record.id, encode(&record).as_slice())?;
+            if let Some(log) = log {
+                logs.insert(record.id, truncate_log(log).as_str())?;
+            }
+            record
+        };
+        txn.commit()?;
+        Ok(record)
+    }
+
+    /// Whether a worker's claim is still the build the catalog waits for.
+    pub fn is_current(&self, claim: &ClaimKey) -> Result<bool, CatalogError> {
+        Ok(self.get(claim.pipeline_id)?.is_some_and(|r| r.is_current(claim)))
+    }
+
+    /// Records that member `ordinal` runs as `incarnation`. When that is new, the
+    /// pipelines its previous incarnation held go back to `pending`; their ids are
+    /// returned.
+    pub fn member_seen(&self, ordinal: u32, incarnation: u64, now_ms: u64) -> Result<Vec<u64>, CatalogError> {
+        {
+            let txn = self.db.begin_read()?;
+            let members = txn.open_table(MEMBERS)?;
+            if members.get(ordinal)?.map(|v| v.value()) == Some(incarnation) {
+                return Ok(Vec::new());
+            }
+        }
+        let txn = self.db.begin_write()?;
+        let requeued = {
+            let mut members = txn.open_table(MEMBERS)?;
+            let mut pipelines = txn.open_table(PIPELINES)?;
+            members.insert(ordinal, incarnation)?;
+            let mut stranded = Vec::new();
+            for entry in pipelines.iter()? {
+                let (id, bytes) = entry?;
+                let record = decode(id.value(), bytes.value())?;
+                if record.status.in_flight() && record.worker == ordinal {
+                    stranded.push(record);
+                }
+            }
+            let mut requeued = Vec::new();
+            for mut record in stranded {
+                record.requeue(now_ms);
+                pipelines.insert(record.id, encode(&record).as_slice())?;
+                requeued.push(record.id);
+            }
+            requeued
+        };
+        txn.commit()?;
+        Ok(requeued)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rules::{CacheFigures, Figures};
+
+    fn catalog() -> (tempfile::TempDir, Catalog) {
+        let dir = tempfile::tempdir().unwrap();
+        let catalog = Catalog::open(&dir.path().join("catalog.redb")).unwrap();
+        (dir, catalog)
+    }
+
+    #[test]
+    fn ids_grow_and_versions_follow_the_source() {
+        let (_dir, c) = catalog();
+        let a = c.submit("a", "s1", b"src", 3, 1).unwrap();
+        let b = c.submit("b", "s2", b"src2", 3, 2).unwrap();
+        assert_eq!((a.record.id, b.record.id), (1, 2));
+        assert_eq!((a.change, a.record.worker), (Change::Created, 1));
+        let same = c.submit("a", "s1", b"src", 3, 3).unwrap();
+        assert_eq!((same.change, same.record.version), (Change::Unchanged, 1));
+        let next = c.submit("a", "s3", b"src3", 3, 4).unwrap();
+        assert_eq!((next.change, next.record.id, next.record.version), (Change::Updated, 1, 2));
+        c.delete(2).unwrap();
+        assert_eq!(c.submit("c", "s4", b"x", 3, 5).unwrap().record.id, 3, "ids are never reused");
+    }
+
+    #[test]
+    fn claims_are_exclusive_and_by_ordinal() {
+        let (_dir, c) = catalog();
+        for name in ["a", "b", "c", "d"] {
+            c.submit(name, name, name.as_bytes(), 3, 0).unwrap();
+        }
+        let (first, source) = c.claim(1, 3, 1).unwrap().unwrap();
+        assert_eq!((first.id, source.as_slice()), (1, b"a".as_slice()));
+        let (second, _) = c.claim(1, 3, 1).unwrap().unwrap();
+        assert_eq!(second.id, 4);
+        assert!(c.claim(1, 3, 1).unwrap().is_none(), "nothing is handed out twice");
+        assert_eq!(c.claim(0, 3, 1).unwrap().unwrap().0.id, 3);
+    }
+
+    #[test]
+    fn a_restarted_member_gets_its_work_back_and_old_reports_are_refused() {
+        let (dir, c) = catalog();
+        c.submit("a", "s", b"x", 2, 0).unwrap();
+        assert!(c.member_seen(1, 111, 0).unwrap().is_empty());
+        let (record, _) = c.claim(1, 2, 1).unwrap().unwrap();
+        let old_claim = record.claim_key();
+        drop(c);
+        let c = Catalog::open(&dir.path().join("catalog.redb")).unwrap();
+        assert!(c.member_seen(1, 111, 2).unwrap().is_empty(), "the same incarnation keeps its work across a leader restart");
+        assert!(c.is_current(&old_claim).unwrap());
+        assert_eq!(c.member_seen(1, 222, 3).unwrap(), vec![1]);
+        assert_eq!(c.get(1).unwrap().unwrap().status, Status::Pending);
+        let refused = c.report(&old_claim, Report::Compiling, None, 4);
+        assert!(matches!(refused, Err(CatalogError::Refused(ReportRefused::StaleClaim { .. }))));
+        let (again, _) = c.claim(1, 2, 5).unwrap().unwrap();
+        assert_eq!(again.attempt, 2);
+        let figures = Figures { cache: CacheFigures::default(), ..Figures::default() };
+        let done = c
+            .report(&again.claim_key(), Report::CompileError { error: "e".into(), figures }, Some("log text"), 6)
+            .unwrap();
+        assert_eq!(done.status, Status::CompileError);
+        assert_eq!(c.log(1).unwrap().as_deref(), Some("log text"));
+    }
+
+    #[test]
+    fn long_logs_keep_both_ends() {
+        let log = format!("{}{}", "a".repeat(MAX_LOG_BYTES), "b".repeat(100));
+        let kept = truncate_log(&log);
+        assert!(kept.len() < log.len());
+        assert!(kept.starts_with('a') && kept.ends_with('b') && kept.contains("left out"));
+    }
+}

@@ -1,0 +1,170 @@
+//! The gRPC service the workers call (`kiln.cluster.v1.Cluster`): decodes, calls
+//! [`LeaderState`], encodes. The cluster token is checked by [`check_token`] before any
+//! of this runs.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kiln_proto::cluster_server::Cluster;
+use kiln_proto::upload_chunk::Part;
+use kiln_proto::{self as pb, BuildStatus};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::error::ApiError;
+use crate::health::MemberReport;
+use crate::rules::{CacheFigures, ClaimKey, Figures, Report};
+use crate::service::{LeaderState, MemberId};
+
+/// Longest a claim may wait for work before answering empty.
+const MAX_CLAIM_WAIT: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Clone)]
+pub struct ClusterService {
+    state: Arc<LeaderState>,
+}
+
+impl ClusterService {
+    pub fn new(state: Arc<LeaderState>) -> ClusterService {
+        ClusterService { state }
+    }
+}
+
+/// Refuses calls that do not carry `authorization: Bearer <cluster token>`.
+pub fn check_token(token: Arc<str>) -> impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone {
+    move |request: Request<()>| {
+        let presented = request
+            .metadata()
+            .get(kiln_proto::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        match presented {
+            Some(presented) if presented == &*token => Ok(request),
+            Some(_) => Err(Status::unauthenticated("wrong cluster token: every member must use the same token (KILN_CLUSTER_TOKEN or --cluster-token-file)")),
+            None => Err(Status::unauthenticated("missing cluster token: members send it as `authorization: Bearer <token>`")),
+        }
+    }
+}
+
+fn member(member: Option<pb::Member>) -> Result<MemberId, Status> {
+    let m = member.ok_or_else(|| Status::invalid_argument("the call carries no member identity"))?;
+    Ok(MemberId { ordinal: m.ordinal, workers: m.workers, incarnation: m.incarnation })
+}
+
+fn claim_key(claim: Option<pb::Claim>) -> Result<ClaimKey, Status> {
+    let c = claim.ok_or_else(|| Status::invalid_argument("the call carries no claim"))?;
+    Ok(ClaimKey { pipeline_id: c.pipeline_id, version: c.version, attempt: c.attempt })
+}
+
+fn cache_figures(cache: Option<pb::CacheFigures>) -> CacheFigures {
+    let c = cache.unwrap_or_default();
+    CacheFigures { enabled: c.enabled, hits: c.hits, misses: c.misses, non_cacheable: c.non_cacheable, note: c.note }
+}
+
+fn figures(figures: Option<pb::BuildFigures>) -> Figures {
+    let f = figures.unwrap_or_default();
+    Figures { compile_ms: f.compile_ms, upload_ms: f.upload_ms, upload_retries: f.upload_retries, cache: cache_figures(f.cache) }
+}
+
+#[tonic::async_trait]
+impl Cluster for ClusterService {
+    async fn heartbeat(&self, request: Request<pb::HeartbeatRequest>) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        let request = request.into_inner();
+        let member_id = member(request.member.clone())?;
+        let cache = request.cache.unwrap_or_default();
+        let report = MemberReport {
+            workers: member_id.workers,
+            version: request.member.map(|m| m.version).unwrap_or_default(),
+            incarnation: member_id.incarnation,
+            cache_healthy: cache.healthy,
+            cache_message: cache.message,
+        };
+        let current = request.current.map(|c| ClaimKey { pipeline_id: c.pipeline_id, version: c.version, attempt: c.attempt });
+        let cancel_current = self.state.heartbeat(member_id, report, current).await?;
+        Ok(Response::new(pb::HeartbeatResponse {
+            leader_workers: self.state.config.workers,
+            leader_version: self.state.config.version.clone(),
+            cancel_current,
+        }))
+    }
+
+    async fn claim(&self, request: Request<pb::ClaimRequest>) -> Result<Response<pb::ClaimResponse>, Status> {
+        let request = request.into_inner();
+        let member_id = member(request.member)?;
+        let wait = Duration::from_millis(u64::from(request.wait_ms)).min(MAX_CLAIM_WAIT);
+        let assignment = self.state.claim(member_id, wait).await?.map(|(record, source)| {
+            // The catalog only stores bundles it encoded itself.
+            let source = <pb::SourceBundle as prost::Message>::decode(source.as_slice());
+            (record, source)
+        });
+        let assignment = match assignment {
+            None => None,
+            Some((record, Ok(source))) => Some(pb::Assignment {
+                claim: Some(pb::Claim { pipeline_id: record.id, version: record.version, attempt: record.attempt }),
+                name: record.name,
+                source_sha256: record.source_sha256,
+                source: Some(source),
+            }),
+            Some((record, Err(e))) => {
+                return Err(ApiError::Internal(format!("stored source of pipeline {} is unreadable: {e}", record.id)).into());
+            }
+        };
+        Ok(Response::new(pb::ClaimResponse { assignment }))
+    }
+
+    async fn report_status(&self, request: Request<pb::StatusReport>) -> Result<Response<pb::StatusAck>, Status> {
+        let r = request.into_inner();
+        let member_id = member(r.member)?;
+        let claim = claim_key(r.claim)?;
+        let status = BuildStatus::try_from(r.status).unwrap_or(BuildStatus::Unspecified);
+        let report = match status {
+            BuildStatus::Compiling => Report::Compiling,
+            BuildStatus::Uploading => {
+                let f = figures(r.figures);
+                Report::Uploading { compile_ms: f.compile_ms, cache: f.cache }
+            }
+            BuildStatus::Success => {
+                crate::artifacts::validate_sha(&r.binary_sha256).map_err(ApiError::from)?;
+                Report::Success { binary_sha256: r.binary_sha256, binary_size: r.binary_size, figures: figures(r.figures) }
+            }
+            BuildStatus::CompileError => Report::CompileError { error: r.error, figures: figures(r.figures) },
+            BuildStatus::SystemError => Report::SystemError { error: r.error, figures: figures(r.figures) },
+            BuildStatus::Unspecified => return Err(Status::invalid_argument("a status report needs a status")),
+        };
+        let log = (!r.log.is_empty()).then_some(r.log);
+        self.state.report(member_id, claim, report, log).await?;
+        Ok(Response::new(pb::StatusAck {}))
+    }
+
+    async fn has_artifact(&self, request: Request<pb::HasArtifactRequest>) -> Result<Response<pb::HasArtifactResponse>, Status> {
+        let sha = request.into_inner().sha256;
+        crate::artifacts::validate_sha(&sha).map_err(ApiError::from)?;
+        Ok(Response::new(pb::HasArtifactResponse { present: self.state.artifacts.contains(&sha) }))
+    }
+
+    async fn upload_artifact(&self, request: Request<Streaming<pb::UploadChunk>>) -> Result<Response<pb::UploadResponse>, Status> {
+        let mut stream = request.into_inner();
+        let header = match stream.message().await?.and_then(|m| m.part) {
+            Some(Part::Header(header)) => header,
+            _ => return Err(Status::invalid_argument("an upload starts with its header")),
+        };
+        let member_id = member(header.member)?;
+        self.state.member_seen(member_id).await?;
+        let claim = header.claim.unwrap_or_default();
+        if self.state.artifacts.contains(&header.sha256) {
+            return Ok(Response::new(pb::UploadResponse { sha256: header.sha256, size: header.size, already_present: true }));
+        }
+        let mut writer = self.state.artifacts.begin(&header.sha256, header.size).map_err(ApiError::from)?;
+        while let Some(chunk) = stream.message().await? {
+            match chunk.part {
+                Some(Part::Data(data)) => writer.write(&data).await.map_err(ApiError::from)?,
+                _ => return Err(Status::invalid_argument("an upload has one header, then data")),
+            }
+        }
+        let size = writer.finish().await.map_err(|e| {
+            tracing::warn!(id = claim.pipeline_id, version = claim.version, ordinal = member_id.ordinal, error = %e, "upload refused");
+            ApiError::from(e)
+        })?;
+        tracing::info!(id = claim.pipeline_id, version = claim.version, ordinal = member_id.ordinal, sha256 = %header.sha256, size, "artifact stored");
+        Ok(Response::new(pb::UploadResponse { sha256: header.sha256, size, already_present: false }))
+    }
+}

@@ -1,0 +1,173 @@
+//! Cluster health, computed live from the members' heartbeats.
+//!
+//! **Invariant:** health is derived at the moment it is asked for, from when each
+//! member last reported, so a member that stopped reporting turns unhealthy as soon
+//! as its last report is older than the window: old news is never shown as current.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+/// What a member said in its last heartbeat.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberReport {
+    pub workers: u32,
+    pub version: String,
+    pub incarnation: u64,
+    pub cache_healthy: bool,
+    pub cache_message: String,
+}
+
+/// The last report of every member that has reported since the leader started.
+#[derive(Debug, Default)]
+pub struct Members {
+    reports: Mutex<HashMap<u32, (Instant, MemberReport)>>,
+}
+
+impl Members {
+    pub fn record(&self, ordinal: u32, report: MemberReport, at: Instant) {
+        self.lock().insert(ordinal, (at, report));
+    }
+
+    pub fn snapshot(&self) -> HashMap<u32, (Instant, MemberReport)> {
+        self.lock().clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u32, (Instant, MemberReport)>> {
+        // The map is only ever replaced entry by entry, so a panic elsewhere cannot
+        // leave it half-written: a poisoned lock is still consistent.
+        self.reports.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// One ordinal's health, as `/cluster_healthz` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MemberHealth {
+    pub ordinal: u32,
+    pub healthy: bool,
+    pub message: String,
+    /// Milliseconds since its last report; null if it never reported.
+    pub last_report_age_ms: Option<u64>,
+    pub version: Option<String>,
+    pub workers: Option<u32>,
+    pub cache: Option<String>,
+}
+
+/// The body of `/cluster_healthz`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ClusterHealth {
+    pub all_healthy: bool,
+    pub workers_expected: u32,
+    pub checked_at: String,
+    pub heartbeat_window_ms: u64,
+    pub members: Vec<MemberHealth>,
+}
+
+/// The leader's view of the set at `now`: each of `workers` ordinals is healthy when
+/// its last report is within `window`, agrees on N and version, and its cache store
+/// answers.
+pub fn cluster_health(
+    reports: &HashMap<u32, (Instant, MemberReport)>,
+    workers: u32,
+    version: &str,
+    window: Duration,
+    now: Instant,
+    checked_at: String,
+) -> ClusterHealth {
+    let members: Vec<MemberHealth> = (0..workers)
+        .map(|ordinal| match reports.get(&ordinal) {
+            None => MemberHealth {
+                ordinal,
+                healthy: false,
+                message: "never reported since the leader started".into(),
+                last_report_age_ms: None,
+                version: None,
+                workers: None,
+                cache: None,
+            },
+            Some((at, report)) => {
+                let age = now.saturating_duration_since(*at);
+                let problems: Vec<String> = [
+                    (age > window).then(|| {
+                        format!("no report for {:.1}s (window {:.0}s)", age.as_secs_f64(), window.as_secs_f64())
+                    }),
+                    (report.workers != workers)
+                        .then(|| format!("started with {} workers, the leader with {workers}", report.workers)),
+                    (report.version != version)
+                        .then(|| format!("runs version {}, the leader {version}", report.version)),
+                    (!report.cache_healthy).then(|| format!("cache store: {}", report.cache_message)),
+                ]
+                .into_iter()
+                .flatten()
+                .collect();
+                MemberHealth {
+                    ordinal,
+                    healthy: problems.is_empty(),
+                    message: if problems.is_empty() { "healthy".into() } else { problems.join("; ") },
+                    last_report_age_ms: Some(age.as_millis().min(u128::from(u64::MAX)) as u64),
+                    version: Some(report.version.clone()),
+                    workers: Some(report.workers),
+                    cache: Some(report.cache_message.clone()),
+                }
+            }
+        })
+        .collect();
+    ClusterHealth {
+        all_healthy: members.iter().all(|m| m.healthy),
+        workers_expected: workers,
+        checked_at,
+        heartbeat_window_ms: window.as_millis() as u64,
+        members,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(workers: u32, version: &str) -> MemberReport {
+        MemberReport {
+            workers,
+            version: version.into(),
+            incarnation: 1,
+            cache_healthy: true,
+            cache_message: "sccache on local disk".into(),
+        }
+    }
+
+    #[test]
+    fn each_ordinal_is_judged_at_the_moment_of_asking() {
+        let start = Instant::now();
+        let mut reports = HashMap::new();
+        reports.insert(0, (start, report(3, "1.0")));
+        reports.insert(1, (start, report(3, "1.0")));
+        let window = Duration::from_secs(10);
+        let health = cluster_health(&reports, 3, "1.0", window, start + Duration::from_secs(1), "t".into());
+        assert!(!health.all_healthy);
+        assert!(health.members[0].healthy && health.members[1].healthy);
+        assert_eq!(health.members[2].message, "never reported since the leader started");
+
+        reports.insert(2, (start + Duration::from_secs(5), report(3, "1.0")));
+        let later = cluster_health(&reports, 3, "1.0", window, start + Duration::from_secs(12), "t".into());
+        assert!(!later.members[0].healthy, "a silent member turns unhealthy");
+        assert!(later.members[0].message.starts_with("no report for 12.0s"), "{}", later.members[0].message);
+        assert!(later.members[2].healthy);
+    }
+
+    #[test]
+    fn disagreement_and_a_dead_cache_are_unhealthy() {
+        let now = Instant::now();
+        let mut reports = HashMap::new();
+        reports.insert(0, (now, report(2, "1.0")));
+        let mut broken = report(3, "0.9");
+        broken.cache_healthy = false;
+        broken.cache_message = "bucket missing".into();
+        reports.insert(1, (now, broken));
+        let health = cluster_health(&reports, 2, "1.0", Duration::from_secs(10), now, "t".into());
+        assert!(health.members[0].healthy);
+        let message = &health.members[1].message;
+        assert!(message.contains("started with 3 workers") && message.contains("version 0.9") && message.contains("bucket missing"), "{message}");
+    }
+}

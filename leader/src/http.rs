@@ -1,0 +1,185 @@
+//! The leader's HTTP face: `/healthz`, `/cluster_healthz`, `/metrics` and the
+//! `/v0/pipelines` API, plus the gRPC service mounted on the same port. Handlers
+//! decode, call [`LeaderState`], encode; errors go through [`ApiError`].
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use base64::Engine;
+use kiln_compiler_worker::program::{MAX_PROGRAM_BYTES, ProgramFile};
+use serde::{Deserialize, Serialize};
+
+use crate::catalog::Change;
+use crate::error::ApiError;
+use crate::grpc::{ClusterService, check_token};
+use crate::rules::{PipelineRecord, Status};
+use crate::service::LeaderState;
+
+/// The header that carries an artifact's SHA-256 on `GET /v0/pipelines/{id}/binary`.
+pub const SHA256_HEADER: &str = "x-kiln-sha256";
+
+/// A program as `POST /v0/pipelines` takes it.
+#[derive(Debug, Deserialize, Serialize)]
+pub struct SubmitRequest {
+    pub name: String,
+    pub files: Vec<SubmitFile>,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+pub struct SubmitFile {
+    pub path: String,
+    pub content_base64: String,
+    #[serde(default)]
+    pub executable: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct SubmitResponse {
+    change: Change,
+    pipeline: PipelineRecord,
+}
+
+/// The whole router: HTTP API and gRPC service.
+pub fn router(state: Arc<LeaderState>) -> Router {
+    let token: Arc<str> = state.config.cluster_token.as_str().into();
+    let grpc = kiln_proto::cluster_server::ClusterServer::new(ClusterService::new(state.clone()))
+        .max_decoding_message_size(kiln_proto::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(kiln_proto::MAX_MESSAGE_BYTES);
+    let grpc = tonic::service::interceptor::InterceptedService::new(grpc, check_token(token));
+
+    let api = Router::new()
+        .route("/v0/pipelines", get(list_pipelines).post(submit))
+        .route("/v0/pipelines/{key}", get(get_pipeline).delete(delete_pipeline))
+        .route("/v0/pipelines/{key}/log", get(pipeline_log))
+        .route("/v0/pipelines/{key}/binary", get(pipeline_binary))
+        // Base64 makes a program a third larger; leave room for the JSON around it.
+        .layer(DefaultBodyLimit::max((MAX_PROGRAM_BYTES as usize) * 3 / 2 + 64 * 1024))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_api_token));
+
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/cluster_healthz", get(cluster_healthz))
+        .route("/metrics", get(metrics))
+        .merge(api)
+        .route_service("/kiln.cluster.v1.Cluster/{*rpc}", grpc)
+        .with_state(state)
+}
+
+async fn require_api_token(
+    State(state): State<Arc<LeaderState>>,
+    headers: HeaderMap,
+    request: axum::extract::Request,
+    next: Next,
+) -> Response {
+    if let Some(expected) = &state.config.api_token {
+        let presented = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if presented != Some(expected.as_str()) {
+            return ApiError::Unauthorized(
+                "this leader wants an API token: pass --api-token or set KILN_API_TOKEN".into(),
+            )
+            .into_response();
+        }
+    }
+    next.run(request).await
+}
+
+async fn healthz(State(state): State<Arc<LeaderState>>) -> Response {
+    match state.self_check().await {
+        Ok(()) => Json(serde_json::json!({ "status": "healthy" })).into_response(),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({ "status": "unhealthy", "reason": e.to_string() })),
+        )
+            .into_response(),
+    }
+}
+
+async fn cluster_healthz(State(state): State<Arc<LeaderState>>) -> Response {
+    let health = state.cluster_health();
+    let status = if health.all_healthy { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, [(header::CACHE_CONTROL, "no-store")], Json(health)).into_response()
+}
+
+async fn metrics(State(state): State<Arc<LeaderState>>) -> Result<Response, ApiError> {
+    let records = state.list().await?;
+    let text = state.metrics.render(&records, &state.cluster_health());
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response())
+}
+
+async fn submit(State(state): State<Arc<LeaderState>>, body: axum::body::Bytes) -> Result<Response, ApiError> {
+    let request: SubmitRequest = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::BadRequest(format!(
+            "the body is not a program: {e}; send {{\"name\": ..., \"files\": [{{\"path\", \"content_base64\", \"executable\"}}]}}"
+        ))
+    })?;
+    let files = request
+        .files
+        .into_iter()
+        .map(|f| {
+            let content = base64::engine::general_purpose::STANDARD
+                .decode(&f.content_base64)
+                .map_err(|e| ApiError::BadRequest(format!("file {:?}: content_base64 is not base64: {e}", f.path)))?;
+            Ok(ProgramFile { path: f.path, content, executable: f.executable })
+        })
+        .collect::<Result<Vec<_>, ApiError>>()?;
+    let submitted = state.submit(request.name, files).await?;
+    let status = if submitted.change == Change::Created { StatusCode::CREATED } else { StatusCode::OK };
+    Ok((status, Json(SubmitResponse { change: submitted.change, pipeline: submitted.record })).into_response())
+}
+
+async fn list_pipelines(State(state): State<Arc<LeaderState>>) -> Result<Json<Vec<PipelineRecord>>, ApiError> {
+    Ok(Json(state.list().await?))
+}
+
+async fn get_pipeline(State(state): State<Arc<LeaderState>>, Path(key): Path<String>) -> Result<Json<PipelineRecord>, ApiError> {
+    Ok(Json(state.find(&key).await?))
+}
+
+async fn delete_pipeline(State(state): State<Arc<LeaderState>>, Path(key): Path<String>) -> Result<Json<PipelineRecord>, ApiError> {
+    Ok(Json(state.delete(&key).await?))
+}
+
+async fn pipeline_log(State(state): State<Arc<LeaderState>>, Path(key): Path<String>) -> Result<Response, ApiError> {
+    let (record, log) = state.log(&key).await?;
+    let text = match log {
+        Some(log) => log,
+        None => format!("pipeline {} version {} has no build log yet: its status is {}\n", record.id, record.version, record.status),
+    };
+    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response())
+}
+
+async fn pipeline_binary(State(state): State<Arc<LeaderState>>, Path(key): Path<String>) -> Result<Response, ApiError> {
+    let record = state.find(&key).await?;
+    let sha = match (&record.status, &record.binary_sha256) {
+        (Status::Success, Some(sha)) => sha.clone(),
+        _ => {
+            return Err(ApiError::Conflict(format!(
+                "pipeline {} version {} has no binary: its status is {}",
+                record.id, record.version, record.status
+            )));
+        }
+    };
+    let (file, size) = state.artifacts.open_verified(&sha).await?.ok_or_else(|| {
+        ApiError::NotFound(format!("the artifact {sha} of pipeline {} is missing from the leader's store", record.id))
+    })?;
+    let body = Body::from_stream(tokio_util::io::ReaderStream::with_capacity(file, kiln_proto::UPLOAD_CHUNK_BYTES));
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_owned()),
+            (header::CONTENT_LENGTH, size.to_string()),
+            (header::HeaderName::from_static(SHA256_HEADER), sha),
+            (header::CONTENT_DISPOSITION, format!("attachment; filename=\"{}\"", record.name)),
+        ],
+        body,
+    )
+        .into_response())
+}

@@ -1,0 +1,32 @@
+//! Kiln's leader (ordinal 0): the catalog of pipelines, the artifact store, the REST
+//! API for users, the gRPC service for workers, cluster health and the leader's side
+//! of the scaling guard.
+//!
+//! Layers: [`rules`] (pure), [`catalog`], [`artifacts`] and [`health`] (state),
+//! [`service`] (the operations), [`http`] and [`grpc`] (transport), [`error`] (the one
+//! mapping of errors to HTTP and gRPC codes).
+
+pub mod artifacts;
+pub mod catalog;
+pub mod error;
+pub mod grpc;
+pub mod health;
+pub mod http;
+pub mod metrics;
+pub mod rules;
+pub mod service;
+
+use std::future::Future;
+use std::sync::Arc;
+
+pub use service::{LeaderConfig, LeaderState};
+
+/// Serves the leader's HTTP and gRPC on `listener` until `shutdown` resolves, then
+/// drains the requests in progress.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: Arc<LeaderState>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, http::router(state)).with_graceful_shutdown(shutdown).await
+}

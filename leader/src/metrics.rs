@@ -1,0 +1,119 @@
+//! Prometheus metrics of the leader (`GET /metrics`). Counters and histograms move as
+//! reports arrive; gauges (pipelines by status, queue depth, member health) are set
+//! from the catalog and the heartbeats at each scrape, so they are never stale.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::health::ClusterHealth;
+use crate::rules::{PipelineRecord, Status};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StatusLabel {
+    status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OrdinalLabel {
+    ordinal: String,
+}
+
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    builds_finished: Family<StatusLabel, Counter>,
+    build_seconds: Histogram,
+    upload_seconds: Histogram,
+    upload_retries: Counter,
+    cache_hits: Counter,
+    cache_misses: Counter,
+    pipelines: Family<StatusLabel, Gauge>,
+    queue_depth: Family<OrdinalLabel, Gauge>,
+    member_healthy: Family<OrdinalLabel, Gauge>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("kiln");
+        let builds_finished = Family::<StatusLabel, Counter>::default();
+        registry.register("builds_finished", "Builds that ended, by final status", builds_finished.clone());
+        // 0.25 s to about 68 minutes.
+        let build_seconds = Histogram::new(exponential_buckets(0.25, 2.0, 15));
+        registry.register("build_duration_seconds", "Compile time of successful builds", build_seconds.clone());
+        let upload_seconds = Histogram::new(exponential_buckets(0.01, 2.0, 18));
+        registry.register("upload_duration_seconds", "Artifact upload time, retries included", upload_seconds.clone());
+        let upload_retries = Counter::default();
+        registry.register("upload_retries", "Upload attempts that were retried", upload_retries.clone());
+        let cache_hits = Counter::default();
+        registry.register("cache_hits", "sccache hits of finished builds", cache_hits.clone());
+        let cache_misses = Counter::default();
+        registry.register("cache_misses", "sccache misses of finished builds", cache_misses.clone());
+        let pipelines = Family::<StatusLabel, Gauge>::default();
+        registry.register("pipelines", "Pipelines in the catalog, by status", pipelines.clone());
+        let queue_depth = Family::<OrdinalLabel, Gauge>::default();
+        registry.register("queue_depth", "Pending pipelines, by the ordinal that will build them", queue_depth.clone());
+        let member_healthy = Family::<OrdinalLabel, Gauge>::default();
+        registry.register("member_healthy", "1 when the member is healthy, as in /cluster_healthz", member_healthy.clone());
+        Metrics {
+            registry,
+            builds_finished,
+            build_seconds,
+            upload_seconds,
+            upload_retries,
+            cache_hits,
+            cache_misses,
+            pipelines,
+            queue_depth,
+            member_healthy,
+        }
+    }
+
+    /// Counts a build that just ended.
+    pub fn build_finished(&self, record: &PipelineRecord) {
+        self.builds_finished.get_or_create(&StatusLabel { status: record.status.to_string() }).inc();
+        if record.status == Status::Success {
+            if let Some(ms) = record.compile_ms {
+                self.build_seconds.observe(ms as f64 / 1000.0);
+            }
+            if let Some(ms) = record.upload_ms {
+                self.upload_seconds.observe(ms as f64 / 1000.0);
+            }
+        }
+        self.upload_retries.inc_by(u64::from(record.upload_retries));
+        if let Some(cache) = &record.cache {
+            self.cache_hits.inc_by(cache.hits);
+            self.cache_misses.inc_by(cache.misses);
+        }
+    }
+
+    /// The Prometheus text exposition, with gauges taken from `records` and `health`.
+    pub fn render(&self, records: &[PipelineRecord], health: &ClusterHealth) -> String {
+        self.pipelines.clear();
+        for status in Status::ALL {
+            let count = records.iter().filter(|r| r.status == status).count();
+            self.pipelines.get_or_create(&StatusLabel { status: status.to_string() }).set(count as i64);
+        }
+        self.queue_depth.clear();
+        self.member_healthy.clear();
+        for member in &health.members {
+            let label = OrdinalLabel { ordinal: member.ordinal.to_string() };
+            let depth = records.iter().filter(|r| r.status == Status::Pending && r.worker == member.ordinal).count();
+            self.queue_depth.get_or_create(&label).set(depth as i64);
+            self.member_healthy.get_or_create(&label).set(i64::from(member.healthy));
+        }
+        let mut text = String::new();
+        // Writing into a String cannot fail.
+        prometheus_client::encoding::text::encode(&mut text, &self.registry).expect("encoding into a String");
+        text
+    }
+}

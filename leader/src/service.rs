@@ -1,0 +1,277 @@
+//! The leader's operations, shared by the REST and gRPC layers: they decode a
+//! request, call one of these, and encode the answer. Blocking catalog work runs on
+//! tokio's blocking pool.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use kiln_compiler_worker::depset::DepSet;
+use kiln_compiler_worker::program::{self, Program, ProgramFile};
+use kiln_compiler_worker::scaling::ScalingGuard;
+use prost::Message;
+use tokio::sync::watch;
+
+use crate::artifacts::ArtifactStore;
+use crate::catalog::{Catalog, Change, Submitted};
+use crate::error::ApiError;
+use crate::health::{ClusterHealth, MemberReport, Members, cluster_health};
+use crate::metrics::Metrics;
+use crate::rules::{ClaimKey, PipelineRecord, Report};
+
+/// How the leader is set up.
+#[derive(Debug, Clone)]
+pub struct LeaderConfig {
+    pub data_dir: PathBuf,
+    /// N: the number of members in the set, the leader included.
+    pub workers: u32,
+    pub version: String,
+    pub cluster_token: String,
+    /// When set, the `/v0` API wants `Authorization: Bearer <token>`.
+    pub api_token: Option<String>,
+    /// A member whose last heartbeat is older than this is unhealthy.
+    pub heartbeat_window: Duration,
+    pub max_artifact_bytes: u64,
+}
+
+/// A member's identity as it comes with every worker call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemberId {
+    pub ordinal: u32,
+    pub workers: u32,
+    pub incarnation: u64,
+}
+
+#[derive(Debug)]
+pub struct LeaderState {
+    pub(crate) config: LeaderConfig,
+    catalog: Arc<Catalog>,
+    pub(crate) artifacts: ArtifactStore,
+    members: Members,
+    guard: ScalingGuard,
+    /// Bumped whenever a pipeline becomes pending, to wake long-polling claims.
+    work: watch::Sender<u64>,
+    pub(crate) metrics: Metrics,
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// Encodes a program as the canonical `SourceBundle` (files sorted by path).
+pub fn encode_source(files: &[ProgramFile]) -> Vec<u8> {
+    let mut files: Vec<&ProgramFile> = files.iter().collect();
+    files.sort_by(|a, b| a.path.cmp(&b.path));
+    kiln_proto::SourceBundle {
+        files: files
+            .into_iter()
+            .map(|f| kiln_proto::SourceFile { path: f.path.clone(), content: f.content.clone(), executable: f.executable })
+            .collect(),
+    }
+    .encode_to_vec()
+}
+
+impl LeaderState {
+    pub fn open(config: LeaderConfig, guard: ScalingGuard) -> anyhow::Result<LeaderState> {
+        use anyhow::Context;
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("creating the leader's data directory {}", config.data_dir.display()))?;
+        let catalog_path = config.data_dir.join("catalog.redb");
+        let catalog = Catalog::open(&catalog_path)
+            .with_context(|| format!("opening the catalog {}", catalog_path.display()))?;
+        let artifacts = ArtifactStore::open(&config.data_dir.join("artifacts"), config.max_artifact_bytes)
+            .context("opening the artifact store")?;
+        Ok(LeaderState {
+            config,
+            catalog: Arc::new(catalog),
+            artifacts,
+            members: Members::default(),
+            guard,
+            work: watch::Sender::new(0),
+            metrics: Metrics::new(),
+        })
+    }
+
+    async fn catalog<T, F>(&self, f: F) -> Result<T, ApiError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Catalog) -> Result<T, crate::catalog::CatalogError> + Send + 'static,
+    {
+        let catalog = self.catalog.clone();
+        tokio::task::spawn_blocking(move || f(&catalog))
+            .await
+            .map_err(|e| ApiError::Internal(format!("catalog task failed: {e}")))?
+            .map_err(ApiError::from)
+    }
+
+    fn wake_workers(&self) {
+        self.work.send_modify(|generation| *generation += 1);
+    }
+
+    /// Validates a program and records it as a new pipeline or a new version.
+    pub async fn submit(&self, name: String, files: Vec<ProgramFile>) -> Result<Submitted, ApiError> {
+        program::validate_name(&name)?;
+        let (sha, bundle) = tokio::task::spawn_blocking(move || -> Result<_, ApiError> {
+            let sha = program::source_sha256(&files);
+            let bundle = encode_source(&files);
+            Program::parse(files, DepSet::embedded())?;
+            Ok((sha, bundle))
+        })
+        .await
+        .map_err(|e| ApiError::Internal(format!("validation task failed: {e}")))??;
+        let workers = self.config.workers;
+        let submitted = {
+            let name = name.clone();
+            let sha = sha.clone();
+            self.catalog(move |c| c.submit(&name, &sha, &bundle, workers, now_ms())).await?
+        };
+        let r = &submitted.record;
+        match submitted.change {
+            Change::Unchanged => {
+                tracing::info!(pipeline = %r.name, id = r.id, version = r.version, "submitted again, unchanged")
+            }
+            change => {
+                tracing::info!(pipeline = %r.name, id = r.id, version = r.version, ordinal = r.worker, source_sha256 = %sha, ?change, "pipeline pending");
+                self.wake_workers();
+            }
+        }
+        Ok(submitted)
+    }
+
+    pub async fn list(&self) -> Result<Vec<PipelineRecord>, ApiError> {
+        self.catalog(|c| c.list()).await
+    }
+
+    /// Finds a pipeline by id, or by name when `key` is not a number.
+    pub async fn find(&self, key: &str) -> Result<PipelineRecord, ApiError> {
+        let key = key.to_owned();
+        let found = self
+            .catalog({
+                let key = key.clone();
+                move |c| match key.parse::<u64>() {
+                    Ok(id) => c.get(id),
+                    Err(_) => match c.id_of(&key)? {
+                        Some(id) => c.get(id),
+                        None => Ok(None),
+                    },
+                }
+            })
+            .await?;
+        found.ok_or_else(|| ApiError::NotFound(format!("no pipeline {key:?}: `kiln status` lists them")))
+    }
+
+    pub async fn delete(&self, key: &str) -> Result<PipelineRecord, ApiError> {
+        let record = self.find(key).await?;
+        let id = record.id;
+        self.catalog(move |c| c.delete(id)).await?;
+        tracing::info!(pipeline = %record.name, id, version = record.version, "pipeline deleted");
+        Ok(record)
+    }
+
+    pub async fn log(&self, key: &str) -> Result<(PipelineRecord, Option<String>), ApiError> {
+        let record = self.find(key).await?;
+        let id = record.id;
+        let log = self.catalog(move |c| c.log(id)).await?;
+        Ok((record, log))
+    }
+
+    /// Applies the scaling guard and notices restarts; called on every worker call.
+    pub async fn member_seen(&self, member: MemberId) -> Result<(), ApiError> {
+        if let Some(detected) = self.observe(member) {
+            return Err(ApiError::Conflict(detected.to_string()));
+        }
+        let MemberId { ordinal, incarnation, .. } = member;
+        let requeued = self.catalog(move |c| c.member_seen(ordinal, incarnation, now_ms())).await?;
+        if !requeued.is_empty() {
+            tracing::warn!(ordinal, ?requeued, "member restarted: its builds in flight are pending again");
+            self.wake_workers();
+        }
+        Ok(())
+    }
+
+    /// Feeds the member's view of N to the scaling guard.
+    fn observe(&self, member: MemberId) -> Option<kiln_compiler_worker::scaling::ScalingDetected> {
+        self.guard.observe_replicas(member.workers);
+        self.guard.observe_ordinal(member.ordinal);
+        self.guard.detected()
+    }
+
+    /// A heartbeat: records the member's state, and says whether the build it holds
+    /// is still wanted.
+    pub async fn heartbeat(
+        &self,
+        member: MemberId,
+        report: MemberReport,
+        current: Option<ClaimKey>,
+    ) -> Result<bool, ApiError> {
+        if self.observe(member).is_some() {
+            // Answer anyway: the reply carries the leader's N, from which the member
+            // applies the scaling guard on its side too.
+            return Ok(true);
+        }
+        self.member_seen(member).await?;
+        self.members.record(member.ordinal, report, Instant::now());
+        match current {
+            None => Ok(false),
+            Some(claim) => Ok(!self.catalog(move |c| c.is_current(&claim)).await?),
+        }
+    }
+
+    /// Long poll: the next pending pipeline of this member, or None after `wait`.
+    pub async fn claim(&self, member: MemberId, wait: Duration) -> Result<Option<(PipelineRecord, Vec<u8>)>, ApiError> {
+        self.member_seen(member).await?;
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut wakeups = self.work.subscribe();
+        loop {
+            // Mark the current generation seen before looking, so a submission that
+            // lands after the look still wakes us.
+            wakeups.borrow_and_update();
+            let (ordinal, workers) = (member.ordinal, self.config.workers);
+            if let Some((record, source)) = self.catalog(move |c| c.claim(ordinal, workers, now_ms())).await? {
+                tracing::info!(pipeline = %record.name, id = record.id, version = record.version, ordinal, attempt = record.attempt, "pipeline claimed");
+                return Ok(Some((record, source)));
+            }
+            tokio::select! {
+                changed = wakeups.changed() => if changed.is_err() { return Ok(None) },
+                _ = tokio::time::sleep_until(deadline) => return Ok(None),
+            }
+        }
+    }
+
+    pub async fn report(&self, member: MemberId, claim: ClaimKey, report: Report, log: Option<String>) -> Result<PipelineRecord, ApiError> {
+        self.member_seen(member).await?;
+        if let Report::Success { binary_sha256, .. } = &report
+            && !self.artifacts.contains(binary_sha256)
+        {
+            return Err(ApiError::NotFound(format!("the leader holds no artifact {binary_sha256}: upload it first")));
+        }
+        let record = self.catalog(move |c| c.report(&claim, report, log.as_deref(), now_ms())).await?;
+        if record.status.finished() {
+            self.metrics.build_finished(&record);
+            tracing::info!(
+                pipeline = %record.name, id = record.id, version = record.version, ordinal = member.ordinal,
+                status = %record.status, binary_sha256 = record.binary_sha256.as_deref().unwrap_or(""),
+                error = record.error.as_deref().unwrap_or(""), "build finished"
+            );
+        } else {
+            tracing::debug!(pipeline = %record.name, id = record.id, version = record.version, status = %record.status, "build status");
+        }
+        Ok(record)
+    }
+
+    pub fn cluster_health(&self) -> ClusterHealth {
+        cluster_health(
+            &self.members.snapshot(),
+            self.config.workers,
+            &self.config.version,
+            self.config.heartbeat_window,
+            Instant::now(),
+            humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+        )
+    }
+
+    /// A cheap check that this process can serve: the catalog answers.
+    pub async fn self_check(&self) -> Result<(), ApiError> {
+        self.catalog(|c| c.get(0)).await.map(|_| ())
+    }
+}
