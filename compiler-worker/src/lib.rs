@@ -8,3 +8,8 @@ pub mod depset;
 pub mod identity;
 pub mod program;
 pub mod scaling;
+pub mod builder;
+pub mod client;
+pub mod sccache;
+pub mod upload;
+pub mod worker;

@@ -1,1 +1,98 @@
-fn main(){}
+//! The `kiln` command: parses the command line, starts tracing, and hands over to
+//! the role or client command asked for. Every flag has a `KILN_*` variable.
+
+mod client;
+mod commands;
+mod server;
+mod shutdown;
+mod up;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+/// The leader of the local farm that `kiln up` starts by default.
+pub const DEFAULT_PORT: u16 = 8470;
+
+#[derive(Debug, Parser)]
+#[command(name = "kiln", version, about = "A distributed compile farm for Rust pipeline programs")]
+struct Cli {
+    /// Log format: `text` for people, `json` for log collectors.
+    #[arg(long, global = true, env = "KILN_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run one member of the farm (ordinal 0 runs the leader too).
+    Server(server::ServerArgs),
+    /// Run a whole farm on this machine: a leader and N workers as child processes.
+    Up(up::UpArgs),
+    /// Submit pipeline programs (directories) to the farm.
+    Submit(commands::SubmitArgs),
+    /// Show one pipeline, or all of them.
+    Status(commands::StatusArgs),
+    /// Show a pipeline's build log and diagnostics.
+    Logs(commands::LogsArgs),
+    /// Fetch a pipeline's binary and verify its SHA-256.
+    Download(commands::DownloadArgs),
+}
+
+/// Where the leader is, for the client commands.
+#[derive(Debug, Clone, Args)]
+pub struct LeaderArgs {
+    /// The leader's URL.
+    #[arg(long = "leader", env = "KILN_LEADER", default_value_t = format!("http://127.0.0.1:{DEFAULT_PORT}"))]
+    pub url: String,
+    /// The API token, when the leader wants one.
+    #[arg(long, env = "KILN_API_TOKEN", hide_env_values = true)]
+    pub api_token: Option<String>,
+}
+
+/// Parses durations such as `30m`, `2s`, `500ms`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text).map_err(|e| format!("{e} (examples: 500ms, 2s, 30m)"))
+}
+
+/// The default directory of `kiln up`'s state.
+pub fn default_data_dir() -> PathBuf {
+    PathBuf::from(".kiln")
+}
+
+fn init_tracing(format: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("KILN_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.with_target(false).init();
+    }
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    init_tracing(&cli.log_format);
+    let result = match cli.command {
+        Command::Server(args) => server::run(args).await,
+        Command::Up(args) => up::run(args).await,
+        Command::Submit(args) => commands::submit(args).await,
+        Command::Status(args) => commands::status(args).await,
+        Command::Logs(args) => commands::logs(args).await,
+        Command::Download(args) => commands::download(args).await,
+    };
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

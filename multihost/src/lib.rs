@@ -1,1 +1,7 @@
-//! placeholder
+//! Process supervision shared by `kiln up` (the local farm) and the multihost
+//! launcher: children in their own process groups that die with their parent,
+//! output prefixed per member, a restart policy, and a stop that leaves no process
+//! behind.
+
+pub mod process;
+pub mod supervisor;

@@ -1,0 +1,373 @@
+//! Builds a program in the worker's build root with cargo.
+//!
+//! The build root is one fixed absolute path, laid out as
+//!
+//! ```text
+//! <root>/Cargo.toml        workspace: the dependency set + the crates of this build
+//! <root>/Cargo.lock        the dependency set's lockfile, rewritten before every build
+//! <root>/depset/           the dependency set's anchor crate
+//! <root>/src/<pkg>-<hash>/ every crate, content-addressed (see `Program::layout`)
+//! <root>/target/           cargo's target directory, shared by all builds
+//! ```
+//!
+//! so the same operator has the same absolute path in every build, on every worker:
+//! sccache keys Rust compilations on absolute paths.
+//!
+//! cargo runs offline, with a cleaned environment (no credentials reach it or the
+//! build scripts it runs), in its own process group so a cancellation kills rustc
+//! and build scripts too.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio_util::sync::CancellationToken;
+
+use crate::depset;
+use crate::program::{CrateKind, Layout};
+
+/// Environment variables cargo and rustc need; everything else is dropped.
+const KEPT_ENVIRONMENT: [&str; 8] =
+    ["PATH", "HOME", "CARGO_HOME", "RUSTUP_HOME", "RUSTUP_TOOLCHAIN", "TMPDIR", "LANG", "USER"];
+
+/// How builds are run.
+#[derive(Debug, Clone)]
+pub struct BuildSettings {
+    pub build_root: PathBuf,
+    /// The cargo profile: `release` or `dev`.
+    pub profile: String,
+    pub cargo: PathBuf,
+    /// A directory shared by workers on one machine where the prebuilt dependency set
+    /// is kept, so it is compiled once per machine rather than once per worker.
+    pub depset_cache: Option<PathBuf>,
+    pub timeout: Duration,
+}
+
+/// Extra environment for cargo: the compiler wrapper and how it finds its server.
+#[derive(Debug, Clone, Default)]
+pub struct Wrapper {
+    pub env: Vec<(String, String)>,
+}
+
+/// How a build ended.
+#[derive(Debug)]
+pub enum BuildOutcome {
+    Built { executable: PathBuf, log: String, elapsed: Duration },
+    CompileError { summary: String, log: String, elapsed: Duration },
+    Cancelled,
+}
+
+fn cargo_command(settings: &BuildSettings, wrapper: &Wrapper) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(&settings.cargo);
+    command.env_clear();
+    for key in KEPT_ENVIRONMENT {
+        if let Ok(value) = std::env::var(key) {
+            command.env(key, value);
+        }
+    }
+    command
+        .env("CARGO_TARGET_DIR", settings.build_root.join("target"))
+        .env("CARGO_TERM_COLOR", "never")
+        .envs(wrapper.env.iter().map(|(k, v)| (k, v)))
+        .current_dir(&settings.build_root)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    kiln_multihost::process::own_group_dying_with_parent(&mut command);
+    command
+}
+
+fn write_workspace(root: &Path, members: &[String]) -> std::io::Result<()> {
+    let members = members.iter().map(|m| format!("{m:?}")).collect::<Vec<_>>().join(", ");
+    let manifest = format!(
+        "# Written by the kiln worker before every build; do not edit.\n[workspace]\nresolver = \"2\"\nmembers = [{members}]\n"
+    );
+    std::fs::write(root.join("Cargo.toml"), manifest)?;
+    std::fs::write(root.join("Cargo.lock"), depset::LOCKFILE)
+}
+
+/// The identity of a prebuilt dependency set: the set, the profile and the compiler.
+async fn depset_key(settings: &BuildSettings) -> anyhow::Result<String> {
+    let rustc = tokio::process::Command::new("rustc")
+        .arg("-vV")
+        .output()
+        .await
+        .context("running `rustc -vV`: is the Rust toolchain on PATH?")?;
+    let mut hasher = Sha256::new();
+    for part in [depset::MANIFEST.as_bytes(), depset::LOCKFILE.as_bytes(), settings.profile.as_bytes(), &rustc.stdout] {
+        hasher.update((part.len() as u64).to_le_bytes());
+        hasher.update(part);
+    }
+    Ok(hex::encode(&hasher.finalize()[..12]))
+}
+
+async fn copy_tree(from: &Path, to: &Path) -> anyhow::Result<()> {
+    // `cp -a` keeps modification times, which cargo's freshness checks compare.
+    let status = tokio::process::Command::new("cp")
+        .arg("-a")
+        .arg(format!("{}/.", from.display()))
+        .arg(to)
+        .status()
+        .await
+        .context("running cp")?;
+    if !status.success() {
+        bail!("copying {} to {} failed ({status})", from.display(), to.display());
+    }
+    Ok(())
+}
+
+/// Makes the build root ready: writes the dependency set and builds it, or copies a
+/// prebuilt one from the shared cache. Safe to call on every start; a ready build
+/// root costs one small file check.
+pub async fn prepare_build_root(settings: &BuildSettings) -> anyhow::Result<()> {
+    let root = &settings.build_root;
+    std::fs::create_dir_all(root.join("depset"))
+        .with_context(|| format!("creating the build root {}", root.display()))?;
+    std::fs::create_dir_all(root.join("src"))?;
+    std::fs::create_dir_all(root.join("target"))?;
+    std::fs::write(root.join("depset/Cargo.toml"), depset::MANIFEST)?;
+    std::fs::write(root.join("depset/lib.rs"), depset::LIB_RS)?;
+    write_workspace(root, &["depset".to_owned()])?;
+
+    let key = depset_key(settings).await?;
+    let marker = root.join("target").join(format!(".kiln-depset-{key}"));
+    if marker.exists() {
+        tracing::info!(build_root = %root.display(), "dependency set already built");
+        return Ok(());
+    }
+    let Some(cache) = &settings.depset_cache else {
+        build_depset(settings).await?;
+        std::fs::write(&marker, b"")?;
+        return Ok(());
+    };
+    std::fs::create_dir_all(cache).with_context(|| format!("creating the depset cache {}", cache.display()))?;
+    let lock = std::fs::File::create(cache.join(format!("{key}.lock")))?;
+    // Workers starting together queue here: the first builds, the rest copy.
+    let lock = tokio::task::spawn_blocking(move || lock.lock().map(|()| lock)).await??;
+    let prebuilt = cache.join(&key);
+    if prebuilt.is_dir() {
+        tracing::info!(from = %prebuilt.display(), "copying the prebuilt dependency set");
+        copy_tree(&prebuilt, &root.join("target")).await?;
+    } else {
+        build_depset(settings).await?;
+        let staging = cache.join(format!("{key}.partial"));
+        let _ = std::fs::remove_dir_all(&staging);
+        std::fs::create_dir_all(&staging)?;
+        copy_tree(&root.join("target"), &staging).await?;
+        std::fs::rename(&staging, &prebuilt)?;
+    }
+    drop(lock);
+    std::fs::write(&marker, b"")?;
+    Ok(())
+}
+
+async fn build_depset(settings: &BuildSettings) -> anyhow::Result<()> {
+    tracing::info!(profile = %settings.profile, "building the dependency set (once per machine or image)");
+    let started = Instant::now();
+    // Not offline: a fresh machine may still have to fetch the set's crates. Pipeline
+    // builds are offline.
+    let output = cargo_command(settings, &Wrapper::default())
+        .args(["build", "--profile", &settings.profile, "-p", depset::PACKAGE])
+        .output()
+        .await
+        .context("running cargo: is it on PATH?")?;
+    if !output.status.success() {
+        bail!(
+            "building the dependency set failed ({}):\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    tracing::info!(seconds = started.elapsed().as_secs_f64(), "dependency set built");
+    Ok(())
+}
+
+/// Writes the layout's crates into the build root. A crate directory that exists is
+/// identical by construction (content-addressed), so it is left as it is.
+fn write_layout(root: &Path, layout: &Layout) -> anyhow::Result<Vec<String>> {
+    let mut members = vec!["depset".to_owned()];
+    for krate in &layout.crates {
+        let dir = root.join("src").join(&krate.dir_name);
+        members.push(format!("src/{}", krate.dir_name));
+        if dir.is_dir() {
+            continue;
+        }
+        let staging = root.join("src").join(format!(".{}.partial", krate.dir_name));
+        let _ = std::fs::remove_dir_all(&staging);
+        for file in &krate.files {
+            let path = staging.join(&file.path);
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            std::fs::write(&path, &file.content)?;
+            if file.executable {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
+            }
+        }
+        std::fs::rename(&staging, &dir).with_context(|| format!("placing crate {}", krate.dir_name))?;
+    }
+    write_workspace(root, &members)?;
+    Ok(members)
+}
+
+/// Collects cargo's output: rendered diagnostics and cargo's own lines in arrival
+/// order, the first errors, and the binary's path.
+#[derive(Debug, Default)]
+struct Collected {
+    log: String,
+    errors: Vec<String>,
+    error_count: usize,
+    executable: Option<PathBuf>,
+}
+
+fn collect_json_line(collected: &mut Collected, line: &str, binary_manifest: &Path) {
+    let Ok(message) = serde_json::from_str::<serde_json::Value>(line) else {
+        collected.log.push_str(line);
+        collected.log.push('\n');
+        return;
+    };
+    match message["reason"].as_str() {
+        Some("compiler-message") => {
+            let diagnostic = &message["message"];
+            if let Some(rendered) = diagnostic["rendered"].as_str() {
+                collected.log.push_str(rendered);
+            }
+            if diagnostic["level"].as_str() == Some("error") {
+                collected.error_count += 1;
+                if collected.errors.len() < 3 {
+                    let code = diagnostic["code"]["code"].as_str().map(|c| format!("[{c}]")).unwrap_or_default();
+                    let text = diagnostic["message"].as_str().unwrap_or("error");
+                    let span = diagnostic["spans"]
+                        .as_array()
+                        .and_then(|s| s.iter().find(|s| s["is_primary"].as_bool() == Some(true)))
+                        .map(|s| format!(" at {}:{}", s["file_name"].as_str().unwrap_or("?"), s["line_start"]))
+                        .unwrap_or_default();
+                    collected.errors.push(format!("error{code}: {text}{span}"));
+                }
+            }
+        }
+        Some("compiler-artifact") => {
+            let is_binary = message["target"]["kind"].as_array().is_some_and(|k| k.iter().any(|k| k == "bin"));
+            let manifest = message["manifest_path"].as_str().map(Path::new);
+            if is_binary && manifest == Some(binary_manifest) {
+                collected.executable = message["executable"].as_str().map(PathBuf::from);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Builds the layout's binary. Cancelling `cancel` kills the whole cargo process
+/// group and returns [`BuildOutcome::Cancelled`].
+pub async fn build(
+    settings: &BuildSettings,
+    wrapper: &Wrapper,
+    layout: &Layout,
+    cancel: &CancellationToken,
+) -> anyhow::Result<BuildOutcome> {
+    let started = Instant::now();
+    let root = settings.build_root.clone();
+    let layout_owned = layout.clone();
+    tokio::task::spawn_blocking(move || write_layout(&root, &layout_owned)).await??;
+    let binary = layout.binary();
+    debug_assert_eq!(binary.kind, CrateKind::Binary);
+    let binary_manifest = settings.build_root.join("src").join(&binary.dir_name).join("Cargo.toml");
+
+    let mut child = cargo_command(settings, wrapper)
+        .args(["build", "--offline", "--profile", &settings.profile, "--message-format=json"])
+        .args(["-p", depset::PACKAGE, "-p", &binary.package])
+        .spawn()
+        .context("starting cargo: is it on PATH?")?;
+    let pid = child.id();
+    let collected = Arc::new(Mutex::new(Collected::default()));
+    // Both pipes are taken right after spawning with `Stdio::piped()`.
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let stderr = child.stderr.take().expect("stderr is piped");
+    let out_task = {
+        let collected = collected.clone();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let mut c = collected.lock().unwrap_or_else(|p| p.into_inner());
+                collect_json_line(&mut c, &line, &binary_manifest);
+            }
+        })
+    };
+    let err_task = {
+        let collected = collected.clone();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let mut c = collected.lock().unwrap_or_else(|p| p.into_inner());
+                c.log.push_str(&line);
+                c.log.push('\n');
+            }
+        })
+    };
+
+    let kill_group = || {
+        if let Some(pid) = pid {
+            let _ = kiln_multihost::process::signal_group(pid, nix::sys::signal::Signal::SIGKILL);
+        }
+    };
+    let status = tokio::select! {
+        status = child.wait() => status.context("waiting for cargo")?,
+        () = cancel.cancelled() => {
+            kill_group();
+            let _ = child.wait().await;
+            return Ok(BuildOutcome::Cancelled);
+        }
+        () = tokio::time::sleep(settings.timeout) => {
+            kill_group();
+            let _ = child.wait().await;
+            bail!("the build took longer than {}s and was stopped", settings.timeout.as_secs());
+        }
+    };
+    // Grandchildren may hold the pipes open; the group is done once cargo is.
+    kill_group();
+    let _ = tokio::join!(out_task, err_task);
+    let collected = std::mem::take(&mut *collected.lock().unwrap_or_else(|p| p.into_inner()));
+    let elapsed = started.elapsed();
+    if status.success() {
+        let executable = collected
+            .executable
+            .ok_or_else(|| anyhow::anyhow!("cargo succeeded but named no binary for {}", binary.package))?;
+        return Ok(BuildOutcome::Built { executable, log: collected.log, elapsed });
+    }
+    if collected.error_count > 0 {
+        let mut summary = collected.errors.join("; ");
+        if collected.error_count > collected.errors.len() {
+            summary.push_str(&format!(" (and {} more errors)", collected.error_count - collected.errors.len()));
+        }
+        return Ok(BuildOutcome::CompileError { summary, log: collected.log, elapsed });
+    }
+    // cargo failed without a compiler error: resolution, I/O, a missing crate.
+    let tail: Vec<&str> = collected.log.lines().rev().take(15).collect();
+    bail!("cargo failed ({status}) without a compiler error:\n{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compiler_errors_are_summarised_and_the_binary_found() {
+        let manifest = Path::new("/b/src/app-1/Cargo.toml");
+        let mut c = Collected::default();
+        let error = r#"{"reason":"compiler-message","message":{"rendered":"error[E0425]: cannot find value `x`\n","level":"error","message":"cannot find value `x` in this scope","code":{"code":"E0425"},"spans":[{"is_primary":true,"file_name":"src/main.rs","line_start":3}]}}"#;
+        collect_json_line(&mut c, error, manifest);
+        let artifact = r#"{"reason":"compiler-artifact","manifest_path":"/b/src/app-1/Cargo.toml","target":{"kind":["bin"]},"executable":"/b/target/release/app"}"#;
+        collect_json_line(&mut c, artifact, manifest);
+        let other = r#"{"reason":"compiler-artifact","manifest_path":"/b/src/ops-1/Cargo.toml","target":{"kind":["lib"]},"executable":null}"#;
+        collect_json_line(&mut c, other, manifest);
+        assert_eq!(c.errors, vec!["error[E0425]: cannot find value `x` in this scope at src/main.rs:3"]);
+        assert!(c.log.contains("error[E0425]"));
+        assert_eq!(c.executable, Some(PathBuf::from("/b/target/release/app")));
+    }
+}

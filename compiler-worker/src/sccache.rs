@@ -1,0 +1,160 @@
+//! sccache, the compiler cache every build goes through when it is available.
+//!
+//! Each worker runs its own sccache server on its own port, so the statistics read
+//! after a build are exactly that build's (a worker builds one pipeline at a time).
+//! The server is started by the worker with the cache's settings; cargo and the
+//! build scripts only learn the wrapper's path and the server's port.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+
+use crate::builder::Wrapper;
+
+/// Where the cache keeps its objects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CacheStore {
+    /// A directory on this machine.
+    LocalDisk { dir: PathBuf },
+}
+
+/// One build's figures, read from sccache.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SccacheStats {
+    pub hits: u64,
+    pub misses: u64,
+    pub non_cacheable: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Sccache {
+    binary: PathBuf,
+    port: u16,
+    store: CacheStore,
+}
+
+/// Finds sccache: an explicit path, else on PATH, else in cargo's bin directory.
+pub fn find(explicit: Option<&Path>) -> Option<PathBuf> {
+    if let Some(path) = explicit {
+        return path.is_file().then(|| path.to_owned());
+    }
+    let mut candidates: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|paths| std::env::split_paths(&paths).map(|p| p.join("sccache")).collect())
+        .unwrap_or_default();
+    if let Some(home) = std::env::var_os("CARGO_HOME").or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cargo").into())) {
+        candidates.push(Path::new(&home).join("bin/sccache"));
+    }
+    candidates.into_iter().find(|p| p.is_file())
+}
+
+/// A free TCP port on loopback for this worker's sccache server.
+fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn sum_counts(value: &serde_json::Value) -> u64 {
+    value["counts"].as_object().map(|m| m.values().filter_map(|v| v.as_u64()).sum()).unwrap_or(0)
+}
+
+/// Reads the figures out of `sccache --show-stats --stats-format=json`.
+pub fn parse_stats(json: &str) -> anyhow::Result<SccacheStats> {
+    let value: serde_json::Value = serde_json::from_str(json).context("sccache statistics are not JSON")?;
+    let stats = &value["stats"];
+    if !stats.is_object() {
+        bail!("sccache statistics have no \"stats\" object");
+    }
+    Ok(SccacheStats {
+        hits: sum_counts(&stats["cache_hits"]),
+        misses: sum_counts(&stats["cache_misses"]),
+        non_cacheable: stats["non_cacheable_compilations"].as_u64().unwrap_or(0)
+            + stats["requests_not_cacheable"].as_u64().unwrap_or(0),
+    })
+}
+
+impl Sccache {
+    /// Starts this worker's sccache server.
+    pub async fn start(binary: PathBuf, store: CacheStore) -> anyhow::Result<Sccache> {
+        let port = free_port().context("finding a port for the sccache server")?;
+        let sccache = Sccache { binary, port, store };
+        sccache.run(&["--start-server"]).await.context("starting the sccache server")?;
+        Ok(sccache)
+    }
+
+    fn command(&self, args: &[&str]) -> tokio::process::Command {
+        let mut command = tokio::process::Command::new(&self.binary);
+        command
+            .args(args)
+            .env("SCCACHE_SERVER_PORT", self.port.to_string())
+            // The worker stops its server when it stops; an idle farm keeps it.
+            .env("SCCACHE_IDLE_TIMEOUT", "0")
+            .kill_on_drop(true);
+        match &self.store {
+            CacheStore::LocalDisk { dir } => {
+                command.env("SCCACHE_DIR", dir);
+            }
+        }
+        command
+    }
+
+    async fn run(&self, args: &[&str]) -> anyhow::Result<String> {
+        let output = tokio::time::timeout(Duration::from_secs(60), self.command(args).output())
+            .await
+            .with_context(|| format!("sccache {} did not answer within 60s", args.join(" ")))?
+            .with_context(|| format!("running {}", self.binary.display()))?;
+        if !output.status.success() {
+            bail!(
+                "sccache {} failed ({}): {}{}",
+                args.join(" "),
+                output.status,
+                String::from_utf8_lossy(&output.stderr).trim(),
+                String::from_utf8_lossy(&output.stdout).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+
+    /// What cargo gets: the wrapper, and the port of this worker's server.
+    pub fn wrapper(&self) -> Wrapper {
+        Wrapper {
+            env: vec![
+                ("RUSTC_WRAPPER".into(), self.binary.display().to_string()),
+                ("SCCACHE_SERVER_PORT".into(), self.port.to_string()),
+            ],
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match &self.store {
+            CacheStore::LocalDisk { dir } => format!("sccache on local disk ({})", dir.display()),
+        }
+    }
+
+    /// Zeroes the statistics before a build. Also restarts the server, with the
+    /// cache's settings, if it went away.
+    pub async fn zero_stats(&self) -> anyhow::Result<()> {
+        self.run(&["--zero-stats"]).await.map(|_| ())
+    }
+
+    pub async fn stats(&self) -> anyhow::Result<SccacheStats> {
+        parse_stats(&self.run(&["--show-stats", "--stats-format=json"]).await?)
+    }
+
+    pub async fn stop(&self) {
+        if let Err(e) = self.run(&["--stop-server"]).await {
+            tracing::warn!(error = %e, "stopping the sccache server");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stats_are_summed_over_languages() {
+        let json = r#"{"stats":{"cache_hits":{"counts":{"Rust":7,"C/C++":1}},"cache_misses":{"counts":{"Rust":2}},"non_cacheable_compilations":1,"requests_not_cacheable":3}}"#;
+        assert_eq!(parse_stats(json).unwrap(), SccacheStats { hits: 8, misses: 2, non_cacheable: 4 });
+        assert!(parse_stats("{}").is_err());
+    }
+}

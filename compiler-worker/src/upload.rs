@@ -1,0 +1,232 @@
+//! Delivering a built binary to the leader: report `uploading`, upload it unless the
+//! leader already holds that SHA-256, report `success`, all retried as one unit with
+//! exponential backoff and jitter (the `backon` crate) within a total budget.
+//!
+//! Transient failures (the leader unreachable, timeouts, UNAVAILABLE, INTERNAL and
+//! the like: gRPC's counterparts of 408, 429 and 5xx) are retried. Permanent ones
+//! fail at once: INVALID_ARGUMENT, UNAUTHENTICATED, RESOURCE_EXHAUSTED (the leader's
+//! disk is full), a hash mismatch that happens twice. FAILED_PRECONDITION means the
+//! claim went stale (a newer version, a deletion): the build is dropped.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use backon::{ExponentialBuilder, Retryable};
+use futures::StreamExt;
+use kiln_proto::{self as pb, upload_chunk::Part};
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncReadExt;
+
+use crate::client::LeaderClient;
+
+/// Why a delivery did not go through.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DeliveryError {
+    /// Worth another try.
+    #[error("{0}")]
+    Transient(String),
+    /// Will not get better by trying again.
+    #[error("{0}")]
+    Permanent(String),
+    /// The leader no longer wants this build.
+    #[error("{0}")]
+    Stale(String),
+}
+
+/// What a successful delivery cost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Delivered {
+    pub elapsed: Duration,
+    pub retries: u32,
+    pub sent_bytes: bool,
+}
+
+/// The budget and pacing of retries.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    pub budget: Duration,
+    pub min_delay: Duration,
+    pub max_delay: Duration,
+}
+
+impl RetryPolicy {
+    pub fn backoff(&self) -> ExponentialBuilder {
+        ExponentialBuilder::default()
+            .with_min_delay(self.min_delay)
+            .with_max_delay(self.max_delay)
+            .with_factor(2.0)
+            .with_jitter()
+            .with_total_delay(Some(self.budget))
+            .without_max_times()
+    }
+}
+
+/// Classifies a gRPC failure. `mismatches` counts hash mismatches so far.
+pub fn classify(status: &tonic::Status, mismatches: &AtomicU32) -> DeliveryError {
+    use tonic::Code;
+    let message = format!("{} ({:?})", status.message(), status.code());
+    match status.code() {
+        Code::FailedPrecondition => DeliveryError::Stale(message),
+        Code::DataLoss => {
+            if mismatches.fetch_add(1, Ordering::SeqCst) == 0 {
+                DeliveryError::Transient(message)
+            } else {
+                DeliveryError::Permanent(format!("{message}, twice"))
+            }
+        }
+        Code::InvalidArgument | Code::Unauthenticated | Code::PermissionDenied | Code::ResourceExhausted
+        | Code::Unimplemented | Code::OutOfRange | Code::AlreadyExists => DeliveryError::Permanent(message),
+        // UNAVAILABLE (connection refused, leader restarting), DEADLINE_EXCEEDED,
+        // INTERNAL, UNKNOWN, ABORTED, CANCELLED, NOT_FOUND (artifact went missing
+        // between upload and report: upload again).
+        _ => DeliveryError::Transient(message),
+    }
+}
+
+/// SHA-256 and size of a file, read in chunks.
+pub async fn hash_file(path: &Path) -> std::io::Result<(String, u64)> {
+    let mut file = tokio::fs::File::open(path).await?;
+    let mut hasher = Sha256::new();
+    let mut buffer = vec![0u8; kiln_proto::UPLOAD_CHUNK_BYTES];
+    let mut size = 0u64;
+    loop {
+        let n = file.read(&mut buffer).await?;
+        if n == 0 {
+            return Ok((hex::encode(hasher.finalize()), size));
+        }
+        size += n as u64;
+        hasher.update(&buffer[..n]);
+    }
+}
+
+/// What is delivered, and on whose behalf.
+#[derive(Debug, Clone)]
+pub struct Shipment {
+    pub member: pb::Member,
+    pub claim: pb::Claim,
+    pub binary: PathBuf,
+    pub sha256: String,
+    pub size: u64,
+    /// The report that ends the delivery, with `status` SUCCESS; its upload time
+    /// and retry count are filled in as it is sent.
+    pub success: pb::StatusReport,
+    /// The report sent first, with `status` UPLOADING.
+    pub uploading: pb::StatusReport,
+}
+
+fn unary<T>(message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.set_timeout(Duration::from_secs(30));
+    request
+}
+
+async fn upload(client: &mut LeaderClient, shipment: &Shipment) -> Result<(), tonic::Status> {
+    let file = tokio::fs::File::open(&shipment.binary)
+        .await
+        .map_err(|e| tonic::Status::internal(format!("opening the binary {}: {e}", shipment.binary.display())))?;
+    let header = pb::UploadChunk {
+        part: Some(Part::Header(pb::UploadHeader {
+            member: Some(shipment.member.clone()),
+            claim: Some(shipment.claim),
+            sha256: shipment.sha256.clone(),
+            size: shipment.size,
+        })),
+    };
+    // A read error ends the stream early; the leader then sees a short upload and
+    // refuses it, and the attempt is retried.
+    let data = tokio_util::io::ReaderStream::with_capacity(file, kiln_proto::UPLOAD_CHUNK_BYTES)
+        .take_while(|chunk| std::future::ready(chunk.is_ok()))
+        .filter_map(|chunk| std::future::ready(chunk.ok().map(|bytes| pb::UploadChunk { part: Some(Part::Data(bytes.to_vec())) })));
+    let stream = futures::stream::once(std::future::ready(header)).chain(data);
+    client.upload_artifact(stream).await.map(|_| ())
+}
+
+/// One attempt: report uploading, send the bytes unless the leader has them, report
+/// success. Returns whether bytes were sent.
+async fn attempt(
+    client: &LeaderClient,
+    shipment: &Shipment,
+    mismatches: &AtomicU32,
+    started: Instant,
+    retries: &AtomicU32,
+) -> Result<bool, DeliveryError> {
+    let mut client = client.clone();
+    let classify = |s: tonic::Status| classify(&s, mismatches);
+    client.report_status(unary(shipment.uploading.clone())).await.map_err(classify)?;
+    let present = client
+        .has_artifact(unary(pb::HasArtifactRequest { sha256: shipment.sha256.clone() }))
+        .await
+        .map_err(classify)?
+        .into_inner()
+        .present;
+    if !present {
+        upload(&mut client, shipment).await.map_err(classify)?;
+    }
+    let mut success = shipment.success.clone();
+    let figures = success.figures.get_or_insert_default();
+    figures.upload_ms = started.elapsed().as_millis() as u64;
+    figures.upload_retries = retries.load(Ordering::SeqCst);
+    client.report_status(unary(success)).await.map_err(classify)?;
+    Ok(!present)
+}
+
+/// Delivers the shipment, retrying transient failures within the policy's budget.
+/// The error is the last failure's.
+pub async fn deliver(client: &LeaderClient, shipment: &Shipment, policy: RetryPolicy) -> Result<Delivered, DeliveryError> {
+    let started = Instant::now();
+    let retries = AtomicU32::new(0);
+    let mismatches = AtomicU32::new(0);
+    let claim = shipment.claim;
+    let sent = (|| attempt(client, shipment, &mismatches, started, &retries))
+        .retry(policy.backoff())
+        .when(|e| matches!(e, DeliveryError::Transient(_)))
+        .notify(|error, delay| {
+            retries.fetch_add(1, Ordering::SeqCst);
+            tracing::warn!(
+                id = claim.pipeline_id, version = claim.version, error = %error,
+                retry_in_ms = delay.as_millis() as u64, "upload failed; retrying"
+            );
+        })
+        .await?;
+    Ok(Delivered { elapsed: started.elapsed(), retries: retries.load(Ordering::SeqCst), sent_bytes: sent })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_are_classified_for_the_retry_policy() {
+        let m = AtomicU32::new(0);
+        assert!(matches!(classify(&tonic::Status::unavailable("down"), &m), DeliveryError::Transient(_)));
+        assert!(matches!(classify(&tonic::Status::internal("io"), &m), DeliveryError::Transient(_)));
+        assert!(matches!(classify(&tonic::Status::resource_exhausted("disk full"), &m), DeliveryError::Permanent(_)));
+        assert!(matches!(classify(&tonic::Status::unauthenticated("token"), &m), DeliveryError::Permanent(_)));
+        assert!(matches!(classify(&tonic::Status::failed_precondition("stale"), &m), DeliveryError::Stale(_)));
+        assert!(matches!(classify(&tonic::Status::data_loss("mismatch"), &m), DeliveryError::Transient(_)));
+        assert!(matches!(classify(&tonic::Status::data_loss("mismatch"), &m), DeliveryError::Permanent(_)), "a repeated mismatch is permanent");
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_leader_exhausts_the_budget_with_the_cause() {
+        // Port 1 on loopback refuses connections: a leader that is down.
+        let client = crate::client::connect("http://127.0.0.1:1", "t").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let binary = dir.path().join("bin");
+        std::fs::write(&binary, b"x").unwrap();
+        let report = pb::StatusReport::default();
+        let shipment = Shipment {
+            member: pb::Member::default(),
+            claim: pb::Claim::default(),
+            binary,
+            sha256: "0".repeat(64),
+            size: 1,
+            success: report.clone(),
+            uploading: report,
+        };
+        let policy = RetryPolicy { budget: Duration::from_millis(600), min_delay: Duration::from_millis(50), max_delay: Duration::from_millis(200) };
+        let error = deliver(&client, &shipment, policy).await.unwrap_err();
+        assert!(matches!(&error, DeliveryError::Transient(m) if m.contains("Unavailable")), "{error:?}");
+    }
+}

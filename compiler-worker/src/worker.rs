@@ -1,0 +1,398 @@
+//! The worker's life: heartbeats in the background; in the foreground, claim a
+//! pipeline of this ordinal, build it, deliver the binary, report, repeat.
+//!
+//! A worker builds one pipeline at a time, so sccache's figures after a build are
+//! that build's. The build in hand is cancelled (its whole process group killed)
+//! when the leader says it is no longer wanted: a new version, a deletion.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use kiln_proto::{self as pb, BuildStatus};
+use tokio_util::sync::CancellationToken;
+
+use crate::builder::{self, BuildOutcome, BuildSettings, Wrapper};
+use crate::client::{self, LeaderClient};
+use crate::depset::DepSet;
+use crate::identity::Identity;
+use crate::program::{Program, ProgramFile};
+use crate::sccache::{self, CacheStore, Sccache};
+use crate::scaling::ScalingGuard;
+use crate::upload::{self, DeliveryError, RetryPolicy, Shipment};
+
+/// Whether builds go through sccache.
+#[derive(Debug, Clone)]
+pub enum CacheChoice {
+    /// Never: plain cargo.
+    Off,
+    /// When sccache can be found (at `binary`, or on PATH) and started.
+    Auto { binary: Option<PathBuf>, store: CacheStore },
+}
+
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    pub identity: Identity,
+    pub leader_url: String,
+    pub cluster_token: String,
+    pub build: BuildSettings,
+    pub cache: CacheChoice,
+    pub upload: RetryPolicy,
+    pub heartbeat_interval: Duration,
+    pub version: String,
+}
+
+/// What the heartbeat task and the build loop share.
+#[derive(Debug, Default)]
+struct Shared {
+    current: Mutex<Option<(pb::Claim, CancellationToken)>>,
+    cache_state: Mutex<pb::CacheState>,
+}
+
+impl Shared {
+    fn set_cache_state(&self, healthy: bool, message: String) {
+        *self.cache_state.lock().unwrap_or_else(|p| p.into_inner()) = pb::CacheState { healthy, message };
+    }
+}
+
+struct Worker {
+    config: WorkerConfig,
+    member: pb::Member,
+    client: LeaderClient,
+    shared: Arc<Shared>,
+    sccache: Option<Sccache>,
+    cache_note: String,
+}
+
+/// Runs the worker until `shutdown` is cancelled. Scaling is reported through `guard`.
+pub async fn run(config: WorkerConfig, guard: ScalingGuard, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let client = client::connect(&config.leader_url, &config.cluster_token)?;
+    let member = pb::Member {
+        ordinal: config.identity.ordinal,
+        workers: config.identity.workers,
+        incarnation: rand::random(),
+        version: config.version.clone(),
+    };
+    let shared = Arc::new(Shared::default());
+    shared.set_cache_state(true, "preparing the build root".into());
+    let heartbeats = tokio::spawn(heartbeat_loop(
+        client.clone(),
+        member.clone(),
+        shared.clone(),
+        guard,
+        config.heartbeat_interval,
+        shutdown.clone(),
+    ));
+
+    let ordinal = config.identity.ordinal;
+    tracing::info!(ordinal, build_root = %config.build.build_root.display(), "preparing the build root");
+    tokio::select! {
+        prepared = builder::prepare_build_root(&config.build) => prepared.context("preparing the build root")?,
+        () = shutdown.cancelled() => return Ok(()),
+    }
+    let (sccache, cache_note) = start_cache(&config.cache).await;
+    match &sccache {
+        Some(s) => shared.set_cache_state(true, s.describe()),
+        None => shared.set_cache_state(true, cache_note.clone()),
+    }
+    tracing::info!(ordinal, leader = %config.leader_url, "worker ready");
+
+    let mut worker = Worker { config, member, client, shared, sccache, cache_note };
+    let result = worker.claim_loop(&shutdown).await;
+    if let Some(sccache) = &worker.sccache {
+        sccache.stop().await;
+    }
+    heartbeats.abort();
+    result
+}
+
+async fn start_cache(choice: &CacheChoice) -> (Option<Sccache>, String) {
+    let CacheChoice::Auto { binary, store } = choice else {
+        return (None, "compile cache turned off: building with plain cargo".into());
+    };
+    let Some(binary) = sccache::find(binary.as_deref()) else {
+        let note = "sccache not found on PATH: building with plain cargo, without a compile cache".to_owned();
+        tracing::warn!("{note}");
+        return (None, note);
+    };
+    match Sccache::start(binary, store.clone()).await {
+        Ok(sccache) => {
+            tracing::info!(cache = %sccache.describe(), "compile cache ready");
+            (Some(sccache), String::new())
+        }
+        Err(e) => {
+            let note = format!("sccache could not start ({e:#}): building with plain cargo, without a compile cache");
+            tracing::warn!("{note}");
+            (None, note)
+        }
+    }
+}
+
+async fn heartbeat_loop(
+    mut client: LeaderClient,
+    member: pb::Member,
+    shared: Arc<Shared>,
+    guard: ScalingGuard,
+    interval: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut was_failing = false;
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            () = shutdown.cancelled() => return,
+        }
+        let current = shared.current.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let cache = shared.cache_state.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut request = tonic::Request::new(pb::HeartbeatRequest {
+            member: Some(member.clone()),
+            cache: Some(cache),
+            current: current.as_ref().map(|(claim, _)| *claim),
+        });
+        request.set_timeout(interval.max(Duration::from_secs(5)));
+        match client.heartbeat(request).await {
+            Ok(response) => {
+                let response = response.into_inner();
+                if was_failing {
+                    tracing::info!(ordinal = member.ordinal, "leader reachable again");
+                    was_failing = false;
+                }
+                guard.observe_replicas(response.leader_workers);
+                let still_current = || {
+                    let now = shared.current.lock().unwrap_or_else(|p| p.into_inner());
+                    now.as_ref().map(|(c, _)| *c) == current.as_ref().map(|(c, _)| *c)
+                };
+                if response.cancel_current
+                    && still_current()
+                    && let Some((claim, cancel)) = current
+                {
+                    tracing::info!(id = claim.pipeline_id, version = claim.version, ordinal = member.ordinal, "the leader no longer wants this build: cancelling it");
+                    cancel.cancel();
+                }
+            }
+            Err(status) => {
+                if !was_failing {
+                    tracing::warn!(ordinal = member.ordinal, error = %status.message(), code = ?status.code(), "heartbeat failed; will keep trying");
+                    was_failing = true;
+                }
+                if status.code() == tonic::Code::Unauthenticated {
+                    tracing::error!(ordinal = member.ordinal, "the leader refuses this member's cluster token: {}", status.message());
+                }
+            }
+        }
+    }
+}
+
+fn figures(compile_ms: u64, upload_ms: u64, upload_retries: u32, cache: pb::CacheFigures) -> Option<pb::BuildFigures> {
+    Some(pb::BuildFigures { compile_ms, upload_ms, upload_retries, cache: Some(cache) })
+}
+
+impl Worker {
+    async fn claim_loop(&mut self, shutdown: &CancellationToken) -> anyhow::Result<()> {
+        let mut failures = 0u32;
+        loop {
+            let mut request = tonic::Request::new(pb::ClaimRequest { member: Some(self.member.clone()), wait_ms: 30_000 });
+            request.set_timeout(Duration::from_secs(45));
+            let response = tokio::select! {
+                response = self.client.claim(request) => response,
+                () = shutdown.cancelled() => return Ok(()),
+            };
+            match response {
+                Ok(response) => {
+                    failures = 0;
+                    if let Some(assignment) = response.into_inner().assignment {
+                        self.handle(assignment, shutdown).await;
+                    }
+                }
+                Err(status) if status.code() == tonic::Code::Unauthenticated => {
+                    anyhow::bail!("the leader refuses this member: {}", status.message());
+                }
+                Err(status) => {
+                    failures += 1;
+                    if failures == 1 {
+                        tracing::warn!(ordinal = self.member.ordinal, error = %status.message(), code = ?status.code(), "asking the leader for work failed; retrying");
+                    }
+                    let pause = Duration::from_millis(200 * u64::from(failures.min(10)));
+                    tokio::select! {
+                        () = tokio::time::sleep(pause) => {}
+                        () = shutdown.cancelled() => return Ok(()),
+                    }
+                }
+            }
+        }
+    }
+
+    async fn handle(&mut self, assignment: pb::Assignment, shutdown: &CancellationToken) {
+        let Some(claim) = assignment.claim else { return };
+        let cancel = shutdown.child_token();
+        *self.shared.current.lock().unwrap_or_else(|p| p.into_inner()) = Some((claim, cancel.clone()));
+        let span = tracing::info_span!("build", pipeline = %assignment.name, id = claim.pipeline_id, version = claim.version, ordinal = self.member.ordinal);
+        let final_report = tracing::Instrument::instrument(self.build_and_deliver(&assignment, claim, &cancel), span.clone()).await;
+        if let Some(report) = final_report {
+            tracing::Instrument::instrument(self.send_final(report, &cancel), span).await;
+        }
+        *self.shared.current.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    fn report(&self, claim: pb::Claim, status: BuildStatus) -> pb::StatusReport {
+        pb::StatusReport { member: Some(self.member.clone()), claim: Some(claim), status: status as i32, ..Default::default() }
+    }
+
+    fn cache_off_figures(&self) -> pb::CacheFigures {
+        pb::CacheFigures { enabled: false, note: self.cache_note.clone(), ..Default::default() }
+    }
+
+    /// Builds and delivers. Returns the report still to be sent when the build ended
+    /// in an error (compile error, system error, exhausted upload budget), or None
+    /// when it succeeded or was cancelled.
+    async fn build_and_deliver(&mut self, assignment: &pb::Assignment, claim: pb::Claim, cancel: &CancellationToken) -> Option<pb::StatusReport> {
+        tracing::info!("build started");
+        let files: Vec<ProgramFile> = assignment
+            .source
+            .clone()
+            .unwrap_or_default()
+            .files
+            .into_iter()
+            .map(|f| ProgramFile { path: f.path, content: f.content, executable: f.executable })
+            .collect();
+        let system_error = |error: String, log: String| {
+            tracing::error!(error = %error, "build failed on this worker");
+            let mut r = self.report(claim, BuildStatus::SystemError);
+            r.error = error;
+            r.log = log;
+            r.figures = figures(0, 0, 0, self.cache_off_figures());
+            Some(r)
+        };
+        let layout = match Program::parse(files, DepSet::embedded()) {
+            Ok(program) => program.layout(),
+            Err(e) => return system_error(format!("this worker cannot build the program: {e}"), String::new()),
+        };
+
+        let (wrapper, mut cache) = match &self.sccache {
+            Some(sccache) => match sccache.zero_stats().await {
+                Ok(()) => (sccache.wrapper(), pb::CacheFigures { enabled: true, ..Default::default() }),
+                Err(e) => {
+                    let note = format!("sccache failed before the build ({e:#}): built without the cache");
+                    tracing::warn!("{note}");
+                    self.shared.set_cache_state(false, format!("sccache does not answer: {e:#}"));
+                    (Wrapper::default(), pb::CacheFigures { enabled: false, note, ..Default::default() })
+                }
+            },
+            None => (Wrapper::default(), self.cache_off_figures()),
+        };
+
+        let outcome = builder::build(&self.config.build, &wrapper, &layout, cancel).await;
+        if cache.enabled
+            && let Some(sccache) = &self.sccache
+        {
+            match sccache.stats().await {
+                Ok(stats) => {
+                    cache.hits = stats.hits;
+                    cache.misses = stats.misses;
+                    cache.non_cacheable = stats.non_cacheable;
+                    self.shared.set_cache_state(true, sccache.describe());
+                }
+                Err(e) => cache.note = format!("sccache statistics unavailable: {e:#}"),
+            }
+        }
+        let (executable, log, elapsed) = match outcome {
+            Ok(BuildOutcome::Cancelled) => {
+                tracing::info!("build cancelled");
+                return None;
+            }
+            Ok(BuildOutcome::CompileError { summary, log, elapsed }) => {
+                tracing::info!(error = %summary, "compile error");
+                let mut r = self.report(claim, BuildStatus::CompileError);
+                r.error = summary;
+                r.log = log;
+                r.figures = figures(elapsed.as_millis() as u64, 0, 0, cache);
+                return Some(r);
+            }
+            Err(e) => return system_error(format!("{e:#}"), String::new()),
+            Ok(BuildOutcome::Built { executable, log, elapsed }) => (executable, log, elapsed),
+        };
+        let compile_ms = elapsed.as_millis() as u64;
+        tracing::info!(compile_ms, hits = cache.hits, misses = cache.misses, "compiled");
+
+        let (sha256, size) = match upload::hash_file(&executable).await {
+            Ok(hashed) => hashed,
+            Err(e) => return system_error(format!("reading the built binary {}: {e}", executable.display()), log),
+        };
+        let mut uploading = self.report(claim, BuildStatus::Uploading);
+        uploading.figures = figures(compile_ms, 0, 0, cache.clone());
+        let mut success = self.report(claim, BuildStatus::Success);
+        success.binary_sha256 = sha256.clone();
+        success.binary_size = size;
+        success.log = log.clone();
+        let shipment = Shipment {
+            member: self.member.clone(),
+            claim,
+            binary: executable,
+            sha256: sha256.clone(),
+            size,
+            success,
+            uploading,
+        };
+        let started = std::time::Instant::now();
+        let mut shipment = shipment;
+        shipment.success.figures = figures(compile_ms, 0, 0, cache.clone());
+        let delivered = tokio::select! {
+            delivered = upload::deliver(&self.client, &shipment, self.config.upload) => delivered,
+            () = cancel.cancelled() => {
+                tracing::info!("delivery cancelled");
+                return None;
+            }
+        };
+        match delivered {
+            Ok(d) => {
+                tracing::info!(binary_sha256 = %sha256, size, upload_ms = d.elapsed.as_millis() as u64, retries = d.retries, sent = d.sent_bytes, "delivered to the leader");
+                None
+            }
+            Err(DeliveryError::Stale(reason)) => {
+                tracing::info!(reason = %reason, "the leader dropped this build");
+                None
+            }
+            Err(DeliveryError::Transient(cause) | DeliveryError::Permanent(cause)) => {
+                tracing::error!(cause = %cause, budget_s = self.config.upload.budget.as_secs(), "Failed to upload binary");
+                let mut r = self.report(claim, BuildStatus::SystemError);
+                r.error = format!("Failed to upload binary: {cause}");
+                r.log = log;
+                r.figures = figures(compile_ms, started.elapsed().as_millis() as u64, 0, cache);
+                Some(r)
+            }
+        }
+    }
+
+    /// Sends a build's final error report. The leader may be the very thing that is
+    /// failing, so this keeps trying (with capped backoff) until the report lands,
+    /// the claim goes stale, or the worker stops.
+    async fn send_final(&mut self, report: pb::StatusReport, cancel: &CancellationToken) {
+        let mut delay = Duration::from_millis(250);
+        loop {
+            let mut request = tonic::Request::new(report.clone());
+            request.set_timeout(Duration::from_secs(30));
+            match self.client.report_status(request).await {
+                Ok(_) => return,
+                Err(status) if status.code() == tonic::Code::FailedPrecondition => {
+                    tracing::info!(reason = %status.message(), "final report refused: the build was dropped");
+                    return;
+                }
+                Err(status) if matches!(status.code(), tonic::Code::InvalidArgument | tonic::Code::Unauthenticated) => {
+                    tracing::error!(error = %status.message(), "final report refused");
+                    return;
+                }
+                Err(status) => {
+                    tracing::warn!(error = %status.message(), retry_in_ms = delay.as_millis() as u64, "final report not delivered; retrying");
+                }
+            }
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = cancel.cancelled() => return,
+            }
+            delay = (delay * 2).min(Duration::from_secs(10));
+        }
+    }
+}

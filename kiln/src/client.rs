@@ -1,0 +1,160 @@
+//! The HTTP client of the leader's `/v0` API, used by the client commands and by
+//! `kiln up`. Turns the leader's JSON errors into plain messages.
+
+use std::path::Path;
+
+use anyhow::{Context, bail};
+use base64::Engine;
+use kiln_leader::http::{SHA256_HEADER, SubmitFile, SubmitRequest};
+use kiln_leader::rules::PipelineRecord;
+use serde::Deserialize;
+
+use crate::LeaderArgs;
+
+#[derive(Debug, Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+    api_token: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Submitted {
+    pub change: String,
+    pub pipeline: PipelineRecord,
+}
+
+/// Directories never sent with a program: build outputs and version control.
+const SKIPPED_DIRS: [&str; 3] = ["target", ".git", ".kiln"];
+
+/// Reads a program directory into the files `POST /v0/pipelines` takes. Symbolic
+/// links are followed only while they stay inside the directory.
+pub fn read_program(dir: &Path) -> anyhow::Result<Vec<SubmitFile>> {
+    let root = dir.canonicalize().with_context(|| format!("reading the program directory {}", dir.display()))?;
+    if !root.is_dir() {
+        bail!("{} is not a directory: a program is a directory holding a Cargo.toml", dir.display());
+    }
+    let mut files = Vec::new();
+    let walker = walkdir::WalkDir::new(&root).follow_links(true).sort_by_file_name().into_iter().filter_entry(|e| {
+        !(e.depth() > 0 && e.file_type().is_dir() && SKIPPED_DIRS.contains(&e.file_name().to_string_lossy().as_ref()))
+    });
+    for entry in walker {
+        let entry = entry.with_context(|| format!("reading {}", dir.display()))?;
+        if !entry.file_type().is_file() || entry.file_name() == "Cargo.lock" {
+            continue;
+        }
+        let real = entry.path().canonicalize()?;
+        if !real.starts_with(&root) {
+            bail!(
+                "{} links to {}, outside the program directory: copy the file in instead",
+                entry.path().display(),
+                real.display()
+            );
+        }
+        let relative = entry.path().strip_prefix(&root).context("a walked path is under its root")?;
+        let path = relative
+            .to_str()
+            .with_context(|| format!("{} is not a UTF-8 path", relative.display()))?
+            .to_owned();
+        let content = std::fs::read(entry.path()).with_context(|| format!("reading {}", entry.path().display()))?;
+        let executable = {
+            use std::os::unix::fs::PermissionsExt;
+            entry.metadata()?.permissions().mode() & 0o111 != 0
+        };
+        files.push(SubmitFile { path, content_base64: base64::engine::general_purpose::STANDARD.encode(content), executable });
+    }
+    Ok(files)
+}
+
+/// The pipeline name a directory gets by default: its own name.
+pub fn default_name(dir: &Path) -> anyhow::Result<String> {
+    let canonical = dir.canonicalize().with_context(|| format!("reading {}", dir.display()))?;
+    canonical
+        .file_name()
+        .and_then(|n| n.to_str())
+        .map(str::to_owned)
+        .with_context(|| format!("{} has no usable name: pass --name", dir.display()))
+}
+
+impl Client {
+    pub fn new(leader: &LeaderArgs) -> anyhow::Result<Client> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(std::time::Duration::from_secs(5))
+            .build()
+            .context("creating the HTTP client")?;
+        Ok(Client { http, base: leader.url.trim_end_matches('/').to_owned(), api_token: leader.api_token.clone() })
+    }
+
+    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let request = self.http.request(method, format!("{}{path}", self.base));
+        match &self.api_token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        }
+    }
+
+    async fn send(&self, request: reqwest::RequestBuilder) -> anyhow::Result<reqwest::Response> {
+        let response = request.send().await.map_err(|e| {
+            anyhow::anyhow!(
+                "cannot reach the leader at {}: {e}. Is the farm running (`kiln up`)? Set --leader or KILN_LEADER otherwise",
+                self.base
+            )
+        })?;
+        if response.status().is_success() {
+            return Ok(response);
+        }
+        let status = response.status();
+        let body = response.text().await.unwrap_or_default();
+        let message = serde_json::from_str::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v["error"].as_str().map(str::to_owned))
+            .unwrap_or(body);
+        bail!("{message} (HTTP {status})")
+    }
+
+    pub async fn submit(&self, name: &str, files: Vec<SubmitFile>) -> anyhow::Result<Submitted> {
+        let body = SubmitRequest { name: name.to_owned(), files };
+        let response = self.send(self.request(reqwest::Method::POST, "/v0/pipelines").json(&body)).await?;
+        response.json().await.context("reading the leader's answer")
+    }
+
+    pub async fn get(&self, key: &str) -> anyhow::Result<PipelineRecord> {
+        let response = self.send(self.request(reqwest::Method::GET, &format!("/v0/pipelines/{key}"))).await?;
+        response.json().await.context("reading the leader's answer")
+    }
+
+    pub async fn list(&self) -> anyhow::Result<Vec<PipelineRecord>> {
+        let response = self.send(self.request(reqwest::Method::GET, "/v0/pipelines")).await?;
+        response.json().await.context("reading the leader's answer")
+    }
+
+    pub async fn log(&self, key: &str) -> anyhow::Result<String> {
+        let response = self.send(self.request(reqwest::Method::GET, &format!("/v0/pipelines/{key}/log"))).await?;
+        response.text().await.context("reading the log")
+    }
+
+    /// Starts fetching a binary: the response (to stream) and the SHA-256 the
+    /// leader declares for it.
+    pub async fn binary(&self, key: &str) -> anyhow::Result<(reqwest::Response, String)> {
+        let response = self.send(self.request(reqwest::Method::GET, &format!("/v0/pipelines/{key}/binary"))).await?;
+        let sha = response
+            .headers()
+            .get(SHA256_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+            .with_context(|| format!("the leader sent no {SHA256_HEADER} header with the binary"))?;
+        Ok((response, sha))
+    }
+
+    /// `GET /cluster_healthz`: whether all members are healthy, and the body.
+    pub async fn cluster_health(&self) -> anyhow::Result<(bool, serde_json::Value)> {
+        let response = self
+            .http
+            .get(format!("{}/cluster_healthz", self.base))
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the leader at {}", self.base))?;
+        let healthy = response.status().is_success();
+        Ok((healthy, response.json().await.context("reading /cluster_healthz")?))
+    }
+}

@@ -1,0 +1,188 @@
+//! `kiln up`: a whole farm on this machine. The leader and N-1 further workers run as
+//! supervised child processes with StatefulSet-style hostnames
+//! (`kiln-compiler-server-<i>`); a member that dies is restarted, as Kubernetes
+//! would; Ctrl-C or SIGTERM stops them all.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use kiln_multihost::supervisor::{Event, MemberSpec, RestartPolicy, Supervisor};
+
+use crate::client::Client;
+use crate::{DEFAULT_PORT, LeaderArgs, commands, default_data_dir};
+
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    /// N: the number of members, the leader included.
+    #[arg(long, env = "KILN_WORKERS", default_value_t = 2)]
+    pub workers: u32,
+    /// Where the farm keeps its state: the leader's catalog and artifacts, each
+    /// worker's build root, the cluster token.
+    #[arg(long, env = "KILN_DATA_DIR", default_value_os_t = default_data_dir())]
+    pub data_dir: PathBuf,
+    /// The leader's port on 127.0.0.1.
+    #[arg(long, env = "KILN_PORT", default_value_t = DEFAULT_PORT)]
+    pub port: u16,
+    /// The cargo profile pipelines are built with.
+    #[arg(long, env = "KILN_BUILD_PROFILE", default_value = "release")]
+    pub profile: String,
+    /// Once the farm is ready, submit these program directories and show progress.
+    #[arg(long = "submit")]
+    pub submit: Vec<PathBuf>,
+    /// With --submit: stop the farm when those builds have ended, and exit non-zero
+    /// if any failed.
+    #[arg(long, requires = "submit")]
+    pub once: bool,
+    /// Further `kiln server` options for every member, e.g. `--upload-budget=10m`.
+    #[arg(last = true)]
+    pub server_args: Vec<OsString>,
+}
+
+/// Reads the farm's cluster token, creating a random one on first use.
+fn cluster_token_file(data_dir: &Path) -> anyhow::Result<PathBuf> {
+    let path = data_dir.join("cluster-token");
+    if !path.exists() {
+        let token: [u8; 32] = rand::random();
+        let mut options = std::fs::OpenOptions::new();
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(0o600);
+        }
+        use std::io::Write;
+        let mut file = options.write(true).create_new(true).open(&path).with_context(|| format!("creating {}", path.display()))?;
+        file.write_all(hex::encode(token).as_bytes())?;
+    }
+    Ok(path)
+}
+
+fn member_specs(args: &UpArgs, data_dir: &Path, token_file: &Path) -> anyhow::Result<Vec<MemberSpec>> {
+    let program = std::env::current_exe().context("finding the kiln binary")?;
+    let leader = format!("http://127.0.0.1:{}", args.port);
+    Ok((0..args.workers)
+        .map(|ordinal| {
+            let member_dir = data_dir.join(format!("member-{ordinal}"));
+            let mut server_args: Vec<OsString> = vec![
+                "server".into(),
+                format!("--hostname=kiln-compiler-server-{ordinal}").into(),
+                format!("--workers={}", args.workers).into(),
+                "--data-dir".into(),
+                member_dir.clone().into(),
+                "--build-root".into(),
+                member_dir.join("build").into(),
+                "--depset-cache".into(),
+                data_dir.join("depset-cache").into(),
+                "--cluster-token-file".into(),
+                token_file.into(),
+                format!("--leader={leader}").into(),
+                format!("--listen=127.0.0.1:{}", args.port).into(),
+                format!("--profile={}", args.profile).into(),
+            ];
+            server_args.extend(args.server_args.iter().cloned());
+            MemberSpec {
+                name: format!("member-{ordinal}"),
+                program: program.clone(),
+                args: server_args,
+                env: Vec::new(),
+                working_dir: None,
+            }
+        })
+        .collect())
+}
+
+async fn wait_until_healthy(client: &Client, workers: u32) -> anyhow::Result<()> {
+    let mut last_report = tokio::time::Instant::now();
+    loop {
+        match client.cluster_health().await {
+            Ok((true, _)) => return Ok(()),
+            Ok((false, body)) if last_report.elapsed() > Duration::from_secs(15) => {
+                let waiting: Vec<String> = body["members"]
+                    .as_array()
+                    .map(|m| {
+                        m.iter()
+                            .filter(|m| m["healthy"] != true)
+                            .map(|m| format!("member-{}: {}", m["ordinal"], m["message"].as_str().unwrap_or("")))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                eprintln!("kiln up: waiting for {} of {workers} members ({})", waiting.len(), waiting.join("; "));
+                last_report = tokio::time::Instant::now();
+            }
+            _ => {}
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
+    if args.workers == 0 {
+        bail!("--workers must be at least 1: the leader is a worker too");
+    }
+    std::fs::create_dir_all(&args.data_dir).with_context(|| format!("creating {}", args.data_dir.display()))?;
+    let data_dir = args.data_dir.canonicalize()?;
+    let token_file = cluster_token_file(&data_dir)?;
+    let leader = LeaderArgs { url: format!("http://127.0.0.1:{}", args.port), api_token: None };
+    if let Ok(stale) = std::net::TcpListener::bind(("127.0.0.1", args.port)) {
+        drop(stale);
+    } else {
+        bail!("port {} on 127.0.0.1 is taken: another `kiln up` may be running; stop it or pass --port", args.port);
+    }
+    let client = Client::new(&leader)?;
+    let shutdown = crate::shutdown::on_signal();
+    let mut supervisor = Supervisor::start(
+        member_specs(&args, &data_dir, &token_file)?,
+        RestartPolicy::Always {
+            min_backoff: Duration::from_millis(500),
+            max_backoff: Duration::from_secs(30),
+            stable_after: Duration::from_secs(60),
+        },
+        Duration::from_secs(10),
+    );
+    eprintln!("kiln up: {} members, leader at {} (state in {})", args.workers, leader.url, data_dir.display());
+
+    let job = {
+        let client = client.clone();
+        let dirs = args.submit.clone();
+        let workers = args.workers;
+        async move {
+            wait_until_healthy(&client, workers).await?;
+            eprintln!("kiln up: farm ready, {workers} members healthy. Submit with: kiln submit DIR --wait");
+            if dirs.is_empty() {
+                return std::future::pending().await;
+            }
+            let submitted = commands::submit_dirs(&client, &dirs, None).await?;
+            let records = commands::wait_for(&client, &submitted, Duration::from_secs(3600)).await?;
+            commands::print_table(&records);
+            commands::report_failures(&client, &records).await
+        }
+    };
+    tokio::pin!(job);
+    let mut job_done = false;
+    let outcome = loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break Ok(ExitCode::SUCCESS),
+            result = &mut job, if !job_done => {
+                job_done = true;
+                match result {
+                    Ok(all_ok) if args.once => break Ok(if all_ok { ExitCode::SUCCESS } else { ExitCode::FAILURE }),
+                    Ok(_) => eprintln!("kiln up: builds done; the farm keeps running (Ctrl-C stops it)"),
+                    Err(e) => break Err(e),
+                }
+            }
+            event = supervisor.next_event() => match event {
+                Some(Event::Started { member, pid }) => tracing::debug!(%member, pid, "member started"),
+                Some(Event::Restarting { member, exit, after }) => {
+                    eprintln!("kiln up: {member} exited ({exit}); restarting it in {:.1}s", after.as_secs_f64());
+                }
+                Some(Event::Fatal { member, reason }) => break Err(anyhow::anyhow!("{member} cannot run: {reason}")),
+                None => break Err(anyhow::anyhow!("every member ended")),
+            },
+        }
+    };
+    eprintln!("kiln up: stopping the farm");
+    supervisor.stop().await;
+    outcome
+}

@@ -1,0 +1,33 @@
+//! Spawning children so that none outlives its parent: each in its own process group
+//! (so a stop reaches its grandchildren too), and with a parent-death signal (so even
+//! a SIGKILLed parent takes its children along).
+
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+
+/// Puts the child of `command` in a new process group and has the kernel send it
+/// SIGKILL when the spawning thread's process dies.
+pub fn own_group_dying_with_parent(command: &mut tokio::process::Command) {
+    command.process_group(0);
+    // SAFETY: the closure runs in the forked child before exec and calls only
+    // prctl(2), which is async-signal-safe; it touches no memory of the parent.
+    #[allow(unsafe_code)]
+    unsafe {
+        command.pre_exec(|| {
+            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)?;
+            Ok(())
+        });
+    }
+}
+
+/// Sends `signal` to the process group led by `pid`. A group that is already gone is
+/// not an error.
+pub fn signal_group(pid: u32, signal: Signal) -> std::io::Result<()> {
+    let Ok(pid) = i32::try_from(pid) else {
+        return Err(std::io::Error::other(format!("pid {pid} out of range")));
+    };
+    match killpg(Pid::from_raw(pid), signal) {
+        Ok(()) | Err(nix::errno::Errno::ESRCH) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}

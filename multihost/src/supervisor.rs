@@ -1,0 +1,324 @@
+//! One supervisor for every group of child processes Kiln runs: the members of `kiln
+//! up`, and (later) the hosts of a multihost launch.
+//!
+//! Each member runs in its own process group and dies with its parent; its output is
+//! prefixed with its name (`member-2 | ...`); when it exits, the [`RestartPolicy`]
+//! decides between a restart after a backoff and a fatal error; [`Supervisor::stop`]
+//! sends SIGTERM to every group, waits for a grace period, then SIGKILLs what is left.
+//!
+//! Children are spawned from async tasks, which run on tokio's core worker threads:
+//! the parent-death signal is tied to the thread that forked, and those threads live
+//! as long as the runtime (blocking-pool threads do not, so never spawn from there).
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::process::{own_group_dying_with_parent, signal_group};
+
+/// A process to keep running.
+#[derive(Debug, Clone)]
+pub struct MemberSpec {
+    /// Shown as the output prefix and in events: `member-2`, `host-0`, `coordinator`.
+    pub name: String,
+    pub program: PathBuf,
+    pub args: Vec<OsString>,
+    pub env: Vec<(OsString, OsString)>,
+    pub working_dir: Option<PathBuf>,
+}
+
+/// What happens when a member exits while the supervisor is not stopping.
+#[derive(Debug, Clone, Copy)]
+pub enum RestartPolicy {
+    /// Restart after any exit, like a StatefulSet, with a backoff that doubles from
+    /// `min_backoff` up to `max_backoff` and resets once a run lasted `stable_after`.
+    Always { min_backoff: Duration, max_backoff: Duration, stable_after: Duration },
+    /// Restart only on exit code `code`, after `backoff`, at most `max_restarts`
+    /// times within `window`; any other exit, or one restart too many, is fatal.
+    OnExitCode { code: i32, backoff: Duration, max_restarts: u32, window: Duration },
+}
+
+/// What the supervisor tells its owner.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    Started { member: String, pid: u32 },
+    /// The member exited and will be started again.
+    Restarting { member: String, exit: String, after: Duration },
+    /// The member exited for good; the owner decides what to do with the others.
+    Fatal { member: String, reason: String },
+}
+
+#[derive(Debug)]
+pub struct Supervisor {
+    stop: CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    pids: Arc<Mutex<Vec<(String, Option<u32>)>>>,
+    events: mpsc::UnboundedReceiver<Event>,
+    grace: Duration,
+}
+
+fn describe_exit(status: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exit code {code}"),
+        (None, Some(signal)) => {
+            let name = Signal::try_from(signal).map(|s| s.as_str().to_owned()).unwrap_or_else(|_| signal.to_string());
+            format!("killed by {name}")
+        }
+        _ => status.to_string(),
+    }
+}
+
+fn forward_lines<R: AsyncRead + Unpin + Send + 'static>(name: String, reader: R, to_stderr: bool) {
+    tokio::spawn(async move {
+        let mut lines = BufReader::new(reader).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            if to_stderr {
+                eprintln!("{name} | {line}");
+            } else {
+                println!("{name} | {line}");
+            }
+        }
+    });
+}
+
+impl Supervisor {
+    /// Starts every member. `grace` is how long a stop waits after SIGTERM.
+    pub fn start(specs: Vec<MemberSpec>, policy: RestartPolicy, grace: Duration) -> Supervisor {
+        let stop = CancellationToken::new();
+        let (sender, events) = mpsc::unbounded_channel();
+        let pids = Arc::new(Mutex::new(specs.iter().map(|s| (s.name.clone(), None)).collect::<Vec<_>>()));
+        let tasks = specs
+            .into_iter()
+            .enumerate()
+            .map(|(index, spec)| {
+                tokio::spawn(supervise(spec, index, policy, grace, stop.clone(), sender.clone(), pids.clone()))
+            })
+            .collect();
+        Supervisor { stop, tasks, pids, events, grace }
+    }
+
+    /// The next event; None once every member has ended for good.
+    pub async fn next_event(&mut self) -> Option<Event> {
+        self.events.recv().await
+    }
+
+    /// Each member's name and the pid of its current process, if one runs.
+    pub fn pids(&self) -> Vec<(String, Option<u32>)> {
+        self.pids.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Stops every member: SIGTERM to its process group, SIGKILL after the grace
+    /// period. Returns when all are gone.
+    pub async fn stop(mut self) {
+        self.stop.cancel();
+        let deadline = self.grace + Duration::from_secs(5);
+        for task in std::mem::take(&mut self.tasks) {
+            let _ = tokio::time::timeout(deadline, task).await;
+        }
+    }
+}
+
+impl Drop for Supervisor {
+    fn drop(&mut self) {
+        // Dropped without `stop` (an error path, a panic): kill what still runs.
+        if !self.stop.is_cancelled() {
+            self.stop.cancel();
+            for (_, pid) in self.pids() {
+                if let Some(pid) = pid {
+                    let _ = signal_group(pid, Signal::SIGKILL);
+                }
+            }
+        }
+    }
+}
+
+async fn supervise(
+    spec: MemberSpec,
+    index: usize,
+    policy: RestartPolicy,
+    grace: Duration,
+    stop: CancellationToken,
+    events: mpsc::UnboundedSender<Event>,
+    pids: Arc<Mutex<Vec<(String, Option<u32>)>>>,
+) {
+    let set_pid = |pid: Option<u32>| pids.lock().unwrap_or_else(|p| p.into_inner())[index].1 = pid;
+    let mut restarts: Vec<Instant> = Vec::new();
+    let mut backoff = match policy {
+        RestartPolicy::Always { min_backoff, .. } => min_backoff,
+        RestartPolicy::OnExitCode { backoff, .. } => backoff,
+    };
+    loop {
+        let mut command = tokio::process::Command::new(&spec.program);
+        command
+            .args(&spec.args)
+            .envs(spec.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        if let Some(dir) = &spec.working_dir {
+            command.current_dir(dir);
+        }
+        own_group_dying_with_parent(&mut command);
+        let mut child = match command.spawn() {
+            Ok(child) => child,
+            Err(e) => {
+                let _ = events.send(Event::Fatal {
+                    member: spec.name.clone(),
+                    reason: format!("could not start {}: {e}", spec.program.display()),
+                });
+                return;
+            }
+        };
+        // `spawn` succeeded, so the child has a pid until it is waited for.
+        let pid = child.id().expect("a running child has a pid");
+        set_pid(Some(pid));
+        let started = Instant::now();
+        let _ = events.send(Event::Started { member: spec.name.clone(), pid });
+        if let Some(out) = child.stdout.take() {
+            forward_lines(spec.name.clone(), out, false);
+        }
+        if let Some(err) = child.stderr.take() {
+            forward_lines(spec.name.clone(), err, true);
+        }
+
+        let status = tokio::select! {
+            status = child.wait() => status,
+            () = stop.cancelled() => {
+                let _ = signal_group(pid, Signal::SIGTERM);
+                if tokio::time::timeout(grace, child.wait()).await.is_err() {
+                    tracing::warn!(member = %spec.name, "did not stop within {}s of SIGTERM: killing it", grace.as_secs());
+                }
+                // Whatever is left of the group (the member, or its children).
+                let _ = signal_group(pid, Signal::SIGKILL);
+                let _ = child.wait().await;
+                set_pid(None);
+                return;
+            }
+        };
+        // The member is gone; take its children with it.
+        let _ = signal_group(pid, Signal::SIGKILL);
+        set_pid(None);
+        let code = status.as_ref().ok().and_then(|s| s.code());
+        let exit = match status {
+            Ok(status) => describe_exit(status),
+            Err(e) => format!("could not be waited for: {e}"),
+        };
+
+        let restart_after = match policy {
+            RestartPolicy::Always { min_backoff, max_backoff, stable_after } => {
+                if started.elapsed() >= stable_after {
+                    backoff = min_backoff;
+                }
+                let after = backoff;
+                backoff = (backoff * 2).min(max_backoff);
+                Some(after)
+            }
+            RestartPolicy::OnExitCode { code: restart_code, backoff, max_restarts, window } => {
+                if code != Some(restart_code) {
+                    let _ = events.send(Event::Fatal { member: spec.name.clone(), reason: exit });
+                    return;
+                }
+                restarts.retain(|t| t.elapsed() < window);
+                if restarts.len() as u32 >= max_restarts {
+                    let _ = events.send(Event::Fatal {
+                        member: spec.name.clone(),
+                        reason: format!(
+                            "{exit}: more than {max_restarts} coordinated restarts within {}s",
+                            window.as_secs()
+                        ),
+                    });
+                    return;
+                }
+                restarts.push(Instant::now());
+                Some(backoff)
+            }
+        };
+        if let Some(after) = restart_after {
+            let _ = events.send(Event::Restarting { member: spec.name.clone(), exit, after });
+            tokio::select! {
+                () = tokio::time::sleep(after) => {}
+                () = stop.cancelled() => return,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shell(name: &str, script: &str) -> MemberSpec {
+        MemberSpec {
+            name: name.into(),
+            program: "/bin/sh".into(),
+            args: vec!["-c".into(), script.into()],
+            env: Vec::new(),
+            working_dir: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_restart_code_is_bounded_and_other_exits_are_fatal() {
+        let policy = RestartPolicy::OnExitCode {
+            code: 55,
+            backoff: Duration::from_millis(10),
+            max_restarts: 2,
+            window: Duration::from_secs(60),
+        };
+        let mut supervisor = Supervisor::start(vec![shell("host-0", "exit 55"), shell("host-1", "exit 1")], policy, Duration::from_secs(1));
+        let mut restarts = 0;
+        let mut fatal = Vec::new();
+        while fatal.len() < 2 {
+            match supervisor.next_event().await.unwrap() {
+                Event::Restarting { member, .. } => {
+                    assert_eq!(member, "host-0");
+                    restarts += 1;
+                }
+                Event::Fatal { member, reason } => fatal.push((member, reason)),
+                Event::Started { .. } => {}
+            }
+        }
+        assert_eq!(restarts, 2);
+        fatal.sort();
+        assert_eq!(fatal[0].0, "host-0");
+        assert!(fatal[0].1.contains("more than 2 coordinated restarts"), "{}", fatal[0].1);
+        assert_eq!(fatal[1], ("host-1".to_owned(), "exit code 1".to_owned()));
+        supervisor.stop().await;
+    }
+
+    #[tokio::test]
+    async fn stop_leaves_no_process_behind() {
+        // The member starts a grandchild; both must be gone after stop.
+        let policy = RestartPolicy::Always {
+            min_backoff: Duration::from_millis(10),
+            max_backoff: Duration::from_millis(100),
+            stable_after: Duration::from_secs(1),
+        };
+        let mut supervisor = Supervisor::start(vec![shell("member-0", "sleep 300 & wait")], policy, Duration::from_secs(2));
+        let pid = match supervisor.next_event().await.unwrap() {
+            Event::Started { pid, .. } => pid,
+            other => panic!("unexpected {other:?}"),
+        };
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        supervisor.stop().await;
+        // The grandchild is reaped by init, which may take a moment.
+        let mut group_alive = true;
+        for _ in 0..50 {
+            group_alive = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid as i32), None).is_ok();
+            if !group_alive {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(40)).await;
+        }
+        assert!(!group_alive, "the member's process group is gone");
+    }
+}
