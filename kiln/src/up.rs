@@ -30,6 +30,10 @@ pub struct UpArgs {
     /// The cargo profile pipelines are built with.
     #[arg(long, env = "KILN_BUILD_PROFILE", default_value = "release")]
     pub profile: String,
+    /// Where the prebuilt dependency set is kept, shared by the members. Defaults to
+    /// <data-dir>/depset-cache.
+    #[arg(long, env = "KILN_DEPSET_CACHE")]
+    pub depset_cache: Option<PathBuf>,
     /// Once the farm is ready, submit these program directories and show progress.
     #[arg(long = "submit")]
     pub submit: Vec<PathBuf>,
@@ -74,7 +78,7 @@ fn member_specs(args: &UpArgs, data_dir: &Path, token_file: &Path) -> anyhow::Re
                 "--build-root".into(),
                 member_dir.join("build").into(),
                 "--depset-cache".into(),
-                data_dir.join("depset-cache").into(),
+                args.depset_cache.clone().unwrap_or_else(|| data_dir.join("depset-cache")).into(),
                 "--cluster-token-file".into(),
                 token_file.into(),
                 format!("--leader={leader}").into(),

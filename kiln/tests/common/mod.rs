@@ -1,0 +1,268 @@
+//! The integration-test harness: starts the real `kiln` binary as processes on
+//! loopback, in temporary directories, with each process's output kept in a file
+//! that is printed when a test fails.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+
+pub const KILN: &str = env!("CARGO_BIN_EXE_kiln");
+pub const TOKEN: &str = "test-cluster-token-0123456789";
+
+pub fn examples() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/pipelines").canonicalize().unwrap()
+}
+
+/// The prebuilt dependency set, shared by every test farm and kept between runs
+/// (its key covers the set, the profile and the compiler, so it is never stale).
+pub fn depset_cache() -> PathBuf {
+    match std::env::var_os("KILN_TEST_DEPSET_CACHE") {
+        Some(dir) => PathBuf::from(dir),
+        None => Path::new(&std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into())).join(".cache/kiln/test-depset"),
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+pub fn sha256(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// A running `kiln` process. Killed with its process group when dropped; its output
+/// is printed if the test is failing.
+pub struct Process {
+    pub name: String,
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Process {
+    pub fn spawn(name: &str, dir: &Path, args: &[String]) -> Process {
+        let log = dir.join(format!("{name}.log"));
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
+        let mut command = Command::new(KILN);
+        command
+            .args(args)
+            .env("KILN_LOG", "info")
+            .env_remove("KILN_LEADER")
+            .env_remove("RUST_BACKTRACE")
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().unwrap())
+            .stderr(file);
+        std::os::unix::process::CommandExt::process_group(&mut command, 0);
+        let child = command.spawn().unwrap();
+        Process { name: name.to_owned(), child, log }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn output(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGKILL, as a crash or an OOM kill would.
+    pub fn kill(&mut self) {
+        let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(self.pid()), nix::sys::signal::Signal::SIGKILL);
+        let _ = self.child.wait();
+    }
+
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), nix::sys::signal::Signal::SIGTERM);
+        self.wait_exit(Duration::from_secs(30)).expect("the process stops after SIGTERM")
+    }
+
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("----- output of {} -----\n{}\n----- end of {} -----", self.name, self.output(), self.name);
+        }
+        self.kill();
+    }
+}
+
+/// Options for one `kiln server`.
+pub struct Member {
+    pub ordinal: u32,
+    pub workers: u32,
+    pub extra: Vec<String>,
+}
+
+/// A farm of `kiln server` processes started one by one, so tests can kill and
+/// restart any of them.
+pub struct Farm {
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    pub members: Vec<Option<Process>>,
+    pub stopped: Vec<Process>,
+    pub http: reqwest::Client,
+}
+
+impl Farm {
+    pub fn new(slots: usize) -> Farm {
+        Farm {
+            dir: tempfile::tempdir().unwrap(),
+            port: free_port(),
+            members: (0..slots).map(|_| None).collect(),
+            stopped: Vec::new(),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn server_args(&self, member: &Member) -> Vec<String> {
+        let dir = self.dir.path().join(format!("member-{}", member.ordinal));
+        let mut args = vec![
+            "server".into(),
+            format!("--hostname=kiln-compiler-server-{}", member.ordinal),
+            format!("--workers={}", member.workers),
+            format!("--data-dir={}", dir.display()),
+            format!("--build-root={}", dir.join("build").display()),
+            format!("--depset-cache={}", depset_cache().display()),
+            format!("--cluster-token={TOKEN}"),
+            format!("--leader={}", self.url()),
+            format!("--listen=127.0.0.1:{}", self.port),
+            "--profile=dev".into(),
+            "--sccache=off".into(),
+            "--heartbeat-interval=500ms".into(),
+            "--heartbeat-window=3s".into(),
+            "--upload-min-delay=100ms".into(),
+            "--upload-max-delay=1s".into(),
+        ];
+        args.extend(member.extra.iter().cloned());
+        args
+    }
+
+    pub fn start(&mut self, member: Member) {
+        let name = format!("member-{}", member.ordinal);
+        let args = self.server_args(&member);
+        let slot = member.ordinal as usize;
+        self.kill(member.ordinal);
+        self.members[slot] = Some(Process::spawn(&name, self.dir.path(), &args));
+    }
+
+    pub fn member(&mut self, ordinal: u32) -> &mut Process {
+        self.members[ordinal as usize].as_mut().expect("member started")
+    }
+
+    /// SIGKILLs a member. Its process is kept, so its output is still printed if
+    /// the test fails.
+    pub fn kill(&mut self, ordinal: u32) {
+        if let Some(mut p) = self.members[ordinal as usize].take() {
+            p.kill();
+            p.name = format!("{} (killed)", p.name);
+            self.stopped.push(p);
+        }
+    }
+
+    pub async fn get_json(&self, path: &str) -> (u16, serde_json::Value) {
+        let response = self.http.get(format!("{}{path}", self.url())).send().await.unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(serde_json::Value::Null))
+    }
+
+    /// Waits until `/cluster_healthz` answers 200.
+    pub async fn wait_healthy(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(response) = self.http.get(format!("{}/cluster_healthz", self.url())).send().await
+                && response.status().is_success()
+            {
+                return;
+            }
+            assert!(Instant::now() < deadline, "the farm did not become healthy within {timeout:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until the leader answers at all.
+    pub async fn wait_leader(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while self.http.get(format!("{}/healthz", self.url())).send().await.is_err() {
+            assert!(Instant::now() < deadline, "the leader did not answer within {timeout:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Submits an examples directory (or any directory) through the real CLI.
+    pub fn submit(&self, dirs: &[&Path], wait: bool) -> std::process::Output {
+        let mut command = Command::new(KILN);
+        command.arg("submit").args(dirs).arg(format!("--leader={}", self.url()));
+        if wait {
+            command.args(["--wait", "--timeout=5m"]);
+        }
+        command.output().unwrap()
+    }
+
+    pub async fn pipeline(&self, key: &str) -> serde_json::Value {
+        let (status, body) = self.get_json(&format!("/v0/pipelines/{key}")).await;
+        assert_eq!(status, 200, "GET pipeline {key}: {body}");
+        body
+    }
+
+    /// Waits until pipeline `key` reaches one of `statuses`.
+    pub async fn wait_status(&self, key: &str, statuses: &[&str], timeout: Duration) -> serde_json::Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let record = self.pipeline(key).await;
+            if statuses.contains(&record["status"].as_str().unwrap_or("")) {
+                return record;
+            }
+            assert!(Instant::now() < deadline, "pipeline {key} did not reach {statuses:?} within {timeout:?}: {record}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Every process whose command line mentions `needle` (read from /proc).
+pub fn processes_mentioning(needle: &str) -> Vec<(i32, String)> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        let state = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        let zombie = state.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z'));
+        if cmdline.contains(needle) && !zombie {
+            found.push((pid, cmdline));
+        }
+    }
+    found
+}
+
+/// Writes a program into a new directory under `parent`.
+pub fn write_program(parent: &Path, name: &str, files: &[(&str, &str)]) -> PathBuf {
+    let dir = parent.join(name);
+    for (path, content) in files {
+        let path = dir.join(path);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, content).unwrap();
+    }
+    dir
+}
+
+pub fn manifest(name: &str, deps: &str) -> String {
+    format!("[package]\nname = \"{name}\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n[dependencies]\n{deps}")
+}

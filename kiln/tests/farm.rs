@@ -1,0 +1,314 @@
+//! End-to-end tests of the core: real `kiln` processes on loopback, real cargo
+//! builds of the example pipelines, real SIGKILLs.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use common::{Farm, KILN, Member, Process, TOKEN, examples, free_port, manifest, processes_mentioning, sha256, write_program};
+use kiln_proto::cluster_client::ClusterClient;
+use kiln_proto::upload_chunk::Part;
+
+const EXPECTED_OUTPUT: [(&str, &str); 4] = [
+    ("hello", "Hello From The Kiln Farm (5 words)\n"),
+    ("wordfreq", "the 4\ncache 2\nworker 2\n"),
+    ("primes", "9592 primes below 100000\n"),
+    ("json-report", "{\"count\":4,\"min\":7.25,\"max\":30.0,\"mean\":\"17.12\"}\n"),
+];
+
+fn member(ordinal: u32, workers: u32) -> Member {
+    Member { ordinal, workers, extra: Vec::new() }
+}
+
+fn kiln(args: &[&str]) -> std::process::Output {
+    Command::new(KILN).args(args).output().unwrap()
+}
+
+fn text(output: &std::process::Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
+}
+
+/// 1. `kiln up` with three workers builds every example: each on ordinal `id % 3`,
+/// each download matching its SHA-256 and running; Ctrl-C leaves no process behind.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_local_farm_builds_every_example_on_its_ordinal() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("farm");
+    let port = free_port();
+    let leader = format!("--leader=http://127.0.0.1:{port}");
+    let up_args: Vec<String> = vec![
+        "up".into(),
+        "--workers=3".into(),
+        format!("--data-dir={}", data_dir.display()),
+        format!("--port={port}"),
+        "--profile=dev".into(),
+        format!("--depset-cache={}", common::depset_cache().display()),
+        "--".into(),
+        "--sccache=off".into(),
+    ];
+    let mut up = Process::spawn("kiln-up", dir.path(), &up_args);
+    let farm = Farm { dir: tempfile::tempdir().unwrap(), port, members: Vec::new(), stopped: Vec::new(), http: reqwest::Client::new() };
+    farm.wait_healthy(Duration::from_secs(300)).await;
+
+    let dirs: Vec<_> = EXPECTED_OUTPUT.iter().map(|(name, _)| examples().join(name)).collect();
+    let dirs: Vec<&Path> = dirs.iter().map(|d| d.as_path()).collect();
+    let submitted = farm.submit(&dirs, true);
+    assert!(submitted.status.success(), "kiln submit --wait: {}", text(&submitted));
+
+    let status = kiln(&["status", "--json", &leader]);
+    assert!(status.status.success(), "{}", text(&status));
+    let records: Vec<serde_json::Value> = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(records.len(), 4);
+    for record in &records {
+        let id = record["id"].as_u64().unwrap();
+        assert_eq!(record["status"], "success", "{record}");
+        assert_eq!(record["worker"].as_u64().unwrap(), id % 3, "pipeline {id} built on ordinal id % 3");
+        assert_eq!(record["attempt"], 1, "built once: {record}");
+        for field in ["name", "version", "source_sha256", "binary_sha256", "error", "cache"] {
+            assert!(record.get(field).is_some(), "status --json has {field}");
+        }
+        let name = record["name"].as_str().unwrap();
+        let binary = dir.path().join(name);
+        let download = kiln(&["download", &id.to_string(), "-o", binary.to_str().unwrap(), &leader]);
+        assert!(download.status.success(), "{}", text(&download));
+        assert_eq!(sha256(&std::fs::read(&binary).unwrap()), record["binary_sha256"].as_str().unwrap());
+        let ran = Command::new(&binary).output().unwrap();
+        let expected = EXPECTED_OUTPUT.iter().find(|(n, _)| *n == name).unwrap().1;
+        assert_eq!(String::from_utf8_lossy(&ran.stdout), expected, "{name} prints its answer");
+    }
+
+    let stopped = up.terminate();
+    assert!(stopped.success(), "kiln up stops cleanly on SIGTERM: {stopped}");
+    let left = processes_mentioning(data_dir.to_str().unwrap());
+    assert!(left.is_empty(), "no member process is left behind: {left:?}");
+}
+
+/// 2. A compile error ends `compile_error` with rustc's message; a bad program is
+/// refused with the rule named; neither disturbs what is already built.
+#[tokio::test(flavor = "multi_thread")]
+async fn compile_errors_and_bad_programs_are_reported_without_disturbing_others() {
+    let mut farm = Farm::new(2);
+    farm.start(member(0, 2));
+    farm.start(member(1, 2));
+    farm.wait_healthy(Duration::from_secs(300)).await;
+
+    let good = farm.submit(&[&examples().join("primes")], true);
+    assert!(good.status.success(), "{}", text(&good));
+
+    let broken = write_program(farm.dir.path(), "broken", &[
+        ("Cargo.toml", &manifest("broken", "")),
+        ("src/main.rs", "fn main() {\n    println!(\"{}\", undefined_value);\n}\n"),
+    ]);
+    let failed = farm.submit(&[&broken], true);
+    assert!(!failed.status.success(), "a failed build makes submit --wait exit non-zero");
+    let output = text(&failed);
+    assert!(output.contains("cannot find value `undefined_value` in this scope"), "rustc's diagnostic is shown: {output}");
+    let record = farm.pipeline("broken").await;
+    assert_eq!(record["status"], "compile_error");
+    assert!(record["error"].as_str().unwrap().contains("error[E0425]"), "{record}");
+    let log = farm.http.get(format!("{}/v0/pipelines/broken/log", farm.url())).send().await.unwrap().text().await.unwrap();
+    assert!(log.contains("src/main.rs:2"), "the log keeps the diagnostics: {log}");
+
+    let cases: [(&str, Vec<(&str, String)>, &str); 4] = [
+        ("two-bins", vec![
+            ("Cargo.toml", manifest("two-bins", "other = { path = \"other\" }")),
+            ("src/main.rs", "fn main() {}".into()),
+            ("other/Cargo.toml", manifest("other", "")),
+            ("other/src/main.rs", "fn main() {}".into()),
+        ], "two binary crates"),
+        ("no-bin", vec![("Cargo.toml", manifest("no-bin", "")), ("src/lib.rs", String::new())], "no binary crate"),
+        ("outside", vec![("Cargo.toml", manifest("outside", "tokio = \"1\"")), ("src/main.rs", "fn main() {}".into())], "outside the farm's dependency set"),
+        ("Bad_Name", vec![("Cargo.toml", manifest("x", "")), ("src/main.rs", "fn main() {}".into())], "invalid pipeline name"),
+    ];
+    for (name, files, rule) in cases {
+        let files: Vec<(&str, &str)> = files.iter().map(|(p, c)| (*p, c.as_str())).collect();
+        let dir = write_program(farm.dir.path(), name, &files);
+        let refused = farm.submit(&[&dir], false);
+        assert!(!refused.status.success(), "{name} is refused");
+        assert!(text(&refused).contains(rule), "{name}: the message names the rule {rule:?}: {}", text(&refused));
+    }
+    let big = write_program(farm.dir.path(), "big", &[("Cargo.toml", &manifest("big", "")), ("src/main.rs", "fn main() {}")]);
+    std::fs::write(big.join("data.bin"), vec![b'x'; 9 * 1024 * 1024]).unwrap();
+    let refused = farm.submit(&[&big], false);
+    assert!(text(&refused).contains("over the limit"), "{}", text(&refused));
+
+    let (_, list) = farm.get_json("/v0/pipelines").await;
+    assert_eq!(list.as_array().unwrap().len(), 2, "refused programs leave no pipeline: {list}");
+    assert_eq!(farm.pipeline("primes").await["status"], "success", "the earlier build is untouched");
+    let binary = farm.http.get(format!("{}/v0/pipelines/primes/binary", farm.url())).send().await.unwrap();
+    assert_eq!(binary.status(), 200);
+}
+
+/// 3. The leader is SIGKILLed while the workers build and upload, and restarted:
+/// every upload completes, no pipeline is lost, none is built twice.
+#[tokio::test(flavor = "multi_thread")]
+async fn uploads_survive_a_leader_restart() {
+    let mut farm = Farm::new(3);
+    for ordinal in 0..3 {
+        farm.start(member(ordinal, 3));
+    }
+    farm.wait_healthy(Duration::from_secs(300)).await;
+    // ids 1..=4 go to ordinals 1, 2, 0, 1.
+    let dirs: Vec<_> = EXPECTED_OUTPUT.iter().map(|(name, _)| examples().join(name)).collect();
+    let dirs: Vec<&Path> = dirs.iter().map(|d| d.as_path()).collect();
+    let submitted = farm.submit(&dirs, false);
+    assert!(submitted.status.success(), "{}", text(&submitted));
+    farm.wait_status("1", &["compiling"], Duration::from_secs(60)).await;
+    farm.wait_status("2", &["compiling"], Duration::from_secs(60)).await;
+    farm.kill(0);
+    // The workers finish compiling and find the leader gone.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    farm.start(member(0, 3));
+    farm.wait_leader(Duration::from_secs(30)).await;
+    let mut retried = 0;
+    for id in 1..=4u64 {
+        let record = farm.wait_status(&id.to_string(), &["success", "compile_error", "system_error"], Duration::from_secs(120)).await;
+        assert_eq!(record["status"], "success", "{record}");
+        if record["worker"] != 0 {
+            assert_eq!(record["attempt"], 1, "a pipeline whose worker lived is built once: {record}");
+            retried += record["upload_retries"].as_u64().unwrap();
+        }
+    }
+    assert!(retried > 0, "uploads were really pending while the leader was down");
+    let (_, list) = farm.get_json("/v0/pipelines").await;
+    assert_eq!(list.as_array().unwrap().len(), 4, "nothing lost");
+}
+
+/// 4. The leader stays away longer than the upload budget: `Failed to upload binary`.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_exhausted_upload_budget_is_a_system_error() {
+    let mut farm = Farm::new(2);
+    farm.start(member(0, 2));
+    farm.start(Member { ordinal: 1, workers: 2, extra: vec!["--upload-budget=2s".into()] });
+    farm.wait_healthy(Duration::from_secs(300)).await;
+    let submitted = farm.submit(&[&examples().join("hello")], false);
+    assert!(submitted.status.success(), "{}", text(&submitted));
+    farm.wait_status("1", &["compiling"], Duration::from_secs(60)).await;
+    farm.kill(0);
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    farm.start(member(0, 2));
+    farm.wait_leader(Duration::from_secs(30)).await;
+    let record = farm.wait_status("1", &["system_error", "success"], Duration::from_secs(60)).await;
+    assert_eq!(record["status"], "system_error", "{record}");
+    let error = record["error"].as_str().unwrap();
+    assert!(error.starts_with("Failed to upload binary: "), "{error}");
+}
+
+async fn grpc(farm: &Farm) -> ClusterClient<tonic::transport::Channel> {
+    ClusterClient::connect(farm.url()).await.unwrap()
+}
+
+fn with_token<T>(message: T, token: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+    request
+}
+
+/// 5. An upload whose bytes do not hash to the declared SHA-256 is refused and
+/// nothing is stored. 8. Calls without the cluster token are refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn corrupted_uploads_and_calls_without_the_token_are_refused() {
+    let mut farm = Farm::new(1);
+    farm.start(Member { ordinal: 0, workers: 1, extra: vec!["--api-token=user-api-token".into()] });
+    farm.wait_healthy(Duration::from_secs(300)).await;
+    let mut client = grpc(&farm).await;
+    let member = kiln_proto::Member { ordinal: 0, workers: 1, incarnation: 7, version: "0.1.0".into() };
+
+    let declared = sha256(b"the real binary");
+    let chunks = vec![
+        kiln_proto::UploadChunk { part: Some(Part::Header(kiln_proto::UploadHeader { member: Some(member.clone()), claim: None, sha256: declared.clone(), size: 8 })) },
+        kiln_proto::UploadChunk { part: Some(Part::Data(b"tampered".to_vec())) },
+    ];
+    let refused = client.upload_artifact(with_token(futures::stream::iter(chunks), TOKEN)).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::DataLoss, "{refused:?}");
+    assert!(refused.message().contains("hash mismatch"), "{}", refused.message());
+    let present = client.has_artifact(with_token(kiln_proto::HasArtifactRequest { sha256: declared.clone() }, TOKEN)).await.unwrap();
+    assert!(!present.into_inner().present);
+    let artifacts = farm.dir.path().join("member-0/artifacts");
+    assert!(!artifacts.join(&declared).exists());
+    assert_eq!(std::fs::read_dir(artifacts.join("incoming")).unwrap().count(), 0, "no temporary file is left");
+
+    let heartbeat = kiln_proto::HeartbeatRequest { member: Some(member.clone()), cache: None, current: None };
+    let no_token = client.heartbeat(tonic::Request::new(heartbeat.clone())).await.unwrap_err();
+    assert_eq!(no_token.code(), tonic::Code::Unauthenticated);
+    let wrong = client.heartbeat(with_token(heartbeat, "not-the-cluster-token")).await.unwrap_err();
+    assert_eq!(wrong.code(), tonic::Code::Unauthenticated);
+
+    let api = farm.http.get(format!("{}/v0/pipelines", farm.url())).send().await.unwrap();
+    assert_eq!(api.status(), 401, "the API wants its token");
+    let api = farm.http.get(format!("{}/v0/pipelines", farm.url())).bearer_auth("user-api-token").send().await.unwrap();
+    assert_eq!(api.status(), 200);
+}
+
+/// 6. A killed worker turns `/cluster_healthz` 503 naming its ordinal within 15 s,
+/// and 200 again when it is back.
+#[tokio::test(flavor = "multi_thread")]
+async fn cluster_health_follows_a_killed_worker() {
+    let mut farm = Farm::new(3);
+    for ordinal in 0..3 {
+        farm.start(member(ordinal, 3));
+    }
+    farm.wait_healthy(Duration::from_secs(300)).await;
+    let (status, body) = farm.get_json("/cluster_healthz").await;
+    assert_eq!(status, 200);
+    assert_eq!(body["all_healthy"], true);
+    assert_eq!(body["workers_expected"], 3);
+
+    farm.kill(2);
+    let killed_at = std::time::Instant::now();
+    let body = loop {
+        let (status, body) = farm.get_json("/cluster_healthz").await;
+        if status == 503 {
+            break body;
+        }
+        assert!(killed_at.elapsed() < Duration::from_secs(15), "still 200 after 15 s: {body}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(body["all_healthy"], false);
+    let members = body["members"].as_array().unwrap();
+    let unhealthy: Vec<_> = members.iter().filter(|m| m["healthy"] == false).collect();
+    assert_eq!(unhealthy.len(), 1, "{body}");
+    assert_eq!(unhealthy[0]["ordinal"], 2);
+    assert!(unhealthy[0]["message"].as_str().unwrap().starts_with("no report for"), "{body}");
+
+    farm.start(member(2, 3));
+    farm.wait_healthy(Duration::from_secs(60)).await;
+}
+
+/// 7. A member started with another N, or with ordinal ≥ N, fires the scaling guard
+/// with the exact message; what was pending survives the restart.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_scaling_guard_fires_with_the_exact_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut too_high = Process::spawn("too-high", dir.path(), &[
+        "server".into(), "--hostname=kiln-compiler-server-5".into(), "--workers=3".into(),
+        format!("--cluster-token={TOKEN}"), "--build-root=/nonexistent".into(),
+    ]);
+    let status = too_high.wait_exit(Duration::from_secs(30)).expect("exits");
+    assert!(!status.success());
+    assert!(too_high.output().contains("SCALING DETECTED: StatefulSet has 6 replicas but compiler was started with 3 workers"), "{}", too_high.output());
+
+    let mut farm = Farm::new(2);
+    farm.start(member(0, 2));
+    farm.wait_leader(Duration::from_secs(60)).await;
+    // Pipeline 1 belongs to ordinal 1, which is not running: it stays pending.
+    let submitted = farm.submit(&[&examples().join("primes")], false);
+    assert!(submitted.status.success(), "{}", text(&submitted));
+
+    farm.start(member(1, 3));
+    let leader_exit = farm.member(0).wait_exit(Duration::from_secs(30)).expect("the leader exits");
+    assert!(!leader_exit.success());
+    let leader_output = farm.member(0).output();
+    assert!(leader_output.contains("SCALING DETECTED: StatefulSet has 3 replicas but compiler was started with 2 workers"), "{leader_output}");
+    let worker_exit = farm.member(1).wait_exit(Duration::from_secs(30)).expect("the worker exits");
+    assert!(!worker_exit.success());
+    let worker_output = farm.member(1).output();
+    assert!(worker_output.contains("SCALING DETECTED: StatefulSet has 2 replicas but compiler was started with 3 workers"), "{worker_output}");
+
+    farm.start(member(0, 2));
+    farm.wait_leader(Duration::from_secs(30)).await;
+    let record = farm.pipeline("primes").await;
+    assert_eq!(record["status"], "pending", "nothing pending is lost: {record}");
+}
