@@ -72,6 +72,9 @@ fn cargo_command(settings: &BuildSettings, wrapper: &Wrapper) -> tokio::process:
     command
         .env("CARGO_TARGET_DIR", settings.build_root.join("target"))
         .env("CARGO_TERM_COLOR", "never")
+        // Incremental compilation is for editing loops; sccache refuses to cache it,
+        // and a farm build never reuses it anyway.
+        .env("CARGO_INCREMENTAL", "0")
         .envs(wrapper.env.iter().map(|(k, v)| (k, v)))
         .current_dir(&settings.build_root)
         .stdin(Stdio::null())

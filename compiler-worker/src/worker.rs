@@ -48,6 +48,7 @@ pub struct WorkerConfig {
 struct Shared {
     current: Mutex<Option<(pb::Claim, CancellationToken)>>,
     cache_state: Mutex<pb::CacheState>,
+    preparing: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -75,7 +76,8 @@ pub async fn run(config: WorkerConfig, guard: ScalingGuard, shutdown: Cancellati
         version: config.version.clone(),
     };
     let shared = Arc::new(Shared::default());
-    shared.set_cache_state(true, "preparing the build root".into());
+    shared.preparing.store(true, std::sync::atomic::Ordering::SeqCst);
+    shared.set_cache_state(true, "not started yet".into());
     let heartbeats = tokio::spawn(heartbeat_loop(
         client.clone(),
         member.clone(),
@@ -96,6 +98,7 @@ pub async fn run(config: WorkerConfig, guard: ScalingGuard, shutdown: Cancellati
         Some(s) => shared.set_cache_state(true, s.describe()),
         None => shared.set_cache_state(true, cache_note.clone()),
     }
+    shared.preparing.store(false, std::sync::atomic::Ordering::SeqCst);
     tracing::info!(ordinal, leader = %config.leader_url, "worker ready");
 
     let mut worker = Worker { config, member, client, shared, sccache, cache_note };
@@ -151,6 +154,7 @@ async fn heartbeat_loop(
             member: Some(member.clone()),
             cache: Some(cache),
             current: current.as_ref().map(|(claim, _)| *claim),
+            preparing: shared.preparing.load(std::sync::atomic::Ordering::SeqCst),
         });
         request.set_timeout(interval.max(Duration::from_secs(5)));
         match client.heartbeat(request).await {

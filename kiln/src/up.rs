@@ -35,7 +35,7 @@ pub struct UpArgs {
     #[arg(long, env = "KILN_DEPSET_CACHE")]
     pub depset_cache: Option<PathBuf>,
     /// Once the farm is ready, submit these program directories and show progress.
-    #[arg(long = "submit")]
+    #[arg(long = "submit", num_args = 1..)]
     pub submit: Vec<PathBuf>,
     /// With --submit: stop the farm when those builds have ended, and exit non-zero
     /// if any failed.

@@ -230,7 +230,7 @@ async fn corrupted_uploads_and_calls_without_the_token_are_refused() {
     assert!(!artifacts.join(&declared).exists());
     assert_eq!(std::fs::read_dir(artifacts.join("incoming")).unwrap().count(), 0, "no temporary file is left");
 
-    let heartbeat = kiln_proto::HeartbeatRequest { member: Some(member.clone()), cache: None, current: None };
+    let heartbeat = kiln_proto::HeartbeatRequest { member: Some(member.clone()), cache: None, current: None, preparing: false };
     let no_token = client.heartbeat(tonic::Request::new(heartbeat.clone())).await.unwrap_err();
     assert_eq!(no_token.code(), tonic::Code::Unauthenticated);
     let wrong = client.heartbeat(with_token(heartbeat, "not-the-cluster-token")).await.unwrap_err();
@@ -311,4 +311,44 @@ async fn the_scaling_guard_fires_with_the_exact_message() {
     farm.wait_leader(Duration::from_secs(30)).await;
     let record = farm.pipeline("primes").await;
     assert_eq!(record["status"], "pending", "nothing pending is lost: {record}");
+}
+
+/// Builds go through the real sccache (local disk here): the figures recorded are
+/// read from sccache, and after the build root is wiped an unchanged operator comes
+/// back as a cache hit.
+#[tokio::test(flavor = "multi_thread")]
+async fn builds_through_sccache_record_its_figures() {
+    let mut farm = Farm::new(1);
+    let with_cache = || Member {
+        ordinal: 0,
+        workers: 1,
+        extra: vec!["--sccache=auto".into(), format!("--sccache-binary={}", common::sccache().display())],
+    };
+    farm.start(with_cache());
+    farm.wait_healthy(Duration::from_secs(300)).await;
+    let (_, health) = farm.get_json("/cluster_healthz").await;
+    assert!(health["members"][0]["cache"].as_str().unwrap().starts_with("sccache on local disk"), "{health}");
+
+    let program = farm.dir.path().join("hello");
+    std::fs::create_dir_all(&program).unwrap();
+    let copy = Command::new("cp").arg("-r").arg(format!("{}/.", examples().join("hello").display())).arg(&program).status().unwrap();
+    assert!(copy.success());
+    let first = farm.submit(&[&program], true);
+    assert!(first.status.success(), "{}", text(&first));
+    let record = farm.pipeline("hello").await;
+    assert_eq!(record["cache"]["enabled"], true, "{record}");
+    assert!(record["cache"]["misses"].as_u64().unwrap() >= 1, "the operator was compiled through sccache: {record}");
+
+    farm.kill(0);
+    std::fs::remove_dir_all(farm.dir.path().join("member-0/build")).unwrap();
+    farm.start(with_cache());
+    farm.wait_healthy(Duration::from_secs(300)).await;
+    std::fs::write(program.join("src/main.rs"), "fn main() { println!(\"{}\", textops::title_case(\"version two\")); }\n").unwrap();
+    let second = farm.submit(&[&program], true);
+    assert!(second.status.success(), "{}", text(&second));
+    let record = farm.pipeline("hello").await;
+    assert_eq!(record["version"], 2);
+    assert!(record["cache"]["hits"].as_u64().unwrap() >= 1, "the unchanged operator is a hit: {record}");
+    let metrics = farm.http.get(format!("{}/metrics", farm.url())).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.lines().any(|l| l.starts_with("kiln_cache_hits_total") && !l.ends_with(" 0")), "{metrics}");
 }

@@ -77,6 +77,7 @@ impl Cluster for ClusterService {
             incarnation: member_id.incarnation,
             cache_healthy: cache.healthy,
             cache_message: cache.message,
+            preparing: request.preparing,
         };
         let current = request.current.map(|c| ClaimKey { pipeline_id: c.pipeline_id, version: c.version, attempt: c.attempt });
         let cancel_current = self.state.heartbeat(member_id, report, current).await?;

@@ -18,6 +18,8 @@ pub struct MemberReport {
     pub incarnation: u64,
     pub cache_healthy: bool,
     pub cache_message: String,
+    /// Still preparing its build root.
+    pub preparing: bool,
 }
 
 /// The last report of every member that has reported since the leader started.
@@ -97,6 +99,7 @@ pub fn cluster_health(
                         .then(|| format!("started with {} workers, the leader with {workers}", report.workers)),
                     (report.version != version)
                         .then(|| format!("runs version {}, the leader {version}", report.version)),
+                    report.preparing.then(|| "preparing its build root (the dependency set)".to_owned()),
                     (!report.cache_healthy).then(|| format!("cache store: {}", report.cache_message)),
                 ]
                 .into_iter()
@@ -134,6 +137,7 @@ mod tests {
             incarnation: 1,
             cache_healthy: true,
             cache_message: "sccache on local disk".into(),
+            preparing: false,
         }
     }
 

@@ -26,6 +26,18 @@ pub fn depset_cache() -> PathBuf {
     }
 }
 
+/// The real sccache, which `scripts/install-deps` installs.
+pub fn sccache() -> PathBuf {
+    let cargo_bin = Path::new(&std::env::var_os("HOME").unwrap_or_default()).join(".cargo/bin/sccache");
+    std::env::var_os("PATH")
+        .map(|paths| std::env::split_paths(&paths).map(|p| p.join("sccache")).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .chain([cargo_bin])
+        .find(|p| p.is_file())
+        .expect("sccache is installed: run scripts/install-deps")
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -145,12 +157,14 @@ impl Farm {
             format!("--leader={}", self.url()),
             format!("--listen=127.0.0.1:{}", self.port),
             "--profile=dev".into(),
-            "--sccache=off".into(),
             "--heartbeat-interval=500ms".into(),
             "--heartbeat-window=3s".into(),
             "--upload-min-delay=100ms".into(),
             "--upload-max-delay=1s".into(),
         ];
+        if !member.extra.iter().any(|a| a.starts_with("--sccache")) {
+            args.push("--sccache=off".into());
+        }
         args.extend(member.extra.iter().cloned());
         args
     }
