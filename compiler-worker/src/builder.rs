@@ -180,11 +180,7 @@ async fn build_depset(settings: &BuildSettings) -> anyhow::Result<()> {
         .await
         .context("running cargo: is it on PATH?")?;
     if !output.status.success() {
-        bail!(
-            "building the dependency set failed ({}):\n{}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr)
-        );
+        bail!("building the dependency set failed ({}):\n{}", output.status, String::from_utf8_lossy(&output.stderr));
     }
     tracing::info!(seconds = started.elapsed().as_secs_f64(), "dependency set built");
     Ok(())
@@ -352,7 +348,10 @@ pub async fn build(
     }
     // cargo failed without a compiler error: resolution, I/O, a missing crate.
     let tail: Vec<&str> = collected.log.lines().rev().take(15).collect();
-    bail!("cargo failed ({status}) without a compiler error:\n{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"))
+    bail!(
+        "cargo failed ({status}) without a compiler error:\n{}",
+        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+    )
 }
 
 #[cfg(test)]

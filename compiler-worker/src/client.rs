@@ -38,9 +38,8 @@ pub fn connect(url: &str, token: &str) -> anyhow::Result<LeaderClient> {
         .http2_keep_alive_interval(Duration::from_secs(10))
         .keep_alive_timeout(Duration::from_secs(20))
         .keep_alive_while_idle(true);
-    let token: MetadataValue<Ascii> = format!("Bearer {token}")
-        .parse()
-        .context("the cluster token must be printable ASCII")?;
+    let token: MetadataValue<Ascii> =
+        format!("Bearer {token}").parse().context("the cluster token must be printable ASCII")?;
     Ok(ClusterClient::with_interceptor(endpoint.connect_lazy(), TokenInterceptor(token))
         .max_decoding_message_size(kiln_proto::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(kiln_proto::MAX_MESSAGE_BYTES))

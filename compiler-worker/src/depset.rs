@@ -53,21 +53,18 @@ impl DepSet {
     /// Reads the set's direct dependencies from its manifest and their exact versions
     /// from the lockfile.
     pub fn parse(manifest: &str, lockfile: &str) -> Result<DepSet, String> {
-        let manifest: toml_edit::DocumentMut =
-            manifest.parse().map_err(|e| format!("depset manifest: {e}"))?;
-        let lock: toml_edit::DocumentMut =
-            lockfile.parse().map_err(|e| format!("depset lockfile: {e}"))?;
+        let manifest: toml_edit::DocumentMut = manifest.parse().map_err(|e| format!("depset manifest: {e}"))?;
+        let lock: toml_edit::DocumentMut = lockfile.parse().map_err(|e| format!("depset lockfile: {e}"))?;
         let mut locked: BTreeMap<String, Vec<semver::Version>> = BTreeMap::new();
         if let Some(packages) = lock.get("package").and_then(|p| p.as_array_of_tables()) {
             for package in packages {
-                let (Some(name), Some(version)) = (
-                    package.get("name").and_then(|v| v.as_str()),
-                    package.get("version").and_then(|v| v.as_str()),
-                ) else {
+                let (Some(name), Some(version)) =
+                    (package.get("name").and_then(|v| v.as_str()), package.get("version").and_then(|v| v.as_str()))
+                else {
                     continue;
                 };
-                let version = semver::Version::parse(version)
-                    .map_err(|e| format!("depset lockfile: version of {name}: {e}"))?;
+                let version =
+                    semver::Version::parse(version).map_err(|e| format!("depset lockfile: version of {name}: {e}"))?;
                 locked.entry(name.to_owned()).or_default().push(version);
             }
         }
@@ -92,10 +89,7 @@ impl DepSet {
                         .and_then(|f| f.as_array())
                         .map(|a| a.iter().filter_map(|v| v.as_str()).map(str::to_owned).collect())
                         .unwrap_or_default();
-                    let default_features = table
-                        .get("default-features")
-                        .and_then(|v| v.as_bool())
-                        .unwrap_or(true);
+                    let default_features = table.get("default-features").and_then(|v| v.as_bool()).unwrap_or(true);
                     (req.to_owned(), features, default_features)
                 }
             };

@@ -4,12 +4,12 @@
 //! **Invariant:** a worker holds no state that outlives a build. Everything durable is
 //! on the leader; the build root is a cache that may be wiped at any time.
 
+pub mod builder;
+pub mod client;
 pub mod depset;
 pub mod identity;
 pub mod program;
 pub mod scaling;
-pub mod builder;
-pub mod client;
 pub mod sccache;
 pub mod upload;
 pub mod worker;

@@ -51,17 +51,13 @@ pub enum ProgramError {
         "the program is {size} bytes, over the limit of {MAX_PROGRAM_BYTES} bytes: leave out build outputs (target/) and large data files"
     )]
     TooLarge { size: u64 },
-    #[error(
-        "the program has {count} files, over the limit of {MAX_PROGRAM_FILES}: leave out build outputs (target/)"
-    )]
+    #[error("the program has {count} files, over the limit of {MAX_PROGRAM_FILES}: leave out build outputs (target/)")]
     TooManyFiles { count: usize },
     #[error("no Cargo.toml in the program: a program is a directory holding one binary crate")]
     NoManifest,
     #[error("{path} is not a valid Cargo manifest: {reason}")]
     BadManifest { path: String, reason: String },
-    #[error(
-        "no binary crate: a program needs exactly one crate with src/main.rs (found only libraries: {libraries})"
-    )]
+    #[error("no binary crate: a program needs exactly one crate with src/main.rs (found only libraries: {libraries})")]
     NoBinary { libraries: String },
     #[error(
         "two binary crates, {first} and {second}: a program has exactly one binary crate; make the others libraries (src/lib.rs)"
@@ -219,10 +215,8 @@ impl Program {
         for file in &files {
             let Some(dir) = manifest_dir(&file.path) else { continue };
             any_manifest = true;
-            let text = std::str::from_utf8(&file.content).map_err(|_| ProgramError::BadManifest {
-                path: file.path.clone(),
-                reason: "it is not UTF-8".into(),
-            })?;
+            let text = std::str::from_utf8(&file.content)
+                .map_err(|_| ProgramError::BadManifest { path: file.path.clone(), reason: "it is not UTF-8".into() })?;
             let manifest: toml_edit::DocumentMut = text.parse().map_err(|e: toml_edit::TomlError| {
                 ProgramError::BadManifest { path: file.path.clone(), reason: e.message().to_owned() }
             })?;
@@ -235,8 +229,9 @@ impl Program {
                     reason: "it has no [package] table".into(),
                 });
             };
-            let package = package.get("name").and_then(|n| n.as_str()).ok_or_else(|| {
-                ProgramError::BadManifest { path: file.path.clone(), reason: "[package] has no name".into() }
+            let package = package.get("name").and_then(|n| n.as_str()).ok_or_else(|| ProgramError::BadManifest {
+                path: file.path.clone(),
+                reason: "[package] has no name".into(),
             })?;
             let has = |rel: &str| seen.contains(join(&dir, rel).as_str());
             let kind = if has("src/main.rs") || manifest.get("bin").is_some() {
@@ -265,8 +260,7 @@ impl Program {
                 return Err(ProgramError::DuplicatePackage(krate.package.clone()));
             }
         }
-        let binaries: Vec<usize> =
-            (0..crates.len()).filter(|&i| crates[i].kind == CrateKind::Binary).collect();
+        let binaries: Vec<usize> = (0..crates.len()).filter(|&i| crates[i].kind == CrateKind::Binary).collect();
         let binary = match binaries.as_slice() {
             [one] => *one,
             [] => {
@@ -296,11 +290,11 @@ impl Program {
             }
         }
 
-        let by_dir: HashMap<String, usize> =
-            crates.iter().enumerate().map(|(i, c)| (c.dir.clone(), i)).collect();
-        for index in 0..crates.len() {
-            let deps = check_dependencies(&crates[index], &by_dir, depset)?;
-            crates[index].path_dependencies = deps;
+        let by_dir: HashMap<String, usize> = crates.iter().enumerate().map(|(i, c)| (c.dir.clone(), i)).collect();
+        let dependencies: Vec<Vec<PathDependency>> =
+            crates.iter().map(|c| check_dependencies(c, &by_dir, depset)).collect::<Result<_, _>>()?;
+        for (krate, dependencies) in crates.iter_mut().zip(dependencies) {
+            krate.path_dependencies = dependencies;
         }
         let program = Program { files, crates, binary };
         program.topological_order()?;
@@ -412,11 +406,7 @@ fn display_dir(dir: &str) -> String {
 
 /// The directory of a `Cargo.toml` path, or None for any other file.
 fn manifest_dir(path: &str) -> Option<String> {
-    if path == "Cargo.toml" {
-        Some(String::new())
-    } else {
-        path.strip_suffix("/Cargo.toml").map(str::to_owned)
-    }
+    if path == "Cargo.toml" { Some(String::new()) } else { path.strip_suffix("/Cargo.toml").map(str::to_owned) }
 }
 
 fn join(dir: &str, rel: &str) -> String {
@@ -521,7 +511,9 @@ fn check_dependencies(
                 };
             if let Some(spec) = spec {
                 if spec.get("workspace").is_some() {
-                    return Err(unsupported("the workspace (`workspace = true`); write the dependency out in the crate's own Cargo.toml"));
+                    return Err(unsupported(
+                        "the workspace (`workspace = true`); write the dependency out in the crate's own Cargo.toml",
+                    ));
                 }
                 if spec.get("git").is_some() {
                     return Err(unsupported("git"));
@@ -531,12 +523,13 @@ fn check_dependencies(
                 }
                 if let Some(path) = spec.get("path") {
                     let path = path.as_str().ok_or_else(|| bad("path must be a string"))?;
-                    let target = resolve(&krate.dir, path)
-                        .and_then(|dir| by_dir.get(&dir).copied())
-                        .ok_or_else(|| ProgramError::PathNotACrate {
-                            package: krate.package.clone(),
-                            dependency: name.to_owned(),
-                            path: path.to_owned(),
+                    let target =
+                        resolve(&krate.dir, path).and_then(|dir| by_dir.get(&dir).copied()).ok_or_else(|| {
+                            ProgramError::PathNotACrate {
+                                package: krate.package.clone(),
+                                dependency: name.to_owned(),
+                                path: path.to_owned(),
+                            }
                         })?;
                     let mut keys = table_keys.clone();
                     keys.push(name.to_owned());
@@ -565,7 +558,8 @@ fn check_dependencies(
                 });
             }
             for feature in features {
-                let builds = available.features.contains(feature) || (feature == "default" && available.default_features);
+                let builds =
+                    available.features.contains(feature) || (feature == "default" && available.default_features);
                 if !builds {
                     let mut allowed: Vec<&str> = available.features.iter().map(String::as_str).collect();
                     if available.default_features {
@@ -652,16 +646,25 @@ mod tests {
         let old = vec![file("Cargo.toml", &manifest("app", "serde = \"0.9\"\n")), file("src/main.rs", "")];
         assert!(matches!(parse(old), Err(ProgramError::VersionMismatch { .. })));
 
-        let feature = vec![file("Cargo.toml", &manifest("app", "serde = { version = \"1\", features = [\"rc\"] }\n")), file("src/main.rs", "")];
+        let feature = vec![
+            file("Cargo.toml", &manifest("app", "serde = { version = \"1\", features = [\"rc\"] }\n")),
+            file("src/main.rs", ""),
+        ];
         assert!(matches!(parse(feature), Err(ProgramError::FeatureOutsideSet { .. })));
 
-        let git = vec![file("Cargo.toml", &manifest("app", "x = { git = \"https://example.com/x\" }\n")), file("src/main.rs", "")];
+        let git = vec![
+            file("Cargo.toml", &manifest("app", "x = { git = \"https://example.com/x\" }\n")),
+            file("src/main.rs", ""),
+        ];
         assert!(matches!(parse(git), Err(ProgramError::UnsupportedSource { source_kind: "git", .. })));
 
         let escaping = vec![file("Cargo.toml", &manifest("app", "x = { path = \"../x\" }\n")), file("src/main.rs", "")];
         assert!(matches!(parse(escaping), Err(ProgramError::PathNotACrate { .. })));
 
-        let too_big = vec![file("Cargo.toml", &manifest("app", "")), file("src/main.rs", &"x".repeat(MAX_PROGRAM_BYTES as usize))];
+        let too_big = vec![
+            file("Cargo.toml", &manifest("app", "")),
+            file("src/main.rs", &"x".repeat(MAX_PROGRAM_BYTES as usize)),
+        ];
         assert!(matches!(parse(too_big), Err(ProgramError::TooLarge { .. })));
 
         let escaping_file = vec![file("Cargo.toml", &manifest("app", "")), file("../main.rs", "")];
@@ -705,7 +708,10 @@ mod tests {
         let manifest = layout.binary().files.iter().find(|f| f.path == "Cargo.toml").unwrap();
         let text = String::from_utf8(manifest.content.clone()).unwrap();
         assert!(text.contains(&format!("path = \"../{ops_dir}\"")), "{text}");
-        assert!(layout.binary().files.iter().all(|f| !f.path.starts_with("operators/")), "nested crates are not copied into the binary");
+        assert!(
+            layout.binary().files.iter().all(|f| !f.path.starts_with("operators/")),
+            "nested crates are not copied into the binary"
+        );
     }
 
     #[test]

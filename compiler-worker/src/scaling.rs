@@ -98,7 +98,10 @@ mod tests {
     #[test]
     fn the_message_is_exact() {
         let d = ScalingDetected { replicas: 3, workers: 2 };
-        assert_eq!(d.to_string(), "SCALING DETECTED: StatefulSet has 3 replicas but compiler was started with 2 workers");
+        assert_eq!(
+            d.to_string(),
+            "SCALING DETECTED: StatefulSet has 3 replicas but compiler was started with 2 workers"
+        );
     }
 
     #[tokio::test]

@@ -42,7 +42,9 @@ pub fn find(explicit: Option<&Path>) -> Option<PathBuf> {
     let mut candidates: Vec<PathBuf> = std::env::var_os("PATH")
         .map(|paths| std::env::split_paths(&paths).map(|p| p.join("sccache")).collect())
         .unwrap_or_default();
-    if let Some(home) = std::env::var_os("CARGO_HOME").or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cargo").into())) {
+    if let Some(home) =
+        std::env::var_os("CARGO_HOME").or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cargo").into()))
+    {
         candidates.push(Path::new(&home).join("bin/sccache"));
     }
     candidates.into_iter().find(|p| p.is_file())

@@ -75,8 +75,13 @@ pub fn classify(status: &tonic::Status, mismatches: &AtomicU32) -> DeliveryError
                 DeliveryError::Permanent(format!("{message}, twice"))
             }
         }
-        Code::InvalidArgument | Code::Unauthenticated | Code::PermissionDenied | Code::ResourceExhausted
-        | Code::Unimplemented | Code::OutOfRange | Code::AlreadyExists => DeliveryError::Permanent(message),
+        Code::InvalidArgument
+        | Code::Unauthenticated
+        | Code::PermissionDenied
+        | Code::ResourceExhausted
+        | Code::Unimplemented
+        | Code::OutOfRange
+        | Code::AlreadyExists => DeliveryError::Permanent(message),
         // UNAVAILABLE (connection refused, leader restarting), DEADLINE_EXCEEDED,
         // INTERNAL, UNKNOWN, ABORTED, CANCELLED, NOT_FOUND (artifact went missing
         // between upload and report: upload again).
@@ -137,7 +142,9 @@ async fn upload(client: &mut LeaderClient, shipment: &Shipment) -> Result<(), to
     // refuses it, and the attempt is retried.
     let data = tokio_util::io::ReaderStream::with_capacity(file, kiln_proto::UPLOAD_CHUNK_BYTES)
         .take_while(|chunk| std::future::ready(chunk.is_ok()))
-        .filter_map(|chunk| std::future::ready(chunk.ok().map(|bytes| pb::UploadChunk { part: Some(Part::Data(bytes.to_vec())) })));
+        .filter_map(|chunk| {
+            std::future::ready(chunk.ok().map(|bytes| pb::UploadChunk { part: Some(Part::Data(bytes.to_vec())) }))
+        });
     let stream = futures::stream::once(std::future::ready(header)).chain(data);
     client.upload_artifact(stream).await.map(|_| ())
 }
@@ -173,7 +180,11 @@ async fn attempt(
 
 /// Delivers the shipment, retrying transient failures within the policy's budget.
 /// The error is the last failure's.
-pub async fn deliver(client: &LeaderClient, shipment: &Shipment, policy: RetryPolicy) -> Result<Delivered, DeliveryError> {
+pub async fn deliver(
+    client: &LeaderClient,
+    shipment: &Shipment,
+    policy: RetryPolicy,
+) -> Result<Delivered, DeliveryError> {
     let started = Instant::now();
     let retries = AtomicU32::new(0);
     let mismatches = AtomicU32::new(0);
@@ -205,7 +216,10 @@ mod tests {
         assert!(matches!(classify(&tonic::Status::unauthenticated("token"), &m), DeliveryError::Permanent(_)));
         assert!(matches!(classify(&tonic::Status::failed_precondition("stale"), &m), DeliveryError::Stale(_)));
         assert!(matches!(classify(&tonic::Status::data_loss("mismatch"), &m), DeliveryError::Transient(_)));
-        assert!(matches!(classify(&tonic::Status::data_loss("mismatch"), &m), DeliveryError::Permanent(_)), "a repeated mismatch is permanent");
+        assert!(
+            matches!(classify(&tonic::Status::data_loss("mismatch"), &m), DeliveryError::Permanent(_)),
+            "a repeated mismatch is permanent"
+        );
     }
 
     #[tokio::test]
@@ -225,7 +239,11 @@ mod tests {
             success: report.clone(),
             uploading: report,
         };
-        let policy = RetryPolicy { budget: Duration::from_millis(600), min_delay: Duration::from_millis(50), max_delay: Duration::from_millis(200) };
+        let policy = RetryPolicy {
+            budget: Duration::from_millis(600),
+            min_delay: Duration::from_millis(50),
+            max_delay: Duration::from_millis(200),
+        };
         let error = deliver(&client, &shipment, policy).await.unwrap_err();
         assert!(matches!(&error, DeliveryError::Transient(m) if m.contains("Unavailable")), "{error:?}");
     }

@@ -18,8 +18,8 @@ use crate::client::{self, LeaderClient};
 use crate::depset::DepSet;
 use crate::identity::Identity;
 use crate::program::{Program, ProgramFile};
-use crate::sccache::{self, CacheStore, Sccache};
 use crate::scaling::ScalingGuard;
+use crate::sccache::{self, CacheStore, Sccache};
 use crate::upload::{self, DeliveryError, RetryPolicy, Shipment};
 
 /// Whether builds go through sccache.
@@ -173,7 +173,12 @@ async fn heartbeat_loop(
                     && still_current()
                     && let Some((claim, cancel)) = current
                 {
-                    tracing::info!(id = claim.pipeline_id, version = claim.version, ordinal = member.ordinal, "the leader no longer wants this build: cancelling it");
+                    tracing::info!(
+                        id = claim.pipeline_id,
+                        version = claim.version,
+                        ordinal = member.ordinal,
+                        "the leader no longer wants this build: cancelling it"
+                    );
                     cancel.cancel();
                 }
             }
@@ -183,7 +188,11 @@ async fn heartbeat_loop(
                     was_failing = true;
                 }
                 if status.code() == tonic::Code::Unauthenticated {
-                    tracing::error!(ordinal = member.ordinal, "the leader refuses this member's cluster token: {}", status.message());
+                    tracing::error!(
+                        ordinal = member.ordinal,
+                        "the leader refuses this member's cluster token: {}",
+                        status.message()
+                    );
                 }
             }
         }
@@ -198,7 +207,8 @@ impl Worker {
     async fn claim_loop(&mut self, shutdown: &CancellationToken) -> anyhow::Result<()> {
         let mut failures = 0u32;
         loop {
-            let mut request = tonic::Request::new(pb::ClaimRequest { member: Some(self.member.clone()), wait_ms: 30_000 });
+            let mut request =
+                tonic::Request::new(pb::ClaimRequest { member: Some(self.member.clone()), wait_ms: 30_000 });
             request.set_timeout(Duration::from_secs(45));
             let response = tokio::select! {
                 response = self.client.claim(request) => response,
@@ -234,7 +244,8 @@ impl Worker {
         let cancel = shutdown.child_token();
         *self.shared.current.lock().unwrap_or_else(|p| p.into_inner()) = Some((claim, cancel.clone()));
         let span = tracing::info_span!("build", pipeline = %assignment.name, id = claim.pipeline_id, version = claim.version, ordinal = self.member.ordinal);
-        let final_report = tracing::Instrument::instrument(self.build_and_deliver(&assignment, claim, &cancel), span.clone()).await;
+        let final_report =
+            tracing::Instrument::instrument(self.build_and_deliver(&assignment, claim, &cancel), span.clone()).await;
         if let Some(report) = final_report {
             tracing::Instrument::instrument(self.send_final(report, &cancel), span).await;
         }
@@ -242,7 +253,12 @@ impl Worker {
     }
 
     fn report(&self, claim: pb::Claim, status: BuildStatus) -> pb::StatusReport {
-        pb::StatusReport { member: Some(self.member.clone()), claim: Some(claim), status: status as i32, ..Default::default() }
+        pb::StatusReport {
+            member: Some(self.member.clone()),
+            claim: Some(claim),
+            status: status as i32,
+            ..Default::default()
+        }
     }
 
     fn cache_off_figures(&self) -> pb::CacheFigures {
@@ -252,7 +268,12 @@ impl Worker {
     /// Builds and delivers. Returns the report still to be sent when the build ended
     /// in an error (compile error, system error, exhausted upload budget), or None
     /// when it succeeded or was cancelled.
-    async fn build_and_deliver(&mut self, assignment: &pb::Assignment, claim: pb::Claim, cancel: &CancellationToken) -> Option<pb::StatusReport> {
+    async fn build_and_deliver(
+        &mut self,
+        assignment: &pb::Assignment,
+        claim: pb::Claim,
+        cancel: &CancellationToken,
+    ) -> Option<pb::StatusReport> {
         tracing::info!("build started");
         let files: Vec<ProgramFile> = assignment
             .source

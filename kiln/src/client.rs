@@ -52,16 +52,17 @@ pub fn read_program(dir: &Path) -> anyhow::Result<Vec<SubmitFile>> {
             );
         }
         let relative = entry.path().strip_prefix(&root).context("a walked path is under its root")?;
-        let path = relative
-            .to_str()
-            .with_context(|| format!("{} is not a UTF-8 path", relative.display()))?
-            .to_owned();
+        let path = relative.to_str().with_context(|| format!("{} is not a UTF-8 path", relative.display()))?.to_owned();
         let content = std::fs::read(entry.path()).with_context(|| format!("reading {}", entry.path().display()))?;
         let executable = {
             use std::os::unix::fs::PermissionsExt;
             entry.metadata()?.permissions().mode() & 0o111 != 0
         };
-        files.push(SubmitFile { path, content_base64: base64::engine::general_purpose::STANDARD.encode(content), executable });
+        files.push(SubmitFile {
+            path,
+            content_base64: base64::engine::general_purpose::STANDARD.encode(content),
+            executable,
+        });
     }
     Ok(files)
 }

@@ -101,7 +101,11 @@ fn describe(p: &PipelineRecord) -> String {
 
 /// Follows the pipelines until each build ends, with a progress line each (plain
 /// lines when the output is not a terminal). Returns their final records.
-pub async fn wait_for(client: &Client, pipelines: &[PipelineRecord], timeout: Duration) -> anyhow::Result<Vec<PipelineRecord>> {
+pub async fn wait_for(
+    client: &Client,
+    pipelines: &[PipelineRecord],
+    timeout: Duration,
+) -> anyhow::Result<Vec<PipelineRecord>> {
     let terminal = std::io::stderr().is_terminal();
     let bars = indicatif::MultiProgress::new();
     let lines: Vec<indicatif::ProgressBar> = pipelines
@@ -158,7 +162,14 @@ pub async fn report_failures(client: &Client, records: &[PipelineRecord]) -> any
     let mut all_ok = true;
     for r in records.iter().filter(|r| r.status != Status::Success) {
         all_ok = false;
-        eprintln!("\n{} (id {}, version {}) ended {}: {}", r.name, r.id, r.version, r.status, r.error.as_deref().unwrap_or(""));
+        eprintln!(
+            "\n{} (id {}, version {}) ended {}: {}",
+            r.name,
+            r.id,
+            r.version,
+            r.status,
+            r.error.as_deref().unwrap_or("")
+        );
         if r.status == Status::CompileError {
             eprintln!("{}", client.log(&r.id.to_string()).await?);
         }
@@ -178,7 +189,10 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub fn print_table(records: &[PipelineRecord]) {
-    println!("{:>4}  {:<20} {:>3}  {:<13} {:>6}  {:<13} {:<12} ERROR", "ID", "NAME", "VER", "STATUS", "WORKER", "CACHE H/M", "BINARY");
+    println!(
+        "{:>4}  {:<20} {:>3}  {:<13} {:>6}  {:<13} {:<12} ERROR",
+        "ID", "NAME", "VER", "STATUS", "WORKER", "CACHE H/M", "BINARY"
+    );
     for r in records {
         let cache = match &r.cache {
             Some(c) if c.enabled => format!("{}/{}", c.hits, c.misses),
@@ -187,7 +201,16 @@ pub fn print_table(records: &[PipelineRecord]) {
         };
         let binary = r.binary_sha256.as_deref().map(|s| &s[..12]).unwrap_or("-");
         let error = r.error.as_deref().unwrap_or("").lines().next().unwrap_or("");
-        println!("{:>4}  {:<20} {:>3}  {:<13} {:>6}  {:<13} {:<12} {error}", r.id, r.name, r.version, r.status.as_str(), r.worker, cache, binary);
+        println!(
+            "{:>4}  {:<20} {:>3}  {:<13} {:>6}  {:<13} {:<12} {error}",
+            r.id,
+            r.name,
+            r.version,
+            r.status.as_str(),
+            r.worker,
+            cache,
+            binary
+        );
     }
 }
 
@@ -227,7 +250,9 @@ pub async fn download(args: DownloadArgs) -> anyhow::Result<ExitCode> {
         bail!("the leader serves {declared} but recorded {expected} for pipeline {}: nothing was written", record.name);
     }
     let dir = args.output.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
-    let temp = tempfile::Builder::new().prefix(".kiln-download-").tempfile_in(dir)
+    let temp = tempfile::Builder::new()
+        .prefix(".kiln-download-")
+        .tempfile_in(dir)
         .with_context(|| format!("creating a file in {}", dir.display()))?;
     let (file, temp_path) = temp.into_parts();
     let mut file = tokio::fs::File::from_std(file);
@@ -243,7 +268,9 @@ pub async fn download(args: DownloadArgs) -> anyhow::Result<ExitCode> {
     drop(file);
     let actual = hex::encode(hasher.finalize());
     if actual != expected {
-        bail!("the downloaded binary hashes to {actual}, not {expected}: it was damaged on the way and was not kept; try again");
+        bail!(
+            "the downloaded binary hashes to {actual}, not {expected}: it was damaged on the way and was not kept; try again"
+        );
     }
     {
         use std::os::unix::fs::PermissionsExt;

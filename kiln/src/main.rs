@@ -28,7 +28,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run one member of the farm (ordinal 0 runs the leader too).
-    Server(server::ServerArgs),
+    Server(Box<server::ServerArgs>),
     /// Run a whole farm on this machine: a leader and N workers as child processes.
     Up(up::UpArgs),
     /// Submit pipeline programs (directories) to the farm.
@@ -81,7 +81,7 @@ async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     init_tracing(&cli.log_format);
     let result = match cli.command {
-        Command::Server(args) => server::run(args).await,
+        Command::Server(args) => server::run(*args).await,
         Command::Up(args) => up::run(args).await,
         Command::Submit(args) => commands::submit(args).await,
         Command::Status(args) => commands::status(args).await,

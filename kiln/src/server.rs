@@ -12,8 +12,8 @@ use anyhow::{Context, bail};
 use clap::Args;
 use kiln_compiler_worker::builder::BuildSettings;
 use kiln_compiler_worker::identity::Identity;
-use kiln_compiler_worker::sccache::CacheStore;
 use kiln_compiler_worker::scaling::ScalingGuard;
+use kiln_compiler_worker::sccache::CacheStore;
 use kiln_compiler_worker::upload::RetryPolicy;
 use kiln_compiler_worker::worker::{self, CacheChoice, WorkerConfig};
 use kiln_leader::{LeaderConfig, LeaderState};
@@ -103,7 +103,9 @@ fn read_token(args: &ServerArgs) -> anyhow::Result<String> {
             .with_context(|| format!("reading the cluster token file {}", file.display()))?
             .trim()
             .to_owned(),
-        (None, None) => bail!("no cluster token: set KILN_CLUSTER_TOKEN or --cluster-token-file (every member needs the same one)"),
+        (None, None) => {
+            bail!("no cluster token: set KILN_CLUSTER_TOKEN or --cluster-token-file (every member needs the same one)")
+        }
     };
     if token.len() < 16 {
         bail!("the cluster token is too short ({} characters): use at least 16 random characters", token.len());
@@ -114,10 +116,7 @@ fn read_token(args: &ServerArgs) -> anyhow::Result<String> {
 fn hostname(args: &ServerArgs) -> anyhow::Result<String> {
     match &args.hostname {
         Some(name) => Ok(name.clone()),
-        None => Ok(nix::unistd::gethostname()
-            .context("reading the system's hostname")?
-            .to_string_lossy()
-            .into_owned()),
+        None => Ok(nix::unistd::gethostname().context("reading the system's hostname")?.to_string_lossy().into_owned()),
     }
 }
 
@@ -142,7 +141,10 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
     }
     let token = read_token(&args)?;
     if !args.build_root.is_absolute() {
-        bail!("--build-root must be an absolute path (got {}): it must be the same path on every worker", args.build_root.display());
+        bail!(
+            "--build-root must be an absolute path (got {}): it must be the same path on every worker",
+            args.build_root.display()
+        );
     }
     tracing::info!(member = %identity, version = VERSION, "starting");
     let shutdown = crate::shutdown::on_signal();
@@ -181,9 +183,16 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
         },
         cache: match args.sccache.as_str() {
             "off" => CacheChoice::Off,
-            _ => CacheChoice::Auto { binary: args.sccache_binary.clone(), store: CacheStore::LocalDisk { dir: sccache_dir } },
+            _ => CacheChoice::Auto {
+                binary: args.sccache_binary.clone(),
+                store: CacheStore::LocalDisk { dir: sccache_dir },
+            },
         },
-        upload: RetryPolicy { budget: args.upload_budget, min_delay: args.upload_min_delay, max_delay: args.upload_max_delay },
+        upload: RetryPolicy {
+            budget: args.upload_budget,
+            min_delay: args.upload_min_delay,
+            max_delay: args.upload_max_delay,
+        },
         heartbeat_interval: args.heartbeat_interval,
         version: VERSION.to_owned(),
     };

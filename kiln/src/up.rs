@@ -57,7 +57,8 @@ fn cluster_token_file(data_dir: &Path) -> anyhow::Result<PathBuf> {
             options.mode(0o600);
         }
         use std::io::Write;
-        let mut file = options.write(true).create_new(true).open(&path).with_context(|| format!("creating {}", path.display()))?;
+        let mut file =
+            options.write(true).create_new(true).open(&path).with_context(|| format!("creating {}", path.display()))?;
         file.write_all(hex::encode(token).as_bytes())?;
     }
     Ok(path)

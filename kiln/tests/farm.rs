@@ -7,7 +7,9 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{Farm, KILN, Member, Process, TOKEN, examples, free_port, manifest, processes_mentioning, sha256, write_program};
+use common::{
+    Farm, KILN, Member, Process, TOKEN, examples, free_port, manifest, processes_mentioning, sha256, write_program,
+};
 use kiln_proto::cluster_client::ClusterClient;
 use kiln_proto::upload_chunk::Part;
 
@@ -49,7 +51,13 @@ async fn a_local_farm_builds_every_example_on_its_ordinal() {
         "--sccache=off".into(),
     ];
     let mut up = Process::spawn("kiln-up", dir.path(), &up_args);
-    let farm = Farm { dir: tempfile::tempdir().unwrap(), port, members: Vec::new(), stopped: Vec::new(), http: reqwest::Client::new() };
+    let farm = Farm {
+        dir: tempfile::tempdir().unwrap(),
+        port,
+        members: Vec::new(),
+        stopped: Vec::new(),
+        http: reqwest::Client::new(),
+    };
     farm.wait_healthy(Duration::from_secs(300)).await;
 
     let dirs: Vec<_> = EXPECTED_OUTPUT.iter().map(|(name, _)| examples().join(name)).collect();
@@ -97,30 +105,51 @@ async fn compile_errors_and_bad_programs_are_reported_without_disturbing_others(
     let good = farm.submit(&[&examples().join("primes")], true);
     assert!(good.status.success(), "{}", text(&good));
 
-    let broken = write_program(farm.dir.path(), "broken", &[
-        ("Cargo.toml", &manifest("broken", "")),
-        ("src/main.rs", "fn main() {\n    println!(\"{}\", undefined_value);\n}\n"),
-    ]);
+    let broken = write_program(
+        farm.dir.path(),
+        "broken",
+        &[
+            ("Cargo.toml", &manifest("broken", "")),
+            ("src/main.rs", "fn main() {\n    println!(\"{}\", undefined_value);\n}\n"),
+        ],
+    );
     let failed = farm.submit(&[&broken], true);
     assert!(!failed.status.success(), "a failed build makes submit --wait exit non-zero");
     let output = text(&failed);
-    assert!(output.contains("cannot find value `undefined_value` in this scope"), "rustc's diagnostic is shown: {output}");
+    assert!(
+        output.contains("cannot find value `undefined_value` in this scope"),
+        "rustc's diagnostic is shown: {output}"
+    );
     let record = farm.pipeline("broken").await;
     assert_eq!(record["status"], "compile_error");
     assert!(record["error"].as_str().unwrap().contains("error[E0425]"), "{record}");
-    let log = farm.http.get(format!("{}/v0/pipelines/broken/log", farm.url())).send().await.unwrap().text().await.unwrap();
+    let log =
+        farm.http.get(format!("{}/v0/pipelines/broken/log", farm.url())).send().await.unwrap().text().await.unwrap();
     assert!(log.contains("src/main.rs:2"), "the log keeps the diagnostics: {log}");
 
-    let cases: [(&str, Vec<(&str, String)>, &str); 4] = [
-        ("two-bins", vec![
-            ("Cargo.toml", manifest("two-bins", "other = { path = \"other\" }")),
-            ("src/main.rs", "fn main() {}".into()),
-            ("other/Cargo.toml", manifest("other", "")),
-            ("other/src/main.rs", "fn main() {}".into()),
-        ], "two binary crates"),
+    type Case = (&'static str, Vec<(&'static str, String)>, &'static str);
+    let cases: [Case; 4] = [
+        (
+            "two-bins",
+            vec![
+                ("Cargo.toml", manifest("two-bins", "other = { path = \"other\" }")),
+                ("src/main.rs", "fn main() {}".into()),
+                ("other/Cargo.toml", manifest("other", "")),
+                ("other/src/main.rs", "fn main() {}".into()),
+            ],
+            "two binary crates",
+        ),
         ("no-bin", vec![("Cargo.toml", manifest("no-bin", "")), ("src/lib.rs", String::new())], "no binary crate"),
-        ("outside", vec![("Cargo.toml", manifest("outside", "tokio = \"1\"")), ("src/main.rs", "fn main() {}".into())], "outside the farm's dependency set"),
-        ("Bad_Name", vec![("Cargo.toml", manifest("x", "")), ("src/main.rs", "fn main() {}".into())], "invalid pipeline name"),
+        (
+            "outside",
+            vec![("Cargo.toml", manifest("outside", "tokio = \"1\"")), ("src/main.rs", "fn main() {}".into())],
+            "outside the farm's dependency set",
+        ),
+        (
+            "Bad_Name",
+            vec![("Cargo.toml", manifest("x", "")), ("src/main.rs", "fn main() {}".into())],
+            "invalid pipeline name",
+        ),
     ];
     for (name, files, rule) in cases {
         let files: Vec<(&str, &str)> = files.iter().map(|(p, c)| (*p, c.as_str())).collect();
@@ -129,7 +158,8 @@ async fn compile_errors_and_bad_programs_are_reported_without_disturbing_others(
         assert!(!refused.status.success(), "{name} is refused");
         assert!(text(&refused).contains(rule), "{name}: the message names the rule {rule:?}: {}", text(&refused));
     }
-    let big = write_program(farm.dir.path(), "big", &[("Cargo.toml", &manifest("big", "")), ("src/main.rs", "fn main() {}")]);
+    let big =
+        write_program(farm.dir.path(), "big", &[("Cargo.toml", &manifest("big", "")), ("src/main.rs", "fn main() {}")]);
     std::fs::write(big.join("data.bin"), vec![b'x'; 9 * 1024 * 1024]).unwrap();
     let refused = farm.submit(&[&big], false);
     assert!(text(&refused).contains("over the limit"), "{}", text(&refused));
@@ -164,7 +194,9 @@ async fn uploads_survive_a_leader_restart() {
     farm.wait_leader(Duration::from_secs(30)).await;
     let mut retried = 0;
     for id in 1..=4u64 {
-        let record = farm.wait_status(&id.to_string(), &["success", "compile_error", "system_error"], Duration::from_secs(120)).await;
+        let record = farm
+            .wait_status(&id.to_string(), &["success", "compile_error", "system_error"], Duration::from_secs(120))
+            .await;
         assert_eq!(record["status"], "success", "{record}");
         if record["worker"] != 0 {
             assert_eq!(record["attempt"], 1, "a pipeline whose worker lived is built once: {record}");
@@ -218,19 +250,30 @@ async fn corrupted_uploads_and_calls_without_the_token_are_refused() {
 
     let declared = sha256(b"the real binary");
     let chunks = vec![
-        kiln_proto::UploadChunk { part: Some(Part::Header(kiln_proto::UploadHeader { member: Some(member.clone()), claim: None, sha256: declared.clone(), size: 8 })) },
+        kiln_proto::UploadChunk {
+            part: Some(Part::Header(kiln_proto::UploadHeader {
+                member: Some(member.clone()),
+                claim: None,
+                sha256: declared.clone(),
+                size: 8,
+            })),
+        },
         kiln_proto::UploadChunk { part: Some(Part::Data(b"tampered".to_vec())) },
     ];
     let refused = client.upload_artifact(with_token(futures::stream::iter(chunks), TOKEN)).await.unwrap_err();
     assert_eq!(refused.code(), tonic::Code::DataLoss, "{refused:?}");
     assert!(refused.message().contains("hash mismatch"), "{}", refused.message());
-    let present = client.has_artifact(with_token(kiln_proto::HasArtifactRequest { sha256: declared.clone() }, TOKEN)).await.unwrap();
+    let present = client
+        .has_artifact(with_token(kiln_proto::HasArtifactRequest { sha256: declared.clone() }, TOKEN))
+        .await
+        .unwrap();
     assert!(!present.into_inner().present);
     let artifacts = farm.dir.path().join("member-0/artifacts");
     assert!(!artifacts.join(&declared).exists());
     assert_eq!(std::fs::read_dir(artifacts.join("incoming")).unwrap().count(), 0, "no temporary file is left");
 
-    let heartbeat = kiln_proto::HeartbeatRequest { member: Some(member.clone()), cache: None, current: None, preparing: false };
+    let heartbeat =
+        kiln_proto::HeartbeatRequest { member: Some(member.clone()), cache: None, current: None, preparing: false };
     let no_token = client.heartbeat(tonic::Request::new(heartbeat.clone())).await.unwrap_err();
     assert_eq!(no_token.code(), tonic::Code::Unauthenticated);
     let wrong = client.heartbeat(with_token(heartbeat, "not-the-cluster-token")).await.unwrap_err();
@@ -282,13 +325,26 @@ async fn cluster_health_follows_a_killed_worker() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_scaling_guard_fires_with_the_exact_message() {
     let dir = tempfile::tempdir().unwrap();
-    let mut too_high = Process::spawn("too-high", dir.path(), &[
-        "server".into(), "--hostname=kiln-compiler-server-5".into(), "--workers=3".into(),
-        format!("--cluster-token={TOKEN}"), "--build-root=/nonexistent".into(),
-    ]);
+    let mut too_high = Process::spawn(
+        "too-high",
+        dir.path(),
+        &[
+            "server".into(),
+            "--hostname=kiln-compiler-server-5".into(),
+            "--workers=3".into(),
+            format!("--cluster-token={TOKEN}"),
+            "--build-root=/nonexistent".into(),
+        ],
+    );
     let status = too_high.wait_exit(Duration::from_secs(30)).expect("exits");
     assert!(!status.success());
-    assert!(too_high.output().contains("SCALING DETECTED: StatefulSet has 6 replicas but compiler was started with 3 workers"), "{}", too_high.output());
+    assert!(
+        too_high
+            .output()
+            .contains("SCALING DETECTED: StatefulSet has 6 replicas but compiler was started with 3 workers"),
+        "{}",
+        too_high.output()
+    );
 
     let mut farm = Farm::new(2);
     farm.start(member(0, 2));
@@ -301,11 +357,17 @@ async fn the_scaling_guard_fires_with_the_exact_message() {
     let leader_exit = farm.member(0).wait_exit(Duration::from_secs(30)).expect("the leader exits");
     assert!(!leader_exit.success());
     let leader_output = farm.member(0).output();
-    assert!(leader_output.contains("SCALING DETECTED: StatefulSet has 3 replicas but compiler was started with 2 workers"), "{leader_output}");
+    assert!(
+        leader_output.contains("SCALING DETECTED: StatefulSet has 3 replicas but compiler was started with 2 workers"),
+        "{leader_output}"
+    );
     let worker_exit = farm.member(1).wait_exit(Duration::from_secs(30)).expect("the worker exits");
     assert!(!worker_exit.success());
     let worker_output = farm.member(1).output();
-    assert!(worker_output.contains("SCALING DETECTED: StatefulSet has 2 replicas but compiler was started with 3 workers"), "{worker_output}");
+    assert!(
+        worker_output.contains("SCALING DETECTED: StatefulSet has 2 replicas but compiler was started with 3 workers"),
+        "{worker_output}"
+    );
 
     farm.start(member(0, 2));
     farm.wait_leader(Duration::from_secs(30)).await;
@@ -331,7 +393,12 @@ async fn builds_through_sccache_record_its_figures() {
 
     let program = farm.dir.path().join("hello");
     std::fs::create_dir_all(&program).unwrap();
-    let copy = Command::new("cp").arg("-r").arg(format!("{}/.", examples().join("hello").display())).arg(&program).status().unwrap();
+    let copy = Command::new("cp")
+        .arg("-r")
+        .arg(format!("{}/.", examples().join("hello").display()))
+        .arg(&program)
+        .status()
+        .unwrap();
     assert!(copy.success());
     let first = farm.submit(&[&program], true);
     assert!(first.status.success(), "{}", text(&first));
@@ -343,7 +410,11 @@ async fn builds_through_sccache_record_its_figures() {
     std::fs::remove_dir_all(farm.dir.path().join("member-0/build")).unwrap();
     farm.start(with_cache());
     farm.wait_healthy(Duration::from_secs(300)).await;
-    std::fs::write(program.join("src/main.rs"), "fn main() { println!(\"{}\", textops::title_case(\"version two\")); }\n").unwrap();
+    std::fs::write(
+        program.join("src/main.rs"),
+        "fn main() { println!(\"{}\", textops::title_case(\"version two\")); }\n",
+    )
+    .unwrap();
     let second = farm.submit(&[&program], true);
     assert!(second.status.success(), "{}", text(&second));
     let record = farm.pipeline("hello").await;

@@ -403,7 +403,10 @@ mod tests {
         let old_claim = record.claim_key();
         drop(c);
         let c = Catalog::open(&dir.path().join("catalog.redb")).unwrap();
-        assert!(c.member_seen(1, 111, 2).unwrap().is_empty(), "the same incarnation keeps its work across a leader restart");
+        assert!(
+            c.member_seen(1, 111, 2).unwrap().is_empty(),
+            "the same incarnation keeps its work across a leader restart"
+        );
         assert!(c.is_current(&old_claim).unwrap());
         assert_eq!(c.member_seen(1, 222, 3).unwrap(), vec![1]);
         assert_eq!(c.get(1).unwrap().unwrap().status, Status::Pending);

@@ -39,8 +39,12 @@ pub fn check_token(token: Arc<str>) -> impl FnMut(Request<()>) -> Result<Request
             .and_then(|v| v.strip_prefix("Bearer "));
         match presented {
             Some(presented) if presented == &*token => Ok(request),
-            Some(_) => Err(Status::unauthenticated("wrong cluster token: every member must use the same token (KILN_CLUSTER_TOKEN or --cluster-token-file)")),
-            None => Err(Status::unauthenticated("missing cluster token: members send it as `authorization: Bearer <token>`")),
+            Some(_) => Err(Status::unauthenticated(
+                "wrong cluster token: every member must use the same token (KILN_CLUSTER_TOKEN or --cluster-token-file)",
+            )),
+            None => Err(Status::unauthenticated(
+                "missing cluster token: members send it as `authorization: Bearer <token>`",
+            )),
         }
     }
 }
@@ -62,12 +66,20 @@ fn cache_figures(cache: Option<pb::CacheFigures>) -> CacheFigures {
 
 fn figures(figures: Option<pb::BuildFigures>) -> Figures {
     let f = figures.unwrap_or_default();
-    Figures { compile_ms: f.compile_ms, upload_ms: f.upload_ms, upload_retries: f.upload_retries, cache: cache_figures(f.cache) }
+    Figures {
+        compile_ms: f.compile_ms,
+        upload_ms: f.upload_ms,
+        upload_retries: f.upload_retries,
+        cache: cache_figures(f.cache),
+    }
 }
 
 #[tonic::async_trait]
 impl Cluster for ClusterService {
-    async fn heartbeat(&self, request: Request<pb::HeartbeatRequest>) -> Result<Response<pb::HeartbeatResponse>, Status> {
+    async fn heartbeat(
+        &self,
+        request: Request<pb::HeartbeatRequest>,
+    ) -> Result<Response<pb::HeartbeatResponse>, Status> {
         let request = request.into_inner();
         let member_id = member(request.member.clone())?;
         let cache = request.cache.unwrap_or_default();
@@ -79,7 +91,8 @@ impl Cluster for ClusterService {
             cache_message: cache.message,
             preparing: request.preparing,
         };
-        let current = request.current.map(|c| ClaimKey { pipeline_id: c.pipeline_id, version: c.version, attempt: c.attempt });
+        let current =
+            request.current.map(|c| ClaimKey { pipeline_id: c.pipeline_id, version: c.version, attempt: c.attempt });
         let cancel_current = self.state.heartbeat(member_id, report, current).await?;
         Ok(Response::new(pb::HeartbeatResponse {
             leader_workers: self.state.config.workers,
@@ -106,7 +119,9 @@ impl Cluster for ClusterService {
                 source: Some(source),
             }),
             Some((record, Err(e))) => {
-                return Err(ApiError::Internal(format!("stored source of pipeline {} is unreadable: {e}", record.id)).into());
+                return Err(
+                    ApiError::Internal(format!("stored source of pipeline {} is unreadable: {e}", record.id)).into()
+                );
             }
         };
         Ok(Response::new(pb::ClaimResponse { assignment }))
@@ -125,7 +140,11 @@ impl Cluster for ClusterService {
             }
             BuildStatus::Success => {
                 crate::artifacts::validate_sha(&r.binary_sha256).map_err(ApiError::from)?;
-                Report::Success { binary_sha256: r.binary_sha256, binary_size: r.binary_size, figures: figures(r.figures) }
+                Report::Success {
+                    binary_sha256: r.binary_sha256,
+                    binary_size: r.binary_size,
+                    figures: figures(r.figures),
+                }
             }
             BuildStatus::CompileError => Report::CompileError { error: r.error, figures: figures(r.figures) },
             BuildStatus::SystemError => Report::SystemError { error: r.error, figures: figures(r.figures) },
@@ -136,13 +155,19 @@ impl Cluster for ClusterService {
         Ok(Response::new(pb::StatusAck {}))
     }
 
-    async fn has_artifact(&self, request: Request<pb::HasArtifactRequest>) -> Result<Response<pb::HasArtifactResponse>, Status> {
+    async fn has_artifact(
+        &self,
+        request: Request<pb::HasArtifactRequest>,
+    ) -> Result<Response<pb::HasArtifactResponse>, Status> {
         let sha = request.into_inner().sha256;
         crate::artifacts::validate_sha(&sha).map_err(ApiError::from)?;
         Ok(Response::new(pb::HasArtifactResponse { present: self.state.artifacts.contains(&sha) }))
     }
 
-    async fn upload_artifact(&self, request: Request<Streaming<pb::UploadChunk>>) -> Result<Response<pb::UploadResponse>, Status> {
+    async fn upload_artifact(
+        &self,
+        request: Request<Streaming<pb::UploadChunk>>,
+    ) -> Result<Response<pb::UploadResponse>, Status> {
         let mut stream = request.into_inner();
         let header = match stream.message().await?.and_then(|m| m.part) {
             Some(Part::Header(header)) => header,
@@ -152,7 +177,11 @@ impl Cluster for ClusterService {
         self.state.member_seen(member_id).await?;
         let claim = header.claim.unwrap_or_default();
         if self.state.artifacts.contains(&header.sha256) {
-            return Ok(Response::new(pb::UploadResponse { sha256: header.sha256, size: header.size, already_present: true }));
+            return Ok(Response::new(pb::UploadResponse {
+                sha256: header.sha256,
+                size: header.size,
+                already_present: true,
+            }));
         }
         let mut writer = self.state.artifacts.begin(&header.sha256, header.size).map_err(ApiError::from)?;
         while let Some(chunk) = stream.message().await? {

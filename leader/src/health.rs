@@ -172,6 +172,11 @@ mod tests {
         let health = cluster_health(&reports, 2, "1.0", Duration::from_secs(10), now, "t".into());
         assert!(health.members[0].healthy);
         let message = &health.members[1].message;
-        assert!(message.contains("started with 3 workers") && message.contains("version 0.9") && message.contains("bucket missing"), "{message}");
+        assert!(
+            message.contains("started with 3 workers")
+                && message.contains("version 0.9")
+                && message.contains("bucket missing"),
+            "{message}"
+        );
     }
 }

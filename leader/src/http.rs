@@ -78,10 +78,8 @@ async fn require_api_token(
     next: Next,
 ) -> Response {
     if let Some(expected) = &state.config.api_token {
-        let presented = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
+        let presented =
+            headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
         if presented != Some(expected.as_str()) {
             return ApiError::Unauthorized(
                 "this leader wants an API token: pass --api-token or set KILN_API_TOKEN".into(),
@@ -140,11 +138,17 @@ async fn list_pipelines(State(state): State<Arc<LeaderState>>) -> Result<Json<Ve
     Ok(Json(state.list().await?))
 }
 
-async fn get_pipeline(State(state): State<Arc<LeaderState>>, Path(key): Path<String>) -> Result<Json<PipelineRecord>, ApiError> {
+async fn get_pipeline(
+    State(state): State<Arc<LeaderState>>,
+    Path(key): Path<String>,
+) -> Result<Json<PipelineRecord>, ApiError> {
     Ok(Json(state.find(&key).await?))
 }
 
-async fn delete_pipeline(State(state): State<Arc<LeaderState>>, Path(key): Path<String>) -> Result<Json<PipelineRecord>, ApiError> {
+async fn delete_pipeline(
+    State(state): State<Arc<LeaderState>>,
+    Path(key): Path<String>,
+) -> Result<Json<PipelineRecord>, ApiError> {
     Ok(Json(state.delete(&key).await?))
 }
 
@@ -152,7 +156,10 @@ async fn pipeline_log(State(state): State<Arc<LeaderState>>, Path(key): Path<Str
     let (record, log) = state.log(&key).await?;
     let text = match log {
         Some(log) => log,
-        None => format!("pipeline {} version {} has no build log yet: its status is {}\n", record.id, record.version, record.status),
+        None => format!(
+            "pipeline {} version {} has no build log yet: its status is {}\n",
+            record.id, record.version, record.status
+        ),
     };
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response())
 }

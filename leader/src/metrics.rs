@@ -63,7 +63,11 @@ impl Metrics {
         let queue_depth = Family::<OrdinalLabel, Gauge>::default();
         registry.register("queue_depth", "Pending pipelines, by the ordinal that will build them", queue_depth.clone());
         let member_healthy = Family::<OrdinalLabel, Gauge>::default();
-        registry.register("member_healthy", "1 when the member is healthy, as in /cluster_healthz", member_healthy.clone());
+        registry.register(
+            "member_healthy",
+            "1 when the member is healthy, as in /cluster_healthz",
+            member_healthy.clone(),
+        );
         Metrics {
             registry,
             builds_finished,

@@ -131,9 +131,7 @@ pub struct Figures {
 /// Why a report was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ReportRefused {
-    #[error(
-        "claim on pipeline {pipeline_id} version {version} attempt {attempt} is no longer current: drop the build"
-    )]
+    #[error("claim on pipeline {pipeline_id} version {version} attempt {attempt} is no longer current: drop the build")]
     StaleClaim { pipeline_id: u64, version: u64, attempt: u64 },
     #[error("pipeline {id} cannot go from {from} to {to}")]
     BadTransition { id: u64, from: Status, to: Status },

@@ -65,7 +65,11 @@ pub fn encode_source(files: &[ProgramFile]) -> Vec<u8> {
     kiln_proto::SourceBundle {
         files: files
             .into_iter()
-            .map(|f| kiln_proto::SourceFile { path: f.path.clone(), content: f.content.clone(), executable: f.executable })
+            .map(|f| kiln_proto::SourceFile {
+                path: f.path.clone(),
+                content: f.content.clone(),
+                executable: f.executable,
+            })
             .collect(),
     }
     .encode_to_vec()
@@ -77,8 +81,8 @@ impl LeaderState {
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("creating the leader's data directory {}", config.data_dir.display()))?;
         let catalog_path = config.data_dir.join("catalog.redb");
-        let catalog = Catalog::open(&catalog_path)
-            .with_context(|| format!("opening the catalog {}", catalog_path.display()))?;
+        let catalog =
+            Catalog::open(&catalog_path).with_context(|| format!("opening the catalog {}", catalog_path.display()))?;
         let artifacts = ArtifactStore::open(&config.data_dir.join("artifacts"), config.max_artifact_bytes)
             .context("opening the artifact store")?;
         Ok(LeaderState {
@@ -238,7 +242,13 @@ impl LeaderState {
         }
     }
 
-    pub async fn report(&self, member: MemberId, claim: ClaimKey, report: Report, log: Option<String>) -> Result<PipelineRecord, ApiError> {
+    pub async fn report(
+        &self,
+        member: MemberId,
+        claim: ClaimKey,
+        report: Report,
+        log: Option<String>,
+    ) -> Result<PipelineRecord, ApiError> {
         self.member_seen(member).await?;
         if let Report::Success { binary_sha256, .. } = &report
             && !self.artifacts.contains(binary_sha256)

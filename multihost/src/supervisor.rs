@@ -48,18 +48,31 @@ pub enum RestartPolicy {
 /// What the supervisor tells its owner.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
-    Started { member: String, pid: u32 },
+    Started {
+        member: String,
+        pid: u32,
+    },
     /// The member exited and will be started again.
-    Restarting { member: String, exit: String, after: Duration },
+    Restarting {
+        member: String,
+        exit: String,
+        after: Duration,
+    },
     /// The member exited for good; the owner decides what to do with the others.
-    Fatal { member: String, reason: String },
+    Fatal {
+        member: String,
+        reason: String,
+    },
 }
+
+/// Each member's name and the pid of its current process.
+type PidTable = Arc<Mutex<Vec<(String, Option<u32>)>>>;
 
 #[derive(Debug)]
 pub struct Supervisor {
     stop: CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<()>>,
-    pids: Arc<Mutex<Vec<(String, Option<u32>)>>>,
+    pids: PidTable,
     events: mpsc::UnboundedReceiver<Event>,
     grace: Duration,
 }
@@ -147,7 +160,7 @@ async fn supervise(
     grace: Duration,
     stop: CancellationToken,
     events: mpsc::UnboundedSender<Event>,
-    pids: Arc<Mutex<Vec<(String, Option<u32>)>>>,
+    pids: PidTable,
 ) {
     let set_pid = |pid: Option<u32>| pids.lock().unwrap_or_else(|p| p.into_inner())[index].1 = pid;
     let mut restarts: Vec<Instant> = Vec::new();
@@ -274,7 +287,11 @@ mod tests {
             max_restarts: 2,
             window: Duration::from_secs(60),
         };
-        let mut supervisor = Supervisor::start(vec![shell("host-0", "exit 55"), shell("host-1", "exit 1")], policy, Duration::from_secs(1));
+        let mut supervisor = Supervisor::start(
+            vec![shell("host-0", "exit 55"), shell("host-1", "exit 1")],
+            policy,
+            Duration::from_secs(1),
+        );
         let mut restarts = 0;
         let mut fatal = Vec::new();
         while fatal.len() < 2 {
@@ -303,7 +320,8 @@ mod tests {
             max_backoff: Duration::from_millis(100),
             stable_after: Duration::from_secs(1),
         };
-        let mut supervisor = Supervisor::start(vec![shell("member-0", "sleep 300 & wait")], policy, Duration::from_secs(2));
+        let mut supervisor =
+            Supervisor::start(vec![shell("member-0", "sleep 300 & wait")], policy, Duration::from_secs(2));
         let pid = match supervisor.next_event().await.unwrap() {
             Event::Started { pid, .. } => pid,
             other => panic!("unexpected {other:?}"),

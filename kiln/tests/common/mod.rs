@@ -244,7 +244,10 @@ impl Farm {
             if statuses.contains(&record["status"].as_str().unwrap_or("")) {
                 return record;
             }
-            assert!(Instant::now() < deadline, "pipeline {key} did not reach {statuses:?} within {timeout:?}: {record}");
+            assert!(
+                Instant::now() < deadline,
+                "pipeline {key} did not reach {statuses:?} within {timeout:?}: {record}"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
