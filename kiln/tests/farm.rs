@@ -169,6 +169,51 @@ async fn compile_errors_and_bad_programs_are_reported_without_disturbing_others(
     assert_eq!(farm.pipeline("primes").await["status"], "success", "the earlier build is untouched");
     let binary = farm.http.get(format!("{}/v0/pipelines/primes/binary", farm.url())).send().await.unwrap();
     assert_eq!(binary.status(), 200);
+
+    let deleted = farm.http.delete(format!("{}/v0/pipelines/broken", farm.url())).send().await.unwrap();
+    assert_eq!(deleted.status(), 200);
+    let (status, body) = farm.get_json("/v0/pipelines/broken").await;
+    assert_eq!(status, 404, "a deleted pipeline is gone: {body}");
+    assert!(body["error"].as_str().unwrap().contains("no pipeline"), "{body}");
+}
+
+/// A new version cancels the build in flight for the old one, whole process group
+/// included (here a build script that would sleep for ten minutes).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_new_version_cancels_the_build_in_flight() {
+    let mut farm = Farm::new(1);
+    farm.start(member(0, 1));
+    farm.wait_healthy(Duration::from_secs(300)).await;
+    let slow_build = "fn main() { std::thread::sleep(std::time::Duration::from_secs(600)); }";
+    let program = write_program(
+        farm.dir.path(),
+        "slow",
+        &[
+            ("Cargo.toml", &manifest("slow", "")),
+            ("build.rs", slow_build),
+            ("src/main.rs", "fn main() { println!(\"v1\"); }"),
+        ],
+    );
+    assert!(farm.submit(&[&program], false).status.success());
+    farm.wait_status("slow", &["compiling"], Duration::from_secs(60)).await;
+    let build_root = farm.dir.path().join("member-0/build");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while processes_mentioning(build_root.to_str().unwrap()).iter().all(|(_, cmd)| !cmd.contains("build-script-build"))
+    {
+        assert!(std::time::Instant::now() < deadline, "the slow build script never started");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    std::fs::remove_file(program.join("build.rs")).unwrap();
+    std::fs::write(program.join("src/main.rs"), "fn main() { println!(\"v2\"); }").unwrap();
+    assert!(farm.submit(&[&program], false).status.success());
+    let record = farm.wait_status("slow", &["success", "compile_error", "system_error"], Duration::from_secs(60)).await;
+    assert_eq!((record["status"].as_str(), record["version"].as_u64()), (Some("success"), Some(2)), "{record}");
+    let left: Vec<_> = processes_mentioning(build_root.to_str().unwrap())
+        .into_iter()
+        .filter(|(_, cmd)| cmd.contains("build-script-build"))
+        .collect();
+    assert!(left.is_empty(), "the cancelled build's processes are gone: {left:?}");
 }
 
 /// 3. The leader is SIGKILLed while the workers build and upload, and restarted:

@@ -102,3 +102,18 @@ impl IntoResponse for ApiError {
         (self.http_status(), axum::Json(body)).into_response()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_disk_is_507_and_a_permanent_grpc_code() {
+        let full = ApiError::from(ArtifactError::from(std::io::Error::from_raw_os_error(nix::libc::ENOSPC)));
+        assert_eq!(full.http_status(), StatusCode::INSUFFICIENT_STORAGE);
+        assert_eq!(full.grpc_code(), tonic::Code::ResourceExhausted);
+        assert!(full.to_string().contains("disk is full"), "{full}");
+        let mismatch = ApiError::from(ArtifactError::Mismatch { declared: "a".into(), actual: "b".into() });
+        assert_eq!(mismatch.grpc_code(), tonic::Code::DataLoss);
+    }
+}
