@@ -11,7 +11,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ArtifactError {
@@ -114,23 +114,11 @@ impl ArtifactStore {
     /// Opens a stored artifact after hashing it again. A corrupt file is removed.
     pub async fn open_verified(&self, sha: &str) -> Result<Option<(tokio::fs::File, u64)>, ArtifactError> {
         let path = self.path(sha)?;
-        let mut file = match tokio::fs::File::open(&path).await {
-            Ok(file) => file,
+        let (actual, size) = match kiln_compiler_worker::upload::hash_file(&path).await {
+            Ok(hashed) => hashed,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e.into()),
         };
-        let mut hasher = Sha256::new();
-        let mut buffer = vec![0u8; kiln_proto::UPLOAD_CHUNK_BYTES];
-        let mut size = 0u64;
-        loop {
-            let n = file.read(&mut buffer).await?;
-            if n == 0 {
-                break;
-            }
-            size += n as u64;
-            hasher.update(&buffer[..n]);
-        }
-        let actual = hex::encode(hasher.finalize());
         if actual != sha {
             tracing::error!(sha256 = sha, actual, "stored artifact is corrupt; removing it");
             tokio::fs::remove_file(&path).await?;
