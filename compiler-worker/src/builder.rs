@@ -61,14 +61,21 @@ pub enum BuildOutcome {
     Cancelled,
 }
 
-fn cargo_command(settings: &BuildSettings, wrapper: &Wrapper) -> tokio::process::Command {
-    let mut command = tokio::process::Command::new(&settings.cargo);
+/// A command with only the toolchain's environment: no credential of the worker's
+/// reaches it.
+fn clean_command(program: impl AsRef<std::ffi::OsStr>) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(program);
     command.env_clear();
     for key in KEPT_ENVIRONMENT {
         if let Ok(value) = std::env::var(key) {
             command.env(key, value);
         }
     }
+    command
+}
+
+fn cargo_command(settings: &BuildSettings, wrapper: &Wrapper) -> tokio::process::Command {
+    let mut command = clean_command(&settings.cargo);
     command
         .env("CARGO_TARGET_DIR", settings.build_root.join("target"))
         .env("CARGO_TERM_COLOR", "never")
@@ -96,7 +103,7 @@ fn write_workspace(root: &Path, members: &[String]) -> std::io::Result<()> {
 
 /// The identity of a prebuilt dependency set: the set, the profile and the compiler.
 async fn depset_key(settings: &BuildSettings) -> anyhow::Result<String> {
-    let rustc = tokio::process::Command::new("rustc")
+    let rustc = clean_command("rustc")
         .arg("-vV")
         .output()
         .await
@@ -111,7 +118,7 @@ async fn depset_key(settings: &BuildSettings) -> anyhow::Result<String> {
 
 async fn copy_tree(from: &Path, to: &Path) -> anyhow::Result<()> {
     // `cp -a` keeps modification times, which cargo's freshness checks compare.
-    let status = tokio::process::Command::new("cp")
+    let status = clean_command("cp")
         .arg("-a")
         .arg(format!("{}/.", from.display()))
         .arg(to)
@@ -129,12 +136,7 @@ async fn copy_tree(from: &Path, to: &Path) -> anyhow::Result<()> {
 /// root costs one small file check.
 pub async fn prepare_build_root(settings: &BuildSettings) -> anyhow::Result<()> {
     let root = &settings.build_root;
-    std::fs::create_dir_all(root.join("depset"))
-        .with_context(|| format!("creating the build root {}", root.display()))?;
-    std::fs::create_dir_all(root.join("src"))?;
-    std::fs::create_dir_all(root.join("target"))?;
-    std::fs::write(root.join("depset/Cargo.toml"), depset::MANIFEST)?;
-    std::fs::write(root.join("depset/lib.rs"), depset::LIB_RS)?;
+    write_depset(root)?;
     write_workspace(root, &["depset".to_owned()])?;
 
     let key = depset_key(settings).await?;
@@ -183,6 +185,25 @@ async fn build_depset(settings: &BuildSettings) -> anyhow::Result<()> {
         bail!("building the dependency set failed ({}):\n{}", output.status, String::from_utf8_lossy(&output.stderr));
     }
     tracing::info!(seconds = started.elapsed().as_secs_f64(), "dependency set built");
+    Ok(())
+}
+
+fn write_depset(root: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(root.join("depset"))
+        .with_context(|| format!("creating the build root {}", root.display()))?;
+    std::fs::create_dir_all(root.join("src"))?;
+    std::fs::create_dir_all(root.join("target"))?;
+    std::fs::write(root.join("depset/Cargo.toml"), depset::MANIFEST)?;
+    std::fs::write(root.join("depset/lib.rs"), depset::LIB_RS)?;
+    Ok(())
+}
+
+/// Writes everything a build of `layout` needs into `root`, as a worker does before
+/// building: the dependency set, the crates, the workspace. Used by `kiln layout` so
+/// CI jobs build the same crates at the same paths as the farm.
+pub fn write_build_root(root: &Path, layout: &Layout) -> anyhow::Result<()> {
+    write_depset(root)?;
+    write_layout(root, layout)?;
     Ok(())
 }
 

@@ -5,6 +5,7 @@
 //! on the leader; the build root is a cache that may be wiped at any time.
 
 pub mod builder;
+pub mod cache_store;
 pub mod client;
 pub mod depset;
 pub mod identity;

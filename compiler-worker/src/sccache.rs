@@ -11,13 +11,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 
 use crate::builder::Wrapper;
-
-/// Where the cache keeps its objects.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CacheStore {
-    /// A directory on this machine.
-    LocalDisk { dir: PathBuf },
-}
+pub use crate::cache_store::CacheStore;
 
 /// One build's figures, read from sccache.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -25,6 +19,10 @@ pub struct SccacheStats {
     pub hits: u64,
     pub misses: u64,
     pub non_cacheable: u64,
+    /// Reads and writes of the store that failed (sccache then compiles locally).
+    pub store_errors: u64,
+    /// Why sccache did not cache some calls, with counts ("crate-type (bin)": 1).
+    pub not_cached: Vec<(String, u64)>,
 }
 
 #[derive(Debug, Clone)]
@@ -71,6 +69,14 @@ pub fn parse_stats(json: &str) -> anyhow::Result<SccacheStats> {
         misses: sum_counts(&stats["cache_misses"]),
         non_cacheable: stats["non_cacheable_compilations"].as_u64().unwrap_or(0)
             + stats["requests_not_cacheable"].as_u64().unwrap_or(0),
+        store_errors: sum_counts(&stats["cache_errors"])
+            + stats["cache_read_errors"].as_u64().unwrap_or(0)
+            + stats["cache_write_errors"].as_u64().unwrap_or(0)
+            + stats["cache_timeouts"].as_u64().unwrap_or(0),
+        not_cached: stats["not_cached"]
+            .as_object()
+            .map(|m| m.iter().filter_map(|(k, v)| Some((k.clone(), v.as_u64()?))).collect())
+            .unwrap_or_default(),
     })
 }
 
@@ -94,6 +100,9 @@ impl Sccache {
         match &self.store {
             CacheStore::LocalDisk { dir } => {
                 command.env("SCCACHE_DIR", dir);
+            }
+            CacheStore::S3(s3) => {
+                command.envs(s3.sccache_env());
             }
         }
         command
@@ -129,6 +138,7 @@ impl Sccache {
     pub fn describe(&self) -> String {
         match &self.store {
             CacheStore::LocalDisk { dir } => format!("sccache on local disk ({})", dir.display()),
+            CacheStore::S3(s3) => s3.describe(),
         }
     }
 
@@ -156,7 +166,8 @@ mod tests {
     #[test]
     fn stats_are_summed_over_languages() {
         let json = r#"{"stats":{"cache_hits":{"counts":{"Rust":7,"C/C++":1}},"cache_misses":{"counts":{"Rust":2}},"non_cacheable_compilations":1,"requests_not_cacheable":3}}"#;
-        assert_eq!(parse_stats(json).unwrap(), SccacheStats { hits: 8, misses: 2, non_cacheable: 4 });
+        let stats = parse_stats(json).unwrap();
+        assert_eq!((stats.hits, stats.misses, stats.non_cacheable, stats.store_errors), (8, 2, 4, 0));
         assert!(parse_stats("{}").is_err());
     }
 }

@@ -14,12 +14,13 @@ use kiln_proto::{self as pb, BuildStatus};
 use tokio_util::sync::CancellationToken;
 
 use crate::builder::{self, BuildOutcome, BuildSettings, Wrapper};
+use crate::cache_store::{self, CacheStore, S3Settings};
 use crate::client::{self, LeaderClient};
 use crate::depset::DepSet;
 use crate::identity::Identity;
 use crate::program::{Program, ProgramFile};
 use crate::scaling::ScalingGuard;
-use crate::sccache::{self, CacheStore, Sccache};
+use crate::sccache::{self, Sccache};
 use crate::upload::{self, DeliveryError, RetryPolicy, Shipment};
 
 /// Whether builds go through sccache.
@@ -93,7 +94,12 @@ pub async fn run(config: WorkerConfig, guard: ScalingGuard, shutdown: Cancellati
         prepared = builder::prepare_build_root(&config.build) => prepared.context("preparing the build root")?,
         () = shutdown.cancelled() => return Ok(()),
     }
-    let (sccache, cache_note) = start_cache(&config.cache).await;
+    let (sccache, cache_note) = start_cache(&config.cache, &config.identity.hostname).await?;
+    if let CacheChoice::Auto { store: CacheStore::S3(s3), .. } = &config.cache
+        && sccache.is_some()
+    {
+        tokio::spawn(probe_store(s3.clone(), shared.clone(), shutdown.clone()));
+    }
     match &sccache {
         Some(s) => shared.set_cache_state(true, s.describe()),
         None => shared.set_cache_state(true, cache_note.clone()),
@@ -110,26 +116,85 @@ pub async fn run(config: WorkerConfig, guard: ScalingGuard, shutdown: Cancellati
     result
 }
 
-async fn start_cache(choice: &CacheChoice) -> (Option<Sccache>, String) {
+/// Starts sccache for the configured store. An S3 store is checked first: a
+/// misconfigured bucket is a startup error in plain words. sccache itself failing
+/// to start is not: builds go on without it, and say so.
+async fn start_cache(choice: &CacheChoice, member: &str) -> anyhow::Result<(Option<Sccache>, String)> {
     let CacheChoice::Auto { binary, store } = choice else {
-        return (None, "compile cache turned off: building with plain cargo".into());
+        return Ok((None, "compile cache turned off: building with plain cargo".into()));
     };
+    if let CacheStore::S3(s3) = store {
+        tracing::info!(store = %s3.describe(), "checking the cache store");
+        cache_store::preflight(s3, member).await?;
+    }
     let Some(binary) = sccache::find(binary.as_deref()) else {
         let note = "sccache not found on PATH: building with plain cargo, without a compile cache".to_owned();
         tracing::warn!("{note}");
-        return (None, note);
+        return Ok((None, note));
     };
     match Sccache::start(binary, store.clone()).await {
         Ok(sccache) => {
             tracing::info!(cache = %sccache.describe(), "compile cache ready");
-            (Some(sccache), String::new())
+            Ok((Some(sccache), String::new()))
         }
         Err(e) => {
             let note = format!("sccache could not start ({e:#}): building with plain cargo, without a compile cache");
             tracing::warn!("{note}");
-            (None, note)
+            Ok((None, note))
         }
     }
+}
+
+/// Keeps the member's cache state current for `/cluster_healthz`.
+async fn probe_store(s3: S3Settings, shared: Arc<Shared>, shutdown: CancellationToken) {
+    let client = s3.client().await;
+    let mut was_healthy = true;
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(10)) => {}
+            () = shutdown.cancelled() => return,
+        }
+        match cache_store::probe(&s3, &client).await {
+            Ok(()) => {
+                if !was_healthy {
+                    tracing::info!(store = %s3.describe(), "the cache store answers again");
+                }
+                was_healthy = true;
+                shared.set_cache_state(true, s3.describe());
+            }
+            Err(e) => {
+                if was_healthy {
+                    tracing::warn!(store = %s3.describe(), error = %e, "the cache store does not answer; builds go on without it");
+                }
+                was_healthy = false;
+                shared.set_cache_state(false, format!("bucket {} at {}: {e}", s3.bucket, s3.endpoint_url()));
+            }
+        }
+    }
+}
+
+/// The cache part of a build log: enough to explain a miss that should have been a hit.
+fn cache_log(
+    build_root: &std::path::Path,
+    layout: &crate::program::Layout,
+    stats: &sccache::SccacheStats,
+    describe: &str,
+) -> String {
+    let mut text = format!(
+        "\n== compile cache ==\n{describe}\nhits {} / misses {} / not cacheable {} / store errors {}\nbuild root {}\n",
+        stats.hits,
+        stats.misses,
+        stats.non_cacheable,
+        stats.store_errors,
+        build_root.display()
+    );
+    for (reason, count) in &stats.not_cached {
+        text.push_str(&format!("not cached: {reason} x{count}\n"));
+    }
+    for krate in &layout.crates {
+        text.push_str(&format!("crate {} at src/{}\n", krate.package, krate.dir_name));
+    }
+    text
 }
 
 async fn heartbeat_loop(
@@ -310,6 +375,7 @@ impl Worker {
         };
 
         let outcome = builder::build(&self.config.build, &wrapper, &layout, cancel).await;
+        let mut cache_section = String::new();
         if cache.enabled
             && let Some(sccache) = &self.sccache
         {
@@ -318,7 +384,14 @@ impl Worker {
                     cache.hits = stats.hits;
                     cache.misses = stats.misses;
                     cache.non_cacheable = stats.non_cacheable;
-                    self.shared.set_cache_state(true, sccache.describe());
+                    if stats.store_errors > 0 {
+                        cache.note = format!(
+                            "the cache store failed {} times during this build; those crates were compiled without the cache",
+                            stats.store_errors
+                        );
+                        tracing::warn!(store_errors = stats.store_errors, "the cache store failed during the build");
+                    }
+                    cache_section = cache_log(&self.config.build.build_root, &layout, &stats, &sccache.describe());
                 }
                 Err(e) => cache.note = format!("sccache statistics unavailable: {e:#}"),
             }
@@ -332,12 +405,12 @@ impl Worker {
                 tracing::info!(error = %summary, "compile error");
                 let mut r = self.report(claim, BuildStatus::CompileError);
                 r.error = summary;
-                r.log = log;
+                r.log = log + &cache_section;
                 r.figures = figures(elapsed.as_millis() as u64, 0, 0, cache);
                 return Some(r);
             }
             Err(e) => return system_error(format!("{e:#}"), String::new()),
-            Ok(BuildOutcome::Built { executable, log, elapsed }) => (executable, log, elapsed),
+            Ok(BuildOutcome::Built { executable, log, elapsed }) => (executable, log + &cache_section, elapsed),
         };
         let compile_ms = elapsed.as_millis() as u64;
         tracing::info!(compile_ms, hits = cache.hits, misses = cache.misses, "compiled");

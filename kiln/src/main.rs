@@ -1,8 +1,10 @@
 //! The `kiln` command: parses the command line, starts tracing, and hands over to
 //! the role or client command asked for. Every flag has a `KILN_*` variable.
 
+mod cache;
 mod client;
 mod commands;
+mod isolation;
 mod server;
 mod shutdown;
 mod up;
@@ -39,6 +41,13 @@ enum Command {
     Logs(commands::LogsArgs),
     /// Fetch a pipeline's binary and verify its SHA-256.
     Download(commands::DownloadArgs),
+    /// Print the environment a CI job sets to share the farm's compile cache.
+    CiEnv(cache::CiEnvArgs),
+    /// Write a program into a build root exactly as a worker does (for CI builds
+    /// that share the farm's cache).
+    Layout(cache::LayoutArgs),
+    /// The shared S3 cache: statistics and pruning.
+    Cache(cache::CacheCommandArgs),
 }
 
 /// Where the leader is, for the client commands.
@@ -76,17 +85,48 @@ fn init_tracing(format: &str) {
     }
 }
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+fn main() -> std::process::ExitCode {
+    let mut cli = Cli::parse();
     init_tracing(&cli.log_format);
-    let result = match cli.command {
+    if let Command::Server(args) = &mut cli.command
+        && let Some(source) = args.build_root_source.clone()
+    {
+        // Before the runtime starts any thread: see `isolation`.
+        match isolation::private_build_root(&source, &args.build_root) {
+            Ok(()) => {
+                tracing::info!(source = %source.display(), build_root = %args.build_root.display(), "private build root mounted")
+            }
+            Err(reason) => {
+                tracing::warn!(
+                    "cannot give this worker a private view of {} ({reason}): building in {} instead, so sccache hits across workers are lost",
+                    args.build_root.display(),
+                    source.display()
+                );
+                args.build_root = source;
+            }
+        }
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: starting the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(run(cli.command))
+}
+
+async fn run(command: Command) -> std::process::ExitCode {
+    let result = match command {
         Command::Server(args) => server::run(*args).await,
         Command::Up(args) => up::run(args).await,
         Command::Submit(args) => commands::submit(args).await,
         Command::Status(args) => commands::status(args).await,
         Command::Logs(args) => commands::logs(args).await,
         Command::Download(args) => commands::download(args).await,
+        Command::CiEnv(args) => cache::ci_env(args),
+        Command::Layout(args) => cache::layout(args),
+        Command::Cache(args) => cache::cache(args).await,
     };
     match result {
         Ok(code) => code,

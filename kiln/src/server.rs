@@ -58,6 +58,10 @@ pub struct ServerArgs {
     /// The build root: one fixed absolute path, the same on every worker.
     #[arg(long, env = "KILN_BUILD_ROOT", default_value = "/var/lib/kiln/build")]
     pub build_root: PathBuf,
+    /// A directory to mount privately at --build-root (Linux, root), so that workers
+    /// sharing one machine each build at the same absolute path.
+    #[arg(long, env = "KILN_BUILD_ROOT_SOURCE")]
+    pub build_root_source: Option<PathBuf>,
     /// The cargo profile pipelines are built with.
     #[arg(long, env = "KILN_BUILD_PROFILE", default_value = "release")]
     pub profile: String,
@@ -71,9 +75,11 @@ pub struct ServerArgs {
     /// The sccache binary, when it is not on PATH.
     #[arg(long, env = "KILN_SCCACHE_BINARY")]
     pub sccache_binary: Option<PathBuf>,
-    /// sccache's local disk cache. Defaults to <data-dir>/sccache.
+    /// sccache's local disk cache, when no bucket is given. Defaults to <data-dir>/sccache.
     #[arg(long, env = "KILN_SCCACHE_DIR")]
     pub sccache_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub cache: crate::cache::CacheArgs,
     /// How long a worker keeps retrying an upload before the pipeline fails with
     /// `Failed to upload binary`.
     #[arg(long, env = "KILN_UPLOAD_BUDGET", default_value = "30m", value_parser = parse_duration)]
@@ -169,7 +175,12 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
         leader_task = Some(tokio::spawn(kiln_leader::serve(listener, state, async move { stop.cancelled().await })));
     }
 
-    let sccache_dir = args.sccache_dir.clone().unwrap_or_else(|| args.data_dir.join("sccache"));
+    let store = match args.cache.s3_settings()? {
+        Some(s3) => CacheStore::S3(s3),
+        None => {
+            CacheStore::LocalDisk { dir: args.sccache_dir.clone().unwrap_or_else(|| args.data_dir.join("sccache")) }
+        }
+    };
     let config = WorkerConfig {
         leader_url: leader_url(&args, &identity),
         identity: identity.clone(),
@@ -183,10 +194,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
         },
         cache: match args.sccache.as_str() {
             "off" => CacheChoice::Off,
-            _ => CacheChoice::Auto {
-                binary: args.sccache_binary.clone(),
-                store: CacheStore::LocalDisk { dir: sccache_dir },
-            },
+            _ => CacheChoice::Auto { binary: args.sccache_binary.clone(), store },
         },
         upload: RetryPolicy {
             budget: args.upload_budget,

@@ -30,6 +30,12 @@ pub struct UpArgs {
     /// The cargo profile pipelines are built with.
     #[arg(long, env = "KILN_BUILD_PROFILE", default_value = "release")]
     pub profile: String,
+    /// The build root every member sees: one absolute path, privately mounted over
+    /// each member's own directory, so sccache hits are shared across members.
+    #[arg(long, env = "KILN_BUILD_ROOT", default_value = "/tmp/kiln-farm/build-root")]
+    pub build_root: PathBuf,
+    #[command(flatten)]
+    pub cache: crate::cache::CacheArgs,
     /// Where the prebuilt dependency set is kept, shared by the members. Defaults to
     /// <data-dir>/depset-cache.
     #[arg(long, env = "KILN_DEPSET_CACHE")]
@@ -64,6 +70,28 @@ fn cluster_token_file(data_dir: &Path) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
+/// The cache settings, handed to every member as flags (credentials travel in the
+/// environment, which members inherit).
+fn cache_flags(cache: &crate::cache::CacheArgs) -> Vec<OsString> {
+    let mut flags: Vec<OsString> = Vec::new();
+    if let Some(bucket) = &cache.bucket {
+        flags.push(format!("--sccache-bucket={bucket}").into());
+        flags.push(format!("--sccache-region={}", cache.region).into());
+        flags.push(format!("--sccache-key-prefix={}", cache.key_prefix).into());
+        flags.push(format!("--sccache-use-ssl={}", cache.use_ssl).into());
+        flags.push(format!("--sccache-server-side-encryption={}", cache.server_side_encryption).into());
+        flags.push(format!("--sccache-read-only={}", cache.read_only).into());
+        if let Some(endpoint) = &cache.endpoint {
+            flags.push(format!("--sccache-endpoint={endpoint}").into());
+        }
+        if let Some(dir) = &cache.credentials_dir {
+            flags.push("--sccache-credentials-dir".into());
+            flags.push(dir.clone().into());
+        }
+    }
+    flags
+}
+
 fn member_specs(args: &UpArgs, data_dir: &Path, token_file: &Path) -> anyhow::Result<Vec<MemberSpec>> {
     let program = std::env::current_exe().context("finding the kiln binary")?;
     let leader = format!("http://127.0.0.1:{}", args.port);
@@ -77,6 +105,8 @@ fn member_specs(args: &UpArgs, data_dir: &Path, token_file: &Path) -> anyhow::Re
                 "--data-dir".into(),
                 member_dir.clone().into(),
                 "--build-root".into(),
+                args.build_root.clone().into(),
+                "--build-root-source".into(),
                 member_dir.join("build").into(),
                 "--depset-cache".into(),
                 args.depset_cache.clone().unwrap_or_else(|| data_dir.join("depset-cache")).into(),
@@ -85,7 +115,12 @@ fn member_specs(args: &UpArgs, data_dir: &Path, token_file: &Path) -> anyhow::Re
                 format!("--leader={leader}").into(),
                 format!("--listen=127.0.0.1:{}", args.port).into(),
                 format!("--profile={}", args.profile).into(),
+                // Without a bucket, the members share one local sccache directory, so
+                // what one compiled is a hit for the others here too.
+                "--sccache-dir".into(),
+                data_dir.join("sccache").into(),
             ];
+            server_args.extend(cache_flags(&args.cache));
             server_args.extend(args.server_args.iter().cloned());
             MemberSpec {
                 name: format!("member-{ordinal}"),
