@@ -34,6 +34,16 @@ use crate::program::{CrateKind, Layout};
 const KEPT_ENVIRONMENT: [&str; 8] =
     ["PATH", "HOME", "CARGO_HOME", "RUSTUP_HOME", "RUSTUP_TOOLCHAIN", "TMPDIR", "LANG", "USER"];
 
+/// The `CARGO_*` variables every farm build sets. sccache hashes every `CARGO_*`
+/// variable rustc sees, so a CI job that wants the farm's hits sets exactly these
+/// too (`kiln ci-env` prints them).
+pub const FARM_CARGO_ENV: [(&str, &str); 2] = [
+    ("CARGO_TERM_COLOR", "never"),
+    // Incremental compilation is for editing loops; sccache refuses to cache it,
+    // and a farm build never reuses it anyway.
+    ("CARGO_INCREMENTAL", "0"),
+];
+
 /// How builds are run.
 #[derive(Debug, Clone)]
 pub struct BuildSettings {
@@ -78,10 +88,7 @@ fn cargo_command(settings: &BuildSettings, wrapper: &Wrapper) -> tokio::process:
     let mut command = clean_command(&settings.cargo);
     command
         .env("CARGO_TARGET_DIR", settings.build_root.join("target"))
-        .env("CARGO_TERM_COLOR", "never")
-        // Incremental compilation is for editing loops; sccache refuses to cache it,
-        // and a farm build never reuses it anyway.
-        .env("CARGO_INCREMENTAL", "0")
+        .envs(FARM_CARGO_ENV)
         .envs(wrapper.env.iter().map(|(k, v)| (k, v)))
         .current_dir(&settings.build_root)
         .stdin(Stdio::null())

@@ -186,6 +186,16 @@ pub struct PreflightError {
     pub what: String,
 }
 
+/// The innermost error of a chain: "Connection refused (os error 111)" rather than
+/// every layer's wrapping of it.
+fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut current = error;
+    while let Some(source) = current.source() {
+        current = source;
+    }
+    current.to_string()
+}
+
 /// Explains an SDK failure of `operation` in plain words.
 fn explain<E>(settings: &S3Settings, operation: &str, error: &SdkError<E, HttpResponse>) -> String
 where
@@ -198,7 +208,7 @@ where
     };
     match error {
         SdkError::DispatchFailure(failure) => {
-            let detail = format!("{}", DisplayErrorContext(error));
+            let detail = root_cause(error);
             if failure.is_timeout() {
                 format!(
                     "{operation}: the endpoint did not answer in time; check the endpoint and that the store is running"

@@ -155,12 +155,13 @@ pub fn ci_env(args: CiEnvArgs) -> anyhow::Result<ExitCode> {
     let settings = args.cache.settings(bucket, S3Credentials::Anonymous);
     println!("# The environment a CI job sets to share the Kiln farm's compile cache.");
     println!("# Lay the program out with `kiln layout DIR` and build in {}.", args.build_root.display());
+    println!("# sccache hashes every CARGO_* variable: set no other CARGO_* variable in the job.");
     let mut lines = vec![
         ("RUSTC_WRAPPER".to_owned(), "sccache".to_owned()),
-        ("CARGO_INCREMENTAL".to_owned(), "0".to_owned()),
         ("CARGO_TARGET_DIR".to_owned(), args.build_root.join("target").display().to_string()),
         ("KILN_BUILD_ROOT".to_owned(), args.build_root.display().to_string()),
     ];
+    lines.extend(kiln_compiler_worker::builder::FARM_CARGO_ENV.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
     lines.extend(
         settings
             .sccache_env()

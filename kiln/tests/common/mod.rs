@@ -28,14 +28,7 @@ pub fn depset_cache() -> PathBuf {
 
 /// The real sccache, which `scripts/install-deps` installs.
 pub fn sccache() -> PathBuf {
-    let cargo_bin = Path::new(&std::env::var_os("HOME").unwrap_or_default()).join(".cargo/bin/sccache");
-    std::env::var_os("PATH")
-        .map(|paths| std::env::split_paths(&paths).map(|p| p.join("sccache")).collect::<Vec<_>>())
-        .unwrap_or_default()
-        .into_iter()
-        .chain([cargo_bin])
-        .find(|p| p.is_file())
-        .expect("sccache is installed: run scripts/install-deps")
+    installed("sccache")
 }
 
 pub fn free_port() -> u16 {
@@ -122,6 +115,9 @@ pub struct Member {
 /// A farm of `kiln server` processes started one by one, so tests can kill and
 /// restart any of them.
 pub struct Farm {
+    /// When set, every member builds at this one path, privately mounted over its
+    /// own directory (as `kiln up` does), so sccache hits cross members.
+    pub shared_build_root: Option<PathBuf>,
     pub dir: tempfile::TempDir,
     pub port: u16,
     pub members: Vec<Option<Process>>,
@@ -132,6 +128,7 @@ pub struct Farm {
 impl Farm {
     pub fn new(slots: usize) -> Farm {
         Farm {
+            shared_build_root: None,
             dir: tempfile::tempdir().unwrap(),
             port: free_port(),
             members: (0..slots).map(|_| None).collect(),
@@ -151,7 +148,10 @@ impl Farm {
             format!("--hostname=kiln-compiler-server-{}", member.ordinal),
             format!("--workers={}", member.workers),
             format!("--data-dir={}", dir.display()),
-            format!("--build-root={}", dir.join("build").display()),
+            match &self.shared_build_root {
+                Some(shared) => format!("--build-root={}", shared.display()),
+                None => format!("--build-root={}", dir.join("build").display()),
+            },
             format!("--depset-cache={}", depset_cache().display()),
             format!("--cluster-token={TOKEN}"),
             format!("--leader={}", self.url()),
@@ -162,6 +162,9 @@ impl Farm {
             "--upload-min-delay=100ms".into(),
             "--upload-max-delay=1s".into(),
         ];
+        if self.shared_build_root.is_some() {
+            args.push(format!("--build-root-source={}", dir.join("build").display()));
+        }
         if !member.extra.iter().any(|a| a.starts_with("--sccache")) {
             args.push("--sccache=off".into());
         }
@@ -282,4 +285,103 @@ pub fn write_program(parent: &Path, name: &str, files: &[(&str, &str)]) -> PathB
 
 pub fn manifest(name: &str, deps: &str) -> String {
     format!("[package]\nname = \"{name}\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n[dependencies]\n{deps}")
+}
+
+/// A real S3-compatible server (s3s-fs, installed by `scripts/install-deps`) on
+/// loopback, storing buckets as directories under `root`.
+pub struct S3Server {
+    pub process: Option<Process>,
+    pub root: PathBuf,
+    pub port: u16,
+    dir: PathBuf,
+}
+
+pub const S3_BUCKET: &str = "kiln-cache";
+pub const S3_ACCESS_KEY: &str = "kiln-test-access";
+pub const S3_SECRET_KEY: &str = "kiln-test-secret-key";
+
+fn installed(binary: &str) -> PathBuf {
+    let cargo_bin = Path::new(&std::env::var_os("HOME").unwrap_or_default()).join(".cargo/bin").join(binary);
+    std::env::var_os("PATH")
+        .map(|paths| std::env::split_paths(&paths).map(|p| p.join(binary)).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .chain([cargo_bin])
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| panic!("{binary} is installed: run scripts/install-deps"))
+}
+
+impl S3Server {
+    pub fn start(dir: &Path) -> S3Server {
+        let root = dir.join("s3");
+        std::fs::create_dir_all(root.join(S3_BUCKET)).unwrap();
+        let mut server = S3Server { process: None, root, port: free_port(), dir: dir.to_owned() };
+        server.resume();
+        server
+    }
+
+    /// Starts (or restarts) the server and waits until it accepts connections.
+    pub fn resume(&mut self) {
+        let log = self.dir.join("s3s-fs.log");
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
+        let mut command = Command::new(installed("s3s-fs"));
+        command
+            .args(["--host", "127.0.0.1", "--port", &self.port.to_string()])
+            .args(["--access-key", S3_ACCESS_KEY, "--secret-key", S3_SECRET_KEY])
+            .arg(&self.root)
+            .stdout(file.try_clone().unwrap())
+            .stderr(file);
+        std::os::unix::process::CommandExt::process_group(&mut command, 0);
+        let child = command.spawn().unwrap();
+        self.process = Some(Process { name: "s3s-fs".into(), child, log });
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "s3s-fs did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut p) = self.process.take() {
+            p.kill();
+        }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// A directory shaped like a mounted Kubernetes Secret with the store's keys.
+    pub fn credentials_dir(&self, secret: &str) -> PathBuf {
+        let dir = self.dir.join(format!("secret-{secret}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("access_key_id"), S3_ACCESS_KEY).unwrap();
+        std::fs::write(dir.join("secret_access_key"), secret).unwrap();
+        dir
+    }
+
+    /// The flags that point a member or a command at this store.
+    pub fn flags(&self, bucket: &str, secret: &str) -> Vec<String> {
+        vec![
+            format!("--sccache-bucket={bucket}"),
+            format!("--sccache-endpoint={}", self.endpoint()),
+            format!("--sccache-credentials-dir={}", self.credentials_dir(secret).display()),
+        ]
+    }
+
+    /// Every object file under the bucket's key prefix.
+    pub fn objects(&self, prefix: &str) -> Vec<PathBuf> {
+        walk(&self.root.join(S3_BUCKET).join(prefix))
+    }
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() { found.extend(walk(&path)) } else { found.push(path) }
+        }
+    }
+    found
 }

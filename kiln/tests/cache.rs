@@ -1,0 +1,253 @@
+//! The shared compile cache end to end: real `kiln` members, the real sccache, a real
+//! S3-compatible server (s3s-fs) on loopback.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use common::{Farm, KILN, Member, Process, S3_ACCESS_KEY, S3_BUCKET, S3_SECRET_KEY, S3Server, examples, free_port};
+
+/// The one absolute path every member of a test farm builds at (each through its
+/// own private mount).
+fn shared_build_root() -> PathBuf {
+    PathBuf::from("/tmp/kiln-test-build-root")
+}
+
+fn cached_member(ordinal: u32, workers: u32, s3: &S3Server) -> Member {
+    let mut extra = vec!["--sccache=auto".to_owned(), format!("--sccache-binary={}", common::sccache().display())];
+    extra.extend(s3.flags(S3_BUCKET, S3_SECRET_KEY));
+    Member { ordinal, workers, extra }
+}
+
+fn text(output: &std::process::Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
+}
+
+fn copy_program(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    let status = Command::new("cp").arg("-r").arg(format!("{}/.", from.display())).arg(to).status().unwrap();
+    assert!(status.success());
+}
+
+async fn built(farm: &Farm, dir: &Path) -> serde_json::Value {
+    let output = farm.submit(&[dir], true);
+    assert!(output.status.success(), "{}", text(&output));
+    let name = dir.file_name().unwrap().to_str().unwrap();
+    farm.pipeline(name).await
+}
+
+/// 1. Pipeline A on one ordinal, then B on the other sharing an operator: B hits.
+/// 2. The same program rebuilt after its worker's build root is wiped: all hit.
+/// 3. A plain `cargo build` with the `kiln ci-env` environment hits what the farm stored.
+#[tokio::test(flavor = "multi_thread")]
+async fn what_one_worker_compiled_is_a_hit_for_the_others_and_for_ci() {
+    let mut farm = Farm::new(2);
+    farm.shared_build_root = Some(shared_build_root());
+    let s3 = S3Server::start(farm.dir.path());
+    farm.start(cached_member(0, 2, &s3));
+    farm.start(cached_member(1, 2, &s3));
+    farm.wait_healthy(Duration::from_secs(300)).await;
+    let (_, health) = farm.get_json("/cluster_healthz").await;
+    for member in health["members"].as_array().unwrap() {
+        assert!(member["cache"].as_str().unwrap().starts_with("sccache on S3 (bucket kiln-cache"), "{health}");
+    }
+
+    // hello is pipeline 1 (ordinal 1); wordfreq is pipeline 2 (ordinal 0). Both use textops.
+    let a = built(&farm, &examples().join("hello")).await;
+    assert_eq!(a["worker"], 1);
+    assert!(a["cache"]["misses"].as_u64().unwrap() >= 1, "A compiled the operator: {a}");
+    assert!(!s3.objects("sccache").is_empty(), "the farm stored objects under the key prefix");
+    let b = built(&farm, &examples().join("wordfreq")).await;
+    assert_eq!(b["worker"], 0);
+    assert!(b["cache"]["hits"].as_u64().unwrap() >= 1, "B hit what A's worker compiled: {b}");
+    assert_eq!(b["cache"]["misses"], 0, "B compiled nothing A had: {b}");
+    let log =
+        farm.http.get(format!("{}/v0/pipelines/wordfreq/log", farm.url())).send().await.unwrap().text().await.unwrap();
+    assert!(
+        log.contains("== compile cache ==") && log.contains("crate textops at src/textops-"),
+        "the log explains the cache: {log}"
+    );
+
+    // 2. Wipe worker 1's build root and build the same program there again.
+    farm.kill(1);
+    std::fs::remove_dir_all(farm.dir.path().join("member-1/build")).unwrap();
+    farm.start(cached_member(1, 2, &s3));
+    farm.wait_healthy(Duration::from_secs(120)).await;
+    let again_dir = farm.dir.path().join("wordfreq-again");
+    copy_program(&examples().join("wordfreq"), &again_dir);
+    let again = built(&farm, &again_dir).await;
+    assert_eq!(again["worker"], 1, "pipeline 3 is ordinal 1's");
+    assert!(again["cache"]["hits"].as_u64().unwrap() >= 1, "{again}");
+    assert_eq!(again["cache"]["misses"], 0, "every cacheable crate hit after the wipe: {again}");
+
+    // 3. A CI job: the farm's environment, the farm's layout, a plain cargo build.
+    let ci_env = Command::new(KILN)
+        .arg("ci-env")
+        .args(s3.flags(S3_BUCKET, S3_SECRET_KEY))
+        .arg(format!("--build-root={}", shared_build_root().display()))
+        .output()
+        .unwrap();
+    assert!(ci_env.status.success(), "{}", text(&ci_env));
+    let exports = String::from_utf8(ci_env.stdout).unwrap();
+    assert!(!exports.contains(S3_SECRET_KEY), "ci-env never prints a secret");
+    let mut env: HashMap<String, String> = exports
+        .lines()
+        .filter_map(|l| l.strip_prefix("export "))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.trim_matches('\'').to_owned()))
+        .collect();
+    assert_eq!(env["RUSTC_WRAPPER"], "sccache");
+    assert_eq!(env["SCCACHE_BUCKET"], S3_BUCKET);
+    env.insert("RUSTC_WRAPPER".into(), common::sccache().display().to_string());
+    env.insert("SCCACHE_SERVER_PORT".into(), free_port().to_string());
+    env.insert("AWS_ACCESS_KEY_ID".into(), S3_ACCESS_KEY.into());
+    env.insert("AWS_SECRET_ACCESS_KEY".into(), S3_SECRET_KEY.into());
+    let ci_root = farm.dir.path().join("ci-build");
+    let script = format!(
+        "set -e; mount --make-rprivate /; mkdir -p {src} {root}; mount --bind {src} {root}; \
+         {kiln} layout {program} --build-root {root} --profile dev; cd {root}; \
+         cargo build --offline --profile dev -p kiln-depset -p hello; {sccache} --show-stats --stats-format=json > {src}/stats.json; {sccache} --stop-server",
+        src = ci_root.display(),
+        root = shared_build_root().display(),
+        kiln = KILN,
+        program = examples().join("hello").display(),
+        sccache = common::sccache().display(),
+    );
+    let ci = Command::new("unshare")
+        .args(["-m", "sh", "-c", &script])
+        .env_clear()
+        .envs(&env)
+        .env("PATH", std::env::var("PATH").unwrap())
+        .env("HOME", std::env::var("HOME").unwrap())
+        .output()
+        .unwrap();
+    assert!(ci.status.success(), "the CI build: {}", text(&ci));
+    let stats: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(ci_root.join("stats.json")).unwrap()).unwrap();
+    let hits: u64 =
+        stats["stats"]["cache_hits"]["counts"].as_object().unwrap().values().filter_map(|v| v.as_u64()).sum();
+    assert!(hits >= 1, "the CI build hit what the farm stored: {stats}");
+}
+
+/// 4. A bad bucket, bad credentials, an unreachable endpoint: a clear startup error
+/// each. With the store stopped mid-run, builds complete without it and say so.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_misconfigured_or_failing_store_is_reported_in_plain_words() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s3 = S3Server::start(dir.path());
+    let start_member = |name: &str, flags: Vec<String>| {
+        let mut args: Vec<String> = vec![
+            "server".into(),
+            "--hostname=kiln-compiler-server-1".into(),
+            "--workers=2".into(),
+            format!("--cluster-token={}", common::TOKEN),
+            format!("--leader=http://127.0.0.1:{}", free_port()),
+            format!("--build-root={}", dir.path().join(name).join("build").display()),
+            format!("--depset-cache={}", common::depset_cache().display()),
+            "--profile=dev".into(),
+            format!("--sccache-binary={}", common::sccache().display()),
+        ];
+        args.extend(flags);
+        Process::spawn(name, dir.path(), &args)
+    };
+    let unreachable_port = free_port();
+    let cases = [
+        (
+            "bad-bucket",
+            s3.flags("no-such-bucket", S3_SECRET_KEY),
+            "cache store check failed for bucket \"no-such-bucket\"",
+            "the bucket does not exist",
+        ),
+        (
+            "bad-credentials",
+            s3.flags(S3_BUCKET, "wrong-secret"),
+            "cache store check failed for bucket \"kiln-cache\"",
+            "refuses the credentials",
+        ),
+        (
+            "unreachable",
+            vec![
+                format!("--sccache-bucket={S3_BUCKET}"),
+                format!("--sccache-endpoint=127.0.0.1:{unreachable_port}"),
+                format!("--sccache-credentials-dir={}", s3.credentials_dir(S3_SECRET_KEY).display()),
+            ],
+            &format!("at http://127.0.0.1:{unreachable_port}"),
+            "the endpoint is unreachable",
+        ),
+    ];
+    for (name, flags, names, what) in cases {
+        let mut member = start_member(name, flags);
+        let status = member.wait_exit(Duration::from_secs(120)).unwrap_or_else(|| panic!("{name}: the member exits"));
+        assert!(!status.success(), "{name}");
+        let output = member.output();
+        assert!(output.contains(names) && output.contains(what), "{name}: {output}");
+        assert!(!output.contains(S3_SECRET_KEY) && !output.contains("wrong-secret"), "{name}: no secret in the log");
+    }
+
+    let mut farm = Farm::new(1);
+    farm.start(cached_member(0, 1, &s3));
+    farm.wait_healthy(Duration::from_secs(300)).await;
+    s3.stop();
+    let program = farm.dir.path().join("json-report");
+    copy_program(&examples().join("json-report"), &program);
+    let record = built(&farm, &program).await;
+    assert_eq!(record["status"], "success", "{record}");
+    let note = record["cache"]["note"].as_str().unwrap_or("");
+    assert!(note.contains("the cache store failed"), "the status says the cache failed: {record}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, health) = farm.get_json("/cluster_healthz").await;
+        if status == 503 {
+            let message = health["members"][0]["message"].as_str().unwrap();
+            assert!(message.contains("cache store") && message.contains("kiln-cache"), "{health}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "cluster health never showed the dead store: {health}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    s3.resume();
+}
+
+/// 5. `kiln cache prune` deletes only what its limits select, only under the prefix,
+/// and nothing without `--yes`.
+#[tokio::test(flavor = "multi_thread")]
+async fn prune_deletes_only_what_its_limits_select_under_the_prefix() {
+    let dir = tempfile::tempdir().unwrap();
+    let s3 = S3Server::start(dir.path());
+    let bucket = s3.root.join(S3_BUCKET);
+    let object = |key: &str, bytes: usize, age: &str| {
+        let path = bucket.join(key);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, vec![b'x'; bytes]).unwrap();
+        assert!(Command::new("touch").args(["-d", age]).arg(&path).status().unwrap().success());
+        path
+    };
+    let old = object("sccache/a/old", 100, "10 days ago");
+    let middle = object("sccache/b/middle", 100, "2 hours ago");
+    let new = object("sccache/c/new", 100, "1 minute ago");
+    let outside = object("other-team/ancient", 100, "100 days ago");
+    let kiln = |extra: &[&str]| {
+        let output =
+            Command::new(KILN).args(["cache"]).args(extra).args(s3.flags(S3_BUCKET, S3_SECRET_KEY)).output().unwrap();
+        assert!(output.status.success(), "{}", text(&output));
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let stats = kiln(&["stats"]);
+    assert!(stats.contains("objects  3") && stats.contains("bytes    300"), "only the prefix is counted: {stats}");
+
+    let dry = kiln(&["prune", "--older-than", "1d"]);
+    assert!(dry.contains("would delete sccache/a/old") && dry.contains("dry run"), "{dry}");
+    assert!(old.exists(), "a dry run deletes nothing");
+
+    let by_age = kiln(&["prune", "--older-than", "1d", "--yes"]);
+    assert!(by_age.contains("deleted 1 of 3"), "{by_age}");
+    assert!(!old.exists() && middle.exists() && new.exists());
+
+    let by_size = kiln(&["prune", "--max-size", "100", "--yes"]);
+    assert!(by_size.contains("deleted 1 of 2"), "{by_size}");
+    assert!(!middle.exists() && new.exists(), "the oldest goes first");
+    assert!(outside.exists(), "nothing outside the key prefix is touched");
+}
