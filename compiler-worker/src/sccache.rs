@@ -21,6 +21,9 @@ pub struct SccacheStats {
     pub non_cacheable: u64,
     /// Reads and writes of the store that failed (sccache then compiles locally).
     pub store_errors: u64,
+    /// Time spent serving hits from the store, and compiling misses.
+    pub hit_read_ms: u64,
+    pub miss_compile_ms: u64,
     /// Why sccache did not cache some calls, with counts ("crate-type (bin)": 1).
     pub not_cached: Vec<(String, u64)>,
 }
@@ -57,6 +60,10 @@ fn sum_counts(value: &serde_json::Value) -> u64 {
     value["counts"].as_object().map(|m| m.values().filter_map(|v| v.as_u64()).sum()).unwrap_or(0)
 }
 
+fn duration_ms(value: &serde_json::Value) -> u64 {
+    value["secs"].as_u64().unwrap_or(0) * 1000 + value["nanos"].as_u64().unwrap_or(0) / 1_000_000
+}
+
 /// Reads the figures out of `sccache --show-stats --stats-format=json`.
 pub fn parse_stats(json: &str) -> anyhow::Result<SccacheStats> {
     let value: serde_json::Value = serde_json::from_str(json).context("sccache statistics are not JSON")?;
@@ -73,6 +80,8 @@ pub fn parse_stats(json: &str) -> anyhow::Result<SccacheStats> {
             + stats["cache_read_errors"].as_u64().unwrap_or(0)
             + stats["cache_write_errors"].as_u64().unwrap_or(0)
             + stats["cache_timeouts"].as_u64().unwrap_or(0),
+        hit_read_ms: duration_ms(&stats["cache_read_hit_duration"]),
+        miss_compile_ms: duration_ms(&stats["compiler_write_duration"]),
         not_cached: stats["not_cached"]
             .as_object()
             .map(|m| m.iter().filter_map(|(k, v)| Some((k.clone(), v.as_u64()?))).collect())
@@ -165,9 +174,11 @@ mod tests {
 
     #[test]
     fn stats_are_summed_over_languages() {
-        let json = r#"{"stats":{"cache_hits":{"counts":{"Rust":7,"C/C++":1}},"cache_misses":{"counts":{"Rust":2}},"non_cacheable_compilations":1,"requests_not_cacheable":3}}"#;
+        let json = r#"{"stats":{"cache_hits":{"counts":{"Rust":7,"C/C++":1}},"cache_misses":{"counts":{"Rust":2}},"non_cacheable_compilations":1,"requests_not_cacheable":3,
+            "cache_read_hit_duration":{"secs":1,"nanos":500000000},"compiler_write_duration":{"secs":3,"nanos":0}}}"#;
         let stats = parse_stats(json).unwrap();
         assert_eq!((stats.hits, stats.misses, stats.non_cacheable, stats.store_errors), (8, 2, 4, 0));
+        assert_eq!((stats.hit_read_ms, stats.miss_compile_ms), (1500, 3000));
         assert!(parse_stats("{}").is_err());
     }
 }

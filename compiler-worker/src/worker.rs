@@ -181,9 +181,11 @@ fn cache_log(
     describe: &str,
 ) -> String {
     let mut text = format!(
-        "\n== compile cache ==\n{describe}\nhits {} / misses {} / not cacheable {} / store errors {}\nbuild root {}\n",
+        "\n== compile cache ==\n{describe}\nhits {} ({} ms reading) / misses {} ({} ms compiling) / not cacheable {} / store errors {}\nbuild root {}\n",
         stats.hits,
+        stats.hit_read_ms,
         stats.misses,
+        stats.miss_compile_ms,
         stats.non_cacheable,
         stats.store_errors,
         build_root.display()
@@ -384,6 +386,8 @@ impl Worker {
                     cache.hits = stats.hits;
                     cache.misses = stats.misses;
                     cache.non_cacheable = stats.non_cacheable;
+                    cache.hit_read_ms = stats.hit_read_ms;
+                    cache.miss_compile_ms = stats.miss_compile_ms;
                     if stats.store_errors > 0 {
                         cache.note = format!(
                             "the cache store failed {} times during this build; those crates were compiled without the cache",

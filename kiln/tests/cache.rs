@@ -64,6 +64,7 @@ async fn what_one_worker_compiled_is_a_hit_for_the_others_and_for_ci() {
     assert_eq!(b["worker"], 0);
     assert!(b["cache"]["hits"].as_u64().unwrap() >= 1, "B hit what A's worker compiled: {b}");
     assert_eq!(b["cache"]["misses"], 0, "B compiled nothing A had: {b}");
+    assert_eq!(b["cache"]["time_from_cache_percent"], 100, "all of B's compiler time was served by the cache: {b}");
     let log =
         farm.http.get(format!("{}/v0/pipelines/wordfreq/log", farm.url())).send().await.unwrap().text().await.unwrap();
     assert!(

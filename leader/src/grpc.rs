@@ -61,7 +61,16 @@ fn claim_key(claim: Option<pb::Claim>) -> Result<ClaimKey, Status> {
 
 fn cache_figures(cache: Option<pb::CacheFigures>) -> CacheFigures {
     let c = cache.unwrap_or_default();
-    CacheFigures { enabled: c.enabled, hits: c.hits, misses: c.misses, non_cacheable: c.non_cacheable, note: c.note }
+    CacheFigures {
+        enabled: c.enabled,
+        hits: c.hits,
+        misses: c.misses,
+        non_cacheable: c.non_cacheable,
+        hit_read_ms: c.hit_read_ms,
+        miss_compile_ms: c.miss_compile_ms,
+        time_from_cache_percent: CacheFigures::percent_from_cache(c.hit_read_ms, c.miss_compile_ms),
+        note: c.note,
+    }
 }
 
 fn figures(figures: Option<pb::BuildFigures>) -> Figures {

@@ -68,6 +68,16 @@ pub struct CacheFigures {
     pub hits: u64,
     pub misses: u64,
     pub non_cacheable: u64,
+    /// Time sccache spent serving hits from the store.
+    #[serde(default)]
+    pub hit_read_ms: u64,
+    /// Time sccache spent compiling misses (and writing them to the store).
+    #[serde(default)]
+    pub miss_compile_ms: u64,
+    /// The share of the build's compiler-call time that the cache served, in percent:
+    /// `hit_read_ms / (hit_read_ms + miss_compile_ms)`; 0 with no calls.
+    #[serde(default)]
+    pub time_from_cache_percent: u32,
     /// Why the cache was not used, or anything odd about it.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub note: String,
@@ -135,6 +145,14 @@ pub enum ReportRefused {
     StaleClaim { pipeline_id: u64, version: u64, attempt: u64 },
     #[error("pipeline {id} cannot go from {from} to {to}")]
     BadTransition { id: u64, from: Status, to: Status },
+}
+
+impl CacheFigures {
+    /// `hit_read_ms` as a percentage of all compiler-call time.
+    pub fn percent_from_cache(hit_read_ms: u64, miss_compile_ms: u64) -> u32 {
+        let total = hit_read_ms + miss_compile_ms;
+        if total == 0 { 0 } else { (hit_read_ms * 100 / total) as u32 }
+    }
 }
 
 impl Report {
