@@ -36,8 +36,7 @@ impl Identity {
 
     /// The StatefulSet's name: the hostname without its `-<ordinal>` suffix.
     pub fn set_name(&self) -> &str {
-        // `new` checked that the hostname ends in '-<digits>'.
-        self.hostname.rsplit_once('-').map(|(set, _)| set).unwrap_or(&self.hostname)
+        set_name(&self.hostname)
     }
 
     /// The leader's URL inside a StatefulSet: pod 0 through the headless service,
@@ -51,6 +50,13 @@ impl fmt::Display for Identity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} (ordinal {} of {})", self.hostname, self.ordinal, self.workers)
     }
+}
+
+/// The StatefulSet's name in a pod's hostname: its first label without the
+/// `-<ordinal>` suffix (`kiln-compiler-server-2.kiln.ns.svc` → `kiln-compiler-server`).
+pub fn set_name(hostname: &str) -> &str {
+    let label = hostname.split('.').next().unwrap_or(hostname);
+    label.rsplit_once('-').map(|(set, _)| set).unwrap_or(label)
 }
 
 /// The digits after the last '-' of a hostname. Accepts a fully qualified name

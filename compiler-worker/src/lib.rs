@@ -9,6 +9,7 @@ pub mod cache_store;
 pub mod client;
 pub mod depset;
 pub mod identity;
+pub mod kubernetes;
 pub mod program;
 pub mod scaling;
 pub mod sccache;

@@ -12,6 +12,7 @@ use anyhow::{Context, bail};
 use clap::Args;
 use kiln_compiler_worker::builder::BuildSettings;
 use kiln_compiler_worker::identity::Identity;
+use kiln_compiler_worker::kubernetes::StatefulSetClient;
 use kiln_compiler_worker::scaling::ScalingGuard;
 use kiln_compiler_worker::sccache::CacheStore;
 use kiln_compiler_worker::upload::RetryPolicy;
@@ -28,9 +29,27 @@ pub struct ServerArgs {
     /// Defaults to $HOSTNAME, then to the system's hostname.
     #[arg(long, env = "HOSTNAME")]
     pub hostname: Option<String>,
-    /// N, the number of members in the set.
+    /// N, the number of members in the set. With --kubernetes it defaults to the
+    /// StatefulSet's replica count.
     #[arg(long, env = "KILN_WORKERS")]
-    pub workers: u32,
+    pub workers: Option<u32>,
+    /// Running in a StatefulSet: read its replica count through the Kubernetes API at
+    /// startup and keep watching it (the scaling guard).
+    #[arg(long, env = "KILN_KUBERNETES", default_value_t = false, action = clap::ArgAction::Set)]
+    pub kubernetes: bool,
+    /// The Kubernetes API's URL. Defaults to the in-cluster one.
+    #[arg(long, env = "KILN_KUBERNETES_API")]
+    pub kubernetes_api: Option<String>,
+    /// Where the service account's token, namespace and ca.crt are.
+    #[arg(long, env = "KILN_KUBERNETES_SERVICE_ACCOUNT_DIR", default_value = kiln_compiler_worker::kubernetes::SERVICE_ACCOUNT_DIR)]
+    pub kubernetes_service_account_dir: PathBuf,
+    /// How often the StatefulSet's replica count is read again.
+    #[arg(long, env = "KILN_KUBERNETES_POLL", default_value = "10s", value_parser = parse_duration)]
+    pub kubernetes_poll: Duration,
+    /// Where a worker (ordinal > 0) serves /healthz for its probes. The leader serves
+    /// it on --listen.
+    #[arg(long, env = "KILN_HEALTH_LISTEN")]
+    pub health_listen: Option<SocketAddr>,
     /// Where the leader keeps its catalog and artifacts.
     #[arg(long, env = "KILN_DATA_DIR", default_value = "/var/lib/kiln")]
     pub data_dir: PathBuf,
@@ -138,10 +157,55 @@ fn leader_url(args: &ServerArgs, identity: &Identity) -> String {
     identity.leader_url_in_set(&args.service, args.leader_port)
 }
 
+/// Reads the StatefulSet's replica count, when running in Kubernetes.
+async fn statefulset(args: &ServerArgs, hostname: &str) -> anyhow::Result<Option<(StatefulSetClient, u32)>> {
+    if !args.kubernetes {
+        return Ok(None);
+    }
+    let api = match &args.kubernetes_api {
+        Some(url) => url.clone(),
+        None => kiln_compiler_worker::kubernetes::in_cluster_api()?,
+    };
+    let name = kiln_compiler_worker::identity::set_name(hostname);
+    let client = StatefulSetClient::new(&api, &args.kubernetes_service_account_dir, name)?;
+    let replicas = client.replicas().await?;
+    tracing::info!(statefulset = name, replicas, "read the StatefulSet");
+    Ok(Some((client, replicas)))
+}
+
+/// A worker's own /healthz, for its Kubernetes probes.
+async fn serve_worker_health(address: SocketAddr, shutdown: tokio_util::sync::CancellationToken) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .with_context(|| format!("binding the health endpoint to {address}: choose another --health-listen"))?;
+    let router = axum::Router::new()
+        .route("/healthz", axum::routing::get(|| async { axum::Json(serde_json::json!({ "status": "healthy" })) }));
+    tokio::spawn(async move {
+        let served =
+            axum::serve(listener, router).with_graceful_shutdown(async move { shutdown.cancelled().await }).await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "the health endpoint failed");
+        }
+    });
+    Ok(())
+}
+
 pub async fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
-    let identity = Identity::new(&hostname(&args)?, args.workers)?;
+    let hostname = hostname(&args)?;
+    let statefulset = statefulset(&args, &hostname).await?;
+    let workers = match (args.workers, &statefulset) {
+        (Some(workers), _) => workers,
+        (None, Some((_, replicas))) => *replicas,
+        (None, None) => bail!(
+            "N is unknown: pass --workers or set KILN_WORKERS (with --kubernetes it is read from the StatefulSet)"
+        ),
+    };
+    let identity = Identity::new(&hostname, workers)?;
     let guard = ScalingGuard::new(identity.workers);
     guard.observe_ordinal(identity.ordinal);
+    if let Some((_, replicas)) = &statefulset {
+        guard.observe_replicas(*replicas);
+    }
     if let Some(detected) = guard.detected() {
         panic!("{detected}");
     }
@@ -154,6 +218,14 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
     }
     tracing::info!(member = %identity, version = VERSION, "starting");
     let shutdown = crate::shutdown::on_signal();
+    if let Some((client, _)) = statefulset {
+        tokio::spawn(client.watch(guard.clone(), args.kubernetes_poll, shutdown.clone()));
+    }
+    if !identity.is_leader()
+        && let Some(address) = args.health_listen
+    {
+        serve_worker_health(address, shutdown.clone()).await?;
+    }
 
     let mut leader_task = None;
     if identity.is_leader() {

@@ -1,0 +1,289 @@
+//! The Helm chart with the real `helm` binary and `kubernetes-validate` (both installed
+//! by `scripts/install-deps`), and the scaling guard against the Kubernetes API.
+//!
+//! No Kubernetes API server can run here, so the scaling guard is tested against a
+//! loopback HTTP server that answers like one: the same path
+//! (`/apis/apps/v1/namespaces/{ns}/statefulsets/{name}`), the same JSON, the same
+//! bearer-token authentication.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use common::{Process, TOKEN};
+use serde_json::Value;
+
+fn chart() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../helm/kiln").canonicalize().unwrap()
+}
+
+fn helm() -> PathBuf {
+    let tools = Path::new(&std::env::var_os("HOME").unwrap_or_default()).join(".cache/kiln/tools/bin/helm");
+    std::env::var_os("KILN_TOOLS_DIR")
+        .map(|d| Path::new(&d).join("bin/helm"))
+        .filter(|p| p.is_file())
+        .or_else(|| tools.is_file().then_some(tools))
+        .expect("helm is installed: run scripts/install-deps")
+}
+
+fn text(output: &std::process::Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
+}
+
+/// `helm template` with `--set` values; the rendered YAML, or the failure's text.
+fn render(sets: &[&str]) -> Result<String, String> {
+    let mut command = Command::new(helm());
+    command.args(["template", "kiln", chart().to_str().unwrap(), "--namespace", "farm"]);
+    for set in sets {
+        command.args(["--set", set]);
+    }
+    let output = command.output().unwrap();
+    if output.status.success() { Ok(String::from_utf8(output.stdout).unwrap()) } else { Err(text(&output)) }
+}
+
+/// Parses multi-document YAML with PyYAML (a dependency of kubernetes-validate).
+fn documents(yaml: &str) -> Vec<Value> {
+    let mut child = Command::new("python3")
+        .args(["-c", "import json, sys, yaml; print(json.dumps([d for d in yaml.safe_load_all(sys.stdin) if d]))"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(yaml.as_bytes()).unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success());
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    docs.iter()
+        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no {kind} {name} rendered"))
+}
+
+fn env_of(statefulset: &Value) -> Vec<Value> {
+    statefulset["spec"]["template"]["spec"]["containers"][0]["env"].as_array().unwrap().clone()
+}
+
+fn env_value(statefulset: &Value, name: &str) -> Option<Value> {
+    env_of(statefulset).into_iter().find(|e| e["name"] == name)
+}
+
+const VALUE_SETS: [(&str, &[&str]); 4] = [
+    ("defaults", &[]),
+    (
+        "parallel-s3-secret",
+        &[
+            "parallelCompilation.enabled=true",
+            "parallelCompilation.replicas=3",
+            "parallelCompilation.sccache.enabled=true",
+            "parallelCompilation.sccache.s3.bucket=feldera-sccache",
+            "parallelCompilation.sccache.s3.endpoint=minio.extra.svc.cluster.local:9000",
+            "parallelCompilation.sccache.s3.existingSecret=sccache-s3-secret",
+        ],
+    ),
+    (
+        "irsa",
+        &[
+            "parallelCompilation.enabled=true",
+            "parallelCompilation.replicas=2",
+            "parallelCompilation.sccache.enabled=true",
+            "serviceAccount.annotations.eks\\.amazonaws\\.com/role-arn=arn:aws:iam::123456789012:role/kiln",
+        ],
+    ),
+    ("disabled-with-replicas", &["parallelCompilation.enabled=false", "parallelCompilation.replicas=3"]),
+];
+
+/// 1. `helm lint` passes and every value set renders; 2. every rendered set passes
+/// `kubernetes-validate --strict`.
+#[test]
+fn the_chart_lints_renders_and_validates() {
+    let lint = Command::new(helm()).arg("lint").arg(chart()).output().unwrap();
+    assert!(lint.status.success(), "helm lint: {}", text(&lint));
+    let dir = tempfile::tempdir().unwrap();
+    for (name, sets) in VALUE_SETS {
+        let yaml = render(sets).unwrap_or_else(|e| panic!("{name} renders: {e}"));
+        let file = dir.path().join(format!("{name}.yaml"));
+        std::fs::write(&file, yaml).unwrap();
+        let validate = Command::new("kubernetes-validate").arg("--strict").arg(&file).output().unwrap();
+        assert!(validate.status.success(), "{name} passes kubernetes-validate --strict: {}", text(&validate));
+    }
+}
+
+/// 3. What each value set must produce.
+#[test]
+fn each_value_set_produces_what_it_says() {
+    let defaults = documents(&render(&[]).unwrap());
+    let sts = find(&defaults, "StatefulSet", "kiln-compiler-server");
+    assert_eq!(sts["spec"]["replicas"], 1);
+    assert_eq!(sts["spec"]["podManagementPolicy"], "Parallel");
+    assert_eq!(env_value(sts, "KILN_WORKERS").unwrap()["value"], "1");
+    assert_eq!(env_value(sts, "KILN_SCCACHE").unwrap()["value"], "off", "sccache is off by default");
+    let container = &sts["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(container["securityContext"]["allowPrivilegeEscalation"], false);
+    assert_eq!(sts["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"], true);
+    assert!(sts["spec"]["template"]["spec"]["terminationGracePeriodSeconds"].as_u64().unwrap() >= 30);
+    assert_eq!(sts["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"], "20Gi");
+    let leader = find(&defaults, "Service", "kiln-leader");
+    assert_eq!(
+        leader["spec"]["selector"]["statefulset.kubernetes.io/pod-name"], "kiln-compiler-server-0",
+        "the leader Service selects ordinal 0"
+    );
+    let headless = find(&defaults, "Service", "kiln-compiler-server");
+    assert_eq!(headless["spec"]["clusterIP"], "None");
+    let role = find(&defaults, "Role", "kiln-compiler-server");
+    assert_eq!(role["rules"][0]["resources"][0], "statefulsets");
+    assert_eq!(role["rules"][0]["verbs"], serde_json::json!(["get"]));
+    assert_eq!(role["rules"][0]["resourceNames"][0], "kiln-compiler-server", "only its own StatefulSet");
+    let binding = find(&defaults, "RoleBinding", "kiln-compiler-server");
+    assert_eq!(binding["subjects"][0]["name"], "kiln-compiler-server");
+    let token = find(&defaults, "Secret", "kiln-cluster-token");
+    assert!(token["data"]["token"].as_str().unwrap().len() >= 48);
+
+    let parallel = documents(&render(VALUE_SETS[1].1).unwrap());
+    let sts = find(&parallel, "StatefulSet", "kiln-compiler-server");
+    assert_eq!(sts["spec"]["replicas"], 3);
+    assert_eq!(env_value(sts, "KILN_WORKERS").unwrap()["value"], "3");
+    assert_eq!(env_value(sts, "KILN_SCCACHE_BUCKET").unwrap()["value"], "feldera-sccache");
+    assert_eq!(env_value(sts, "KILN_SCCACHE_ENDPOINT").unwrap()["value"], "minio.extra.svc.cluster.local:9000");
+    assert_eq!(env_value(sts, "KILN_SCCACHE_USE_SSL").unwrap()["value"], "false");
+    assert_eq!(env_value(sts, "KILN_SCCACHE_KEY_PREFIX").unwrap()["value"], "sccache");
+    let key = env_value(sts, "AWS_ACCESS_KEY_ID").unwrap();
+    assert_eq!(
+        key["valueFrom"]["secretKeyRef"],
+        serde_json::json!({"name": "sccache-s3-secret", "key": "access_key_id"})
+    );
+    let secret = env_value(sts, "AWS_SECRET_ACCESS_KEY").unwrap();
+    assert_eq!(
+        secret["valueFrom"]["secretKeyRef"],
+        serde_json::json!({"name": "sccache-s3-secret", "key": "secret_access_key"})
+    );
+
+    let irsa = documents(&render(VALUE_SETS[2].1).unwrap());
+    let sts = find(&irsa, "StatefulSet", "kiln-compiler-server");
+    assert!(env_value(sts, "AWS_ACCESS_KEY_ID").is_none(), "IRSA takes no Secret");
+    assert_eq!(env_value(sts, "KILN_SCCACHE_BUCKET").unwrap()["value"], "sccache-bucket", "the seed's default bucket");
+    let account = find(&irsa, "ServiceAccount", "kiln-compiler-server");
+    assert_eq!(account["metadata"]["annotations"]["eks.amazonaws.com/role-arn"], "arn:aws:iam::123456789012:role/kiln");
+
+    let disabled = documents(&render(VALUE_SETS[3].1).unwrap());
+    let sts = find(&disabled, "StatefulSet", "kiln-compiler-server");
+    assert_eq!(sts["spec"]["replicas"], 1, "enabled: false means one replica whatever replicas says");
+    assert_eq!(env_value(sts, "KILN_WORKERS").unwrap()["value"], "1");
+}
+
+/// 4. Wrong values are refused by the schema, with the value named.
+#[test]
+fn wrong_values_are_refused_by_the_schema() {
+    for (sets, expected) in [
+        (&["parallelCompilation.replicas=three"][..], "replicas"),
+        (&["parallelCompilation.replicas=-1"][..], "replicas"),
+        (&["parallelCompilation.sccache.s3.bucketName=x"][..], "bucketName"),
+        (&["parallelCompilation.sccache.s3.useSSL=maybe"][..], "useSSL"),
+    ] {
+        let error = render(sets).expect_err(&format!("{sets:?} is refused"));
+        assert!(error.contains("schema") && error.contains(expected), "{sets:?}: {error}");
+    }
+}
+
+/// A loopback stand-in for the Kubernetes API: one StatefulSet whose replica count
+/// the test changes, behind a bearer token.
+async fn fake_api(replicas: Arc<AtomicU32>, token: &'static str) -> u16 {
+    use axum::http::{HeaderMap, StatusCode};
+    let app = axum::Router::new().route(
+        "/apis/apps/v1/namespaces/farm/statefulsets/kiln-compiler-server",
+        axum::routing::get(move |headers: HeaderMap| {
+            let replicas = replicas.clone();
+            async move {
+                let authorized =
+                    headers.get("authorization").and_then(|v| v.to_str().ok()) == Some(&format!("Bearer {token}"));
+                if !authorized {
+                    return (StatusCode::UNAUTHORIZED, axum::Json(serde_json::json!({"kind": "Status", "code": 401})));
+                }
+                let body = serde_json::json!({
+                    "apiVersion": "apps/v1",
+                    "kind": "StatefulSet",
+                    "metadata": {"name": "kiln-compiler-server", "namespace": "farm"},
+                    "spec": {"replicas": replicas.load(Ordering::SeqCst), "serviceName": "kiln-compiler-server"},
+                    "status": {"replicas": replicas.load(Ordering::SeqCst)}
+                });
+                (StatusCode::OK, axum::Json(body))
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    port
+}
+
+/// 5. A member reads N from its StatefulSet and fires the scaling guard, with the
+/// exact message, when the replica count changes.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_scaling_guard_fires_when_the_statefulset_is_scaled() {
+    let replicas = Arc::new(AtomicU32::new(2));
+    let port = fake_api(replicas.clone(), "sa-token").await;
+    let dir = tempfile::tempdir().unwrap();
+    let account = dir.path().join("serviceaccount");
+    std::fs::create_dir_all(&account).unwrap();
+    std::fs::write(account.join("token"), "sa-token\n").unwrap();
+    std::fs::write(account.join("namespace"), "farm").unwrap();
+    let leader_port = common::free_port();
+    let args: Vec<String> = vec![
+        "server".into(),
+        "--hostname=kiln-compiler-server-0".into(),
+        "--kubernetes=true".into(),
+        format!("--kubernetes-api=http://127.0.0.1:{port}"),
+        format!("--kubernetes-service-account-dir={}", account.display()),
+        "--kubernetes-poll=200ms".into(),
+        format!("--cluster-token={TOKEN}"),
+        format!("--data-dir={}", dir.path().join("data").display()),
+        format!("--build-root={}", dir.path().join("build").display()),
+        format!("--depset-cache={}", common::depset_cache().display()),
+        format!("--listen=127.0.0.1:{leader_port}"),
+        "--profile=dev".into(),
+        "--sccache=off".into(),
+    ];
+    let mut member = Process::spawn("member-0", dir.path(), &args);
+    let http = reqwest::Client::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(response) = http.get(format!("http://127.0.0.1:{leader_port}/cluster_healthz")).send().await {
+            let body: Value = response.json().await.unwrap();
+            assert_eq!(body["workers_expected"], 2, "N was read from the StatefulSet: {body}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the member never served: {}", member.output());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    replicas.store(3, Ordering::SeqCst);
+    let status = member.wait_exit(Duration::from_secs(30)).expect("the member exits when the set is scaled");
+    assert!(!status.success());
+    let output = member.output();
+    assert!(
+        output.contains("SCALING DETECTED: StatefulSet has 3 replicas but compiler was started with 2 workers"),
+        "{output}"
+    );
+
+    // Started with --workers that disagree with the StatefulSet: the guard fires at once.
+    let mut second: Vec<String> =
+        args.iter().filter(|a| !a.starts_with("--hostname") && !a.starts_with("--listen")).cloned().collect();
+    second.extend(["--hostname=kiln-compiler-server-1".into(), "--workers=2".into()]);
+    let mut disagreeing = Process::spawn("member-1", dir.path(), &second);
+    let status = disagreeing.wait_exit(Duration::from_secs(30)).expect("exits");
+    assert!(!status.success());
+    assert!(
+        disagreeing
+            .output()
+            .contains("SCALING DETECTED: StatefulSet has 3 replicas but compiler was started with 2 workers"),
+        "{}",
+        disagreeing.output()
+    );
+}
