@@ -48,6 +48,31 @@ enum Command {
     Layout(cache::LayoutArgs),
     /// The shared S3 cache: statistics and pruning.
     Cache(cache::CacheCommandArgs),
+    /// Prepare a build root (the dependency set, built or copied) and exit; for images.
+    Prepare(PrepareArgs),
+}
+
+#[derive(Debug, Args)]
+struct PrepareArgs {
+    #[arg(long, env = "KILN_BUILD_ROOT", default_value = "/var/lib/kiln/build")]
+    build_root: PathBuf,
+    #[arg(long, env = "KILN_DEPSET_CACHE")]
+    depset_cache: Option<PathBuf>,
+    #[arg(long, env = "KILN_BUILD_PROFILE", default_value = "release")]
+    profile: String,
+}
+
+async fn prepare(args: PrepareArgs) -> anyhow::Result<std::process::ExitCode> {
+    let settings = kiln_compiler_worker::builder::BuildSettings {
+        build_root: args.build_root,
+        profile: args.profile,
+        cargo: "cargo".into(),
+        depset_cache: args.depset_cache,
+        timeout: Duration::from_secs(3600),
+    };
+    kiln_compiler_worker::builder::prepare_build_root(&settings).await?;
+    println!("build root {} is ready", settings.build_root.display());
+    Ok(std::process::ExitCode::SUCCESS)
 }
 
 /// Where the leader is, for the client commands.
@@ -127,6 +152,7 @@ async fn run(command: Command) -> std::process::ExitCode {
         Command::CiEnv(args) => cache::ci_env(args),
         Command::Layout(args) => cache::layout(args),
         Command::Cache(args) => cache::cache(args).await,
+        Command::Prepare(args) => prepare(args).await,
     };
     match result {
         Ok(code) => code,

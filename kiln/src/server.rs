@@ -194,8 +194,18 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
     let hostname = hostname(&args)?;
     let statefulset = statefulset(&args, &hostname).await?;
     let workers = match (args.workers, &statefulset) {
-        (Some(workers), _) => workers,
-        (None, Some((_, replicas))) => *replicas,
+        // After a `kubectl scale`, pods restart with the set's new size: the
+        // StatefulSet is the truth at startup, the guard watches it afterwards.
+        (Some(workers), Some((_, replicas))) if workers != *replicas => {
+            tracing::warn!(
+                workers,
+                replicas,
+                "KILN_WORKERS disagrees with the StatefulSet: using its {replicas} replicas"
+            );
+            *replicas
+        }
+        (_, Some((_, replicas))) => *replicas,
+        (Some(workers), None) => workers,
         (None, None) => bail!(
             "N is unknown: pass --workers or set KILN_WORKERS (with --kubernetes it is read from the StatefulSet)"
         ),
@@ -203,9 +213,6 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
     let identity = Identity::new(&hostname, workers)?;
     let guard = ScalingGuard::new(identity.workers);
     guard.observe_ordinal(identity.ordinal);
-    if let Some((_, replicas)) = &statefulset {
-        guard.observe_replicas(*replicas);
-    }
     if let Some(detected) = guard.detected() {
         panic!("{detected}");
     }

@@ -150,8 +150,7 @@ pub enum ReportRefused {
 impl CacheFigures {
     /// `hit_read_ms` as a percentage of all compiler-call time.
     pub fn percent_from_cache(hit_read_ms: u64, miss_compile_ms: u64) -> u32 {
-        let total = hit_read_ms + miss_compile_ms;
-        if total == 0 { 0 } else { (hit_read_ms * 100 / total) as u32 }
+        (hit_read_ms * 100).checked_div(hit_read_ms + miss_compile_ms).map_or(0, |p| p as u32)
     }
 }
 
