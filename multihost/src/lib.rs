@@ -3,5 +3,6 @@
 //! output prefixed per member, a restart policy, and a stop that leaves no process
 //! behind.
 
+pub mod layout;
 pub mod process;
 pub mod supervisor;
