@@ -124,14 +124,12 @@ async fn depset_key(settings: &BuildSettings) -> anyhow::Result<String> {
 }
 
 async fn copy_tree(from: &Path, to: &Path) -> anyhow::Result<()> {
-    // `cp -a` keeps modification times, which cargo's freshness checks compare.
-    let status = clean_command("cp")
-        .arg("-a")
-        .arg(format!("{}/.", from.display()))
-        .arg(to)
-        .status()
-        .await
-        .context("running cp")?;
+    // `cp -a` keeps modification times, which cargo's freshness checks compare. It
+    // dies with the worker, so a crashed worker leaves no copy running.
+    let mut command = clean_command("cp");
+    command.arg("-a").arg(format!("{}/.", from.display())).arg(to).kill_on_drop(true);
+    kiln_multihost::process::own_group_dying_with_parent(&mut command);
+    let status = command.status().await.context("running cp")?;
     if !status.success() {
         bail!("copying {} to {} failed ({status})", from.display(), to.display());
     }
@@ -164,7 +162,14 @@ pub async fn prepare_build_root(settings: &BuildSettings) -> anyhow::Result<()> 
     let prebuilt = cache.join(&key);
     if prebuilt.is_dir() {
         tracing::info!(from = %prebuilt.display(), "copying the prebuilt dependency set");
-        copy_tree(&prebuilt, &root.join("target")).await?;
+        // Into a fresh directory, renamed into place whole: a copy cut short by a
+        // crash is thrown away on the next start instead of tripping over it.
+        let staging = root.join("target.partial");
+        let _ = std::fs::remove_dir_all(&staging);
+        std::fs::create_dir_all(&staging)?;
+        copy_tree(&prebuilt, &staging).await?;
+        std::fs::remove_dir_all(root.join("target"))?;
+        std::fs::rename(&staging, root.join("target"))?;
     } else {
         build_depset(settings).await?;
         let staging = cache.join(format!("{key}.partial"));
@@ -356,9 +361,10 @@ pub async fn build(
             bail!("the build took longer than {}s and was stopped", settings.timeout.as_secs());
         }
     };
-    // Grandchildren may hold the pipes open; the group is done once cargo is.
-    kill_group();
-    let _ = tokio::join!(out_task, err_task);
+    // cargo waits for rustc and build scripts, so the pipes close with it. A stray
+    // grandchild holding them open must not hang the worker; the group is not
+    // signalled now that cargo is reaped (its pid may already be reused).
+    let _ = tokio::time::timeout(Duration::from_secs(10), async { tokio::join!(out_task, err_task) }).await;
     let collected = std::mem::take(&mut *collected.lock().unwrap_or_else(|p| p.into_inner()));
     let elapsed = started.elapsed();
     if status.success() {

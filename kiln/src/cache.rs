@@ -11,7 +11,7 @@ use anyhow::{Context, bail};
 use clap::{ArgAction, Args, Subcommand};
 use kiln_compiler_worker::cache_store::{self, S3Credentials, S3Settings};
 use kiln_compiler_worker::depset::{self, DepSet};
-use kiln_compiler_worker::program::{Program, ProgramFile};
+use kiln_compiler_worker::program::Program;
 
 use crate::client::read_program;
 
@@ -192,14 +192,7 @@ pub struct LayoutArgs {
 /// plain `cargo build` there compiles the same crates at the same paths (and so hits
 /// the farm's cache).
 pub fn layout(args: LayoutArgs) -> anyhow::Result<ExitCode> {
-    use base64::Engine;
-    let files = read_program(&args.dir)?
-        .into_iter()
-        .map(|f| {
-            let content = base64::engine::general_purpose::STANDARD.decode(f.content_base64)?;
-            Ok(ProgramFile { path: f.path, content, executable: f.executable })
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let files = read_program(&args.dir)?;
     let layout = Program::parse(files, DepSet::embedded())?.layout();
     kiln_compiler_worker::builder::write_build_root(&args.build_root, &layout)?;
     println!(

@@ -5,6 +5,7 @@ use std::path::Path;
 
 use anyhow::{Context, bail};
 use base64::Engine;
+use kiln_compiler_worker::program::ProgramFile;
 use kiln_leader::http::{SHA256_HEADER, SubmitFile, SubmitRequest};
 use kiln_leader::rules::PipelineRecord;
 use serde::Deserialize;
@@ -29,7 +30,7 @@ const SKIPPED_DIRS: [&str; 3] = ["target", ".git", ".kiln"];
 
 /// Reads a program directory into the files `POST /v0/pipelines` takes. Symbolic
 /// links are followed only while they stay inside the directory.
-pub fn read_program(dir: &Path) -> anyhow::Result<Vec<SubmitFile>> {
+pub fn read_program(dir: &Path) -> anyhow::Result<Vec<ProgramFile>> {
     let root = dir.canonicalize().with_context(|| format!("reading the program directory {}", dir.display()))?;
     if !root.is_dir() {
         bail!("{} is not a directory: a program is a directory holding a Cargo.toml", dir.display());
@@ -58,11 +59,7 @@ pub fn read_program(dir: &Path) -> anyhow::Result<Vec<SubmitFile>> {
             use std::os::unix::fs::PermissionsExt;
             entry.metadata()?.permissions().mode() & 0o111 != 0
         };
-        files.push(SubmitFile {
-            path,
-            content_base64: base64::engine::general_purpose::STANDARD.encode(content),
-            executable,
-        });
+        files.push(ProgramFile { path, content, executable });
     }
     Ok(files)
 }
@@ -113,7 +110,15 @@ impl Client {
         bail!("{message} (HTTP {status})")
     }
 
-    pub async fn submit(&self, name: &str, files: Vec<SubmitFile>) -> anyhow::Result<Submitted> {
+    pub async fn submit(&self, name: &str, files: Vec<ProgramFile>) -> anyhow::Result<Submitted> {
+        let files = files
+            .into_iter()
+            .map(|f| SubmitFile {
+                path: f.path,
+                content_base64: base64::engine::general_purpose::STANDARD.encode(f.content),
+                executable: f.executable,
+            })
+            .collect();
         let body = SubmitRequest { name: name.to_owned(), files };
         let response = self.send(self.request(reqwest::Method::POST, "/v0/pipelines").json(&body)).await?;
         response.json().await.context("reading the leader's answer")

@@ -110,7 +110,8 @@ fn the_chart_lints_renders_and_validates() {
         let yaml = render(sets).unwrap_or_else(|e| panic!("{name} renders: {e}"));
         let file = dir.path().join(format!("{name}.yaml"));
         std::fs::write(&file, yaml).unwrap();
-        let validate = Command::new("python3").args(["-m", "kubernetes_validate", "--strict"]).arg(&file).output().unwrap();
+        let validate =
+            Command::new("python3").args(["-m", "kubernetes_validate", "--strict"]).arg(&file).output().unwrap();
         assert!(validate.status.success(), "{name} passes kubernetes-validate --strict: {}", text(&validate));
     }
 }
@@ -274,12 +275,21 @@ async fn the_scaling_guard_fires_when_the_statefulset_is_scaled() {
 
     // After the scale, a pod restarts with the set's new size even though its
     // KILN_WORKERS still says 2: the StatefulSet is the truth at startup.
-    let mut second: Vec<String> =
-        args.iter().filter(|a| !a.starts_with("--hostname") && !a.starts_with("--listen")).cloned().collect();
-    second.extend(["--hostname=kiln-compiler-server-1".into(), "--workers=2".into()]);
+    let mut second: Vec<String> = args
+        .iter()
+        .filter(|a| !["--hostname", "--listen", "--data-dir", "--build-root"].iter().any(|f| a.starts_with(f)))
+        .cloned()
+        .collect();
+    second.extend([
+        "--hostname=kiln-compiler-server-1".into(),
+        "--workers=2".into(),
+        format!("--data-dir={}", dir.path().join("data-1").display()),
+        format!("--build-root={}", dir.path().join("build-1").display()),
+    ]);
     let mut restarted = Process::spawn("member-1", dir.path(), &second);
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert!(restarted.child.try_wait().unwrap().is_none(), "it runs: {}", restarted.output());
+    let early_exit = restarted.child.try_wait().unwrap();
+    assert!(early_exit.is_none(), "it runs ({early_exit:?}): {}", restarted.output());
     let output = restarted.output();
     assert!(output.contains("using its 3 replicas") && output.contains("ordinal 1 of 3"), "{output}");
 }

@@ -68,9 +68,7 @@ pub fn probe(address: SocketAddr) -> Result<(), LayoutError> {
 /// Every address a run of `hosts` hosts needs, coordinator last.
 pub fn addresses(hosts: u32) -> Vec<SocketAddr> {
     let mut all: Vec<SocketAddr> = (0..hosts)
-        .flat_map(|n| {
-            [HTTP_PORT, EXCHANGE_PORT].map(|port| SocketAddr::V4(SocketAddrV4::new(host_address(n), port)))
-        })
+        .flat_map(|n| [HTTP_PORT, EXCHANGE_PORT].map(|port| SocketAddr::V4(SocketAddrV4::new(host_address(n), port))))
         .collect();
     all.push(SocketAddr::V4(SocketAddrV4::new(coordinator_address(), HTTP_PORT)));
     all

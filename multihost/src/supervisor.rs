@@ -206,19 +206,21 @@ async fn supervise(
         let status = tokio::select! {
             status = child.wait() => status,
             () = stop.cancelled() => {
+                // The whole group: the member and whatever it started.
                 let _ = signal_group(pid, Signal::SIGTERM);
                 if tokio::time::timeout(grace, child.wait()).await.is_err() {
                     tracing::warn!(member = %spec.name, "did not stop within {}s of SIGTERM: killing it", grace.as_secs());
+                    // Still unreaped, so the group id is still this member's.
+                    let _ = signal_group(pid, Signal::SIGKILL);
+                    let _ = child.wait().await;
                 }
-                // Whatever is left of the group (the member, or its children).
-                let _ = signal_group(pid, Signal::SIGKILL);
-                let _ = child.wait().await;
                 set_pid(None);
                 return;
             }
         };
-        // The member is gone; take its children with it.
-        let _ = signal_group(pid, Signal::SIGKILL);
+        // No group signal once the member is reaped: its pid, and so its group id, may
+        // already belong to an unrelated process (pids wrap at 32768 on small
+        // machines). Its own children die with it (parent-death signal).
         set_pid(None);
         let code = status.as_ref().ok().and_then(|s| s.code());
         let exit = match status {

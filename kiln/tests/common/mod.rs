@@ -75,7 +75,11 @@ impl Process {
 
     /// SIGKILL, as a crash or an OOM kill would.
     pub fn kill(&mut self) {
-        let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(self.pid()), nix::sys::signal::Signal::SIGKILL);
+        // Only while the child is unreaped: afterwards its pid (and so its group id)
+        // may already belong to another test's process.
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(self.pid()), nix::sys::signal::Signal::SIGKILL);
+        }
         let _ = self.child.wait();
     }
 
