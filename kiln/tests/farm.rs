@@ -24,6 +24,21 @@ fn member(ordinal: u32, workers: u32) -> Member {
     Member { ordinal, workers, extra: Vec::new() }
 }
 
+/// A farm of `workers` separately started members, healthy.
+async fn healthy_farm(workers: u32) -> Farm {
+    let mut farm = Farm::new(workers as usize);
+    for ordinal in 0..workers {
+        farm.start(member(ordinal, workers));
+    }
+    farm.wait_healthy(Duration::from_secs(300)).await;
+    farm
+}
+
+/// The example programs whose output the tests know.
+fn example_dirs() -> Vec<std::path::PathBuf> {
+    EXPECTED_OUTPUT.iter().map(|(name, _)| examples().join(name)).collect()
+}
+
 fn kiln(args: &[&str]) -> std::process::Output {
     Command::new(KILN).args(args).output().unwrap()
 }
@@ -56,7 +71,7 @@ async fn a_local_farm_builds_every_example_on_its_ordinal() {
     farm.port = port;
     farm.wait_healthy(Duration::from_secs(300)).await;
 
-    let dirs: Vec<_> = EXPECTED_OUTPUT.iter().map(|(name, _)| examples().join(name)).collect();
+    let dirs = example_dirs();
     let dirs: Vec<&Path> = dirs.iter().map(|d| d.as_path()).collect();
     let submitted = farm.submit(&dirs, true);
     assert!(submitted.status.success(), "kiln submit --wait: {}", text(&submitted));
@@ -216,13 +231,9 @@ async fn a_new_version_cancels_the_build_in_flight() {
 /// every upload completes, no pipeline is lost, none is built twice.
 #[tokio::test(flavor = "multi_thread")]
 async fn uploads_survive_a_leader_restart() {
-    let mut farm = Farm::new(3);
-    for ordinal in 0..3 {
-        farm.start(member(ordinal, 3));
-    }
-    farm.wait_healthy(Duration::from_secs(300)).await;
+    let mut farm = healthy_farm(3).await;
     // ids 1..=4 go to ordinals 1, 2, 0, 1.
-    let dirs: Vec<_> = EXPECTED_OUTPUT.iter().map(|(name, _)| examples().join(name)).collect();
+    let dirs = example_dirs();
     let dirs: Vec<&Path> = dirs.iter().map(|d| d.as_path()).collect();
     let submitted = farm.submit(&dirs, false);
     assert!(submitted.status.success(), "{}", text(&submitted));
@@ -330,11 +341,7 @@ async fn corrupted_uploads_and_calls_without_the_token_are_refused() {
 /// and 200 again when it is back.
 #[tokio::test(flavor = "multi_thread")]
 async fn cluster_health_follows_a_killed_worker() {
-    let mut farm = Farm::new(3);
-    for ordinal in 0..3 {
-        farm.start(member(ordinal, 3));
-    }
-    farm.wait_healthy(Duration::from_secs(300)).await;
+    let mut farm = healthy_farm(3).await;
     let (status, body) = farm.get_json("/cluster_healthz").await;
     assert_eq!(status, 200);
     assert_eq!(body["all_healthy"], true);
