@@ -3,3 +3,4 @@
 pub use anyhow;
 pub use serde;
 pub use serde_json;
+pub use kiln_pipeline_runtime;

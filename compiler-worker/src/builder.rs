@@ -6,6 +6,7 @@
 //! <root>/Cargo.toml        workspace: the dependency set + the crates of this build
 //! <root>/Cargo.lock        the dependency set's lockfile, rewritten before every build
 //! <root>/depset/           the dependency set's anchor crate
+//! <root>/pipeline-runtime/ the pipeline runtime, patched in for `kiln-pipeline-runtime`
 //! <root>/src/<pkg>-<hash>/ every crate, content-addressed (see `Program::layout`)
 //! <root>/target/           cargo's target directory, shared by all builds
 //! ```
@@ -102,7 +103,10 @@ fn cargo_command(settings: &BuildSettings, wrapper: &Wrapper) -> tokio::process:
 fn write_workspace(root: &Path, members: &[String]) -> std::io::Result<()> {
     let members = members.iter().map(|m| format!("{m:?}")).collect::<Vec<_>>().join(", ");
     let manifest = format!(
-        "# Written by the kiln worker before every build; do not edit.\n[workspace]\nresolver = \"2\"\nmembers = [{members}]\n"
+        "# Written by the kiln worker before every build; do not edit.\n[workspace]\nresolver = \"2\"\nmembers = [{members}]\n\n\
+         # Pipelines name the runtime as a registry crate; it is this directory.\n\
+         [patch.crates-io]\n{runtime} = {{ path = \"pipeline-runtime\" }}\n",
+        runtime = depset::RUNTIME_PACKAGE,
     );
     std::fs::write(root.join("Cargo.toml"), manifest)?;
     std::fs::write(root.join("Cargo.lock"), depset::LOCKFILE)
@@ -116,7 +120,9 @@ async fn depset_key(settings: &BuildSettings) -> anyhow::Result<String> {
         .await
         .context("running `rustc -vV`: is the Rust toolchain on PATH?")?;
     let mut hasher = Sha256::new();
-    for part in [depset::MANIFEST.as_bytes(), depset::LOCKFILE.as_bytes(), settings.profile.as_bytes(), &rustc.stdout] {
+    let runtime = depset::RUNTIME_FILES.iter().flat_map(|(path, text)| [path.as_bytes(), text.as_bytes()]);
+    let parts = [depset::MANIFEST.as_bytes(), depset::LOCKFILE.as_bytes(), settings.profile.as_bytes(), &rustc.stdout];
+    for part in parts.into_iter().chain(runtime) {
         hasher.update((part.len() as u64).to_le_bytes());
         hasher.update(part);
     }
@@ -207,6 +213,16 @@ fn write_depset(root: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(root.join("target"))?;
     std::fs::write(root.join("depset/Cargo.toml"), depset::MANIFEST)?;
     std::fs::write(root.join("depset/lib.rs"), depset::LIB_RS)?;
+    for (path, text) in depset::RUNTIME_FILES {
+        let path = root.join("pipeline-runtime").join(path);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        // Rewritten only when it changed: cargo's freshness check looks at mtimes.
+        if std::fs::read_to_string(&path).ok().as_deref() != Some(text) {
+            std::fs::write(&path, text)?;
+        }
+    }
     Ok(())
 }
 

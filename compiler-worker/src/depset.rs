@@ -12,6 +12,20 @@ pub const MANIFEST: &str = include_str!("../depset/manifest.toml");
 pub const LOCKFILE: &str = include_str!("../depset/Cargo.lock");
 /// The anchor crate's source.
 pub const LIB_RS: &str = include_str!("../depset/lib.rs");
+/// The pipeline runtime crate (`pipeline-runtime/` at the top of the repository):
+/// written into every build root beside the anchor crate, and patched in for the
+/// name pipelines depend on.
+pub const RUNTIME_PACKAGE: &str = "kiln-pipeline-runtime";
+/// The runtime's files, relative to its directory. A unit test checks that this
+/// list names every file of pipeline-runtime/src.
+pub const RUNTIME_FILES: [(&str, &str); 6] = [
+    ("Cargo.toml", include_str!("../../pipeline-runtime/Cargo.toml")),
+    ("src/lib.rs", include_str!("../../pipeline-runtime/src/lib.rs")),
+    ("src/args.rs", include_str!("../../pipeline-runtime/src/args.rs")),
+    ("src/exchange.rs", include_str!("../../pipeline-runtime/src/exchange.rs")),
+    ("src/host.rs", include_str!("../../pipeline-runtime/src/host.rs")),
+    ("src/share.rs", include_str!("../../pipeline-runtime/src/share.rs")),
+];
 /// The anchor crate's package name, built alongside every pipeline so that cargo
 /// unifies features exactly as in the prebuilt set (and so reuses it).
 pub const PACKAGE: &str = "kiln-depset";
@@ -118,6 +132,22 @@ mod tests {
         assert!(serde.features.contains("derive"));
         assert!(set.get("serde_json").is_some());
         assert!(set.get("tokio").is_none());
+    }
+
+    #[test]
+    fn the_runtime_is_in_the_set_and_embedded_whole() {
+        let runtime = DepSet::embedded().get(RUNTIME_PACKAGE).expect("the runtime is in the set");
+        assert_eq!(runtime.version.major, 0);
+        let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../pipeline-runtime/src");
+        let mut on_disk: Vec<String> = std::fs::read_dir(&src)
+            .unwrap()
+            .map(|e| format!("src/{}", e.unwrap().file_name().to_string_lossy()))
+            .collect();
+        on_disk.sort();
+        let mut embedded: Vec<String> =
+            RUNTIME_FILES.iter().map(|(p, _)| p.to_string()).filter(|p| p.starts_with("src/")).collect();
+        embedded.sort();
+        assert_eq!(embedded, on_disk, "RUNTIME_FILES must list every file of pipeline-runtime/src");
     }
 
     #[test]

@@ -370,8 +370,11 @@ impl Program {
             }
             // A member of the worker's workspace may not declare a workspace, and its
             // profiles would be ignored with a warning: the farm decides both.
+            // `[patch]` too: only the workspace root's counts, and the farm's root
+            // patches the pipeline runtime itself.
             manifest.remove("workspace");
             manifest.remove("profile");
+            manifest.remove("patch");
             let manifest_path = join(&krate.dir, "Cargo.toml");
             let mut files: Vec<ProgramFile> = krate
                 .files
