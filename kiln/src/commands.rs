@@ -240,7 +240,21 @@ pub async fn logs(args: LogsArgs) -> anyhow::Result<ExitCode> {
 
 pub async fn download(args: DownloadArgs) -> anyhow::Result<ExitCode> {
     let client = Client::new(&args.leader)?;
-    let record = client.get(&args.pipeline).await?;
+    let (record, actual) = fetch_verified(&client, &args.pipeline, &args.output).await?;
+    println!("{} version {} -> {} (sha256 {actual}, verified)", record.name, record.version, args.output.display());
+    std::io::stdout().flush()?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Fetches a pipeline's binary into `output` (executable), streaming it through
+/// SHA-256: it is kept only when it hashes to what the leader recorded for the
+/// pipeline, so a damaged or substituted binary is never written in place.
+pub async fn fetch_verified(
+    client: &Client,
+    pipeline: &str,
+    output: &std::path::Path,
+) -> anyhow::Result<(PipelineRecord, String)> {
+    let record = client.get(pipeline).await?;
     let expected = record
         .binary_sha256
         .clone()
@@ -249,7 +263,7 @@ pub async fn download(args: DownloadArgs) -> anyhow::Result<ExitCode> {
     if declared != expected {
         bail!("the leader serves {declared} but recorded {expected} for pipeline {}: nothing was written", record.name);
     }
-    let dir = args.output.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+    let dir = output.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
     let temp = tempfile::Builder::new()
         .prefix(".kiln-download-")
         .tempfile_in(dir)
@@ -269,15 +283,14 @@ pub async fn download(args: DownloadArgs) -> anyhow::Result<ExitCode> {
     let actual = hex::encode(hasher.finalize());
     if actual != expected {
         bail!(
-            "the downloaded binary hashes to {actual}, not {expected}: it was damaged on the way and was not kept; try again"
+            "the binary of pipeline {} hashes to {actual}, not {expected} as recorded: it was damaged or substituted on the way and was not kept; try again",
+            record.name
         );
     }
     {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&temp_path, std::fs::Permissions::from_mode(0o755))?;
     }
-    temp_path.persist(&args.output).with_context(|| format!("writing {}", args.output.display()))?;
-    println!("{} version {} -> {} (sha256 {actual}, verified)", record.name, record.version, args.output.display());
-    std::io::stdout().flush()?;
-    Ok(ExitCode::SUCCESS)
+    temp_path.persist(output).with_context(|| format!("writing {}", output.display()))?;
+    Ok((record, actual))
 }

@@ -5,6 +5,7 @@ mod cache;
 mod client;
 mod commands;
 mod isolation;
+mod launch;
 mod server;
 mod shutdown;
 mod up;
@@ -41,6 +42,11 @@ enum Command {
     Logs(commands::LogsArgs),
     /// Fetch a pipeline's binary and verify its SHA-256.
     Download(commands::DownloadArgs),
+    /// Run a built pipeline as H host processes plus a coordinator on loopback
+    /// (host n on 127.100.n.1, the coordinator on 127.100.255.1).
+    Launch(launch::LaunchArgs),
+    /// The coordinator of a multihost deployment (`kiln launch` starts it).
+    Coordinator(launch::CoordinatorArgs),
     /// Print the environment a CI job sets to share the farm's compile cache.
     CiEnv(cache::CiEnvArgs),
     /// Write a program into a build root exactly as a worker does (for CI builds
@@ -149,6 +155,8 @@ async fn run(command: Command) -> std::process::ExitCode {
         Command::Status(args) => commands::status(args).await,
         Command::Logs(args) => commands::logs(args).await,
         Command::Download(args) => commands::download(args).await,
+        Command::Launch(args) => launch::launch(args).await,
+        Command::Coordinator(args) => launch::coordinator(args).await,
         Command::CiEnv(args) => cache::ci_env(args),
         Command::Layout(args) => cache::layout(args),
         Command::Cache(args) => cache::cache(args).await,

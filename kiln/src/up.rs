@@ -128,6 +128,7 @@ fn member_specs(args: &UpArgs, data_dir: &Path, token_file: &Path) -> anyhow::Re
                 args: server_args,
                 env: Vec::new(),
                 working_dir: None,
+                memory_limit: None,
             }
         })
         .collect())

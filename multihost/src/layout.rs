@@ -5,8 +5,7 @@
 //! non-zero second octet keeps members off `127.0.0.1`, where the farm itself
 //! listens, and makes the address set small enough to pre-alias on macOS.
 //!
-//! This is the groundwork of the multihost launcher (issue 4), checked up front
-//! before anything is spawned.
+//! [`prepare_addresses`] checks them all before anything is spawned.
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener};
 
@@ -25,10 +24,11 @@ pub enum LayoutError {
     #[error("--hosts must be between 1 and {MAX_HOSTS} (got {0}): each host needs its own 127.100.<n>.1 address")]
     HostCount(u32),
     #[error(
-        "{0} is already in use: a member of an earlier run may still be running (`ss -ltnp | grep {port}` finds it); stop it and try again",
-        port = .0.port()
+        "{address} is already in use{by}; only one multihost run fits on this machine at a time: stop it (`kill {pid}`) and try again",
+        by = holder.as_ref().map(|h| format!(" by {h}")).unwrap_or_default(),
+        pid = holder.as_ref().map(|h| h.pid.to_string()).unwrap_or_else(|| format!("the process that `ss -ltnp | grep {}` shows", address.port())),
     )]
-    InUse(SocketAddr),
+    InUse { address: SocketAddr, holder: Option<crate::stale::Holder> },
     #[error(
         "{0} cannot be assigned on this machine. On macOS, alias the loopback addresses once: `sudo ifconfig lo0 alias {ip} up` for each host and the coordinator",
         ip = .0.ip()
@@ -59,10 +59,34 @@ pub fn coordinator_address() -> Ipv4Addr {
 pub fn probe(address: SocketAddr) -> Result<(), LayoutError> {
     match TcpListener::bind(address) {
         Ok(_) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(LayoutError::InUse(address)),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(LayoutError::InUse { address, holder: None }),
         Err(e) if e.kind() == std::io::ErrorKind::AddrNotAvailable => Err(LayoutError::NotAssignable(address)),
         Err(e) => Err(LayoutError::Other(address, e.to_string())),
     }
+}
+
+/// Probes every address a run of `hosts` needs. A busy address is reported with the
+/// process holding it, except a leftover member of an earlier run whose launcher is
+/// gone: that one is stopped, and a line saying so is returned.
+pub fn prepare_addresses(hosts: u32) -> Result<Vec<String>, LayoutError> {
+    let mut cleaned = Vec::new();
+    for address in addresses(hosts) {
+        match probe(address) {
+            Err(LayoutError::InUse { address, .. }) => {
+                let holder = crate::stale::holder_of(address);
+                match holder {
+                    Some(holder) if holder.is_leftover() => {
+                        crate::stale::clean_up(&holder, address)
+                            .map_err(|e| LayoutError::Other(address, e.to_string()))?;
+                        cleaned.push(format!("stopped {holder}, which held {address}"));
+                    }
+                    holder => return Err(LayoutError::InUse { address, holder }),
+                }
+            }
+            other => other?,
+        }
+    }
+    Ok(cleaned)
 }
 
 /// Every address a run of `hosts` hosts needs, coordinator last.
@@ -102,7 +126,7 @@ mod tests {
         let taken = TcpListener::bind("127.100.7.1:0").unwrap();
         let address = taken.local_addr().unwrap();
         let error = probe(address).unwrap_err();
-        assert_eq!(error, LayoutError::InUse(address));
+        assert_eq!(error, LayoutError::InUse { address, holder: None });
         assert!(error.to_string().contains("already in use"), "{error}");
     }
 }

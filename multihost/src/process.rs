@@ -31,3 +31,18 @@ pub fn signal_group(pid: u32, signal: Signal) -> std::io::Result<()> {
         Err(e) => Err(e.into()),
     }
 }
+
+/// Limits the child of `command` to `bytes` of data segment (RLIMIT_DATA: the heap
+/// and private writable mappings), so that a member over its share of memory fails
+/// its own allocations rather than starving the others.
+pub fn limit_memory(command: &mut tokio::process::Command, bytes: u64) {
+    // SAFETY: runs in the forked child before exec and calls only setrlimit(2), which
+    // is async-signal-safe.
+    #[allow(unsafe_code)]
+    unsafe {
+        command.pre_exec(move || {
+            nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_DATA, bytes, bytes)
+                .map_err(std::io::Error::from)
+        });
+    }
+}

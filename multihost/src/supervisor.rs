@@ -32,6 +32,8 @@ pub struct MemberSpec {
     pub args: Vec<OsString>,
     pub env: Vec<(OsString, OsString)>,
     pub working_dir: Option<PathBuf>,
+    /// The most heap (RLIMIT_DATA) the member may use, in bytes.
+    pub memory_limit: Option<u64>,
 }
 
 /// What happens when a member exits while the supervisor is not stopping.
@@ -181,6 +183,9 @@ async fn supervise(
             command.current_dir(dir);
         }
         own_group_dying_with_parent(&mut command);
+        if let Some(bytes) = spec.memory_limit {
+            crate::process::limit_memory(&mut command, bytes);
+        }
         let mut child = match command.spawn() {
             Ok(child) => child,
             Err(e) => {
@@ -278,6 +283,7 @@ mod tests {
             args: vec!["-c".into(), script.into()],
             env: Vec::new(),
             working_dir: None,
+            memory_limit: None,
         }
     }
 

@@ -31,12 +31,12 @@ use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
+use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde::Serialize;
-use serde::de::DeserializeOwned;
 
 pub use host::RESTART_EXIT_CODE;
 pub use share::Share;
@@ -113,7 +113,7 @@ impl<C> Context<C> {
             .for_each_line(&path, |line| {
                 f(line);
                 let read = self.progress.records_read.fetch_add(1, Ordering::Relaxed) + 1;
-                if !self.pace.is_zero() && read % 1000 == 0 {
+                if !self.pace.is_zero() && read.is_multiple_of(1000) {
                     std::thread::sleep(self.pace);
                 }
             })
@@ -242,7 +242,11 @@ fn run_host<J: Job>(job: &J, config_file: &Path, host: &args::HostArgs) -> Resul
     let outcome = work(job, config_file, host, &order, &state, &listener, progress);
     match outcome {
         Ok(records) => {
-            eprintln!("host {}: done, {records} keys in its part of the result", host.host_id);
+            eprintln!(
+                "host {}: done: read {} records of its share; {records} keys in its part of the result",
+                host.host_id,
+                state.progress.records_read.load(Ordering::Relaxed)
+            );
             // A batch host keeps serving its result until the launcher stops it.
             loop {
                 std::thread::park();
