@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use nix::sys::signal::Signal;
+
 use common::{Farm, KILN, Member, examples, processes_mentioning};
 
 static LAUNCHES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -351,4 +353,39 @@ async fn bad_host_counts_and_busy_addresses_are_plain_errors() {
     );
     assert!(leftover.wait().unwrap().code().is_none(), "it was killed");
     assert!(stderr.contains("host-0 failed (exit code 1)"), "and the launch went ahead: {stderr}");
+}
+
+/// SIGTERM stops every member and whatever each one started (process groups); a
+/// SIGKILLed launcher takes its members along too (parent-death signal). Neither
+/// leaves a process behind.
+#[tokio::test(flavor = "multi_thread")]
+async fn neither_a_stop_nor_the_launchers_death_leaves_a_member_behind() {
+    let _turn = one_launch_at_a_time().await;
+    let dir = tempfile::tempdir().unwrap();
+    // A copy of sleep whose command line can be found in /proc.
+    let sleeper = dir.path().join(format!("member-sleeper-{}", std::process::id()));
+    std::fs::copy("/bin/sleep", &sleeper).unwrap();
+    let with_child = script(dir.path(), "parent-host", &format!("{} 300 & wait", sleeper.display()));
+    let single = script(dir.path(), "single-host", &format!("exec {} 300", sleeper.display()));
+    let sleepers = sleeper.file_name().unwrap().to_string_lossy().into_owned();
+    for (binary, signal) in [(with_child, Signal::SIGTERM), (single, Signal::SIGKILL)] {
+        let mut launch = Command::new(KILN)
+            .args(["launch", "--binary", binary.to_str().unwrap(), "--hosts", "3"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while processes_mentioning(&sleepers).len() < 3 {
+            assert!(Instant::now() < deadline, "the members never started: {:?}", processes_mentioning(&sleepers));
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(launch.id() as i32), signal).unwrap();
+        let status = launch.wait().unwrap();
+        if signal == Signal::SIGTERM {
+            assert_eq!(status.code(), Some(130), "a stopped launch says so in its exit code");
+        }
+        no_process_left(&sleepers);
+        no_process_left(&binary.file_name().unwrap().to_string_lossy());
+    }
 }
