@@ -266,7 +266,11 @@ pub async fn launch(args: LaunchArgs) -> anyhow::Result<ExitCode> {
     let outcome = run(&args, hosts, &run_dir).await;
     if owned && matches!(outcome, Ok(ref code) if *code == ExitCode::SUCCESS) {
         let _ = std::fs::remove_dir_all(&run_dir);
-    } else if outcome.is_err() || owned {
+    } else {
+        if let Err(error) = &outcome {
+            // Recorded beside the members' directories, for whoever looks later.
+            let _ = std::fs::write(run_dir.join("error.txt"), format!("{error:#}\n"));
+        }
         eprintln!("kiln launch: the members' directories are kept in {}", run_dir.display());
     }
     outcome
