@@ -108,8 +108,8 @@ fn write_workspace(root: &Path, members: &[String]) -> std::io::Result<()> {
          [patch.crates-io]\n{runtime} = {{ path = \"pipeline-runtime\" }}\n",
         runtime = depset::RUNTIME_PACKAGE,
     );
-    std::fs::write(root.join("Cargo.toml"), manifest)?;
-    std::fs::write(root.join("Cargo.lock"), depset::LOCKFILE)
+    write_if_changed(&root.join("Cargo.toml"), &manifest)?;
+    write_if_changed(&root.join("Cargo.lock"), depset::LOCKFILE)
 }
 
 /// The identity of a prebuilt dependency set: the set, the profile and the compiler.
@@ -206,22 +206,28 @@ async fn build_depset(settings: &BuildSettings) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Writes `text` to `path` unless the file already holds it. cargo's freshness
+/// checks compare modification times, so rewriting an unchanged source makes cargo
+/// compile its crate again on every build.
+fn write_if_changed(path: &Path, text: &str) -> std::io::Result<()> {
+    if std::fs::read(path).ok().as_deref() == Some(text.as_bytes()) {
+        return Ok(());
+    }
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::write(path, text)
+}
+
 fn write_depset(root: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(root.join("depset"))
         .with_context(|| format!("creating the build root {}", root.display()))?;
     std::fs::create_dir_all(root.join("src"))?;
     std::fs::create_dir_all(root.join("target"))?;
-    std::fs::write(root.join("depset/Cargo.toml"), depset::MANIFEST)?;
-    std::fs::write(root.join("depset/lib.rs"), depset::LIB_RS)?;
+    write_if_changed(&root.join("depset/Cargo.toml"), depset::MANIFEST)?;
+    write_if_changed(&root.join("depset/lib.rs"), depset::LIB_RS)?;
     for (path, text) in depset::RUNTIME_FILES {
-        let path = root.join("pipeline-runtime").join(path);
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent)?;
-        }
-        // Rewritten only when it changed: cargo's freshness check looks at mtimes.
-        if std::fs::read_to_string(&path).ok().as_deref() != Some(text) {
-            std::fs::write(&path, text)?;
-        }
+        write_if_changed(&root.join("pipeline-runtime").join(path), text)?;
     }
     Ok(())
 }
@@ -326,6 +332,7 @@ pub async fn build(
     let binary = layout.binary();
     debug_assert_eq!(binary.kind, CrateKind::Binary);
     let binary_manifest = settings.build_root.join("src").join(&binary.dir_name).join("Cargo.toml");
+    let laid_out = started.elapsed();
 
     let mut child = cargo_command(settings, wrapper)
         .args(["build", "--offline", "--profile", &settings.profile, "--message-format=json"])
@@ -383,6 +390,11 @@ pub async fn build(
     let _ = tokio::time::timeout(Duration::from_secs(10), async { tokio::join!(out_task, err_task) }).await;
     let collected = std::mem::take(&mut *collected.lock().unwrap_or_else(|p| p.into_inner()));
     let elapsed = started.elapsed();
+    tracing::debug!(
+        layout_ms = laid_out.as_millis() as u64,
+        cargo_ms = (elapsed - laid_out).as_millis() as u64,
+        "cargo finished"
+    );
     if status.success() {
         let executable = collected
             .executable

@@ -16,7 +16,6 @@ use backon::{ExponentialBuilder, Retryable};
 use futures::StreamExt;
 use kiln_proto::{self as pb, upload_chunk::Part};
 use sha2::{Digest, Sha256};
-use tokio::io::AsyncReadExt;
 
 use crate::client::LeaderClient;
 
@@ -89,20 +88,27 @@ pub fn classify(status: &tonic::Status, mismatches: &AtomicU32) -> DeliveryError
     }
 }
 
-/// SHA-256 and size of a file, read in chunks.
+/// SHA-256 and size of a file, read in 1 MiB blocks on a blocking thread (one
+/// thread hand-off in all, rather than one per read).
 pub async fn hash_file(path: &Path) -> std::io::Result<(String, u64)> {
-    let mut file = tokio::fs::File::open(path).await?;
-    let mut hasher = Sha256::new();
-    let mut buffer = vec![0u8; kiln_proto::UPLOAD_CHUNK_BYTES];
-    let mut size = 0u64;
-    loop {
-        let n = file.read(&mut buffer).await?;
-        if n == 0 {
-            return Ok((hex::encode(hasher.finalize()), size));
+    let path = path.to_owned();
+    tokio::task::spawn_blocking(move || {
+        use std::io::Read;
+        let mut file = std::fs::File::open(&path)?;
+        let mut hasher = Sha256::new();
+        let mut buffer = vec![0u8; 1 << 20];
+        let mut size = 0u64;
+        loop {
+            let n = file.read(&mut buffer)?;
+            if n == 0 {
+                return Ok((hex::encode(hasher.finalize()), size));
+            }
+            size += n as u64;
+            hasher.update(&buffer[..n]);
         }
-        size += n as u64;
-        hasher.update(&buffer[..n]);
-    }
+    })
+    .await
+    .map_err(|e| std::io::Error::other(e.to_string()))?
 }
 
 /// What is delivered, and on whose behalf.

@@ -6,12 +6,18 @@
 //! the way, fsynced and only then renamed into place (and the directory fsynced); a
 //! mismatch or any error removes the temporary file. Files are hashed again before
 //! they are served.
+//!
+//! Hashing and writing run on a blocking thread of their own, fed through a small
+//! bounded channel: receiving the next chunk overlaps with hashing and writing the
+//! last one, and an upload holds at most [`BUFFERED_CHUNKS`] chunks in memory.
 
 use std::io;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
-use tokio::io::AsyncWriteExt;
+
+/// Chunks an upload may have in flight between the network and the disk.
+pub const BUFFERED_CHUNKS: usize = 16;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ArtifactError {
@@ -59,9 +65,10 @@ pub struct ArtifactStore {
 /// An upload in progress. Dropping it without [`ArtifactWriter::finish`] leaves nothing.
 #[derive(Debug)]
 pub struct ArtifactWriter {
-    file: tokio::fs::File,
-    temp_path: tempfile::TempPath,
-    hasher: Sha256,
+    /// To the thread that hashes and writes; closed to finish.
+    chunks: Option<tokio::sync::mpsc::Sender<Vec<u8>>>,
+    /// That thread: the received bytes' SHA-256 and the fsynced temporary file.
+    sink: tokio::task::JoinHandle<io::Result<(String, tempfile::TempPath)>>,
     written: u64,
     declared_sha: String,
     declared_size: u64,
@@ -98,11 +105,23 @@ impl ArtifactStore {
         // The temporary file lives in the store's own file system, so the final
         // rename is atomic.
         let temp = tempfile::Builder::new().prefix("upload-").tempfile_in(&self.temp_dir)?;
-        let (file, temp_path) = temp.into_parts();
+        let (sender, mut chunks) = tokio::sync::mpsc::channel::<Vec<u8>>(BUFFERED_CHUNKS);
+        let sink = tokio::task::spawn_blocking(move || {
+            use std::io::Write;
+            let (mut file, temp_path) = temp.into_parts();
+            let mut hasher = Sha256::new();
+            // Ends when the writer is finished or dropped; a dropped writer's
+            // temporary file goes with `temp_path`.
+            while let Some(chunk) = chunks.blocking_recv() {
+                hasher.update(&chunk);
+                file.write_all(&chunk)?;
+            }
+            file.sync_all()?;
+            Ok((hex::encode(hasher.finalize()), temp_path))
+        });
         Ok(ArtifactWriter {
-            file: tokio::fs::File::from_std(file),
-            temp_path,
-            hasher: Sha256::new(),
+            chunks: Some(sender),
+            sink,
             written: 0,
             declared_sha: sha.to_owned(),
             declared_size: size,
@@ -129,30 +148,37 @@ impl ArtifactStore {
 }
 
 impl ArtifactWriter {
-    pub async fn write(&mut self, chunk: &[u8]) -> Result<(), ArtifactError> {
+    /// Hands `chunk` to the hashing and writing thread; waits only when
+    /// [`BUFFERED_CHUNKS`] are already in flight.
+    pub async fn write(&mut self, chunk: impl Into<Vec<u8>>) -> Result<(), ArtifactError> {
+        let chunk = chunk.into();
         self.written += chunk.len() as u64;
         if self.written > self.declared_size {
             return Err(ArtifactError::SizeMismatch { declared: self.declared_size, received: self.written });
         }
-        self.hasher.update(chunk);
-        self.file.write_all(chunk).await?;
+        let sender = self.chunks.as_ref().ok_or_else(|| io::Error::other("the upload was already finished"))?;
+        if sender.send(chunk).await.is_err() {
+            // The thread stopped early: its error says why.
+            self.chunks = None;
+            return match (&mut self.sink).await {
+                Ok(Err(e)) => Err(e.into()),
+                _ => Err(io::Error::other("the artifact writer stopped").into()),
+            };
+        }
         Ok(())
     }
 
     /// Verifies size and hash, then makes the artifact durable under its name.
     pub async fn finish(mut self) -> Result<u64, ArtifactError> {
+        drop(self.chunks.take());
+        let (actual, temp_path) = (&mut self.sink).await.map_err(|e| io::Error::other(e.to_string()))??;
         if self.written != self.declared_size {
             return Err(ArtifactError::SizeMismatch { declared: self.declared_size, received: self.written });
         }
-        let actual = hex::encode(self.hasher.finalize());
         if actual != self.declared_sha {
             return Err(ArtifactError::Mismatch { declared: self.declared_sha, actual });
         }
-        self.file.flush().await?;
-        self.file.sync_all().await?;
-        drop(self.file);
         let target = self.target;
-        let temp_path = self.temp_path;
         let dir = self.dir;
         tokio::task::spawn_blocking(move || -> io::Result<()> {
             #[cfg(unix)]

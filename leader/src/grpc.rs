@@ -195,7 +195,7 @@ impl Cluster for ClusterService {
         let mut writer = self.state.artifacts.begin(&header.sha256, header.size).map_err(ApiError::from)?;
         while let Some(chunk) = stream.message().await? {
             match chunk.part {
-                Some(Part::Data(data)) => writer.write(&data).await.map_err(ApiError::from)?,
+                Some(Part::Data(data)) => writer.write(data).await.map_err(ApiError::from)?,
                 _ => return Err(Status::invalid_argument("an upload has one header, then data")),
             }
         }

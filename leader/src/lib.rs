@@ -23,10 +23,20 @@ pub use service::{LeaderConfig, LeaderState};
 
 /// Serves the leader's HTTP and gRPC on `listener` until `shutdown` resolves, then
 /// drains the requests in progress.
+///
+/// Every connection has TCP_NODELAY: gRPC answers are small writes, and with Nagle's
+/// algorithm each one waited for the peer's delayed ACK (about 40 ms per call on
+/// Linux), which was most of a delivery's time (benchmark 1 in benches/RESULTS.md).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: Arc<LeaderState>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    use axum::serve::ListenerExt;
+    let listener = listener.tap_io(|stream| {
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!("could not set TCP_NODELAY: {e}");
+        }
+    });
     axum::serve(listener, http::router(state)).with_graceful_shutdown(shutdown).await
 }

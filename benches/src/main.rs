@@ -1,0 +1,162 @@
+//! `kiln-bench`: Kiln's performance table, measured side by side in one run.
+//!
+//! Every comparison starts real `kiln` processes (and, for the cache, a real sccache
+//! and S3-compatible server), runs several rounds with the two sides alternating,
+//! and reports medians and ratios. Nothing asserts a time: the table sets each
+//! figure beside its goal, and `benches/RESULTS.md` keeps the latest one (the
+//! analysis written below its table is kept when the table is replaced).
+//!
+//! Run it through `scripts/bench` (which builds Kiln in release first).
+
+mod farm;
+mod measures;
+mod programs;
+mod stats;
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::Context;
+use clap::Parser;
+
+#[derive(Debug, Parser)]
+#[command(name = "kiln-bench", about = "Kiln's performance table, measured side by side")]
+struct Args {
+    /// Fewer rounds and shorter loads: finishes within 10 minutes on 2 cores.
+    #[arg(long)]
+    quick: bool,
+    /// The kiln binary to measure (a release build).
+    #[arg(long)]
+    kiln: PathBuf,
+    /// Where the prebuilt dependency set is kept between runs.
+    #[arg(long, default_value_os_t = default_depset_cache())]
+    depset_cache: PathBuf,
+    /// Only these comparisons (e.g. `--only 1,5`).
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<u32>,
+    /// Write the table into this file (between its table markers).
+    #[arg(long)]
+    results: Option<PathBuf>,
+    /// The command line recorded with the results.
+    #[arg(long, default_value = "scripts/bench")]
+    command: String,
+}
+
+fn default_depset_cache() -> PathBuf {
+    Path::new(&std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into())).join(".cache/kiln/bench-depset")
+}
+
+const BEGIN: &str = "<!-- table: written by kiln-bench -->";
+const END: &str = "<!-- end of table -->";
+
+fn read_first_line(path: &str, prefix: &str) -> Option<String> {
+    let text = std::fs::read_to_string(path).ok()?;
+    Some(text.lines().find(|l| l.starts_with(prefix))?.split(':').nth(1)?.trim().to_owned())
+}
+
+/// The machine and toolchain the figures come from.
+fn machine() -> String {
+    let cpu = read_first_line("/proc/cpuinfo", "model name").unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let memory = read_first_line("/proc/meminfo", "MemTotal")
+        .and_then(|m| m.split_whitespace().next()?.parse::<u64>().ok())
+        .map(|kib| format!("{:.1} GiB", kib as f64 / (1 << 20) as f64))
+        .unwrap_or_default();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let rustc = std::process::Command::new("rustc")
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    format!("{cpu}, {cores} cores, {memory}, Linux {}, {rustc}", kernel.trim())
+}
+
+fn write_results(path: &Path, table: &str, header: &str) -> anyhow::Result<()> {
+    let old = std::fs::read_to_string(path).unwrap_or_default();
+    let block = format!("{BEGIN}\n{header}\n\n{table}{END}");
+    let new = match (old.find(BEGIN), old.find(END)) {
+        (Some(start), Some(end)) if start < end => format!("{}{block}{}", &old[..start], &old[end + END.len()..]),
+        _ => format!("# Benchmark results\n\n{block}\n"),
+    };
+    std::fs::write(path, new).with_context(|| format!("writing {}", path.display()))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let wanted = |n: u32| args.only.is_empty() || args.only.contains(&n);
+    let rounds = if args.quick { 3 } else { 7 };
+    let setup = farm::Setup {
+        kiln: args.kiln.canonicalize().with_context(|| format!("no kiln binary at {}", args.kiln.display()))?,
+        depset_cache: args.depset_cache.clone(),
+        profile: "release".into(),
+    };
+    let work = tempfile::Builder::new().prefix("kiln-bench-work-").tempdir()?;
+    let started = Instant::now();
+    let say = |line: &str| eprintln!("[{:>5.0}s] {line}", started.elapsed().as_secs_f64());
+    let mut rows = Vec::new();
+
+    say("starting a 1-worker farm (the first run builds the dependency set in release, about a minute)");
+    let off = ["--sccache=off".to_owned()];
+    let one = farm::Farm::start(&setup, 1, None, &off).await?;
+    if wanted(1) {
+        say("1. farm overhead");
+        // Each round is half a second: more of them steady the ratio.
+        rows.push(measures::farm_overhead(&setup, &one, work.path(), 3 * rounds).await?);
+    }
+    if wanted(2) {
+        say("2. time to start (100 submissions)");
+        rows.push(measures::time_to_start(&one, work.path(), 100).await?);
+    }
+    if wanted(3) {
+        say("3. cache across workers (sccache on a local S3-compatible store)");
+        rows.push(measures::cache_across_workers(&setup, work.path(), rounds).await?);
+    }
+    if wanted(4) || wanted(6) {
+        say("starting a 2-worker farm");
+        let two = farm::Farm::start(&setup, 2, None, &off).await?;
+        if wanted(4) {
+            say("4. scale-out (8 pipelines, 1 vs 2 workers)");
+            rows.push(measures::scale_out(&one, &two, work.path(), rounds).await?);
+        }
+        if wanted(6) {
+            say("6. health probe under 200 requests/s");
+            rows.push(measures::health_probe(&two, if args.quick { 10 } else { 30 }).await?);
+        }
+    }
+    if wanted(5) {
+        say("5. upload of 512 MiB, leader vs raw loopback copy");
+        rows.push(measures::upload_throughput(&one, work.path(), rounds, 512).await?);
+    }
+    if wanted(7) {
+        say("7. multihost start, kiln launch --hosts 4");
+        rows.push(measures::multihost_start(&setup, &one, work.path(), rounds.max(5)).await?);
+    }
+    rows.sort_by_key(|r| r.number);
+
+    let table = stats::table(&rows);
+    println!("{table}");
+    let header = format!(
+        "Measured {} on {}, with `{}` ({} rounds per comparison, {:.0} s in all).",
+        humantime_now(),
+        machine(),
+        args.command,
+        rounds,
+        started.elapsed().as_secs_f64()
+    );
+    println!("{header}");
+    if let Some(path) = &args.results {
+        write_results(path, &table, &header)?;
+        say(&format!("table written to {}", path.display()));
+    }
+    Ok(())
+}
+
+/// Today's date and time (UTC), from `date`, which every machine here has.
+fn humantime_now() -> String {
+    std::process::Command::new("date")
+        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
+}

@@ -1,0 +1,460 @@
+//! The seven comparisons of the performance table. Each returns its row; nothing
+//! here judges a time, the table only sets each figure beside its goal.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use futures::StreamExt;
+use tokio::io::AsyncWriteExt;
+
+use crate::farm::{Farm, S3, Setup, TOKEN};
+use crate::programs;
+use crate::stats::{Row, median, percentile};
+
+fn ms(value: &serde_json::Value, key: &str) -> anyhow::Result<u64> {
+    value[key].as_u64().with_context(|| format!("the record has no {key}: {value}"))
+}
+
+/// Lays `dir` out in `root` with `kiln layout` and times a plain `cargo build` of
+/// it there, in milliseconds.
+fn plain_cargo(setup: &Setup, root: &Path, dir: &Path) -> anyhow::Result<f64> {
+    let layout = std::process::Command::new(&setup.kiln)
+        .args(["layout", dir.to_str().context("a UTF-8 path")?, "--profile", &setup.profile])
+        .arg("--build-root")
+        .arg(root)
+        .output()?;
+    if !layout.status.success() {
+        bail!("kiln layout: {}", String::from_utf8_lossy(&layout.stderr));
+    }
+    let started = Instant::now();
+    let status = std::process::Command::new("cargo")
+        .args(["build", "--offline", "--quiet", "--profile", &setup.profile])
+        .args(["-p", kiln_compiler_worker::depset::PACKAGE, "-p", "overhead"])
+        .current_dir(root)
+        .env("CARGO_TARGET_DIR", root.join("target"))
+        .envs(kiln_compiler_worker::builder::FARM_CARGO_ENV)
+        .env_remove("RUSTC_WRAPPER")
+        .status()?;
+    if !status.success() {
+        bail!("the plain cargo build failed");
+    }
+    Ok(started.elapsed().as_secs_f64() * 1000.0)
+}
+
+/// Comparison 1: One pipeline through a 1-worker farm (submission to success, as the leader
+/// records it) against a plain `cargo build` of the same crates in the same warm
+/// build root; both compile one new binary crate against compiled operators.
+pub async fn farm_overhead(setup: &Setup, farm: &Farm, work: &Path, rounds: usize) -> anyhow::Result<Row> {
+    let root = farm.build_root(0);
+    let program = |variant| programs::write(work, "overhead", variant, 2, 150, 0);
+    // Warm: the operators compiled, once, by the farm.
+    let id = farm.submit("overhead", &program(0)?).await?;
+    farm.wait_success(id).await?;
+    let (mut through_farm, mut plain, mut queued, mut compiling, mut delivering) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for round in 0..rounds as u64 {
+        // The two sides take turns going first, so neither always meets a warmer machine.
+        for side in [round % 2, (round + 1) % 2] {
+            if side == 0 {
+                let id = farm.submit("overhead", &program(2 * round + 1)?).await?;
+                let record = farm.wait_success(id).await?;
+                let (submitted, started) = (ms(&record, "submitted_at_ms")?, ms(&record, "started_at_ms")?);
+                through_farm.push((ms(&record, "finished_at_ms")? - submitted) as f64);
+                queued.push((started - submitted) as f64);
+                compiling.push(ms(&record, "compile_ms")? as f64);
+                delivering.push(ms(&record, "upload_ms")? as f64);
+            } else {
+                plain.push(plain_cargo(setup, &root, &program(2 * round + 2)?)?);
+            }
+        }
+    }
+    let (farm_ms, plain_ms) = (median(&through_farm), median(&plain));
+    Ok(Row {
+        number: 1,
+        what: "farm overhead".into(),
+        measured: format!(
+            "farm {farm_ms:.0} ms (queued {:.0}, build {:.0}, delivery {:.0}) vs cargo {plain_ms:.0} ms: ratio {:.2}",
+            median(&queued),
+            median(&compiling),
+            median(&delivering),
+            farm_ms / plain_ms
+        ),
+        goal: "ratio ≤ 1.05".into(),
+        met: Some(farm_ms / plain_ms <= 1.05),
+    })
+}
+
+/// Comparison 2: Submission to `compiling` (the leader's own timestamps), over `count`
+/// submissions one after another to an idle 1-worker farm.
+pub async fn time_to_start(farm: &Farm, work: &Path, count: usize) -> anyhow::Result<Row> {
+    let mut waits = Vec::new();
+    for variant in 0..count as u64 {
+        let dir = programs::write(work, "start", variant, 0, 0, 0)?;
+        let id = farm.submit("start", &dir).await?;
+        let record = farm.wait_success(id).await?;
+        waits.push((ms(&record, "started_at_ms")? - ms(&record, "submitted_at_ms")?) as f64);
+    }
+    let p99 = percentile(&waits, 99.0);
+    Ok(Row {
+        number: 2,
+        what: "time to start".into(),
+        measured: format!(
+            "p50 {:.0} ms, p99 {p99:.0} ms, max {:.0} ms over {count} submissions",
+            percentile(&waits, 50.0),
+            percentile(&waits, 100.0)
+        ),
+        goal: "p99 ≤ 50 ms".into(),
+        met: Some(p99 <= 50.0),
+    })
+}
+
+/// Submits `dir` as `name` so that it lands on `ordinal`: while the next id would
+/// go elsewhere, a small filler pipeline takes it.
+async fn submit_on(
+    farm: &Farm,
+    work: &Path,
+    workers: u32,
+    ordinal: u32,
+    name: &str,
+    dir: &Path,
+) -> anyhow::Result<u64> {
+    loop {
+        let next = farm.next_id().await?;
+        if next % u64::from(workers) == u64::from(ordinal) {
+            break;
+        }
+        let filler = programs::write(work, "filler", 0, 0, 0, 0)?;
+        let id = farm.submit(&format!("filler-{next}"), &filler).await?;
+        farm.wait_success(id).await?;
+    }
+    let id = farm.submit(name, dir).await?;
+    if id % u64::from(workers) != u64::from(ordinal) {
+        bail!("{name} got id {id}, not on ordinal {ordinal}: another client is submitting to this farm");
+    }
+    Ok(id)
+}
+
+/// Comparison 3: Pipeline B on worker 1 after pipeline A, sharing its operators, on worker 0,
+/// through sccache on a real S3-compatible store; against B with operators nobody
+/// compiled before ("cold"). Every round uses new operator sources, so what is warm
+/// is warm only through the shared cache.
+pub async fn cache_across_workers(setup: &Setup, work: &Path, rounds: usize) -> anyhow::Result<Row> {
+    if !nix::unistd::geteuid().is_root() {
+        return Ok(Row::skipped(
+            3,
+            "cache across workers",
+            "needs root for the members' private mounts of one build root",
+        ));
+    }
+    let s3_dir = tempfile::Builder::new().prefix("kiln-bench-s3-").tempdir()?;
+    let s3 = S3::start(s3_dir.path())?;
+    let farm = Farm::start(setup, 2, Some(PathBuf::from("/tmp/kiln-bench-build-root")), &s3.member_flags()?).await?;
+    let (operators, functions) = (4, 250);
+    let (mut ratios, mut by_count, mut by_time, mut cold_walls, mut warm_walls) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for round in 0..rounds as u64 {
+        let base = 1_000_000 * u64::from(std::process::id()) + 10 * round;
+        let cold_dir = programs::write(work, "cache-b", 3 * round, operators, functions, base)?;
+        let id = submit_on(&farm, work, 2, 1, &format!("cache-b-cold-{round}"), &cold_dir).await?;
+        let cold = farm.wait_success(id).await?;
+
+        let a_dir = programs::write(work, "cache-a", 3 * round + 1, operators, functions, base + 1)?;
+        let id = submit_on(&farm, work, 2, 0, &format!("cache-a-{round}"), &a_dir).await?;
+        farm.wait_success(id).await?;
+        let b_dir = programs::write(work, "cache-b", 3 * round + 2, operators, functions, base + 1)?;
+        let id = submit_on(&farm, work, 2, 1, &format!("cache-b-warm-{round}"), &b_dir).await?;
+        let warm = farm.wait_success(id).await?;
+
+        let wall = |r: &serde_json::Value| -> anyhow::Result<f64> {
+            Ok((ms(r, "finished_at_ms")? - ms(r, "started_at_ms")?) as f64)
+        };
+        let (cold_wall, warm_wall) = (wall(&cold)?, wall(&warm)?);
+        cold_walls.push(cold_wall);
+        warm_walls.push(warm_wall);
+        ratios.push(warm_wall / cold_wall);
+        let (hits, misses) = (ms(&warm["cache"], "hits")? as f64, ms(&warm["cache"], "misses")? as f64);
+        by_count.push(100.0 * hits / (hits + misses).max(1.0));
+        let cold_compile = ms(&cold["cache"], "miss_compile_ms")? as f64;
+        let warm_compile = ms(&warm["cache"], "miss_compile_ms")? as f64;
+        by_time.push(100.0 * (1.0 - warm_compile / cold_compile.max(1.0)));
+    }
+    let (ratio, count, time) = (median(&ratios), median(&by_count), median(&by_time));
+    Ok(Row {
+        number: 3,
+        what: "cache across workers".into(),
+        measured: format!(
+            "B warm {:.0} ms vs cold {:.0} ms: ratio {ratio:.2}; hit rate {count:.0} % by count, {time:.0} % by compile time",
+            median(&warm_walls),
+            median(&cold_walls)
+        ),
+        goal: "≤ 0.3; ≥ 95 % both".into(),
+        met: Some(ratio <= 0.3 && count >= 95.0 && time >= 95.0),
+    })
+}
+
+/// Submits eight new pipelines at once and returns the seconds until all succeeded.
+async fn batch(farm: &Farm, work: &Path, tag: &str, serial: u64) -> anyhow::Result<f64> {
+    let mut ids = Vec::new();
+    let started = Instant::now();
+    for k in 0..8u64 {
+        // Each pipeline's operator is new to cargo: every build compiles.
+        let variant = 1_000_000 * u64::from(std::process::id()) + 100 * serial + k;
+        let dir = programs::write(work, &format!("scale-{tag}-{k}"), variant, 1, 200, variant)?;
+        ids.push(farm.submit(&format!("scale-{tag}-{k}"), &dir).await?);
+    }
+    for id in ids {
+        farm.wait_success(id).await?;
+    }
+    Ok(started.elapsed().as_secs_f64())
+}
+
+/// Comparison 4: Eight new pipelines submitted at once, on a 1-worker and a 2-worker farm:
+/// from the first submission to the last success.
+pub async fn scale_out(one: &Farm, two: &Farm, work: &Path, rounds: usize) -> anyhow::Result<Row> {
+    let (mut single, mut double) = (Vec::new(), Vec::new());
+    for round in 0..rounds {
+        let serial = 2 * round as u64;
+        single.push(batch(one, work, &format!("one-{round}"), serial).await?);
+        double.push(batch(two, work, &format!("two-{round}"), serial + 1).await?);
+    }
+    let (a, b) = (median(&single), median(&double));
+    Ok(Row {
+        number: 4,
+        what: "scale-out".into(),
+        measured: format!("8 pipelines: 1 worker {a:.1} s, 2 workers {b:.1} s: speed-up {:.2}", a / b),
+        goal: "speed-up ≥ 1.6".into(),
+        met: Some(a / b >= 1.6),
+    })
+}
+
+/// Writes `bytes` of pseudo-random data (incompressible, different per `seed`).
+async fn write_artifact(path: &Path, bytes: u64, seed: u64) -> anyhow::Result<()> {
+    let mut file = tokio::io::BufWriter::new(tokio::fs::File::create(path).await?);
+    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let mut block = vec![0u8; 1 << 20];
+    for _ in 0..bytes >> 20 {
+        for word in block.chunks_mut(8) {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            word.copy_from_slice(&state.to_le_bytes());
+        }
+        file.write_all(&block).await?;
+    }
+    file.flush().await?;
+    Ok(())
+}
+
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Uploads `path` to the leader as a worker does (gRPC client stream, 256 KiB chunks).
+async fn upload(farm: &Farm, path: &Path, sha256: &str, size: u64) -> anyhow::Result<()> {
+    use kiln_proto::upload_chunk::Part;
+    let mut client =
+        kiln_proto::cluster_client::ClusterClient::connect(farm.url()).await?.max_decoding_message_size(64 << 20);
+    let header = kiln_proto::UploadChunk {
+        part: Some(Part::Header(kiln_proto::UploadHeader {
+            member: Some(kiln_proto::Member { ordinal: 0, workers: 1, incarnation: 1, version: "bench".into() }),
+            claim: None,
+            sha256: sha256.to_owned(),
+            size,
+        })),
+    };
+    let file = tokio::fs::File::open(path).await?;
+    let data = tokio_util::io::ReaderStream::with_capacity(file, kiln_proto::UPLOAD_CHUNK_BYTES)
+        .map(|chunk| kiln_proto::UploadChunk { part: Some(Part::Data(chunk.map(|b| b.to_vec()).unwrap_or_default())) });
+    let stream = futures::stream::once(std::future::ready(header)).chain(data);
+    let mut request = tonic::Request::new(stream);
+    request.metadata_mut().insert("authorization", format!("Bearer {TOKEN}").parse()?);
+    client.upload_artifact(request).await?;
+    Ok(())
+}
+
+/// The same bytes over a plain loopback TCP connection into a file on the same
+/// disk, fsynced: what moving them costs with nothing else (blocking I/O on two
+/// threads, 1 MiB buffers).
+fn raw_copy(path: &Path, into: &Path) -> anyhow::Result<f64> {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let address = listener.local_addr()?;
+    let into = into.to_path_buf();
+    let receiver = std::thread::spawn(move || -> anyhow::Result<()> {
+        let (mut socket, _) = listener.accept()?;
+        let mut file = std::fs::File::create(&into)?;
+        let mut buffer = vec![0u8; 1 << 20];
+        loop {
+            let n = socket.read(&mut buffer)?;
+            if n == 0 {
+                break;
+            }
+            file.write_all(&buffer[..n])?;
+        }
+        file.sync_all()?;
+        Ok(())
+    });
+    let started = Instant::now();
+    let mut socket = std::net::TcpStream::connect(address)?;
+    std::io::copy(&mut std::fs::File::open(path)?, &mut socket)?;
+    socket.shutdown(std::net::Shutdown::Write)?;
+    receiver.join().map_err(|_| anyhow::anyhow!("the receiving thread panicked"))??;
+    Ok(started.elapsed().as_secs_f64())
+}
+
+/// Comparison 5: A 512 MiB artifact to the leader against a raw loopback copy of the same
+/// bytes, and the leader's resident memory while it receives.
+pub async fn upload_throughput(farm: &Farm, work: &Path, rounds: usize, mib: u64) -> anyhow::Result<Row> {
+    let bytes = mib << 20;
+    let (mut leader_rates, mut raw_rates, mut peaks) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..rounds as u64 {
+        let path = work.join("artifact.bin");
+        write_artifact(&path, bytes, round + u64::from(std::process::id())).await?;
+        let (sha, size) = kiln_compiler_worker::upload::hash_file(&path).await?;
+        let pid = farm.leader_pid();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let idle = rss_kib(pid).context("reading the leader's memory")?;
+        let sampling = tokio_util::sync::CancellationToken::new();
+        let sampler = {
+            let sampling = sampling.clone();
+            tokio::spawn(async move {
+                let mut peak = 0;
+                while !sampling.is_cancelled() {
+                    peak = peak.max(rss_kib(pid).unwrap_or(0));
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                peak
+            })
+        };
+        let raw_copy_of = |path: PathBuf, into: PathBuf| tokio::task::spawn_blocking(move || raw_copy(&path, &into));
+        let raw_first = round % 2 == 1;
+        let mut raw_seconds = 0.0;
+        if raw_first {
+            raw_seconds = raw_copy_of(path.clone(), work.join("raw-copy.bin")).await??;
+        }
+        let started = Instant::now();
+        upload(farm, &path, &sha, size).await?;
+        let leader_seconds = started.elapsed().as_secs_f64();
+        sampling.cancel();
+        let peak = sampler.await?;
+        peaks.push(peak.saturating_sub(idle) as f64 / 1024.0);
+        if !raw_first {
+            raw_seconds = raw_copy_of(path.clone(), work.join("raw-copy.bin")).await??;
+        }
+        leader_rates.push(mib as f64 / leader_seconds);
+        raw_rates.push(mib as f64 / raw_seconds);
+        std::fs::remove_file(work.join("raw-copy.bin"))?;
+    }
+    let (leader, raw, peak) = (median(&leader_rates), median(&raw_rates), percentile(&peaks, 100.0));
+    Ok(Row {
+        number: 5,
+        what: "upload".into(),
+        measured: format!(
+            "{mib} MiB: leader {leader:.0} MiB/s vs raw copy {raw:.0} MiB/s: {:.2} of raw; leader peak +{peak:.1} MiB above idle",
+            leader / raw
+        ),
+        goal: "≥ 0.8 of raw; ≤ 64 MiB above idle".into(),
+        met: Some(leader / raw >= 0.8 && peak <= 64.0),
+    })
+}
+
+/// Comparison 6: `/cluster_healthz` latency under an open-loop load of 200 requests per second
+/// from this process, over loopback.
+pub async fn health_probe(farm: &Farm, seconds: u64) -> anyhow::Result<Row> {
+    let client = reqwest::Client::new();
+    let url = format!("{}/cluster_healthz", farm.url());
+    let mut ticker = tokio::time::interval(Duration::from_millis(5));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut requests = Vec::new();
+    let end = Instant::now() + Duration::from_secs(seconds);
+    while Instant::now() < end {
+        ticker.tick().await;
+        let (client, url) = (client.clone(), url.clone());
+        requests.push(tokio::spawn(async move {
+            let started = Instant::now();
+            let response = client.get(&url).send().await?;
+            let ok = response.status().is_success();
+            response.bytes().await?;
+            anyhow::Ok((started.elapsed().as_secs_f64() * 1000.0, ok))
+        }));
+    }
+    let mut latencies = Vec::new();
+    let mut unhealthy = 0;
+    for request in requests {
+        let (latency, ok) = request.await??;
+        latencies.push(latency);
+        unhealthy += usize::from(!ok);
+    }
+    let p99 = percentile(&latencies, 99.0);
+    Ok(Row {
+        number: 6,
+        what: "health probe".into(),
+        measured: format!(
+            "{} requests: p50 {:.2} ms, p99 {p99:.2} ms, max {:.2} ms ({unhealthy} answered 503)",
+            latencies.len(),
+            percentile(&latencies, 50.0),
+            percentile(&latencies, 100.0)
+        ),
+        goal: "p99 ≤ 5 ms".into(),
+        met: Some(p99 <= 5.0),
+    })
+}
+
+/// Comparison 7: `kiln launch --hosts 4` of the farm-built word count, from the command until
+/// the coordinator reports every host ready and started.
+pub async fn multihost_start(setup: &Setup, farm: &Farm, work: &Path, rounds: usize) -> anyhow::Result<Row> {
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/pipelines/wordcount");
+    let id = farm.submit("wordcount", &examples).await?;
+    farm.wait_success(id).await?;
+    let binary = work.join("wordcount");
+    let bytes = farm.http.get(format!("{}/v0/pipelines/{id}/binary", farm.url())).send().await?.error_for_status()?;
+    std::fs::write(&binary, bytes.bytes().await?)?;
+    std::fs::set_permissions(&binary, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    // A slow run, so that it is still going when it is stopped.
+    let input = work.join("input.txt");
+    std::fs::write(&input, "the kiln farm builds pipelines\n".repeat(50_000))?;
+    let config = work.join("config.json");
+    std::fs::write(&config, serde_json::json!({"input": input, "kiln": {"pace_ms": 1000}}).to_string())?;
+    let http = reqwest::Client::builder().timeout(Duration::from_millis(500)).build()?;
+    let mut times = Vec::new();
+    for _ in 0..rounds {
+        let started = Instant::now();
+        let mut launch = tokio::process::Command::new(&setup.kiln)
+            .args(["launch", "--hosts", "4"])
+            .arg("--binary")
+            .arg(&binary)
+            .arg("--config")
+            .arg(&config)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()?;
+        loop {
+            if let Ok(response) = http.get("http://127.100.255.1:28080/status").send().await
+                && let Ok(status) = response.json::<serde_json::Value>().await
+                && status["state"] == "running"
+            {
+                break;
+            }
+            if started.elapsed() > Duration::from_secs(60) {
+                bail!("kiln launch --hosts 4 was not running after 60 s");
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        times.push(started.elapsed().as_secs_f64() * 1000.0);
+        if let Some(pid) = launch.id() {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM);
+        }
+        launch.wait().await?;
+    }
+    let time = median(&times);
+    Ok(Row {
+        number: 7,
+        what: "multihost start".into(),
+        measured: format!("{time:.0} ms until 4 hosts ready and started (max {:.0} ms)", percentile(&times, 100.0)),
+        goal: "≤ 2 s".into(),
+        met: Some(time <= 2000.0),
+    })
+}
