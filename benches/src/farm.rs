@@ -183,7 +183,9 @@ impl Farm {
                 Some("success") => return Ok(record),
                 Some("compile_error" | "system_error") => bail!("pipeline {id} failed: {}", record["error"]),
                 _ if Instant::now() > deadline => bail!("pipeline {id} did not finish: {record}"),
-                _ => tokio::time::sleep(Duration::from_millis(20)).await,
+                // The figures come from the leader's own timestamps, so a slow poll costs no
+                // precision, and keeps this process from competing with the builds.
+                _ => tokio::time::sleep(Duration::from_millis(100)).await,
             }
         }
     }
