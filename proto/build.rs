@@ -5,6 +5,8 @@
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto/cluster.proto");
     let descriptors = protox::compile(["proto/cluster.proto"], ["proto"])?;
-    tonic_prost_build::configure().compile_fds(descriptors)?;
+    // Upload chunks as `bytes::Bytes`: the chunk a worker reads is sent, and the chunk
+    // the leader receives is written, without copying it into a `Vec` on either side.
+    tonic_prost_build::configure().bytes(".kiln.cluster.v1.UploadChunk.data").compile_fds(descriptors)?;
     Ok(())
 }

@@ -43,7 +43,8 @@ fn artifacts(c: &mut Criterion) {
                 let _ = std::fs::remove_file(store_dir.join(&sha));
                 let mut writer = store.begin(&sha, SIZE as u64).expect("beginning");
                 for chunk in bytes.chunks(kiln_proto::UPLOAD_CHUNK_BYTES) {
-                    writer.write(chunk).await.expect("writing");
+                    // As received from the network: each chunk its own buffer.
+                    writer.write(bytes::Bytes::copy_from_slice(chunk)).await.expect("writing");
                 }
                 writer.finish().await.expect("finishing")
             })

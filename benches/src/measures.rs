@@ -266,7 +266,7 @@ async fn upload(farm: &Farm, path: &Path, sha256: &str, size: u64) -> anyhow::Re
     };
     let file = tokio::fs::File::open(path).await?;
     let data = tokio_util::io::ReaderStream::with_capacity(file, kiln_proto::UPLOAD_CHUNK_BYTES)
-        .map(|chunk| kiln_proto::UploadChunk { part: Some(Part::Data(chunk.map(|b| b.to_vec()).unwrap_or_default())) });
+        .map(|chunk| kiln_proto::UploadChunk { part: Some(Part::Data(chunk.unwrap_or_default())) });
     let stream = futures::stream::once(std::future::ready(header)).chain(data);
     let mut request = tonic::Request::new(stream);
     request.metadata_mut().insert("authorization", format!("Bearer {TOKEN}").parse()?);

@@ -149,7 +149,7 @@ async fn upload(client: &mut LeaderClient, shipment: &Shipment) -> Result<(), to
     let data = tokio_util::io::ReaderStream::with_capacity(file, kiln_proto::UPLOAD_CHUNK_BYTES)
         .take_while(|chunk| std::future::ready(chunk.is_ok()))
         .filter_map(|chunk| {
-            std::future::ready(chunk.ok().map(|bytes| pb::UploadChunk { part: Some(Part::Data(bytes.to_vec())) }))
+            std::future::ready(chunk.ok().map(|bytes| pb::UploadChunk { part: Some(Part::Data(bytes)) }))
         });
     let stream = futures::stream::once(std::future::ready(header)).chain(data);
     client.upload_artifact(stream).await.map(|_| ())

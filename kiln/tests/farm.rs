@@ -310,7 +310,7 @@ async fn corrupted_uploads_and_calls_without_the_token_are_refused() {
                 size: 8,
             })),
         },
-        kiln_proto::UploadChunk { part: Some(Part::Data(b"tampered".to_vec())) },
+        kiln_proto::UploadChunk { part: Some(Part::Data(bytes::Bytes::from_static(b"tampered"))) },
     ];
     let refused = client.upload_artifact(with_token(futures::stream::iter(chunks), TOKEN)).await.unwrap_err();
     assert_eq!(refused.code(), tonic::Code::DataLoss, "{refused:?}");

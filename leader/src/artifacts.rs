@@ -7,9 +7,9 @@
 //! mismatch or any error removes the temporary file. Files are hashed again before
 //! they are served.
 //!
-//! Hashing and writing run on a blocking thread of their own, fed through a small
-//! bounded channel: receiving the next chunk overlaps with hashing and writing the
-//! last one, and an upload holds at most [`BUFFERED_CHUNKS`] chunks in memory.
+//! Writing runs on a blocking thread of its own, fed through a small bounded
+//! channel, while the receiving task hashes: hashing a chunk overlaps with writing
+//! the one before, and an upload holds at most [`BUFFERED_CHUNKS`] chunks in memory.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -65,10 +65,11 @@ pub struct ArtifactStore {
 /// An upload in progress. Dropping it without [`ArtifactWriter::finish`] leaves nothing.
 #[derive(Debug)]
 pub struct ArtifactWriter {
-    /// To the thread that hashes and writes; closed to finish.
-    chunks: Option<tokio::sync::mpsc::Sender<Vec<u8>>>,
-    /// That thread: the received bytes' SHA-256 and the fsynced temporary file.
-    sink: tokio::task::JoinHandle<io::Result<(String, tempfile::TempPath)>>,
+    /// To the thread that writes; closed to finish.
+    chunks: Option<tokio::sync::mpsc::Sender<bytes::Bytes>>,
+    /// That thread: the fsynced temporary file.
+    sink: tokio::task::JoinHandle<io::Result<tempfile::TempPath>>,
+    hasher: Sha256,
     written: u64,
     declared_sha: String,
     declared_size: u64,
@@ -105,23 +106,22 @@ impl ArtifactStore {
         // The temporary file lives in the store's own file system, so the final
         // rename is atomic.
         let temp = tempfile::Builder::new().prefix("upload-").tempfile_in(&self.temp_dir)?;
-        let (sender, mut chunks) = tokio::sync::mpsc::channel::<Vec<u8>>(BUFFERED_CHUNKS);
+        let (sender, mut chunks) = tokio::sync::mpsc::channel::<bytes::Bytes>(BUFFERED_CHUNKS);
         let sink = tokio::task::spawn_blocking(move || {
             use std::io::Write;
             let (mut file, temp_path) = temp.into_parts();
-            let mut hasher = Sha256::new();
             // Ends when the writer is finished or dropped; a dropped writer's
             // temporary file goes with `temp_path`.
             while let Some(chunk) = chunks.blocking_recv() {
-                hasher.update(&chunk);
                 file.write_all(&chunk)?;
             }
             file.sync_all()?;
-            Ok((hex::encode(hasher.finalize()), temp_path))
+            Ok(temp_path)
         });
         Ok(ArtifactWriter {
             chunks: Some(sender),
             sink,
+            hasher: Sha256::new(),
             written: 0,
             declared_sha: sha.to_owned(),
             declared_size: size,
@@ -148,14 +148,15 @@ impl ArtifactStore {
 }
 
 impl ArtifactWriter {
-    /// Hands `chunk` to the hashing and writing thread; waits only when
+    /// Hashes `chunk` and hands it to the writing thread; waits only when
     /// [`BUFFERED_CHUNKS`] are already in flight.
-    pub async fn write(&mut self, chunk: impl Into<Vec<u8>>) -> Result<(), ArtifactError> {
+    pub async fn write(&mut self, chunk: impl Into<bytes::Bytes>) -> Result<(), ArtifactError> {
         let chunk = chunk.into();
         self.written += chunk.len() as u64;
         if self.written > self.declared_size {
             return Err(ArtifactError::SizeMismatch { declared: self.declared_size, received: self.written });
         }
+        self.hasher.update(&chunk);
         let sender = self.chunks.as_ref().ok_or_else(|| io::Error::other("the upload was already finished"))?;
         if sender.send(chunk).await.is_err() {
             // The thread stopped early: its error says why.
@@ -171,7 +172,8 @@ impl ArtifactWriter {
     /// Verifies size and hash, then makes the artifact durable under its name.
     pub async fn finish(mut self) -> Result<u64, ArtifactError> {
         drop(self.chunks.take());
-        let (actual, temp_path) = (&mut self.sink).await.map_err(|e| io::Error::other(e.to_string()))??;
+        let temp_path = (&mut self.sink).await.map_err(|e| io::Error::other(e.to_string()))??;
+        let actual = hex::encode(std::mem::take(&mut self.hasher).finalize());
         if self.written != self.declared_size {
             return Err(ArtifactError::SizeMismatch { declared: self.declared_size, received: self.written });
         }
@@ -210,7 +212,7 @@ mod tests {
         let data = b"binary bytes".repeat(1000);
         let mut writer = store.begin(&sha(&data), data.len() as u64).unwrap();
         for chunk in data.chunks(777) {
-            writer.write(chunk).await.unwrap();
+            writer.write(bytes::Bytes::copy_from_slice(chunk)).await.unwrap();
         }
         assert_eq!(writer.finish().await.unwrap(), data.len() as u64);
         assert!(store.contains(&sha(&data)));
@@ -224,7 +226,7 @@ mod tests {
         let store = ArtifactStore::open(dir.path(), 1 << 20).unwrap();
         let claimed = sha(b"what was built");
         let mut writer = store.begin(&claimed, 8).unwrap();
-        writer.write(b"tampered").await.unwrap();
+        writer.write(&b"tampered"[..]).await.unwrap();
         assert!(matches!(writer.finish().await, Err(ArtifactError::Mismatch { .. })));
         assert!(!store.contains(&claimed));
         assert_eq!(std::fs::read_dir(dir.path().join("incoming")).unwrap().count(), 0);
@@ -237,7 +239,7 @@ mod tests {
         assert!(matches!(store.begin("../../etc/passwd", 1), Err(ArtifactError::InvalidSha(_))));
         assert!(matches!(store.begin(&sha(b"x"), 11), Err(ArtifactError::TooLarge { .. })));
         let mut writer = store.begin(&sha(b"x"), 1).unwrap();
-        assert!(matches!(writer.write(b"xy").await, Err(ArtifactError::SizeMismatch { .. })));
+        assert!(matches!(writer.write(&b"xy"[..]).await, Err(ArtifactError::SizeMismatch { .. })));
 
         let name = sha(b"good");
         std::fs::write(dir.path().join(&name), b"evil").unwrap();
