@@ -49,13 +49,7 @@ pub fn free_port() -> anyhow::Result<u16> {
 
 /// Where the tools `scripts/install-deps` installs are found.
 pub fn installed(binary: &str) -> anyhow::Result<PathBuf> {
-    let cargo_bin = Path::new(&std::env::var_os("HOME").unwrap_or_default()).join(".cargo/bin").join(binary);
-    std::env::var_os("PATH")
-        .map(|paths| std::env::split_paths(&paths).map(|p| p.join(binary)).collect::<Vec<_>>())
-        .unwrap_or_default()
-        .into_iter()
-        .chain([cargo_bin])
-        .find(|p| p.is_file())
+    kiln_compiler_worker::sccache::find_tool(binary)
         .with_context(|| format!("{binary} is not installed: run scripts/install-deps"))
 }
 

@@ -40,13 +40,19 @@ pub fn find(explicit: Option<&Path>) -> Option<PathBuf> {
     if let Some(path) = explicit {
         return path.is_file().then(|| path.to_owned());
     }
+    find_tool("sccache")
+}
+
+/// An executable named `name` on PATH, or else in cargo's bin directory (where
+/// `cargo install`, and so `scripts/install-deps`, puts tools).
+pub fn find_tool(name: &str) -> Option<PathBuf> {
     let mut candidates: Vec<PathBuf> = std::env::var_os("PATH")
-        .map(|paths| std::env::split_paths(&paths).map(|p| p.join("sccache")).collect())
+        .map(|paths| std::env::split_paths(&paths).map(|p| p.join(name)).collect())
         .unwrap_or_default();
     if let Some(home) =
         std::env::var_os("CARGO_HOME").or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cargo").into()))
     {
-        candidates.push(Path::new(&home).join("bin/sccache"));
+        candidates.push(Path::new(&home).join("bin").join(name));
     }
     candidates.into_iter().find(|p| p.is_file())
 }

@@ -305,13 +305,7 @@ pub const S3_ACCESS_KEY: &str = "kiln-test-access";
 pub const S3_SECRET_KEY: &str = "kiln-test-secret-key";
 
 fn installed(binary: &str) -> PathBuf {
-    let cargo_bin = Path::new(&std::env::var_os("HOME").unwrap_or_default()).join(".cargo/bin").join(binary);
-    std::env::var_os("PATH")
-        .map(|paths| std::env::split_paths(&paths).map(|p| p.join(binary)).collect::<Vec<_>>())
-        .unwrap_or_default()
-        .into_iter()
-        .chain([cargo_bin])
-        .find(|p| p.is_file())
+    kiln_compiler_worker::sccache::find_tool(binary)
         .unwrap_or_else(|| panic!("{binary} is installed: run scripts/install-deps"))
 }
 
