@@ -57,6 +57,13 @@ pub fn find_tool(name: &str) -> Option<PathBuf> {
     candidates.into_iter().find(|p| p.is_file())
 }
 
+/// How long this worker's sccache server waits for work before it exits. The
+/// server daemonizes, out of the worker's process group and out of reach of its
+/// parent-death signal: a worker that is SIGKILLed cannot stop it, and without a
+/// timeout it would run forever. A worker idle for longer gets a new server from its
+/// next build's `--zero-stats`, which starts one with the same settings.
+const SERVER_IDLE_TIMEOUT_SECONDS: u32 = 300;
+
 /// A free TCP port on loopback for this worker's sccache server.
 fn free_port() -> std::io::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
@@ -109,8 +116,7 @@ impl Sccache {
         command
             .args(args)
             .env("SCCACHE_SERVER_PORT", self.port.to_string())
-            // The worker stops its server when it stops; an idle farm keeps it.
-            .env("SCCACHE_IDLE_TIMEOUT", "0")
+            .env("SCCACHE_IDLE_TIMEOUT", SERVER_IDLE_TIMEOUT_SECONDS.to_string())
             .kill_on_drop(true);
         match &self.store {
             CacheStore::LocalDisk { dir } => {
