@@ -173,15 +173,20 @@ fn context<J: Job>(config_file: &Path, share: Share, progress: Arc<Progress>) ->
     })
 }
 
-/// Runs the job over the context's share, combining records of one key as they come.
-fn map_share<J: Job>(job: &J, context: &Context<J::Config>) -> Result<BTreeMap<String, J::Value>, Error> {
-    let mut table: BTreeMap<String, J::Value> = BTreeMap::new();
-    job.map(context, &mut |key, value| match table.get_mut(&key) {
+/// Adds one record to `table`, combining it with the key's value if there is one.
+fn fold_into<J: Job>(job: &J, table: &mut BTreeMap<String, J::Value>, key: String, value: J::Value) {
+    match table.get_mut(&key) {
         Some(existing) => job.combine(existing, value),
         None => {
             table.insert(key, value);
         }
-    })?;
+    }
+}
+
+/// Runs the job over the context's share, combining records of one key as they come.
+fn map_share<J: Job>(job: &J, context: &Context<J::Config>) -> Result<BTreeMap<String, J::Value>, Error> {
+    let mut table: BTreeMap<String, J::Value> = BTreeMap::new();
+    job.map(context, &mut |key, value| fold_into(job, &mut table, key, value))?;
     Ok(table)
 }
 
@@ -204,9 +209,10 @@ fn run_alone<J: Job>(job: &J, config_file: &Path) -> Result<(), Error> {
 fn run_host<J: Job>(job: &J, config_file: &Path, host: &args::HostArgs) -> Result<(), Error> {
     let exchange_address = SocketAddr::new(host.bind_address, host.exchange_port);
     let http_address = SocketAddr::new(host.bind_address, host.http_port);
-    // Read the config before listening, so a bad one fails the host at once.
+    // Read the config before listening, so a bad one fails the host at once; the
+    // share is known once the coordinator starts this host.
     let progress = Arc::new(Progress::default());
-    let (_, settings, _) = load_config::<J::Config>(config_file)?;
+    let mut context = context::<J>(config_file, Share::WHOLE, progress.clone())?;
     let listener = TcpListener::bind(exchange_address)
         .map_err(|e| format!("cannot listen for the exchange on {exchange_address}: {e}"))?;
     let server =
@@ -221,7 +227,7 @@ fn run_host<J: Job>(job: &J, config_file: &Path, host: &args::HostArgs) -> Resul
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos()
         ),
         exchange_address,
-        storage_dir: settings.storage_dir.clone(),
+        storage_dir: context.storage_dir.clone(),
         memory_limit_bytes: std::env::var("KILN_MEMORY_LIMIT_BYTES").ok().and_then(|v| v.parse().ok()),
         progress: progress.clone(),
         phase: Mutex::new((host::Phase::Ready, None)),
@@ -239,7 +245,7 @@ fn run_host<J: Job>(job: &J, config_file: &Path, host: &args::HostArgs) -> Resul
     );
 
     let order: host::StartOrder = started.recv().map_err(|_| "the HTTP endpoint stopped before a start")?;
-    let outcome = work(job, config_file, host, &order, &state, &listener, progress);
+    let outcome = work(job, &mut context, host, &order, &state, &listener);
     match outcome {
         Ok(records) => {
             eprintln!(
@@ -261,19 +267,18 @@ fn run_host<J: Job>(job: &J, config_file: &Path, host: &args::HostArgs) -> Resul
 
 fn work<J: Job>(
     job: &J,
-    config_file: &Path,
+    context: &mut Context<J::Config>,
     host: &args::HostArgs,
     order: &host::StartOrder,
     state: &host::HostState,
     listener: &TcpListener,
-    progress: Arc<Progress>,
 ) -> Result<usize, Error> {
     let hosts = order.peers.len() as u32;
     let share = Share { index: host.host_id, count: hosts };
     eprintln!("host {}: started (epoch {}), working on share {} of {hosts}", host.host_id, order.epoch, share.index);
     state.set_phase(host::Phase::Running, None);
-    let context = context::<J>(config_file, share, progress.clone())?;
-    let table = map_share(job, &context)?;
+    context.share = share;
+    let table = map_share(job, context)?;
 
     state.set_phase(host::Phase::Exchanging, None);
     let mut partitions: Vec<BTreeMap<String, J::Value>> = (0..hosts).map(|_| BTreeMap::new()).collect();
@@ -286,16 +291,11 @@ fn work<J: Job>(
         me: host.host_id,
         peers: &order.peers,
     };
-    let received = exchange::run(&exchange, listener, &partitions, &progress)?;
+    let received = exchange::run(&exchange, listener, &partitions, &context.progress)?;
     let mut mine = std::mem::take(&mut partitions[host.host_id as usize]);
     for (_, records) in received {
         for (key, value) in records {
-            match mine.get_mut(&key) {
-                Some(existing) => job.combine(existing, value),
-                None => {
-                    mine.insert(key, value);
-                }
-            }
+            fold_into(job, &mut mine, key, value);
         }
     }
     let records = render(mine);
