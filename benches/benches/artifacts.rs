@@ -33,7 +33,7 @@ fn artifacts(c: &mut Criterion) {
     group.sample_size(10);
     group.bench_function("sha256 in memory, 64 MiB", |b| b.iter(|| Sha256::digest(&bytes)));
     group.bench_function("hash_file, 64 MiB", |b| {
-        b.iter(|| runtime.block_on(kiln_compiler_worker::upload::hash_file(&file)).expect("hashing"))
+        b.iter(|| runtime.block_on(kiln_core::digest::hash_file(&file)).expect("hashing"))
     });
     let store_dir = dir.path().join("store");
     let store = kiln_leader::artifacts::ArtifactStore::open(&store_dir, u64::MAX).expect("opening the store");

@@ -30,7 +30,7 @@ fn plain_cargo(setup: &Setup, root: &Path, dir: &Path) -> anyhow::Result<f64> {
     let started = Instant::now();
     let status = std::process::Command::new("cargo")
         .args(["build", "--offline", "--quiet", "--profile", &setup.profile])
-        .args(["-p", kiln_compiler_worker::depset::PACKAGE, "-p", "overhead"])
+        .args(["-p", kiln_core::depset::PACKAGE, "-p", "overhead"])
         .current_dir(root)
         .env("CARGO_TARGET_DIR", root.join("target"))
         .envs(kiln_compiler_worker::builder::FARM_CARGO_ENV)
@@ -312,7 +312,7 @@ pub async fn upload_throughput(farm: &Farm, work: &Path, rounds: usize, mib: u64
     for round in 0..rounds as u64 {
         let path = work.join("artifact.bin");
         write_artifact(&path, bytes, round + u64::from(std::process::id())).await?;
-        let (sha, size) = kiln_compiler_worker::upload::hash_file(&path).await?;
+        let (sha, size) = kiln_core::digest::hash_file(&path).await?;
         let pid = farm.leader_pid();
         tokio::time::sleep(Duration::from_millis(300)).await;
         let idle = rss_kib(pid).context("reading the leader's memory")?;

@@ -28,8 +28,8 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio_util::sync::CancellationToken;
 
-use crate::depset;
-use crate::program::{CrateKind, Layout};
+use kiln_core::depset;
+use kiln_core::program::{CrateKind, Layout};
 
 /// Environment variables cargo and rustc need; everything else is dropped.
 const KEPT_ENVIRONMENT: [&str; 8] =
@@ -96,7 +96,7 @@ fn cargo_command(settings: &BuildSettings, wrapper: &Wrapper) -> tokio::process:
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
-    kiln_multihost::process::own_group_dying_with_parent(&mut command);
+    kiln_process::process::own_group_dying_with_parent(&mut command);
     command
 }
 
@@ -121,7 +121,12 @@ async fn depset_key(settings: &BuildSettings) -> anyhow::Result<String> {
         .context("running `rustc -vV`: is the Rust toolchain on PATH?")?;
     let mut hasher = Sha256::new();
     let runtime = depset::RUNTIME_FILES.iter().flat_map(|(path, text)| [path.as_bytes(), text.as_bytes()]);
-    let parts = [depset::MANIFEST.as_bytes(), depset::LOCKFILE.as_bytes(), settings.profile.as_bytes(), &rustc.stdout];
+    let parts = [
+        depset::MANIFEST.as_bytes(),
+        depset::LOCKFILE.as_bytes(),
+        settings.profile.as_bytes(),
+        &rustc.stdout,
+    ];
     for part in parts.into_iter().chain(runtime) {
         hasher.update((part.len() as u64).to_le_bytes());
         hasher.update(part);
@@ -134,7 +139,7 @@ async fn copy_tree(from: &Path, to: &Path) -> anyhow::Result<()> {
     // dies with the worker, so a crashed worker leaves no copy running.
     let mut command = clean_command("cp");
     command.arg("-a").arg(format!("{}/.", from.display())).arg(to).kill_on_drop(true);
-    kiln_multihost::process::own_group_dying_with_parent(&mut command);
+    kiln_process::process::own_group_dying_with_parent(&mut command);
     let status = command.status().await.context("running cp")?;
     if !status.success() {
         bail!("copying {} to {} failed ({status})", from.display(), to.display());
@@ -210,13 +215,13 @@ async fn build_depset(settings: &BuildSettings) -> anyhow::Result<()> {
 /// checks compare modification times, so rewriting an unchanged source makes cargo
 /// compile its crate again on every build.
 fn write_if_changed(path: &Path, text: &str) -> std::io::Result<()> {
-    if std::fs::read(path).ok().as_deref() == Some(text.as_bytes()) {
-        return Ok(());
+    if std::fs::read(path).ok().as_deref() != Some(text.as_bytes()) {
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::write(path, text)?;
     }
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)?;
-    }
-    std::fs::write(path, text)
+    Ok(())
 }
 
 fn write_depset(root: &Path) -> anyhow::Result<()> {
@@ -339,8 +344,32 @@ pub async fn build(
         .args(["-p", depset::PACKAGE, "-p", &binary.package])
         .spawn()
         .context("starting cargo: is it on PATH?")?;
-    let pid = child.id();
     let collected = Arc::new(Mutex::new(Collected::default()));
+    let readers = read_output(&mut child, &collected, binary_manifest);
+    let status = match wait_or_stop(&mut child, cancel, settings.timeout).await? {
+        Some(status) => status,
+        None => return Ok(BuildOutcome::Cancelled),
+    };
+    // cargo waits for rustc and build scripts, so the pipes close with it. A stray
+    // grandchild holding them open must not hang the worker; the group is not
+    // signalled now that cargo is reaped (its pid may already be reused).
+    let _ = tokio::time::timeout(Duration::from_secs(10), futures::future::join_all(readers)).await;
+    let collected = std::mem::take(&mut *collected.lock().unwrap_or_else(|p| p.into_inner()));
+    let elapsed = started.elapsed();
+    tracing::debug!(
+        layout_ms = laid_out.as_millis() as u64,
+        cargo_ms = (elapsed - laid_out).as_millis() as u64,
+        "cargo finished"
+    );
+    outcome(status, collected, elapsed, &binary.package)
+}
+
+/// Reads cargo's JSON messages (stdout) and its log (stderr) into `collected`.
+fn read_output(
+    child: &mut tokio::process::Child,
+    collected: &Arc<Mutex<Collected>>,
+    binary_manifest: PathBuf,
+) -> Vec<tokio::task::JoinHandle<()>> {
     // Both pipes are taken right after spawning with `Stdio::piped()`.
     let stdout = child.stdout.take().expect("stdout is piped");
     let stderr = child.stderr.take().expect("stderr is piped");
@@ -365,40 +394,48 @@ pub async fn build(
             }
         })
     };
+    vec![out_task, err_task]
+}
 
+/// Waits for cargo; on cancellation (None) or timeout (an error) kills its whole
+/// process group first.
+async fn wait_or_stop(
+    child: &mut tokio::process::Child,
+    cancel: &CancellationToken,
+    timeout: Duration,
+) -> anyhow::Result<Option<std::process::ExitStatus>> {
+    let pid = child.id();
     let kill_group = || {
         if let Some(pid) = pid {
-            let _ = kiln_multihost::process::signal_group(pid, nix::sys::signal::Signal::SIGKILL);
+            let _ = kiln_process::process::signal_group(pid, nix::sys::signal::Signal::SIGKILL);
         }
     };
-    let status = tokio::select! {
-        status = child.wait() => status.context("waiting for cargo")?,
+    tokio::select! {
+        status = child.wait() => Ok(Some(status.context("waiting for cargo")?)),
         () = cancel.cancelled() => {
             kill_group();
             let _ = child.wait().await;
-            return Ok(BuildOutcome::Cancelled);
+            Ok(None)
         }
-        () = tokio::time::sleep(settings.timeout) => {
+        () = tokio::time::sleep(timeout) => {
             kill_group();
             let _ = child.wait().await;
-            bail!("the build took longer than {}s and was stopped", settings.timeout.as_secs());
+            bail!("the build took longer than {}s and was stopped", timeout.as_secs());
         }
-    };
-    // cargo waits for rustc and build scripts, so the pipes close with it. A stray
-    // grandchild holding them open must not hang the worker; the group is not
-    // signalled now that cargo is reaped (its pid may already be reused).
-    let _ = tokio::time::timeout(Duration::from_secs(10), async { tokio::join!(out_task, err_task) }).await;
-    let collected = std::mem::take(&mut *collected.lock().unwrap_or_else(|p| p.into_inner()));
-    let elapsed = started.elapsed();
-    tracing::debug!(
-        layout_ms = laid_out.as_millis() as u64,
-        cargo_ms = (elapsed - laid_out).as_millis() as u64,
-        "cargo finished"
-    );
+    }
+}
+
+/// What cargo's exit and output mean: a binary, a compile error, or a failure of
+/// the farm (resolution, I/O, a missing crate).
+fn outcome(
+    status: std::process::ExitStatus,
+    collected: Collected,
+    elapsed: Duration,
+    package: &str,
+) -> anyhow::Result<BuildOutcome> {
     if status.success() {
-        let executable = collected
-            .executable
-            .ok_or_else(|| anyhow::anyhow!("cargo succeeded but named no binary for {}", binary.package))?;
+        let executable =
+            collected.executable.ok_or_else(|| anyhow::anyhow!("cargo succeeded but named no binary for {package}"))?;
         return Ok(BuildOutcome::Built { executable, log: collected.log, elapsed });
     }
     if collected.error_count > 0 {
@@ -408,7 +445,6 @@ pub async fn build(
         }
         return Ok(BuildOutcome::CompileError { summary, log: collected.log, elapsed });
     }
-    // cargo failed without a compiler error: resolution, I/O, a missing crate.
     let tail: Vec<&str> = collected.log.lines().rev().take(15).collect();
     bail!(
         "cargo failed ({status}) without a compiler error:\n{}",

@@ -1,5 +1,8 @@
-//! Kiln's compiler worker: who this member is ([`identity`]), the programs it builds
-//! ([`program`], [`depset`]), and the scaling guard ([`scaling`]).
+//! Kiln's compiler worker: the shard loop ([`worker`]), builds with cargo and sccache
+//! ([`builder`], [`sccache`], [`cache_store`]), verified delivery to the leader
+//! ([`upload`], [`client`]), and the StatefulSet's size ([`kubernetes`]). The program
+//! rules, the dependency set, identity and the scaling guard are `kiln-core`'s, shared
+//! with the leader.
 //!
 //! **Invariant:** a worker holds no state that outlives a build. Everything durable is
 //! on the leader; the build root is a cache that may be wiped at any time.
@@ -7,11 +10,7 @@
 pub mod builder;
 pub mod cache_store;
 pub mod client;
-pub mod depset;
-pub mod identity;
 pub mod kubernetes;
-pub mod program;
-pub mod scaling;
 pub mod sccache;
 pub mod upload;
 pub mod worker;

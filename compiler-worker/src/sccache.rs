@@ -43,19 +43,7 @@ pub fn find(explicit: Option<&Path>) -> Option<PathBuf> {
     find_tool("sccache")
 }
 
-/// An executable named `name` on PATH, or else in cargo's bin directory (where
-/// `cargo install`, and so `scripts/install-deps`, puts tools).
-pub fn find_tool(name: &str) -> Option<PathBuf> {
-    let mut candidates: Vec<PathBuf> = std::env::var_os("PATH")
-        .map(|paths| std::env::split_paths(&paths).map(|p| p.join(name)).collect())
-        .unwrap_or_default();
-    if let Some(home) =
-        std::env::var_os("CARGO_HOME").or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cargo").into()))
-    {
-        candidates.push(Path::new(&home).join("bin").join(name));
-    }
-    candidates.into_iter().find(|p| p.is_file())
-}
+pub use kiln_process::find_tool;
 
 /// How long this worker's sccache server waits for work before it exits. The
 /// server daemonizes, out of the worker's process group and out of reach of its

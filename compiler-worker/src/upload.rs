@@ -2,20 +2,18 @@
 //! leader already holds that SHA-256, report `success`, all retried as one unit with
 //! exponential backoff and jitter (the `backon` crate) within a total budget.
 //!
-//! Transient failures (the leader unreachable, timeouts, UNAVAILABLE, INTERNAL and
-//! the like: gRPC's counterparts of 408, 429 and 5xx) are retried. Permanent ones
-//! fail at once: INVALID_ARGUMENT, UNAUTHENTICATED, RESOURCE_EXHAUSTED (the leader's
-//! disk is full), a hash mismatch that happens twice. FAILED_PRECONDITION means the
-//! claim went stale (a newer version, a deletion): the build is dropped.
+//! Failures are read by `kiln_core::retry`: transient ones are retried, permanent
+//! ones fail at once, a stale claim drops the build, and a hash mismatch is retried
+//! once, then permanent.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use backon::{ExponentialBuilder, Retryable};
 use futures::StreamExt;
+use kiln_core::retry::{Disposition, Failure};
 use kiln_proto::{self as pb, upload_chunk::Part};
-use sha2::{Digest, Sha256};
 
 use crate::client::LeaderClient;
 
@@ -61,54 +59,16 @@ impl RetryPolicy {
     }
 }
 
-/// Classifies a gRPC failure. `mismatches` counts hash mismatches so far.
+/// Classifies a gRPC failure for delivery. `mismatches` counts hash mismatches so far.
 pub fn classify(status: &tonic::Status, mismatches: &AtomicU32) -> DeliveryError {
-    use tonic::Code;
-    let message = format!("{} ({:?})", status.message(), status.code());
-    match status.code() {
-        Code::FailedPrecondition => DeliveryError::Stale(message),
-        Code::DataLoss => {
-            if mismatches.fetch_add(1, Ordering::SeqCst) == 0 {
-                DeliveryError::Transient(message)
-            } else {
-                DeliveryError::Permanent(format!("{message}, twice"))
-            }
-        }
-        Code::InvalidArgument
-        | Code::Unauthenticated
-        | Code::PermissionDenied
-        | Code::ResourceExhausted
-        | Code::Unimplemented
-        | Code::OutOfRange
-        | Code::AlreadyExists => DeliveryError::Permanent(message),
-        // UNAVAILABLE (connection refused, leader restarting), DEADLINE_EXCEEDED,
-        // INTERNAL, UNKNOWN, ABORTED, CANCELLED, NOT_FOUND (artifact went missing
-        // between upload and report: upload again).
-        _ => DeliveryError::Transient(message),
+    let Failure { disposition, message } = Failure::of(status);
+    match disposition {
+        Disposition::Stale => DeliveryError::Stale(message),
+        Disposition::Permanent => DeliveryError::Permanent(message),
+        Disposition::Transient => DeliveryError::Transient(message),
+        Disposition::Damaged if mismatches.fetch_add(1, Ordering::SeqCst) == 0 => DeliveryError::Transient(message),
+        Disposition::Damaged => DeliveryError::Permanent(format!("{message}, twice")),
     }
-}
-
-/// SHA-256 and size of a file, read in 1 MiB blocks on a blocking thread (one
-/// thread hand-off in all, rather than one per read).
-pub async fn hash_file(path: &Path) -> std::io::Result<(String, u64)> {
-    let path = path.to_owned();
-    tokio::task::spawn_blocking(move || {
-        use std::io::Read;
-        let mut file = std::fs::File::open(&path)?;
-        let mut hasher = Sha256::new();
-        let mut buffer = vec![0u8; 1 << 20];
-        let mut size = 0u64;
-        loop {
-            let n = file.read(&mut buffer)?;
-            if n == 0 {
-                return Ok((hex::encode(hasher.finalize()), size));
-            }
-            size += n as u64;
-            hasher.update(&buffer[..n]);
-        }
-    })
-    .await
-    .map_err(|e| std::io::Error::other(e.to_string()))?
 }
 
 /// What is delivered, and on whose behalf.

@@ -13,13 +13,17 @@ use anyhow::Context;
 use kiln_proto::{self as pb, BuildStatus};
 use tokio_util::sync::CancellationToken;
 
+use kiln_core::api::CacheFigures;
+use kiln_core::cluster::{self, Figures};
+use kiln_core::depset::DepSet;
+use kiln_core::identity::Identity;
+use kiln_core::program::{Layout, Program};
+use kiln_core::retry::{Disposition, Failure};
+use kiln_core::scaling::ScalingGuard;
+
 use crate::builder::{self, BuildOutcome, BuildSettings, Wrapper};
 use crate::cache_store::{self, CacheStore, S3Settings};
 use crate::client::{self, LeaderClient};
-use crate::depset::DepSet;
-use crate::identity::Identity;
-use crate::program::{Program, ProgramFile};
-use crate::scaling::ScalingGuard;
 use crate::sccache::{self, Sccache};
 use crate::upload::{self, DeliveryError, RetryPolicy, Shipment};
 
@@ -174,12 +178,7 @@ async fn probe_store(s3: S3Settings, shared: Arc<Shared>, shutdown: Cancellation
 }
 
 /// The cache part of a build log: enough to explain a miss that should have been a hit.
-fn cache_log(
-    build_root: &std::path::Path,
-    layout: &crate::program::Layout,
-    stats: &sccache::SccacheStats,
-    describe: &str,
-) -> String {
+fn cache_log(build_root: &std::path::Path, layout: &Layout, stats: &sccache::SccacheStats, describe: &str) -> String {
     let mut text = format!(
         "\n== compile cache ==\n{describe}\nhits {} ({} ms reading) / misses {} ({} ms compiling) / not cacheable {} / store errors {}\nbuild root {}\n",
         stats.hits,
@@ -266,8 +265,42 @@ async fn heartbeat_loop(
     }
 }
 
-fn figures(compile_ms: u64, upload_ms: u64, upload_retries: u32, cache: pb::CacheFigures) -> Option<pb::BuildFigures> {
-    Some(pb::BuildFigures { compile_ms, upload_ms, upload_retries, cache: Some(cache) })
+/// How a build ended on this worker, before anything is sent to the leader.
+#[derive(Debug)]
+enum BuildResult {
+    /// A binary, hashed, ready to deliver.
+    Built(Built),
+    /// The program does not compile: the submitter's to fix.
+    CompileError { summary: String, log: String, figures: Figures },
+    /// The farm failed (the program is fine, as far as anyone knows).
+    SystemError { error: String, log: String, figures: Figures },
+    /// The leader no longer wants this build, or the worker is stopping.
+    Cancelled,
+}
+
+/// A built binary and what its build cost.
+#[derive(Debug)]
+struct Built {
+    executable: PathBuf,
+    sha256: String,
+    size: u64,
+    log: String,
+    figures: Figures,
+}
+
+/// A report that ends a build: sent, and retried, by [`Worker::send_final`].
+#[derive(Debug)]
+struct FinalReport {
+    status: BuildStatus,
+    error: String,
+    log: String,
+    figures: Figures,
+}
+
+/// The sccache side of one build: the wrapper cargo runs with, and the figures so far.
+struct CacheRun {
+    wrapper: Wrapper,
+    figures: CacheFigures,
 }
 
 impl Worker {
@@ -288,13 +321,17 @@ impl Worker {
                         self.handle(assignment, shutdown).await;
                     }
                 }
-                Err(status) if status.code() == tonic::Code::Unauthenticated => {
-                    anyhow::bail!("the leader refuses this member: {}", status.message());
-                }
                 Err(status) => {
+                    let failure = Failure::of(&status);
+                    if failure.disposition == Disposition::Permanent {
+                        // A refused token, a malformed call: asking again changes nothing.
+                        anyhow::bail!("the leader refuses this member: {failure}");
+                    }
+                    // Transient, or stale (the leader refused this member's view of the
+                    // set; the scaling guard acts on that through the heartbeats).
                     failures += 1;
                     if failures == 1 {
-                        tracing::warn!(ordinal = self.member.ordinal, error = %status.message(), code = ?status.code(), "asking the leader for work failed; retrying");
+                        tracing::warn!(ordinal = self.member.ordinal, error = %failure, "asking the leader for work failed; retrying");
                     }
                     let pause = Duration::from_millis(200 * u64::from(failures.min(10)));
                     tokio::select! {
@@ -311,121 +348,170 @@ impl Worker {
         let cancel = shutdown.child_token();
         *self.shared.current.lock().unwrap_or_else(|p| p.into_inner()) = Some((claim, cancel.clone()));
         let span = tracing::info_span!("build", pipeline = %assignment.name, id = claim.pipeline_id, version = claim.version, ordinal = self.member.ordinal);
-        let final_report =
-            tracing::Instrument::instrument(self.build_and_deliver(&assignment, claim, &cancel), span.clone()).await;
+        let final_report = tracing::Instrument::instrument(
+            async {
+                let result = self.build(&assignment, &cancel).await;
+                self.conclude(claim, result, &cancel).await
+            },
+            span.clone(),
+        )
+        .await;
         if let Some(report) = final_report {
-            tracing::Instrument::instrument(self.send_final(report, &cancel), span).await;
+            tracing::Instrument::instrument(self.send_final(claim, report, &cancel), span).await;
         }
         *self.shared.current.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 
-    fn report(&self, claim: pb::Claim, status: BuildStatus) -> pb::StatusReport {
+    fn report(&self, claim: pb::Claim, status: BuildStatus, figures: Figures) -> pb::StatusReport {
         pb::StatusReport {
             member: Some(self.member.clone()),
             claim: Some(claim),
             status: status as i32,
+            figures: Some(figures.into()),
             ..Default::default()
         }
     }
 
-    fn cache_off_figures(&self) -> pb::CacheFigures {
-        pb::CacheFigures { enabled: false, note: self.cache_note.clone(), ..Default::default() }
+    fn cache_off_figures(&self) -> CacheFigures {
+        CacheFigures { enabled: false, note: self.cache_note.clone(), ..Default::default() }
     }
 
-    /// Builds and delivers. Returns the report still to be sent when the build ended
-    /// in an error (compile error, system error, exhausted upload budget), or None
-    /// when it succeeded or was cancelled.
-    async fn build_and_deliver(
-        &mut self,
-        assignment: &pb::Assignment,
-        claim: pb::Claim,
-        cancel: &CancellationToken,
-    ) -> Option<pb::StatusReport> {
+    /// Builds the assignment: lays the program out, runs cargo (through sccache when
+    /// it runs), reads the cache's figures and hashes the binary.
+    async fn build(&mut self, assignment: &pb::Assignment, cancel: &CancellationToken) -> BuildResult {
         tracing::info!("build started");
-        let files: Vec<ProgramFile> = assignment
-            .source
-            .clone()
-            .unwrap_or_default()
-            .files
-            .into_iter()
-            .map(|f| ProgramFile { path: f.path, content: f.content, executable: f.executable })
-            .collect();
-        let system_error = |error: String, log: String| {
-            tracing::error!(error = %error, "build failed on this worker");
-            let mut r = self.report(claim, BuildStatus::SystemError);
-            r.error = error;
-            r.log = log;
-            r.figures = figures(0, 0, 0, self.cache_off_figures());
-            Some(r)
-        };
+        let files = cluster::program_files(assignment.source.clone().unwrap_or_default());
         let layout = match Program::parse(files, DepSet::embedded()) {
             Ok(program) => program.layout(),
-            Err(e) => return system_error(format!("this worker cannot build the program: {e}"), String::new()),
+            Err(e) => {
+                return BuildResult::SystemError {
+                    error: format!("this worker cannot build the program: {e}"),
+                    log: String::new(),
+                    figures: Figures { cache: self.cache_off_figures(), ..Figures::default() },
+                };
+            }
         };
-
-        let (wrapper, mut cache) = match &self.sccache {
-            Some(sccache) => match sccache.zero_stats().await {
-                Ok(()) => (sccache.wrapper(), pb::CacheFigures { enabled: true, ..Default::default() }),
-                Err(e) => {
-                    let note = format!("sccache failed before the build ({e:#}): built without the cache");
-                    tracing::warn!("{note}");
-                    self.shared.set_cache_state(false, format!("sccache does not answer: {e:#}"));
-                    (Wrapper::default(), pb::CacheFigures { enabled: false, note, ..Default::default() })
-                }
+        let mut cache = self.start_cache_run().await;
+        let outcome = builder::build(&self.config.build, &cache.wrapper, &layout, cancel).await;
+        let cache_section = self.finish_cache_run(&mut cache.figures, &layout).await;
+        let figures = |elapsed: Duration, cache: CacheFigures| Figures {
+            compile_ms: elapsed.as_millis() as u64,
+            cache,
+            ..Figures::default()
+        };
+        match outcome {
+            Ok(BuildOutcome::Cancelled) => BuildResult::Cancelled,
+            Ok(BuildOutcome::CompileError { summary, log, elapsed }) => BuildResult::CompileError {
+                summary,
+                log: log + &cache_section,
+                figures: figures(elapsed, cache.figures),
             },
-            None => (Wrapper::default(), self.cache_off_figures()),
-        };
-
-        let outcome = builder::build(&self.config.build, &wrapper, &layout, cancel).await;
-        let mut cache_section = String::new();
-        if cache.enabled
-            && let Some(sccache) = &self.sccache
-        {
-            match sccache.stats().await {
-                Ok(stats) => {
-                    cache.hits = stats.hits;
-                    cache.misses = stats.misses;
-                    cache.non_cacheable = stats.non_cacheable;
-                    cache.hit_read_ms = stats.hit_read_ms;
-                    cache.miss_compile_ms = stats.miss_compile_ms;
-                    if stats.store_errors > 0 {
-                        cache.note = format!(
-                            "the cache store failed {} times during this build; those crates were compiled without the cache",
-                            stats.store_errors
-                        );
-                        tracing::warn!(store_errors = stats.store_errors, "the cache store failed during the build");
-                    }
-                    cache_section = cache_log(&self.config.build.build_root, &layout, &stats, &sccache.describe());
+            Err(e) => BuildResult::SystemError {
+                error: format!("{e:#}"),
+                log: String::new(),
+                figures: figures(Duration::ZERO, cache.figures),
+            },
+            Ok(BuildOutcome::Built { executable, log, elapsed }) => {
+                let log = log + &cache_section;
+                let figures = figures(elapsed, cache.figures);
+                match kiln_core::digest::hash_file(&executable).await {
+                    Ok((sha256, size)) => BuildResult::Built(Built { executable, sha256, size, log, figures }),
+                    Err(e) => BuildResult::SystemError {
+                        error: format!("reading the built binary {}: {e}", executable.display()),
+                        log,
+                        figures,
+                    },
                 }
-                Err(e) => cache.note = format!("sccache statistics unavailable: {e:#}"),
             }
         }
-        let (executable, log, elapsed) = match outcome {
-            Ok(BuildOutcome::Cancelled) => {
-                tracing::info!("build cancelled");
-                return None;
-            }
-            Ok(BuildOutcome::CompileError { summary, log, elapsed }) => {
-                tracing::info!(error = %summary, "compile error");
-                let mut r = self.report(claim, BuildStatus::CompileError);
-                r.error = summary;
-                r.log = log + &cache_section;
-                r.figures = figures(elapsed.as_millis() as u64, 0, 0, cache);
-                return Some(r);
-            }
-            Err(e) => return system_error(format!("{e:#}"), String::new()),
-            Ok(BuildOutcome::Built { executable, log, elapsed }) => (executable, log + &cache_section, elapsed),
-        };
-        let compile_ms = elapsed.as_millis() as u64;
-        tracing::info!(compile_ms, hits = cache.hits, misses = cache.misses, "compiled");
+    }
 
-        let (sha256, size) = match upload::hash_file(&executable).await {
-            Ok(hashed) => hashed,
-            Err(e) => return system_error(format!("reading the built binary {}: {e}", executable.display()), log),
+    /// Zeroes sccache's statistics, so that after the build they are this build's.
+    async fn start_cache_run(&self) -> CacheRun {
+        let Some(sccache) = &self.sccache else {
+            return CacheRun { wrapper: Wrapper::default(), figures: self.cache_off_figures() };
         };
-        let mut uploading = self.report(claim, BuildStatus::Uploading);
-        uploading.figures = figures(compile_ms, 0, 0, cache.clone());
-        let mut success = self.report(claim, BuildStatus::Success);
+        match sccache.zero_stats().await {
+            Ok(()) => {
+                CacheRun { wrapper: sccache.wrapper(), figures: CacheFigures { enabled: true, ..Default::default() } }
+            }
+            Err(e) => {
+                let note = format!("sccache failed before the build ({e:#}): built without the cache");
+                tracing::warn!("{note}");
+                self.shared.set_cache_state(false, format!("sccache does not answer: {e:#}"));
+                CacheRun {
+                    wrapper: Wrapper::default(),
+                    figures: CacheFigures { enabled: false, note, ..Default::default() },
+                }
+            }
+        }
+    }
+
+    /// Reads this build's cache figures into `cache`; returns the log's cache section.
+    async fn finish_cache_run(&self, cache: &mut CacheFigures, layout: &Layout) -> String {
+        let (true, Some(sccache)) = (cache.enabled, &self.sccache) else { return String::new() };
+        match sccache.stats().await {
+            Ok(stats) => {
+                cache.hits = stats.hits;
+                cache.misses = stats.misses;
+                cache.non_cacheable = stats.non_cacheable;
+                cache.hit_read_ms = stats.hit_read_ms;
+                cache.miss_compile_ms = stats.miss_compile_ms;
+                if stats.store_errors > 0 {
+                    cache.note = format!(
+                        "the cache store failed {} times during this build; those crates were compiled without the cache",
+                        stats.store_errors
+                    );
+                    tracing::warn!(store_errors = stats.store_errors, "the cache store failed during the build");
+                }
+                cache_log(&self.config.build.build_root, layout, &stats, &sccache.describe())
+            }
+            Err(e) => {
+                cache.note = format!("sccache statistics unavailable: {e:#}");
+                String::new()
+            }
+        }
+    }
+
+    /// What a build's result means for the leader: delivered (nothing left to say),
+    /// or a final report still to send.
+    async fn conclude(
+        &mut self,
+        claim: pb::Claim,
+        result: BuildResult,
+        cancel: &CancellationToken,
+    ) -> Option<FinalReport> {
+        match result {
+            BuildResult::Cancelled => {
+                tracing::info!("build cancelled");
+                None
+            }
+            BuildResult::CompileError { summary, log, figures } => {
+                tracing::info!(error = %summary, "compile error");
+                Some(FinalReport { status: BuildStatus::CompileError, error: summary, log, figures })
+            }
+            BuildResult::SystemError { error, log, figures } => {
+                tracing::error!(error = %error, "build failed on this worker");
+                Some(FinalReport { status: BuildStatus::SystemError, error, log, figures })
+            }
+            BuildResult::Built(built) => {
+                let cache = &built.figures.cache;
+                tracing::info!(
+                    compile_ms = built.figures.compile_ms,
+                    hits = cache.hits,
+                    misses = cache.misses,
+                    "compiled"
+                );
+                self.deliver(claim, built, cancel).await
+            }
+        }
+    }
+
+    /// Delivers a built binary (report uploading, upload, report success, retried as
+    /// one unit). Returns the final report still to send when the budget ran out.
+    async fn deliver(&mut self, claim: pb::Claim, built: Built, cancel: &CancellationToken) -> Option<FinalReport> {
+        let Built { executable, sha256, size, log, figures } = built;
+        let mut success = self.report(claim, BuildStatus::Success, figures.clone());
         success.binary_sha256 = sha256.clone();
         success.binary_size = size;
         success.log = log.clone();
@@ -436,11 +522,9 @@ impl Worker {
             sha256: sha256.clone(),
             size,
             success,
-            uploading,
+            uploading: self.report(claim, BuildStatus::Uploading, figures.clone()),
         };
         let started = std::time::Instant::now();
-        let mut shipment = shipment;
-        shipment.success.figures = figures(compile_ms, 0, 0, cache.clone());
         let delivered = tokio::select! {
             delivered = upload::deliver(&self.client, &shipment, self.config.upload) => delivered,
             () = cancel.cancelled() => {
@@ -459,35 +543,43 @@ impl Worker {
             }
             Err(DeliveryError::Transient(cause) | DeliveryError::Permanent(cause)) => {
                 tracing::error!(cause = %cause, budget_s = self.config.upload.budget.as_secs(), "Failed to upload binary");
-                let mut r = self.report(claim, BuildStatus::SystemError);
-                r.error = format!("Failed to upload binary: {cause}");
-                r.log = log;
-                r.figures = figures(compile_ms, started.elapsed().as_millis() as u64, 0, cache);
-                Some(r)
+                Some(FinalReport {
+                    status: BuildStatus::SystemError,
+                    error: format!("Failed to upload binary: {cause}"),
+                    log,
+                    figures: Figures { upload_ms: started.elapsed().as_millis() as u64, ..figures },
+                })
             }
         }
     }
 
     /// Sends a build's final error report. The leader may be the very thing that is
-    /// failing, so this keeps trying (with capped backoff) until the report lands,
-    /// the claim goes stale, or the worker stops.
-    async fn send_final(&mut self, report: pb::StatusReport, cancel: &CancellationToken) {
+    /// failing, so a transient failure is retried (with capped backoff) until the
+    /// report lands, the claim goes stale, or the worker stops; a permanent one is
+    /// logged and given up, since sending it again would fail the same way.
+    async fn send_final(&mut self, claim: pb::Claim, report: FinalReport, cancel: &CancellationToken) {
+        let mut message = self.report(claim, report.status, report.figures);
+        message.error = report.error;
+        message.log = report.log;
         let mut delay = Duration::from_millis(250);
         loop {
-            let mut request = tonic::Request::new(report.clone());
+            let mut request = tonic::Request::new(message.clone());
             request.set_timeout(Duration::from_secs(30));
-            match self.client.report_status(request).await {
+            let failure = match self.client.report_status(request).await {
                 Ok(_) => return,
-                Err(status) if status.code() == tonic::Code::FailedPrecondition => {
-                    tracing::info!(reason = %status.message(), "final report refused: the build was dropped");
+                Err(status) => Failure::of(&status),
+            };
+            match failure.disposition {
+                Disposition::Stale => {
+                    tracing::info!(reason = %failure, "final report refused: the build was dropped");
                     return;
                 }
-                Err(status) if matches!(status.code(), tonic::Code::InvalidArgument | tonic::Code::Unauthenticated) => {
-                    tracing::error!(error = %status.message(), "final report refused");
+                Disposition::Permanent => {
+                    tracing::error!(error = %failure, "final report refused");
                     return;
                 }
-                Err(status) => {
-                    tracing::warn!(error = %status.message(), retry_in_ms = delay.as_millis() as u64, "final report not delivered; retrying");
+                Disposition::Transient | Disposition::Damaged => {
+                    tracing::warn!(error = %failure, retry_in_ms = delay.as_millis() as u64, "final report not delivered; retrying");
                 }
             }
             tokio::select! {

@@ -10,14 +10,14 @@ use std::time::{Duration, SystemTime};
 use anyhow::{Context, bail};
 use clap::{ArgAction, Args, Subcommand};
 use kiln_compiler_worker::cache_store::{self, S3Credentials, S3Settings};
-use kiln_compiler_worker::depset::{self, DepSet};
-use kiln_compiler_worker::program::Program;
+use kiln_core::depset::{self, DepSet};
+use kiln_core::program::Program;
 
 use crate::client::read_program;
 
 /// Where the shared cache lives. Without a bucket, each member's sccache uses a
 /// local directory.
-#[derive(Debug, Clone, Args)]
+#[derive(Debug, Clone, PartialEq, Args)]
 pub struct CacheArgs {
     /// The S3 bucket of the shared compile cache.
     #[arg(long = "sccache-bucket", env = "KILN_SCCACHE_BUCKET")]
@@ -100,6 +100,22 @@ pub fn resolve_credentials(
 }
 
 impl CacheArgs {
+    /// These settings as flags, for a member's command line (credentials travel in
+    /// the environment or a Secret directory, never here). Without a bucket the
+    /// defaults need no flag.
+    pub fn to_args(&self) -> Vec<std::ffi::OsString> {
+        let mut line = crate::server::CommandLine(Vec::new());
+        line.opt("--sccache-bucket", &self.bucket);
+        line.value("--sccache-region", &self.region);
+        line.value("--sccache-key-prefix", &self.key_prefix);
+        line.opt("--sccache-endpoint", &self.endpoint);
+        line.flag("--sccache-use-ssl", self.use_ssl);
+        line.flag("--sccache-server-side-encryption", self.server_side_encryption);
+        line.opt_path("--sccache-credentials-dir", &self.credentials_dir);
+        line.flag("--sccache-read-only", self.read_only);
+        line.0
+    }
+
     /// The S3 store, or None for a local cache.
     pub fn s3_settings(&self) -> anyhow::Result<Option<S3Settings>> {
         let Some(bucket) = &self.bucket else {

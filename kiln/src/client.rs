@@ -5,10 +5,8 @@ use std::path::Path;
 
 use anyhow::{Context, bail};
 use base64::Engine;
-use kiln_compiler_worker::program::ProgramFile;
-use kiln_leader::http::{SHA256_HEADER, SubmitFile, SubmitRequest};
-use kiln_leader::rules::PipelineRecord;
-use serde::Deserialize;
+use kiln_core::api::{ErrorBody, PipelineRecord, SHA256_HEADER, SubmitFile, SubmitRequest, SubmitResponse};
+use kiln_core::program::ProgramFile;
 
 use crate::LeaderArgs;
 
@@ -17,12 +15,6 @@ pub struct Client {
     http: reqwest::Client,
     base: String,
     api_token: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-pub struct Submitted {
-    pub change: String,
-    pub pipeline: PipelineRecord,
 }
 
 /// Directories never sent with a program: build outputs and version control.
@@ -103,14 +95,11 @@ impl Client {
         }
         let status = response.status();
         let body = response.text().await.unwrap_or_default();
-        let message = serde_json::from_str::<serde_json::Value>(&body)
-            .ok()
-            .and_then(|v| v["error"].as_str().map(str::to_owned))
-            .unwrap_or(body);
+        let message = serde_json::from_str::<ErrorBody>(&body).map(|b| b.error).unwrap_or(body);
         bail!("{message} (HTTP {status})")
     }
 
-    pub async fn submit(&self, name: &str, files: Vec<ProgramFile>) -> anyhow::Result<Submitted> {
+    pub async fn submit(&self, name: &str, files: Vec<ProgramFile>) -> anyhow::Result<SubmitResponse> {
         let files = files
             .into_iter()
             .map(|f| SubmitFile {

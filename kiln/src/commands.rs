@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::Args;
 use futures::StreamExt;
-use kiln_leader::rules::{PipelineRecord, Status};
+use kiln_core::api::{PipelineRecord, Status};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 

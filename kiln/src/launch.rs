@@ -20,13 +20,11 @@ use clap::Args;
 use kiln_multihost::coordinator::{CoordinatorConfig, DeploymentState, DeploymentStatus};
 use kiln_multihost::layout::{self, EXCHANGE_PORT, HOST_TEMPLATE, HTTP_PORT};
 use kiln_multihost::stale::{DEPLOYMENT_ENV, LAUNCHER_ENV};
-use kiln_multihost::supervisor::{Event, MemberSpec, RestartPolicy, Supervisor};
+use kiln_pipeline_runtime::contract::{self, HostArgs, Phase, RESTART_EXIT_CODE};
+use kiln_process::supervisor::{Event, MemberSpec, RestartPolicy, Supervisor};
 
 use crate::client::Client;
 use crate::{LeaderArgs, parse_duration};
-
-/// The exit code with which a host asks for a coordinated restart.
-pub const RESTART_EXIT_CODE: i32 = 55;
 
 #[derive(Debug, Args)]
 pub struct LaunchArgs {
@@ -69,7 +67,7 @@ pub struct LaunchArgs {
     pub leader: LeaderArgs,
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, PartialEq, Args)]
 pub struct CoordinatorArgs {
     #[arg(long, env = "KILN_COORDINATOR_LISTEN", default_value_t = coordinator_listen())]
     pub listen: SocketAddr,
@@ -82,6 +80,19 @@ pub struct CoordinatorArgs {
     pub host_port: u16,
     #[arg(long, env = "KILN_DEPLOYMENT_ID")]
     pub deployment_id: String,
+}
+
+impl CoordinatorArgs {
+    /// The `kiln coordinator` command line that parses back as these arguments.
+    pub fn to_args(&self) -> Vec<OsString> {
+        let mut line = crate::server::CommandLine(vec!["coordinator".into()]);
+        line.value("--listen", &self.listen);
+        line.value("--hosts", &self.hosts);
+        line.value("--host-template", &self.host_template);
+        line.value("--host-port", &self.host_port);
+        line.value("--deployment-id", &self.deployment_id);
+        line.0
+    }
 }
 
 fn coordinator_listen() -> SocketAddr {
@@ -191,22 +202,17 @@ fn specs(
         specs.push(MemberSpec {
             name: format!("host-{n}"),
             program: program.to_path_buf(),
-            args: vec![
-                "--initial".into(),
-                "coordination".into(),
-                "--host-id".into(),
-                n.to_string().into(),
-                "--bind-address".into(),
-                layout::host_address(n).to_string().into(),
-                "--default-port".into(),
-                HTTP_PORT.to_string().into(),
-                "--exchange-port".into(),
-                EXCHANGE_PORT.to_string().into(),
-                "--deployment-id".into(),
-                deployment_id.into(),
-                "--config-file".into(),
-                dirs.config.into(),
-            ],
+            args: contract::Args {
+                config_file: dirs.config,
+                host: Some(HostArgs {
+                    host_id: n,
+                    bind_address: layout::host_address(n).into(),
+                    http_port: HTTP_PORT,
+                    exchange_port: EXCHANGE_PORT,
+                    deployment_id: deployment_id.to_owned(),
+                }),
+            }
+            .to_args(),
             env,
             working_dir: Some(dirs.dir),
             memory_limit: memory_per_host,
@@ -217,14 +223,14 @@ fn specs(
     specs.push(MemberSpec {
         name: "coordinator".into(),
         program: std::env::current_exe().context("finding the kiln binary")?,
-        args: vec![
-            "coordinator".into(),
-            format!("--listen={}", coordinator_listen()).into(),
-            format!("--hosts={}", args.hosts).into(),
-            format!("--host-template={HOST_TEMPLATE}").into(),
-            format!("--host-port={HTTP_PORT}").into(),
-            format!("--deployment-id={deployment_id}").into(),
-        ],
+        args: CoordinatorArgs {
+            listen: coordinator_listen(),
+            hosts: args.hosts,
+            host_template: HOST_TEMPLATE.into(),
+            host_port: HTTP_PORT,
+            deployment_id: deployment_id.into(),
+        }
+        .to_args(),
         env: member_env(deployment_id),
         working_dir: Some(coordinator_dir),
         memory_limit: None,
@@ -236,7 +242,7 @@ fn specs(
 fn describe(status: &DeploymentStatus, hosts: u32) -> String {
     let read: u64 = status.hosts.iter().map(|h| h.records_read).sum();
     let exchanged: u64 = status.hosts.iter().map(|h| h.records_received).sum();
-    let done = status.hosts.iter().filter(|h| h.phase == "done").count();
+    let done = status.hosts.iter().filter(|h| h.phase == Phase::Done).count();
     match status.state {
         DeploymentState::WaitingForHosts => format!("waiting for hosts: {}/{hosts} ready", status.hosts_ready),
         DeploymentState::Running => {
@@ -276,6 +282,48 @@ pub async fn launch(args: LaunchArgs) -> anyhow::Result<ExitCode> {
     outcome
 }
 
+/// A spinner on a terminal; nothing otherwise (state lines are printed anyway).
+fn spinner() -> indicatif::ProgressBar {
+    let progress = indicatif::ProgressBar::new_spinner();
+    progress.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} {elapsed} {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+    );
+    if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        progress.enable_steady_tick(Duration::from_millis(120));
+    } else {
+        progress.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    progress
+}
+
+/// Prints a completed deployment's result on stdout and a summary on stderr.
+async fn print_result(
+    http: &reqwest::Client,
+    coordinator_url: &str,
+    status: &DeploymentStatus,
+    hosts: u32,
+    started: Instant,
+) -> anyhow::Result<ExitCode> {
+    let response = http
+        .get(format!("{coordinator_url}/result"))
+        .send()
+        .await
+        .and_then(reqwest::Response::error_for_status)
+        .map_err(|e| anyhow::anyhow!("fetching the result from the coordinator: {e}"))?;
+    let text = response.text().await.context("reading the result")?;
+    print!("{text}");
+    std::io::Write::flush(&mut std::io::stdout())?;
+    eprintln!(
+        "kiln launch: deployment {} completed: {} records from {hosts} hosts in {:.2}s ({} coordinated restarts)",
+        status.deployment_id,
+        status.result_records.unwrap_or(0),
+        started.elapsed().as_secs_f64(),
+        status.restarts
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 async fn run(args: &LaunchArgs, hosts: u32, run_dir: &Path) -> anyhow::Result<ExitCode> {
     let (program, name) = binary(args, run_dir).await?;
     let deployment_id = format!(
@@ -304,17 +352,7 @@ async fn run(args: &LaunchArgs, hosts: u32, run_dir: &Path) -> anyhow::Result<Ex
         layout::host_address(hosts - 1),
         memory_per_host.map(|b| format!(", {} MiB of memory per host", b >> 20)).unwrap_or_default()
     );
-    let progress = indicatif::ProgressBar::new_spinner();
-    progress.set_style(
-        indicatif::ProgressStyle::with_template("{spinner} {elapsed} {msg}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
-    );
-    let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    if terminal {
-        progress.enable_steady_tick(Duration::from_millis(120));
-    } else {
-        progress.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-    }
+    let progress = spinner();
     let say = |line: String| progress.suspend(|| eprintln!("kiln launch: {line}"));
 
     let mut ticker = tokio::time::interval(Duration::from_millis(100));
@@ -347,22 +385,8 @@ async fn run(args: &LaunchArgs, hosts: u32, run_dir: &Path) -> anyhow::Result<Ex
                 }
                 match status.state {
                     DeploymentState::Completed => {
-                        let result = http.get(format!("{coordinator_url}/result")).send().await
-                            .and_then(reqwest::Response::error_for_status);
-                        let text = match result {
-                            Ok(response) => response.text().await.context("reading the result")?,
-                            Err(e) => break Err(anyhow::anyhow!("fetching the result from the coordinator: {e}")),
-                        };
                         progress.finish_and_clear();
-                        print!("{text}");
-                        std::io::Write::flush(&mut std::io::stdout())?;
-                        say(format!(
-                            "deployment {deployment_id} completed: {} records from {hosts} hosts in {:.2}s ({} coordinated restarts)",
-                            status.result_records.unwrap_or(0),
-                            started.elapsed().as_secs_f64(),
-                            status.restarts
-                        ));
-                        break Ok(ExitCode::SUCCESS);
+                        break print_result(&http, &coordinator_url, &status, hosts, started).await;
                     }
                     DeploymentState::Failed => {
                         break Err(anyhow::anyhow!("deployment {deployment_id} failed: {}", status.error.unwrap_or_default()));
@@ -375,4 +399,34 @@ async fn run(args: &LaunchArgs, hosts: u32, run_dir: &Path) -> anyhow::Result<Ex
     progress.finish_and_clear();
     supervisor.stop().await;
     outcome
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, clap::Parser)]
+    #[command(no_binary_name = true)]
+    struct Line {
+        #[command(subcommand)]
+        command: Sub,
+    }
+
+    #[derive(Debug, clap::Subcommand)]
+    enum Sub {
+        Coordinator(CoordinatorArgs),
+    }
+
+    #[test]
+    fn the_coordinator_command_line_reads_back() {
+        let args = CoordinatorArgs {
+            listen: coordinator_listen(),
+            hosts: 7,
+            host_template: HOST_TEMPLATE.into(),
+            host_port: 1234,
+            deployment_id: "wordcount-1".into(),
+        };
+        let Sub::Coordinator(back) = <Line as clap::Parser>::try_parse_from(args.to_args()).unwrap().command;
+        assert_eq!(back, args);
+    }
 }

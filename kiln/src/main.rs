@@ -1,22 +1,8 @@
 //! The `kiln` command: parses the command line, starts tracing, and hands over to
-//! the role or client command asked for. Every flag has a `KILN_*` variable.
+//! the role or client command asked for (all of which live in the `kiln` library).
 
-mod cache;
-mod client;
-mod commands;
-mod isolation;
-mod launch;
-mod server;
-mod shutdown;
-mod up;
-
-use std::path::PathBuf;
-use std::time::Duration;
-
-use clap::{Args, Parser, Subcommand};
-
-/// The leader of the local farm that `kiln up` starts by default.
-pub const DEFAULT_PORT: u16 = 8470;
+use clap::{Parser, Subcommand};
+use kiln::{cache, commands, isolation, launch, server, up};
 
 #[derive(Debug, Parser)]
 #[command(name = "kiln", version, about = "A distributed compile farm for Rust pipeline programs")]
@@ -55,51 +41,7 @@ enum Command {
     /// The shared S3 cache: statistics and pruning.
     Cache(cache::CacheCommandArgs),
     /// Prepare a build root (the dependency set, built or copied) and exit; for images.
-    Prepare(PrepareArgs),
-}
-
-#[derive(Debug, Args)]
-struct PrepareArgs {
-    #[arg(long, env = "KILN_BUILD_ROOT", default_value = "/var/lib/kiln/build")]
-    build_root: PathBuf,
-    #[arg(long, env = "KILN_DEPSET_CACHE")]
-    depset_cache: Option<PathBuf>,
-    #[arg(long, env = "KILN_BUILD_PROFILE", default_value = "release")]
-    profile: String,
-}
-
-async fn prepare(args: PrepareArgs) -> anyhow::Result<std::process::ExitCode> {
-    let settings = kiln_compiler_worker::builder::BuildSettings {
-        build_root: args.build_root,
-        profile: args.profile,
-        cargo: "cargo".into(),
-        depset_cache: args.depset_cache,
-        timeout: Duration::from_secs(3600),
-    };
-    kiln_compiler_worker::builder::prepare_build_root(&settings).await?;
-    println!("build root {} is ready", settings.build_root.display());
-    Ok(std::process::ExitCode::SUCCESS)
-}
-
-/// Where the leader is, for the client commands.
-#[derive(Debug, Clone, Args)]
-pub struct LeaderArgs {
-    /// The leader's URL.
-    #[arg(long = "leader", env = "KILN_LEADER", default_value_t = format!("http://127.0.0.1:{DEFAULT_PORT}"))]
-    pub url: String,
-    /// The API token, when the leader wants one.
-    #[arg(long, env = "KILN_API_TOKEN", hide_env_values = true)]
-    pub api_token: Option<String>,
-}
-
-/// Parses durations such as `30m`, `2s`, `500ms`.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text).map_err(|e| format!("{e} (examples: 500ms, 2s, 30m)"))
-}
-
-/// The default directory of `kiln up`'s state.
-pub fn default_data_dir() -> PathBuf {
-    PathBuf::from(".kiln")
+    Prepare(kiln::PrepareArgs),
 }
 
 fn init_tracing(format: &str) {
@@ -160,7 +102,7 @@ async fn run(command: Command) -> std::process::ExitCode {
         Command::CiEnv(args) => cache::ci_env(args),
         Command::Layout(args) => cache::layout(args),
         Command::Cache(args) => cache::cache(args).await,
-        Command::Prepare(args) => prepare(args).await,
+        Command::Prepare(args) => kiln::prepare(args).await,
     };
     match result {
         Ok(code) => code,

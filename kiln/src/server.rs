@@ -8,22 +8,25 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::ffi::OsString;
+
 use anyhow::{Context, bail};
-use clap::Args;
+use clap::{Args, Parser};
 use kiln_compiler_worker::builder::BuildSettings;
-use kiln_compiler_worker::identity::Identity;
+use kiln_compiler_worker::cache_store::S3Settings;
 use kiln_compiler_worker::kubernetes::StatefulSetClient;
-use kiln_compiler_worker::scaling::ScalingGuard;
 use kiln_compiler_worker::sccache::CacheStore;
 use kiln_compiler_worker::upload::RetryPolicy;
 use kiln_compiler_worker::worker::{self, CacheChoice, WorkerConfig};
+use kiln_core::identity::Identity;
+use kiln_core::scaling::ScalingGuard;
 use kiln_leader::{LeaderConfig, LeaderState};
 
-use crate::{DEFAULT_PORT, parse_duration};
+use crate::{DEFAULT_PORT, format_duration, parse_duration};
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
-#[derive(Debug, Clone, Args)]
+#[derive(Debug, Clone, PartialEq, Args)]
 pub struct ServerArgs {
     /// This member's hostname; its ordinal is the number after the last '-'.
     /// Defaults to $HOSTNAME, then to the system's hostname.
@@ -121,23 +124,258 @@ pub struct ServerArgs {
     pub max_artifact_bytes: u64,
 }
 
-fn read_token(args: &ServerArgs) -> anyhow::Result<String> {
-    let token = match (&args.cluster_token, &args.cluster_token_file) {
-        (Some(token), _) => token.clone(),
-        (None, Some(file)) => std::fs::read_to_string(file)
-            .with_context(|| format!("reading the cluster token file {}", file.display()))?
-            .trim()
-            .to_owned(),
-        (None, None) => {
-            bail!("no cluster token: set KILN_CLUSTER_TOKEN or --cluster-token-file (every member needs the same one)")
+/// `kiln server` alone on a command line, to parse member options with.
+#[derive(Debug, Parser)]
+#[command(name = "kiln-server", no_binary_name = true, args_override_self = true)]
+struct ServerCommand {
+    #[command(flatten)]
+    args: ServerArgs,
+}
+
+impl ServerArgs {
+    /// Parses `kiln server` options (without `server` itself) exactly as the command
+    /// line does, environment variables included. With no options, the defaults.
+    pub fn parse_options<I, T>(options: I) -> Result<ServerArgs, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString> + Clone,
+    {
+        ServerCommand::try_parse_from(options).map(|c| c.args)
+    }
+
+    /// The command line (from `server` on) that starts a member with these
+    /// arguments: what [`ServerArgs::parse_options`] reads back as `self`, given
+    /// [`ServerArgs::secret_env`] in the member's environment. Secrets are left out,
+    /// since every user of the machine can read a command line.
+    pub fn to_args(&self) -> Vec<OsString> {
+        let mut line = CommandLine(vec!["server".into()]);
+        line.opt("--hostname", &self.hostname);
+        line.opt("--workers", &self.workers);
+        line.flag("--kubernetes", self.kubernetes);
+        line.opt("--kubernetes-api", &self.kubernetes_api);
+        line.path("--kubernetes-service-account-dir", &self.kubernetes_service_account_dir);
+        line.duration("--kubernetes-poll", self.kubernetes_poll);
+        line.opt("--health-listen", &self.health_listen);
+        line.path("--data-dir", &self.data_dir);
+        line.value("--listen", &self.listen);
+        line.opt("--leader", &self.leader_url);
+        line.value("--service", &self.service);
+        line.value("--leader-port", &self.leader_port);
+        line.opt_path("--cluster-token-file", &self.cluster_token_file);
+        line.path("--build-root", &self.build_root);
+        line.opt_path("--build-root-source", &self.build_root_source);
+        line.value("--profile", &self.profile);
+        line.opt_path("--depset-cache", &self.depset_cache);
+        line.value("--sccache", &self.sccache);
+        line.opt_path("--sccache-binary", &self.sccache_binary);
+        line.opt_path("--sccache-dir", &self.sccache_dir);
+        line.0.extend(self.cache.to_args());
+        line.duration("--upload-budget", self.upload_budget);
+        line.duration("--upload-min-delay", self.upload_min_delay);
+        line.duration("--upload-max-delay", self.upload_max_delay);
+        line.duration("--heartbeat-interval", self.heartbeat_interval);
+        line.duration("--heartbeat-window", self.heartbeat_window);
+        line.duration("--build-timeout", self.build_timeout);
+        line.value("--max-artifact-bytes", &self.max_artifact_bytes);
+        line.0
+    }
+
+    /// The secrets of these arguments as the environment variables a member reads.
+    pub fn secret_env(&self) -> Vec<(OsString, OsString)> {
+        let mut env = Vec::new();
+        if let Some(token) = &self.cluster_token {
+            env.push(("KILN_CLUSTER_TOKEN".into(), token.into()));
         }
+        if let Some(token) = &self.api_token {
+            env.push(("KILN_API_TOKEN".into(), token.into()));
+        }
+        env
+    }
+}
+
+/// A command line being written, one `--flag=value` at a time.
+pub(crate) struct CommandLine(pub(crate) Vec<OsString>);
+
+impl CommandLine {
+    pub(crate) fn value(&mut self, flag: &str, value: &impl std::fmt::Display) {
+        self.0.push(format!("{flag}={value}").into());
+    }
+
+    pub(crate) fn opt(&mut self, flag: &str, value: &Option<impl std::fmt::Display>) {
+        if let Some(value) = value {
+            self.value(flag, value);
+        }
+    }
+
+    pub(crate) fn flag(&mut self, flag: &str, on: bool) {
+        self.value(flag, &on);
+    }
+
+    pub(crate) fn path(&mut self, flag: &str, path: &std::path::Path) {
+        let mut arg = OsString::from(format!("{flag}="));
+        arg.push(path);
+        self.0.push(arg);
+    }
+
+    pub(crate) fn opt_path(&mut self, flag: &str, path: &Option<PathBuf>) {
+        if let Some(path) = path {
+            self.path(flag, path);
+        }
+    }
+
+    pub(crate) fn duration(&mut self, flag: &str, duration: Duration) {
+        self.value(flag, &format_duration(duration));
+    }
+}
+
+/// What `kiln server` learns from its machine before it resolves its settings:
+/// the only inputs of [`MemberConfig::resolve`] besides the arguments.
+#[derive(Debug, Clone)]
+pub struct Facts {
+    pub hostname: String,
+    /// The StatefulSet's replica count, with `--kubernetes`.
+    pub replicas: Option<u32>,
+    /// The cluster token, read from the argument, the environment or its file.
+    pub cluster_token: Option<String>,
+    /// The S3 store of the shared cache, resolved with its credentials.
+    pub s3: Option<S3Settings>,
+}
+
+/// Everything a member runs with, resolved and checked.
+#[derive(Debug, Clone)]
+pub struct MemberConfig {
+    pub identity: Identity,
+    /// For ordinal 0: the leader's settings and where it listens.
+    pub leader: Option<(LeaderConfig, SocketAddr)>,
+    pub worker: WorkerConfig,
+    /// Where a worker (ordinal > 0) serves its own /healthz.
+    pub health_listen: Option<SocketAddr>,
+}
+
+impl MemberConfig {
+    /// Resolves a member's settings from its arguments and what it learned from
+    /// its machine. Pure: no I/O. Settings that contradict each other, or that
+    /// would be silently ignored, are refused with the fix.
+    pub fn resolve(args: &ServerArgs, facts: &Facts) -> anyhow::Result<MemberConfig> {
+        let workers = match (args.workers, facts.replicas) {
+            // After a `kubectl scale`, pods restart with the set's new size: the
+            // StatefulSet is the truth at startup, the guard watches it afterwards.
+            (Some(workers), Some(replicas)) if workers != replicas => {
+                tracing::warn!(
+                    workers,
+                    replicas,
+                    "KILN_WORKERS disagrees with the StatefulSet: using its {replicas} replicas"
+                );
+                replicas
+            }
+            (_, Some(replicas)) => replicas,
+            (Some(workers), None) => workers,
+            (None, None) => bail!(
+                "N is unknown: pass --workers or set KILN_WORKERS (with --kubernetes it is read from the StatefulSet)"
+            ),
+        };
+        let identity = Identity::new(&facts.hostname, workers)?;
+        let token = check_token(facts.cluster_token.as_deref())?;
+        if !args.build_root.is_absolute() {
+            bail!(
+                "--build-root must be an absolute path (got {}): it must be the same path on every worker",
+                args.build_root.display()
+            );
+        }
+        let cache = cache_choice(args, facts.s3.clone())?;
+        let leader = identity.is_leader().then(|| {
+            let config = LeaderConfig {
+                data_dir: args.data_dir.clone(),
+                workers: identity.workers,
+                version: VERSION.to_owned(),
+                cluster_token: token.clone(),
+                api_token: args.api_token.clone(),
+                heartbeat_window: args.heartbeat_window,
+                max_artifact_bytes: args.max_artifact_bytes,
+            };
+            (config, args.listen)
+        });
+        let worker = WorkerConfig {
+            leader_url: leader_url(args, &identity),
+            identity: identity.clone(),
+            cluster_token: token,
+            build: BuildSettings {
+                build_root: args.build_root.clone(),
+                profile: args.profile.clone(),
+                cargo: "cargo".into(),
+                depset_cache: args.depset_cache.clone(),
+                timeout: args.build_timeout,
+            },
+            cache,
+            upload: RetryPolicy {
+                budget: args.upload_budget,
+                min_delay: args.upload_min_delay,
+                max_delay: args.upload_max_delay,
+            },
+            heartbeat_interval: args.heartbeat_interval,
+            version: VERSION.to_owned(),
+        };
+        let health_listen = args.health_listen.filter(|_| !identity.is_leader());
+        Ok(MemberConfig { identity, leader, worker, health_listen })
+    }
+}
+
+fn check_token(token: Option<&str>) -> anyhow::Result<String> {
+    let Some(token) = token else {
+        bail!("no cluster token: set KILN_CLUSTER_TOKEN or --cluster-token-file (every member needs the same one)")
     };
     if token.len() < 16 {
         bail!("the cluster token is too short ({} characters): use at least 16 random characters", token.len());
     }
-    Ok(token)
+    Ok(token.to_owned())
 }
 
+fn cache_choice(args: &ServerArgs, s3: Option<S3Settings>) -> anyhow::Result<CacheChoice> {
+    if args.sccache == "off" {
+        let ignored: Vec<&str> = [
+            ("--sccache-bucket", args.cache.bucket.is_some()),
+            ("--sccache-binary", args.sccache_binary.is_some()),
+            ("--sccache-dir", args.sccache_dir.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(flag, given)| given.then_some(flag))
+        .collect();
+        if !ignored.is_empty() {
+            bail!(
+                "--sccache=off turns the compile cache off, but {} {} given too: drop {}, or use --sccache=auto",
+                ignored.join(" and "),
+                if ignored.len() == 1 { "is" } else { "are" },
+                if ignored.len() == 1 { "it" } else { "them" }
+            );
+        }
+        return Ok(CacheChoice::Off);
+    }
+    let store = match s3 {
+        Some(s3) => {
+            if args.sccache_dir.is_some() {
+                bail!("--sccache-dir is a local cache, but --sccache-bucket names a shared one: give one of them");
+            }
+            CacheStore::S3(s3)
+        }
+        None => {
+            CacheStore::LocalDisk { dir: args.sccache_dir.clone().unwrap_or_else(|| args.data_dir.join("sccache")) }
+        }
+    };
+    Ok(CacheChoice::Auto { binary: args.sccache_binary.clone(), store })
+}
+
+fn read_token(args: &ServerArgs) -> anyhow::Result<Option<String>> {
+    match (&args.cluster_token, &args.cluster_token_file) {
+        (Some(token), _) => Ok(Some(token.clone())),
+        (None, Some(file)) => Ok(Some(
+            std::fs::read_to_string(file)
+                .with_context(|| format!("reading the cluster token file {}", file.display()))?
+                .trim()
+                .to_owned(),
+        )),
+        (None, None) => Ok(None),
+    }
+}
 fn hostname(args: &ServerArgs) -> anyhow::Result<String> {
     match &args.hostname {
         Some(name) => Ok(name.clone()),
@@ -166,7 +404,7 @@ async fn statefulset(args: &ServerArgs, hostname: &str) -> anyhow::Result<Option
         Some(url) => url.clone(),
         None => kiln_compiler_worker::kubernetes::in_cluster_api()?,
     };
-    let name = kiln_compiler_worker::identity::set_name(hostname);
+    let name = kiln_core::identity::set_name(hostname);
     let client = StatefulSetClient::new(&api, &args.kubernetes_service_account_dir, name)?;
     let replicas = client.replicas().await?;
     tracing::info!(statefulset = name, replicas, "read the StatefulSet");
@@ -190,100 +428,42 @@ async fn serve_worker_health(address: SocketAddr, shutdown: tokio_util::sync::Ca
     Ok(())
 }
 
-pub async fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
-    let hostname = hostname(&args)?;
-    let statefulset = statefulset(&args, &hostname).await?;
-    let workers = match (args.workers, &statefulset) {
-        // After a `kubectl scale`, pods restart with the set's new size: the
-        // StatefulSet is the truth at startup, the guard watches it afterwards.
-        (Some(workers), Some((_, replicas))) if workers != *replicas => {
-            tracing::warn!(
-                workers,
-                replicas,
-                "KILN_WORKERS disagrees with the StatefulSet: using its {replicas} replicas"
-            );
-            *replicas
-        }
-        (_, Some((_, replicas))) => *replicas,
-        (Some(workers), None) => workers,
-        (None, None) => bail!(
-            "N is unknown: pass --workers or set KILN_WORKERS (with --kubernetes it is read from the StatefulSet)"
-        ),
+/// What the machine says, gathered once: the hostname, the StatefulSet, the
+/// token file and the cache's credentials.
+async fn gather_facts(args: &ServerArgs) -> anyhow::Result<(Facts, Option<StatefulSetClient>)> {
+    let hostname = hostname(args)?;
+    let statefulset = statefulset(args, &hostname).await?;
+    let facts = Facts {
+        hostname,
+        replicas: statefulset.as_ref().map(|(_, replicas)| *replicas),
+        cluster_token: read_token(args)?,
+        s3: if args.sccache == "off" { None } else { args.cache.s3_settings()? },
     };
-    let identity = Identity::new(&hostname, workers)?;
+    Ok((facts, statefulset.map(|(client, _)| client)))
+}
+
+pub async fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
+    let (facts, statefulset) = gather_facts(&args).await?;
+    let config = MemberConfig::resolve(&args, &facts)?;
+    let identity = config.identity.clone();
     let guard = ScalingGuard::new(identity.workers);
     guard.observe_ordinal(identity.ordinal);
     if let Some(detected) = guard.detected() {
         panic!("{detected}");
     }
-    let token = read_token(&args)?;
-    if !args.build_root.is_absolute() {
-        bail!(
-            "--build-root must be an absolute path (got {}): it must be the same path on every worker",
-            args.build_root.display()
-        );
-    }
     tracing::info!(member = %identity, version = VERSION, "starting");
     let shutdown = crate::shutdown::on_signal();
-    if let Some((client, _)) = statefulset {
+    if let Some(client) = statefulset {
         tokio::spawn(client.watch(guard.clone(), args.kubernetes_poll, shutdown.clone()));
     }
-    if !identity.is_leader()
-        && let Some(address) = args.health_listen
-    {
+    if let Some(address) = config.health_listen {
         serve_worker_health(address, shutdown.clone()).await?;
     }
-
-    let mut leader_task = None;
-    if identity.is_leader() {
-        let config = LeaderConfig {
-            data_dir: args.data_dir.clone(),
-            workers: identity.workers,
-            version: VERSION.to_owned(),
-            cluster_token: token.clone(),
-            api_token: args.api_token.clone(),
-            heartbeat_window: args.heartbeat_window,
-            max_artifact_bytes: args.max_artifact_bytes,
-        };
-        let state = Arc::new(LeaderState::open(config, guard.clone())?);
-        let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| {
-            format!("binding the leader to {}: is another kiln running? choose another --listen", args.listen)
-        })?;
-        tracing::info!(address = %listener.local_addr()?, "leader listening");
-        let stop = shutdown.clone();
-        leader_task = Some(tokio::spawn(kiln_leader::serve(listener, state, async move { stop.cancelled().await })));
-    }
-
-    let store = match args.cache.s3_settings()? {
-        Some(s3) => CacheStore::S3(s3),
-        None => {
-            CacheStore::LocalDisk { dir: args.sccache_dir.clone().unwrap_or_else(|| args.data_dir.join("sccache")) }
-        }
+    let mut leader_task = match config.leader {
+        Some((leader, listen)) => Some(start_leader(leader, listen, &guard, &shutdown).await?),
+        None => None,
     };
-    let config = WorkerConfig {
-        leader_url: leader_url(&args, &identity),
-        identity: identity.clone(),
-        cluster_token: token,
-        build: BuildSettings {
-            build_root: args.build_root.clone(),
-            profile: args.profile.clone(),
-            cargo: "cargo".into(),
-            depset_cache: args.depset_cache.clone(),
-            timeout: args.build_timeout,
-        },
-        cache: match args.sccache.as_str() {
-            "off" => CacheChoice::Off,
-            _ => CacheChoice::Auto { binary: args.sccache_binary.clone(), store },
-        },
-        upload: RetryPolicy {
-            budget: args.upload_budget,
-            min_delay: args.upload_min_delay,
-            max_delay: args.upload_max_delay,
-        },
-        heartbeat_interval: args.heartbeat_interval,
-        version: VERSION.to_owned(),
-    };
-    let mut worker_task = tokio::spawn(worker::run(config, guard.clone(), shutdown.clone()));
+    let mut worker_task = tokio::spawn(worker::run(config.worker, guard.clone(), shutdown.clone()));
 
     let mut worker_done = false;
     let mut leader_done = leader_task.is_none();
@@ -308,9 +488,150 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
     if !worker_done {
         let _ = tokio::time::timeout(Duration::from_secs(10), worker_task).await;
     }
-    if let Some(task) = leader_task.filter(|_| !leader_done) {
+    if let Some(task) = leader_task.take().filter(|_| !leader_done) {
         let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
     }
     tracing::info!(ordinal = identity.ordinal, "stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Opens the leader's state and serves it on `listen` until `shutdown`.
+async fn start_leader(
+    config: LeaderConfig,
+    listen: SocketAddr,
+    guard: &ScalingGuard,
+    shutdown: &tokio_util::sync::CancellationToken,
+) -> anyhow::Result<tokio::task::JoinHandle<std::io::Result<()>>> {
+    let state = Arc::new(LeaderState::open(config, guard.clone())?);
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding the leader to {listen}: is another kiln running? choose another --listen"))?;
+    tracing::info!(address = %listener.local_addr()?, "leader listening");
+    let stop = shutdown.clone();
+    Ok(tokio::spawn(kiln_leader::serve(listener, state, async move { stop.cancelled().await })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn facts(hostname: &str) -> Facts {
+        Facts { hostname: hostname.into(), replicas: None, cluster_token: Some("t".repeat(20)), s3: None }
+    }
+
+    fn args(options: &[&str]) -> ServerArgs {
+        ServerArgs::parse_options(options).unwrap()
+    }
+
+    #[test]
+    fn a_command_line_reads_back_as_the_arguments_it_was_built_from() {
+        let mut every = args(&[
+            "--hostname=kiln-compiler-server-3",
+            "--workers=4",
+            "--kubernetes=true",
+            "--kubernetes-api=https://127.0.0.1:6443",
+            "--kubernetes-service-account-dir=/sa",
+            "--kubernetes-poll=1m30s",
+            "--health-listen=127.0.0.1:9001",
+            "--data-dir=/d",
+            "--listen=127.0.0.1:9000",
+            "--leader=http://127.0.0.1:9000",
+            "--service=svc",
+            "--leader-port=9002",
+            "--cluster-token-file=/t",
+            "--build-root=/b",
+            "--build-root-source=/s",
+            "--profile=dev",
+            "--depset-cache=/c",
+            "--sccache=auto",
+            "--sccache-binary=/bin/sccache",
+            "--sccache-dir=/sc",
+            "--sccache-bucket=b",
+            "--sccache-region=eu-west-1",
+            "--sccache-key-prefix=k",
+            "--sccache-endpoint=127.0.0.1:9",
+            "--sccache-use-ssl=true",
+            "--sccache-server-side-encryption=true",
+            "--sccache-credentials-dir=/cred",
+            "--sccache-read-only=true",
+            "--upload-budget=2s",
+            "--upload-min-delay=100ms",
+            "--upload-max-delay=1s",
+            "--heartbeat-interval=500ms",
+            "--heartbeat-window=3s",
+            "--build-timeout=1h",
+            "--max-artifact-bytes=12345",
+        ]);
+        every.cluster_token = Some("secret-token-0123456789".into());
+        every.api_token = Some("api-token".into());
+        let line = every.to_args();
+        assert_eq!(line[0], "server");
+        assert!(
+            line.iter().all(
+                |a| !a.to_string_lossy().contains("token-0123456789") && !a.to_string_lossy().contains("api-token")
+            ),
+            "no secret on the command line: {line:?}"
+        );
+        let mut back = ServerArgs::parse_options(&line[1..]).unwrap();
+        for (key, value) in every.secret_env() {
+            match key.to_str().unwrap() {
+                "KILN_CLUSTER_TOKEN" => back.cluster_token = Some(value.into_string().unwrap()),
+                "KILN_API_TOKEN" => back.api_token = Some(value.into_string().unwrap()),
+                other => panic!("unexpected secret {other}"),
+            }
+        }
+        assert_eq!(back, every);
+    }
+
+    #[test]
+    fn the_leader_is_ordinal_zero_and_listens_where_asked() {
+        let config = MemberConfig::resolve(&args(&["--workers=3", "--build-root=/b"]), &facts("kiln-0")).unwrap();
+        assert_eq!((config.identity.ordinal, config.identity.workers), (0, 3));
+        let (leader, listen) = config.leader.expect("ordinal 0 leads");
+        assert_eq!(leader.workers, 3);
+        assert_eq!(listen.port(), DEFAULT_PORT);
+        assert_eq!(config.worker.leader_url, format!("http://127.0.0.1:{DEFAULT_PORT}"));
+
+        let worker = MemberConfig::resolve(
+            &args(&["--workers=3", "--build-root=/b", "--health-listen=127.0.0.1:1"]),
+            &facts("kiln-2"),
+        )
+        .unwrap();
+        assert!(worker.leader.is_none());
+        assert_eq!(worker.worker.leader_url, format!("http://kiln-0.kiln-compiler:{DEFAULT_PORT}"));
+        assert!(worker.health_listen.is_some());
+    }
+
+    #[test]
+    fn the_statefulset_decides_n_at_startup() {
+        let facts = Facts { replicas: Some(5), ..facts("kiln-1") };
+        let config = MemberConfig::resolve(&args(&["--workers=3", "--build-root=/b"]), &facts).unwrap();
+        assert_eq!(config.identity.workers, 5);
+    }
+
+    #[test]
+    fn conflicting_or_missing_settings_are_refused_with_the_fix() {
+        let refused =
+            |options: &[&str], facts: &Facts| MemberConfig::resolve(&args(options), facts).unwrap_err().to_string();
+        let error = refused(&["--workers=2", "--build-root=/b", "--sccache=off", "--sccache-bucket=x"], &facts("k-1"));
+        assert!(error.contains("--sccache=off") && error.contains("--sccache-bucket"), "{error}");
+        let error = refused(
+            &["--workers=2", "--build-root=/b", "--sccache=off", "--sccache-dir=/x", "--sccache-binary=/y"],
+            &facts("k-1"),
+        );
+        assert!(error.contains("--sccache-binary and --sccache-dir are given"), "{error}");
+        let error = refused(&["--build-root=/b"], &facts("k-1"));
+        assert!(error.contains("N is unknown"), "{error}");
+        let error = refused(&["--workers=2", "--build-root=relative"], &facts("k-1"));
+        assert!(error.contains("absolute path"), "{error}");
+        let error = refused(&["--workers=2", "--build-root=/b"], &Facts { cluster_token: None, ..facts("k-1") });
+        assert!(error.contains("no cluster token"), "{error}");
+        let error = refused(
+            &["--workers=2", "--build-root=/b"],
+            &Facts { cluster_token: Some("short".into()), ..facts("k-1") },
+        );
+        assert!(error.contains("too short"), "{error}");
+        let error = refused(&["--workers=2", "--build-root=/b"], &facts("no-ordinal"));
+        assert!(error.contains("has no ordinal"), "{error}");
+    }
 }

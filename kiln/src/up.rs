@@ -10,9 +10,10 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Args;
-use kiln_multihost::supervisor::{Event, MemberSpec, RestartPolicy, Supervisor};
+use kiln_process::supervisor::{Event, MemberSpec, RestartPolicy, Supervisor};
 
 use crate::client::Client;
+use crate::server::ServerArgs;
 use crate::{DEFAULT_PORT, LeaderArgs, commands, default_data_dir};
 
 #[derive(Debug, Args)]
@@ -70,68 +71,46 @@ fn cluster_token_file(data_dir: &Path) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
-/// The cache settings, handed to every member as flags (credentials travel in the
-/// environment, which members inherit).
-fn cache_flags(cache: &crate::cache::CacheArgs) -> Vec<OsString> {
-    let mut flags: Vec<OsString> = Vec::new();
-    if let Some(bucket) = &cache.bucket {
-        flags.push(format!("--sccache-bucket={bucket}").into());
-        flags.push(format!("--sccache-region={}", cache.region).into());
-        flags.push(format!("--sccache-key-prefix={}", cache.key_prefix).into());
-        flags.push(format!("--sccache-use-ssl={}", cache.use_ssl).into());
-        flags.push(format!("--sccache-server-side-encryption={}", cache.server_side_encryption).into());
-        flags.push(format!("--sccache-read-only={}", cache.read_only).into());
-        if let Some(endpoint) = &cache.endpoint {
-            flags.push(format!("--sccache-endpoint={endpoint}").into());
-        }
-        if let Some(dir) = &cache.credentials_dir {
-            flags.push("--sccache-credentials-dir".into());
-            flags.push(dir.clone().into());
-        }
-    }
-    flags
-}
-
+/// Each member's `kiln server` arguments: the options given after `--`, then what
+/// the local farm decides (names, directories, the shared build root, the token).
+/// Built as [`ServerArgs`] and rendered by it, so a member reads exactly these.
 fn member_specs(args: &UpArgs, data_dir: &Path, token_file: &Path) -> anyhow::Result<Vec<MemberSpec>> {
     let program = std::env::current_exe().context("finding the kiln binary")?;
-    let leader = format!("http://127.0.0.1:{}", args.port);
-    Ok((0..args.workers)
+    let base = ServerArgs::parse_options(&args.server_args)
+        .map_err(|e| anyhow::anyhow!("the `kiln server` options after `--` are not valid: {e}"))?;
+    (0..args.workers)
         .map(|ordinal| {
             let member_dir = data_dir.join(format!("member-{ordinal}"));
-            let mut server_args: Vec<OsString> = vec![
-                "server".into(),
-                format!("--hostname=kiln-compiler-server-{ordinal}").into(),
-                format!("--workers={}", args.workers).into(),
-                "--data-dir".into(),
-                member_dir.clone().into(),
-                "--build-root".into(),
-                args.build_root.clone().into(),
-                "--build-root-source".into(),
-                member_dir.join("build").into(),
-                "--depset-cache".into(),
-                args.depset_cache.clone().unwrap_or_else(|| data_dir.join("depset-cache")).into(),
-                "--cluster-token-file".into(),
-                token_file.into(),
-                format!("--leader={leader}").into(),
-                format!("--listen=127.0.0.1:{}", args.port).into(),
-                format!("--profile={}", args.profile).into(),
+            let member = ServerArgs {
+                hostname: Some(format!("kiln-compiler-server-{ordinal}")),
+                workers: Some(args.workers),
+                data_dir: member_dir.clone(),
+                build_root: args.build_root.clone(),
+                build_root_source: Some(member_dir.join("build")),
+                depset_cache: Some(args.depset_cache.clone().unwrap_or_else(|| data_dir.join("depset-cache"))),
+                cluster_token: None,
+                cluster_token_file: Some(token_file.to_owned()),
+                leader_url: Some(format!("http://127.0.0.1:{}", args.port)),
+                listen: std::net::SocketAddr::from(([127, 0, 0, 1], args.port)),
+                profile: args.profile.clone(),
                 // Without a bucket, the members share one local sccache directory, so
                 // what one compiled is a hit for the others here too.
-                "--sccache-dir".into(),
-                data_dir.join("sccache").into(),
-            ];
-            server_args.extend(cache_flags(&args.cache));
-            server_args.extend(args.server_args.iter().cloned());
-            MemberSpec {
+                sccache_dir: base.sccache_dir.clone().or_else(|| {
+                    (args.cache.bucket.is_none() && base.sccache != "off").then(|| data_dir.join("sccache"))
+                }),
+                cache: args.cache.clone(),
+                ..base.clone()
+            };
+            Ok(MemberSpec {
                 name: format!("member-{ordinal}"),
                 program: program.clone(),
-                args: server_args,
-                env: Vec::new(),
+                env: member.secret_env(),
+                args: member.to_args(),
                 working_dir: None,
                 memory_limit: None,
-            }
+            })
         })
-        .collect())
+        .collect()
 }
 
 async fn wait_until_healthy(client: &Client, workers: u32) -> anyhow::Result<()> {

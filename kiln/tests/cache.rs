@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::{Farm, KILN, Member, Process, S3_ACCESS_KEY, S3_BUCKET, S3_SECRET_KEY, S3Server, examples, free_port};
+use common::{Farm, KILN, Member, S3_ACCESS_KEY, S3_BUCKET, S3_SECRET_KEY, S3Server, examples, free_port, spawn_kiln};
 
 /// The one absolute path every member of a test farm builds at (each through its
 /// own private mount).
@@ -44,9 +44,10 @@ async fn built(farm: &Farm, dir: &Path) -> serde_json::Value {
 /// 3. A plain `cargo build` with the `kiln ci-env` environment hits what the farm stored.
 #[tokio::test(flavor = "multi_thread")]
 async fn what_one_worker_compiled_is_a_hit_for_the_others_and_for_ci() {
+    common::require_root("every member builds at one path through a private mount namespace");
     let mut farm = Farm::new(2);
     farm.shared_build_root = Some(shared_build_root());
-    let s3 = S3Server::start(farm.dir.path());
+    let s3 = common::start_s3(farm.dir.path());
     farm.start(cached_member(0, 2, &s3));
     farm.start(cached_member(1, 2, &s3));
     farm.wait_healthy(Duration::from_secs(300)).await;
@@ -82,7 +83,16 @@ async fn what_one_worker_compiled_is_a_hit_for_the_others_and_for_ci() {
     let again = built(&farm, &again_dir).await;
     assert_eq!(again["worker"], 1, "pipeline 3 is ordinal 1's");
     assert!(again["cache"]["hits"].as_u64().unwrap() >= 1, "{again}");
-    assert_eq!(again["cache"]["misses"], 0, "every cacheable crate hit after the wipe: {again}");
+    let again_log = farm
+        .http
+        .get(format!("{}/v0/pipelines/wordfreq-again/log", farm.url()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(again["cache"]["misses"], 0, "every cacheable crate hit after the wipe: {again}\n{again_log}");
 
     // 3. A CI job: the farm's environment, the farm's layout, a plain cargo build.
     let ci_env = Command::new(KILN)
@@ -138,7 +148,7 @@ async fn what_one_worker_compiled_is_a_hit_for_the_others_and_for_ci() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_misconfigured_or_failing_store_is_reported_in_plain_words() {
     let dir = tempfile::tempdir().unwrap();
-    let mut s3 = S3Server::start(dir.path());
+    let mut s3 = common::start_s3(dir.path());
     let start_member = |name: &str, flags: Vec<String>| {
         let mut args: Vec<String> = vec![
             "server".into(),
@@ -152,7 +162,7 @@ async fn a_misconfigured_or_failing_store_is_reported_in_plain_words() {
             format!("--sccache-binary={}", common::sccache().display()),
         ];
         args.extend(flags);
-        Process::spawn(name, dir.path(), &args)
+        spawn_kiln(name, dir.path(), &args)
     };
     let unreachable_port = free_port();
     let cases = [
@@ -217,7 +227,7 @@ async fn a_misconfigured_or_failing_store_is_reported_in_plain_words() {
 #[tokio::test(flavor = "multi_thread")]
 async fn prune_deletes_only_what_its_limits_select_under_the_prefix() {
     let dir = tempfile::tempdir().unwrap();
-    let s3 = S3Server::start(dir.path());
+    let s3 = common::start_s3(dir.path());
     let bucket = s3.root.join(S3_BUCKET);
     let object = |key: &str, bytes: usize, age: &str| {
         let path = bucket.join(key);

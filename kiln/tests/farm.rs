@@ -8,7 +8,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::{
-    Farm, KILN, Member, Process, TOKEN, examples, free_port, manifest, processes_mentioning, sha256, write_program,
+    Farm, KILN, Member, TOKEN, examples, free_port, manifest, processes_mentioning, sha256, spawn_kiln, wait_until,
+    write_program,
 };
 use kiln_proto::cluster_client::ClusterClient;
 use kiln_proto::upload_chunk::Part;
@@ -65,7 +66,7 @@ async fn a_local_farm_builds_every_example_on_its_ordinal() {
         "--".into(),
         "--sccache=off".into(),
     ];
-    let mut up = Process::spawn("kiln-up", dir.path(), &up_args);
+    let mut up = spawn_kiln("kiln-up", dir.path(), &up_args);
     // A handle on kiln up's leader, for the HTTP helpers; its members are kiln up's.
     let mut farm = Farm::new(0);
     farm.port = port;
@@ -240,8 +241,10 @@ async fn uploads_survive_a_leader_restart() {
     farm.wait_status("1", &["compiling"], Duration::from_secs(60)).await;
     farm.wait_status("2", &["compiling"], Duration::from_secs(60)).await;
     farm.kill(0);
-    // The workers finish compiling and find the leader gone.
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    // The workers finish compiling and find the leader gone: wait until both say so.
+    for ordinal in [1, 2] {
+        wait_for_log(&mut farm, ordinal, "upload failed; retrying").await;
+    }
     farm.start(member(0, 3));
     farm.wait_leader(Duration::from_secs(30)).await;
     let mut retried = 0;
@@ -271,13 +274,25 @@ async fn an_exhausted_upload_budget_is_a_system_error() {
     assert!(submitted.status.success(), "{}", text(&submitted));
     farm.wait_status("1", &["compiling"], Duration::from_secs(60)).await;
     farm.kill(0);
-    tokio::time::sleep(Duration::from_secs(8)).await;
+    // The worker gives up once its 2 s budget is spent; only then is the leader back.
+    wait_for_log(&mut farm, 1, "Failed to upload binary").await;
     farm.start(member(0, 2));
     farm.wait_leader(Duration::from_secs(30)).await;
     let record = farm.wait_status("1", &["system_error", "success"], Duration::from_secs(60)).await;
     assert_eq!(record["status"], "system_error", "{record}");
     let error = record["error"].as_str().unwrap();
     assert!(error.starts_with("Failed to upload binary: "), "{error}");
+}
+
+/// Waits until member `ordinal`'s log says `line`.
+async fn wait_for_log(farm: &mut Farm, ordinal: u32, line: &str) {
+    let process = farm.member(ordinal);
+    let what = format!("member {ordinal} logs {line:?}");
+    wait_until(&what, Duration::from_secs(120), Duration::from_millis(100), || {
+        let output = process.output();
+        async move { if output.contains(line) { Ok(()) } else { Err(output.lines().last().unwrap_or("").to_owned()) } }
+    })
+    .await
 }
 
 async fn grpc(farm: &Farm) -> ClusterClient<tonic::transport::Channel> {
@@ -373,7 +388,7 @@ async fn cluster_health_follows_a_killed_worker() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_scaling_guard_fires_with_the_exact_message() {
     let dir = tempfile::tempdir().unwrap();
-    let mut too_high = Process::spawn(
+    let mut too_high = spawn_kiln(
         "too-high",
         dir.path(),
         &[

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use common::{Process, TOKEN};
+use common::{TOKEN, spawn_kiln};
 use serde_json::Value;
 
 fn chart() -> PathBuf {
@@ -252,7 +252,7 @@ async fn the_scaling_guard_fires_when_the_statefulset_is_scaled() {
         "--profile=dev".into(),
         "--sccache=off".into(),
     ];
-    let mut member = Process::spawn("member-0", dir.path(), &args);
+    let mut member = spawn_kiln("member-0", dir.path(), &args);
     let http = reqwest::Client::new();
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
@@ -286,8 +286,19 @@ async fn the_scaling_guard_fires_when_the_statefulset_is_scaled() {
         format!("--data-dir={}", dir.path().join("data-1").display()),
         format!("--build-root={}", dir.path().join("build-1").display()),
     ]);
-    let mut restarted = Process::spawn("member-1", dir.path(), &second);
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut restarted = spawn_kiln("member-1", dir.path(), &second);
+    // Past its identity, its guard and its settings, a member starts preparing its
+    // build root: a member that refused its N would have exited before that line.
+    common::wait_until(
+        "the restarted member prepares its build root",
+        Duration::from_secs(60),
+        Duration::from_millis(100),
+        || {
+            let output = restarted.output();
+            async move { if output.contains("preparing the build root") { Ok(()) } else { Err(output) } }
+        },
+    )
+    .await;
     let early_exit = restarted.child.try_wait().unwrap();
     assert!(early_exit.is_none(), "it runs ({early_exit:?}): {}", restarted.output());
     let output = restarted.output();

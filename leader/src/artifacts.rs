@@ -21,8 +21,8 @@ pub const BUFFERED_CHUNKS: usize = 16;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ArtifactError {
-    #[error("{0:?} is not a SHA-256: expected 64 lowercase hex digits")]
-    InvalidSha(String),
+    #[error(transparent)]
+    InvalidSha(#[from] kiln_core::digest::InvalidDigest),
     #[error("artifact hash mismatch: declared {declared}, received bytes hash to {actual}; nothing was stored")]
     Mismatch { declared: String, actual: String },
     #[error("artifact size mismatch: declared {declared} bytes, received {received}; nothing was stored")]
@@ -46,13 +46,9 @@ impl From<io::Error> for ArtifactError {
     }
 }
 
-/// Checks that `sha` is 64 lowercase hex digits (so it is also a safe file name).
+/// Checks that `sha` is a SHA-256 in lowercase hex (so it is also a safe file name).
 pub fn validate_sha(sha: &str) -> Result<(), ArtifactError> {
-    if sha.len() == 64 && sha.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
-        Ok(())
-    } else {
-        Err(ArtifactError::InvalidSha(sha.to_owned()))
-    }
+    Ok(kiln_core::digest::validate(sha)?)
 }
 
 #[derive(Debug, Clone)]
@@ -133,7 +129,7 @@ impl ArtifactStore {
     /// Opens a stored artifact after hashing it again. A corrupt file is removed.
     pub async fn open_verified(&self, sha: &str) -> Result<Option<(tokio::fs::File, u64)>, ArtifactError> {
         let path = self.path(sha)?;
-        let (actual, size) = match kiln_compiler_worker::upload::hash_file(&path).await {
+        let (actual, size) = match kiln_core::digest::hash_file(&path).await {
             Ok(hashed) => hashed,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e.into()),

@@ -12,7 +12,11 @@ use std::path::Path;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
-use crate::rules::{ClaimKey, PipelineRecord, Report, ReportRefused, Status, assigned_ordinal};
+use kiln_core::api::{Change, Status};
+use kiln_core::program::ProgramFile;
+
+use crate::records::{self, RecordError};
+use crate::rules::{ClaimKey, Pipeline, Report, ReportRefused, assigned_ordinal};
 
 const PIPELINES: TableDefinition<u64, &[u8]> = TableDefinition::new("pipelines");
 const NAMES: TableDefinition<&str, u64> = TableDefinition::new("names");
@@ -21,6 +25,9 @@ const LOGS: TableDefinition<u64, &str> = TableDefinition::new("logs");
 const MEMBERS: TableDefinition<u32, u64> = TableDefinition::new("member_incarnations");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const NEXT_ID: &str = "next_pipeline_id";
+/// The schema of every record in the database (see `records.rs`); absent in a
+/// database written by Kiln 0.1 (schema 0).
+const SCHEMA_KEY: &str = "schema_version";
 
 /// Longest build log kept; longer logs keep their beginning and end.
 pub const MAX_LOG_BYTES: usize = 1024 * 1024;
@@ -29,8 +36,10 @@ pub const MAX_LOG_BYTES: usize = 1024 * 1024;
 pub enum CatalogError {
     #[error("catalog database: {0}")]
     Database(#[from] redb::Error),
-    #[error("catalog record {0} is unreadable: {1}")]
-    Corrupt(u64, serde_json::Error),
+    #[error("catalog record {what} is unreadable: {error}")]
+    Corrupt { what: String, error: RecordError },
+    #[error("the catalog {0}")]
+    Newer(RecordError),
     #[error(transparent)]
     Refused(#[from] ReportRefused),
 }
@@ -44,18 +53,9 @@ macro_rules! impl_from_redb {
 }
 impl_from_redb!(redb::DatabaseError, redb::TransactionError, redb::TableError, redb::StorageError, redb::CommitError);
 
-/// How a submission changed the catalog.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Change {
-    Created,
-    Updated,
-    Unchanged,
-}
-
 #[derive(Debug)]
 pub struct Submitted {
-    pub record: PipelineRecord,
+    pub record: Pipeline,
     pub change: Change,
 }
 
@@ -64,13 +64,16 @@ pub struct Catalog {
     db: Database,
 }
 
-fn encode(record: &PipelineRecord) -> Vec<u8> {
-    // A record is plain data (strings, numbers, enums): serializing it cannot fail.
-    serde_json::to_vec(record).expect("a pipeline record serializes")
+fn encode(record: &Pipeline) -> Vec<u8> {
+    records::encode_pipeline(record)
 }
 
-fn decode(id: u64, bytes: &[u8]) -> Result<PipelineRecord, CatalogError> {
-    serde_json::from_slice(bytes).map_err(|e| CatalogError::Corrupt(id, e))
+fn decode(id: u64, bytes: &[u8]) -> Result<Pipeline, CatalogError> {
+    records::decode_pipeline(bytes).map_err(|error| CatalogError::Corrupt { what: format!("pipeline {id}"), error })
+}
+
+fn corrupt(what: String, reason: &str) -> CatalogError {
+    CatalogError::Corrupt { what, error: RecordError::Unreadable(reason.to_owned()) }
 }
 
 fn truncate_log(log: &str) -> String {
@@ -98,7 +101,18 @@ impl Catalog {
             txn.open_table(SOURCES)?;
             txn.open_table(LOGS)?;
             txn.open_table(MEMBERS)?;
-            txn.open_table(META)?;
+            let mut meta = txn.open_table(META)?;
+            let schema = meta.get(SCHEMA_KEY)?.map(|v| v.value());
+            match schema {
+                Some(found) if found > u64::from(records::SCHEMA) => {
+                    return Err(CatalogError::Newer(RecordError::Newer { found: found as u32 }));
+                }
+                Some(_) => {}
+                None => {
+                    migrate_from_schema_zero(&txn)?;
+                    meta.insert(SCHEMA_KEY, u64::from(records::SCHEMA))?;
+                }
+            }
         }
         txn.commit()?;
         Ok(Catalog { db })
@@ -110,7 +124,7 @@ impl Catalog {
         &self,
         name: &str,
         source_sha256: &str,
-        source: &[u8],
+        files: &[ProgramFile],
         workers: u32,
         now_ms: u64,
     ) -> Result<Submitted, CatalogError> {
@@ -126,7 +140,9 @@ impl Catalog {
                     let bytes = pipelines.get(id)?.map(|v| v.value().to_vec());
                     let mut record = match bytes {
                         Some(bytes) => decode(id, &bytes)?,
-                        None => return Err(CatalogError::Corrupt(id, serde::de::Error::custom("name without record"))),
+                        None => {
+                            return Err(corrupt(format!("pipeline {id}"), "its name is taken but it has no record"));
+                        }
                     };
                     let change = if record.source_sha256 != source_sha256 {
                         record.new_version(source_sha256.to_owned(), now_ms);
@@ -145,33 +161,13 @@ impl Catalog {
                     let id = meta.get(NEXT_ID)?.map(|v| v.value()).unwrap_or(1);
                     meta.insert(NEXT_ID, id + 1)?;
                     names.insert(name, id)?;
-                    let record = PipelineRecord {
-                        id,
-                        name: name.to_owned(),
-                        version: 1,
-                        status: Status::Pending,
-                        worker: assigned_ordinal(id, workers),
-                        source_sha256: source_sha256.to_owned(),
-                        binary_sha256: None,
-                        binary_size: None,
-                        error: None,
-                        attempt: 0,
-                        cache: None,
-                        created_at_ms: now_ms,
-                        submitted_at_ms: now_ms,
-                        started_at_ms: None,
-                        finished_at_ms: None,
-                        updated_at_ms: now_ms,
-                        compile_ms: None,
-                        upload_ms: None,
-                        upload_retries: 0,
-                    };
+                    let record = Pipeline::new(id, name, source_sha256, workers, now_ms);
                     Submitted { record, change: Change::Created }
                 }
             };
             if submitted.change != Change::Unchanged {
                 if sources.get(source_sha256)?.is_none() {
-                    sources.insert(source_sha256, source)?;
+                    sources.insert(source_sha256, records::encode_source(files).as_slice())?;
                 }
                 pipelines.insert(submitted.record.id, encode(&submitted.record).as_slice())?;
             }
@@ -181,7 +177,7 @@ impl Catalog {
         Ok(submitted)
     }
 
-    pub fn get(&self, id: u64) -> Result<Option<PipelineRecord>, CatalogError> {
+    pub fn get(&self, id: u64) -> Result<Option<Pipeline>, CatalogError> {
         let txn = self.db.begin_read()?;
         let table = txn.open_table(PIPELINES)?;
         let value = table.get(id)?;
@@ -194,7 +190,7 @@ impl Catalog {
         Ok(table.get(name)?.map(|v| v.value()))
     }
 
-    pub fn list(&self) -> Result<Vec<PipelineRecord>, CatalogError> {
+    pub fn list(&self) -> Result<Vec<Pipeline>, CatalogError> {
         let txn = self.db.begin_read()?;
         let table = txn.open_table(PIPELINES)?;
         let mut records = Vec::new();
@@ -205,10 +201,11 @@ impl Catalog {
         Ok(records)
     }
 
-    pub fn source(&self, source_sha256: &str) -> Result<Option<Vec<u8>>, CatalogError> {
+    pub fn source(&self, source_sha256: &str) -> Result<Option<Vec<ProgramFile>>, CatalogError> {
         let txn = self.db.begin_read()?;
         let table = txn.open_table(SOURCES)?;
-        Ok(table.get(source_sha256)?.map(|v| v.value().to_vec()))
+        let value = table.get(source_sha256)?;
+        value.map(|v| decode_source(source_sha256, v.value())).transpose()
     }
 
     pub fn log(&self, id: u64) -> Result<Option<String>, CatalogError> {
@@ -219,7 +216,7 @@ impl Catalog {
 
     /// Removes a pipeline and its log. Its source stays (other pipelines may share
     /// it); its id is never reused.
-    pub fn delete(&self, id: u64) -> Result<Option<PipelineRecord>, CatalogError> {
+    pub fn delete(&self, id: u64) -> Result<Option<Pipeline>, CatalogError> {
         let txn = self.db.begin_write()?;
         let removed = {
             let mut pipelines = txn.open_table(PIPELINES)?;
@@ -242,7 +239,7 @@ impl Catalog {
         ordinal: u32,
         workers: u32,
         now_ms: u64,
-    ) -> Result<Option<(PipelineRecord, Vec<u8>)>, CatalogError> {
+    ) -> Result<Option<(Pipeline, Vec<ProgramFile>)>, CatalogError> {
         let txn = self.db.begin_write()?;
         let claimed = {
             let mut pipelines = txn.open_table(PIPELINES)?;
@@ -265,10 +262,10 @@ impl Catalog {
                 Some(mut record) => {
                     record.worker = ordinal;
                     record.claim(now_ms);
-                    let source = sources
-                        .get(record.source_sha256.as_str())?
-                        .map(|v| v.value().to_vec())
-                        .ok_or_else(|| CatalogError::Corrupt(record.id, serde::de::Error::custom("source missing")))?;
+                    let source = match sources.get(record.source_sha256.as_str())? {
+                        Some(bytes) => decode_source(&record.source_sha256, bytes.value())?,
+                        None => return Err(corrupt(format!("pipeline {}", record.id), "its source is missing")),
+                    };
                     pipelines.insert(record.id, encode(&record).as_slice())?;
                     Some((record, source))
                 }
@@ -286,7 +283,7 @@ impl Catalog {
         report: Report,
         log: Option<&str>,
         now_ms: u64,
-    ) -> Result<PipelineRecord, CatalogError> {
+    ) -> Result<Pipeline, CatalogError> {
         let txn = self.db.begin_write()?;
         let record = {
             let mut pipelines = txn.open_table(PIPELINES)?;
@@ -354,10 +351,48 @@ impl Catalog {
     }
 }
 
+fn decode_source(sha: &str, bytes: &[u8]) -> Result<Vec<ProgramFile>, CatalogError> {
+    records::decode_source(bytes).map_err(|error| CatalogError::Corrupt { what: format!("source {sha}"), error })
+}
+
+/// Rewrites a database of Kiln 0.1 (bare pipeline JSON, protobuf sources) in the
+/// current schema, inside the opening transaction: all of it or none.
+fn migrate_from_schema_zero(txn: &redb::WriteTransaction) -> Result<(), CatalogError> {
+    let mut sources = txn.open_table(SOURCES)?;
+    let legacy: Vec<(String, Vec<u8>)> = sources
+        .iter()?
+        .map(|entry| entry.map(|(k, v)| (k.value().to_owned(), v.value().to_vec())))
+        .collect::<Result<_, _>>()?;
+    for (sha, bytes) in legacy {
+        let migrated = records::migrate_source(&bytes)
+            .map_err(|error| CatalogError::Corrupt { what: format!("source {sha}"), error })?;
+        sources.insert(sha.as_str(), migrated.as_slice())?;
+    }
+    let mut pipelines = txn.open_table(PIPELINES)?;
+    let legacy: Vec<(u64, Vec<u8>)> =
+        pipelines.iter()?.map(|entry| entry.map(|(k, v)| (k.value(), v.value().to_vec()))).collect::<Result<_, _>>()?;
+    if !legacy.is_empty() {
+        tracing::info!(
+            pipelines = legacy.len(),
+            schema = records::SCHEMA,
+            "rewriting the catalog in the current schema"
+        );
+    }
+    for (id, bytes) in legacy {
+        pipelines.insert(id, encode(&decode(id, &bytes)?).as_slice())?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rules::{CacheFigures, Figures};
+    use crate::rules::Figures;
+    use kiln_core::api::CacheFigures;
+
+    fn src(text: &str) -> Vec<ProgramFile> {
+        vec![ProgramFile { path: "src/main.rs".into(), content: text.as_bytes().to_vec(), executable: false }]
+    }
 
     fn catalog() -> (tempfile::TempDir, Catalog) {
         let dir = tempfile::tempdir().unwrap();
@@ -368,26 +403,26 @@ mod tests {
     #[test]
     fn ids_grow_and_versions_follow_the_source() {
         let (_dir, c) = catalog();
-        let a = c.submit("a", "s1", b"src", 3, 1).unwrap();
-        let b = c.submit("b", "s2", b"src2", 3, 2).unwrap();
+        let a = c.submit("a", "s1", &src("src"), 3, 1).unwrap();
+        let b = c.submit("b", "s2", &src("src2"), 3, 2).unwrap();
         assert_eq!((a.record.id, b.record.id), (1, 2));
         assert_eq!((a.change, a.record.worker), (Change::Created, 1));
-        let same = c.submit("a", "s1", b"src", 3, 3).unwrap();
+        let same = c.submit("a", "s1", &src("src"), 3, 3).unwrap();
         assert_eq!((same.change, same.record.version), (Change::Unchanged, 1));
-        let next = c.submit("a", "s3", b"src3", 3, 4).unwrap();
+        let next = c.submit("a", "s3", &src("src3"), 3, 4).unwrap();
         assert_eq!((next.change, next.record.id, next.record.version), (Change::Updated, 1, 2));
         c.delete(2).unwrap();
-        assert_eq!(c.submit("c", "s4", b"x", 3, 5).unwrap().record.id, 3, "ids are never reused");
+        assert_eq!(c.submit("c", "s4", &src("x"), 3, 5).unwrap().record.id, 3, "ids are never reused");
     }
 
     #[test]
     fn claims_are_exclusive_and_by_ordinal() {
         let (_dir, c) = catalog();
         for name in ["a", "b", "c", "d"] {
-            c.submit(name, name, name.as_bytes(), 3, 0).unwrap();
+            c.submit(name, name, &src(name), 3, 0).unwrap();
         }
         let (first, source) = c.claim(1, 3, 1).unwrap().unwrap();
-        assert_eq!((first.id, source.as_slice()), (1, b"a".as_slice()));
+        assert_eq!((first.id, source), (1, src("a")));
         let (second, _) = c.claim(1, 3, 1).unwrap().unwrap();
         assert_eq!(second.id, 4);
         assert!(c.claim(1, 3, 1).unwrap().is_none(), "nothing is handed out twice");
@@ -397,7 +432,7 @@ mod tests {
     #[test]
     fn a_restarted_member_gets_its_work_back_and_old_reports_are_refused() {
         let (dir, c) = catalog();
-        c.submit("a", "s", b"x", 2, 0).unwrap();
+        c.submit("a", "s", &src("x"), 2, 0).unwrap();
         assert!(c.member_seen(1, 111, 0).unwrap().is_empty());
         let (record, _) = c.claim(1, 2, 1).unwrap().unwrap();
         let old_claim = record.claim_key();
@@ -428,5 +463,51 @@ mod tests {
         let kept = truncate_log(&log);
         assert!(kept.len() < log.len());
         assert!(kept.starts_with('a') && kept.ends_with('b') && kept.contains("left out"));
+    }
+
+    #[test]
+    fn a_schema_zero_catalog_is_rewritten_once_and_keeps_everything() {
+        use prost::Message;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("catalog.redb");
+        let pipeline = crate::rules::tests::record(1);
+        {
+            // What Kiln 0.1 wrote: bare JSON records, protobuf sources, no schema key.
+            let db = Database::create(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            {
+                let mut pipelines = txn.open_table(PIPELINES).unwrap();
+                pipelines.insert(1, serde_json::to_vec(&pipeline).unwrap().as_slice()).unwrap();
+                let mut names = txn.open_table(NAMES).unwrap();
+                names.insert(pipeline.name.as_str(), 1).unwrap();
+                let mut sources = txn.open_table(SOURCES).unwrap();
+                let bundle = kiln_core::cluster::source_bundle(&src("old")).encode_to_vec();
+                sources.insert("s", bundle.as_slice()).unwrap();
+                let mut meta = txn.open_table(META).unwrap();
+                meta.insert(NEXT_ID, 2).unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        let c = Catalog::open(&path).unwrap();
+        assert_eq!(c.get(1).unwrap().unwrap(), pipeline);
+        assert_eq!(c.source("s").unwrap().unwrap(), src("old"));
+        let (claimed, source) = c.claim(1, 3, 5).unwrap().unwrap();
+        assert_eq!((claimed.id, source), (1, src("old")));
+        drop(c);
+        let c = Catalog::open(&path).unwrap();
+        assert_eq!(c.get(1).unwrap().unwrap().status, Status::Compiling, "a second open changes nothing");
+    }
+
+    #[test]
+    fn a_catalog_from_a_newer_kiln_is_refused_in_words() {
+        let (dir, c) = catalog();
+        {
+            let txn = c.db.begin_write().unwrap();
+            txn.open_table(META).unwrap().insert(SCHEMA_KEY, 99).unwrap();
+            txn.commit().unwrap();
+        }
+        drop(c);
+        let error = Catalog::open(&dir.path().join("catalog.redb")).unwrap_err().to_string();
+        assert!(error.contains("newer Kiln (schema 99"), "{error}");
     }
 }

@@ -1,13 +1,12 @@
 //! The one place where errors become HTTP statuses and gRPC codes.
 //!
-//! The gRPC codes are chosen for the worker's retry policy: UNAVAILABLE, INTERNAL and
-//! the like are transient; INVALID_ARGUMENT, RESOURCE_EXHAUSTED (a full disk),
-//! UNAUTHENTICATED and FAILED_PRECONDITION (a stale claim) are permanent; DATA_LOSS
-//! (a hash mismatch) is retried once, in case the bytes were damaged on the way.
+//! The gRPC codes are chosen for the worker's retry policy, `kiln_core::retry`: a
+//! unit test below reads every error through that one classification and checks
+//! that the worker will do what the leader means.
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use kiln_compiler_worker::program::ProgramError;
+use kiln_core::program::ProgramError;
 
 use crate::artifacts::ArtifactError;
 use crate::catalog::CatalogError;
@@ -98,7 +97,7 @@ impl IntoResponse for ApiError {
         if self.http_status().is_server_error() {
             tracing::error!(error = %self, "request failed");
         }
-        let body = serde_json::json!({ "error": self.to_string(), "code": self.code() });
+        let body = kiln_core::api::ErrorBody { error: self.to_string(), code: self.code().to_owned() };
         (self.http_status(), axum::Json(body)).into_response()
     }
 }
@@ -115,5 +114,59 @@ mod tests {
         assert!(full.to_string().contains("disk is full"), "{full}");
         let mismatch = ApiError::from(ArtifactError::Mismatch { declared: "a".into(), actual: "b".into() });
         assert_eq!(mismatch.grpc_code(), tonic::Code::DataLoss);
+    }
+
+    /// Every error the leader can answer a worker with, and what the worker must do
+    /// about it. A new variant must be added here (the match below does not compile
+    /// otherwise), so the two sides cannot drift apart.
+    #[test]
+    fn the_worker_reads_every_error_as_the_leader_means_it() {
+        use kiln_core::retry::{Disposition, classify};
+        let io = || std::io::Error::other("x");
+        let cases: Vec<(ApiError, Disposition)> = vec![
+            (ApiError::InvalidProgram(ProgramError::NoManifest), Disposition::Permanent),
+            (ApiError::BadRequest("b".into()), Disposition::Permanent),
+            (ApiError::NotFound("no artifact: upload it first".into()), Disposition::Transient),
+            (ApiError::Conflict("stale claim".into()), Disposition::Stale),
+            (ApiError::Unauthorized("token".into()), Disposition::Permanent),
+            (
+                ApiError::Artifact(ArtifactError::InvalidSha(kiln_core::digest::InvalidDigest("x".into()))),
+                Disposition::Permanent,
+            ),
+            (
+                ApiError::Artifact(ArtifactError::Mismatch { declared: "a".into(), actual: "b".into() }),
+                Disposition::Damaged,
+            ),
+            (ApiError::Artifact(ArtifactError::SizeMismatch { declared: 1, received: 2 }), Disposition::Damaged),
+            (ApiError::Artifact(ArtifactError::TooLarge { size: 2, limit: 1 }), Disposition::Permanent),
+            (ApiError::Artifact(ArtifactError::DiskFull), Disposition::Permanent),
+            (
+                ApiError::Artifact(ArtifactError::Corrupt { sha256: "a".into(), actual: "b".into() }),
+                Disposition::Transient,
+            ),
+            (ApiError::Artifact(ArtifactError::Io(io())), Disposition::Transient),
+            (ApiError::Internal("i".into()), Disposition::Transient),
+        ];
+        for (error, meant) in &cases {
+            // Exhaustive on purpose: a new variant fails to compile until it is listed.
+            match error {
+                ApiError::InvalidProgram(_)
+                | ApiError::BadRequest(_)
+                | ApiError::NotFound(_)
+                | ApiError::Conflict(_)
+                | ApiError::Unauthorized(_)
+                | ApiError::Internal(_) => {}
+                ApiError::Artifact(a) => match a {
+                    ArtifactError::InvalidSha(_)
+                    | ArtifactError::Mismatch { .. }
+                    | ArtifactError::SizeMismatch { .. }
+                    | ArtifactError::TooLarge { .. }
+                    | ArtifactError::DiskFull
+                    | ArtifactError::Corrupt { .. }
+                    | ArtifactError::Io(_) => {}
+                },
+            }
+            assert_eq!(classify(error.grpc_code()), *meant, "{error:?} reaches the worker as {:?}", error.grpc_code());
+        }
     }
 }

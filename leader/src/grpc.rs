@@ -10,10 +10,12 @@ use kiln_proto::upload_chunk::Part;
 use kiln_proto::{self as pb, BuildStatus};
 use tonic::{Request, Response, Status, Streaming};
 
+use kiln_core::cluster::{self, ClaimKey, Figures, MemberId, Missing};
+
 use crate::error::ApiError;
 use crate::health::MemberReport;
-use crate::rules::{CacheFigures, ClaimKey, Figures, Report};
-use crate::service::{LeaderState, MemberId};
+use crate::rules::Report;
+use crate::service::LeaderState;
 
 /// Longest a claim may wait for work before answering empty.
 const MAX_CLAIM_WAIT: Duration = Duration::from_secs(60);
@@ -49,38 +51,8 @@ pub fn check_token(token: Arc<str>) -> impl FnMut(Request<()>) -> Result<Request
     }
 }
 
-fn member(member: Option<pb::Member>) -> Result<MemberId, Status> {
-    let m = member.ok_or_else(|| Status::invalid_argument("the call carries no member identity"))?;
-    Ok(MemberId { ordinal: m.ordinal, workers: m.workers, incarnation: m.incarnation })
-}
-
-fn claim_key(claim: Option<pb::Claim>) -> Result<ClaimKey, Status> {
-    let c = claim.ok_or_else(|| Status::invalid_argument("the call carries no claim"))?;
-    Ok(ClaimKey { pipeline_id: c.pipeline_id, version: c.version, attempt: c.attempt })
-}
-
-fn cache_figures(cache: Option<pb::CacheFigures>) -> CacheFigures {
-    let c = cache.unwrap_or_default();
-    CacheFigures {
-        enabled: c.enabled,
-        hits: c.hits,
-        misses: c.misses,
-        non_cacheable: c.non_cacheable,
-        hit_read_ms: c.hit_read_ms,
-        miss_compile_ms: c.miss_compile_ms,
-        time_from_cache_percent: CacheFigures::percent_from_cache(c.hit_read_ms, c.miss_compile_ms),
-        note: c.note,
-    }
-}
-
-fn figures(figures: Option<pb::BuildFigures>) -> Figures {
-    let f = figures.unwrap_or_default();
-    Figures {
-        compile_ms: f.compile_ms,
-        upload_ms: f.upload_ms,
-        upload_retries: f.upload_retries,
-        cache: cache_figures(f.cache),
-    }
+fn missing(missing: Missing) -> Status {
+    Status::invalid_argument(missing.to_string())
 }
 
 #[tonic::async_trait]
@@ -90,7 +62,7 @@ impl Cluster for ClusterService {
         request: Request<pb::HeartbeatRequest>,
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
         let request = request.into_inner();
-        let member_id = member(request.member.clone())?;
+        let member_id = MemberId::from_pb(request.member.as_ref()).map_err(missing)?;
         let cache = request.cache.unwrap_or_default();
         let report = MemberReport {
             workers: member_id.workers,
@@ -100,8 +72,7 @@ impl Cluster for ClusterService {
             cache_message: cache.message,
             preparing: request.preparing,
         };
-        let current =
-            request.current.map(|c| ClaimKey { pipeline_id: c.pipeline_id, version: c.version, attempt: c.attempt });
+        let current = request.current.map(ClaimKey::from);
         let cancel_current = self.state.heartbeat(member_id, report, current).await?;
         Ok(Response::new(pb::HeartbeatResponse {
             leader_workers: self.state.config.workers,
@@ -112,39 +83,26 @@ impl Cluster for ClusterService {
 
     async fn claim(&self, request: Request<pb::ClaimRequest>) -> Result<Response<pb::ClaimResponse>, Status> {
         let request = request.into_inner();
-        let member_id = member(request.member)?;
+        let member_id = MemberId::from_pb(request.member.as_ref()).map_err(missing)?;
         let wait = Duration::from_millis(u64::from(request.wait_ms)).min(MAX_CLAIM_WAIT);
-        let assignment = self.state.claim(member_id, wait).await?.map(|(record, source)| {
-            // The catalog only stores bundles it encoded itself.
-            let source = <pb::SourceBundle as prost::Message>::decode(source.as_slice());
-            (record, source)
+        let assignment = self.state.claim(member_id, wait).await?.map(|(record, files)| pb::Assignment {
+            claim: Some(record.claim_key().into()),
+            name: record.name,
+            source_sha256: record.source_sha256,
+            source: Some(cluster::source_bundle(&files)),
         });
-        let assignment = match assignment {
-            None => None,
-            Some((record, Ok(source))) => Some(pb::Assignment {
-                claim: Some(pb::Claim { pipeline_id: record.id, version: record.version, attempt: record.attempt }),
-                name: record.name,
-                source_sha256: record.source_sha256,
-                source: Some(source),
-            }),
-            Some((record, Err(e))) => {
-                return Err(
-                    ApiError::Internal(format!("stored source of pipeline {} is unreadable: {e}", record.id)).into()
-                );
-            }
-        };
         Ok(Response::new(pb::ClaimResponse { assignment }))
     }
 
     async fn report_status(&self, request: Request<pb::StatusReport>) -> Result<Response<pb::StatusAck>, Status> {
         let r = request.into_inner();
-        let member_id = member(r.member)?;
-        let claim = claim_key(r.claim)?;
+        let member_id = MemberId::from_pb(r.member.as_ref()).map_err(missing)?;
+        let claim = ClaimKey::from_pb(r.claim).map_err(missing)?;
         let status = BuildStatus::try_from(r.status).unwrap_or(BuildStatus::Unspecified);
         let report = match status {
             BuildStatus::Compiling => Report::Compiling,
             BuildStatus::Uploading => {
-                let f = figures(r.figures);
+                let f = Figures::from(r.figures);
                 Report::Uploading { compile_ms: f.compile_ms, cache: f.cache }
             }
             BuildStatus::Success => {
@@ -152,11 +110,11 @@ impl Cluster for ClusterService {
                 Report::Success {
                     binary_sha256: r.binary_sha256,
                     binary_size: r.binary_size,
-                    figures: figures(r.figures),
+                    figures: r.figures.into(),
                 }
             }
-            BuildStatus::CompileError => Report::CompileError { error: r.error, figures: figures(r.figures) },
-            BuildStatus::SystemError => Report::SystemError { error: r.error, figures: figures(r.figures) },
+            BuildStatus::CompileError => Report::CompileError { error: r.error, figures: r.figures.into() },
+            BuildStatus::SystemError => Report::SystemError { error: r.error, figures: r.figures.into() },
             BuildStatus::Unspecified => return Err(Status::invalid_argument("a status report needs a status")),
         };
         let log = (!r.log.is_empty()).then_some(r.log);
@@ -182,7 +140,7 @@ impl Cluster for ClusterService {
             Some(Part::Header(header)) => header,
             _ => return Err(Status::invalid_argument("an upload starts with its header")),
         };
-        let member_id = member(header.member)?;
+        let member_id = MemberId::from_pb(header.member.as_ref()).map_err(missing)?;
         self.state.member_seen(member_id).await?;
         let claim = header.claim.unwrap_or_default();
         if self.state.artifacts.contains(&header.sha256) {

@@ -12,38 +12,13 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use base64::Engine;
-use kiln_compiler_worker::program::{MAX_PROGRAM_BYTES, ProgramFile};
-use serde::{Deserialize, Serialize};
+pub use kiln_core::api::SHA256_HEADER;
+use kiln_core::api::{Change, PipelineRecord, Status, SubmitRequest, SubmitResponse};
+use kiln_core::program::{MAX_PROGRAM_BYTES, ProgramFile};
 
-use crate::catalog::Change;
 use crate::error::ApiError;
 use crate::grpc::{ClusterService, check_token};
-use crate::rules::{PipelineRecord, Status};
 use crate::service::LeaderState;
-
-/// The header that carries an artifact's SHA-256 on `GET /v0/pipelines/{id}/binary`.
-pub const SHA256_HEADER: &str = "x-kiln-sha256";
-
-/// A program as `POST /v0/pipelines` takes it.
-#[derive(Debug, Deserialize, Serialize)]
-pub struct SubmitRequest {
-    pub name: String,
-    pub files: Vec<SubmitFile>,
-}
-
-#[derive(Debug, Deserialize, Serialize)]
-pub struct SubmitFile {
-    pub path: String,
-    pub content_base64: String,
-    #[serde(default)]
-    pub executable: bool,
-}
-
-#[derive(Debug, Serialize)]
-struct SubmitResponse {
-    change: Change,
-    pipeline: PipelineRecord,
-}
 
 /// The whole router: HTTP API and gRPC service.
 pub fn router(state: Arc<LeaderState>) -> Router {
@@ -131,25 +106,25 @@ async fn submit(State(state): State<Arc<LeaderState>>, body: axum::body::Bytes) 
         .collect::<Result<Vec<_>, ApiError>>()?;
     let submitted = state.submit(request.name, files).await?;
     let status = if submitted.change == Change::Created { StatusCode::CREATED } else { StatusCode::OK };
-    Ok((status, Json(SubmitResponse { change: submitted.change, pipeline: submitted.record })).into_response())
+    Ok((status, Json(SubmitResponse { change: submitted.change, pipeline: submitted.record.to_api() })).into_response())
 }
 
 async fn list_pipelines(State(state): State<Arc<LeaderState>>) -> Result<Json<Vec<PipelineRecord>>, ApiError> {
-    Ok(Json(state.list().await?))
+    Ok(Json(state.list().await?.iter().map(PipelineRecord::from).collect()))
 }
 
 async fn get_pipeline(
     State(state): State<Arc<LeaderState>>,
     Path(key): Path<String>,
 ) -> Result<Json<PipelineRecord>, ApiError> {
-    Ok(Json(state.find(&key).await?))
+    Ok(Json(state.find(&key).await?.to_api()))
 }
 
 async fn delete_pipeline(
     State(state): State<Arc<LeaderState>>,
     Path(key): Path<String>,
 ) -> Result<Json<PipelineRecord>, ApiError> {
-    Ok(Json(state.delete(&key).await?))
+    Ok(Json(state.delete(&key).await?.to_api()))
 }
 
 async fn pipeline_log(State(state): State<Arc<LeaderState>>, Path(key): Path<String>) -> Result<Response, ApiError> {

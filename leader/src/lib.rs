@@ -2,7 +2,7 @@
 //! API for users, the gRPC service for workers, cluster health and the leader's side
 //! of the scaling guard.
 //!
-//! Layers: [`rules`] (pure), [`catalog`], [`artifacts`] and [`health`] (state),
+//! Layers: [`rules`] (pure), [`records`] (what the catalog stores), [`catalog`], [`artifacts`] and [`health`] (state),
 //! [`service`] (the operations), [`http`] and [`grpc`] (transport), [`error`] (the one
 //! mapping of errors to HTTP and gRPC codes).
 
@@ -13,6 +13,7 @@ pub mod grpc;
 pub mod health;
 pub mod http;
 pub mod metrics;
+pub mod records;
 pub mod rules;
 pub mod service;
 

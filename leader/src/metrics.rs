@@ -10,7 +10,8 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::health::ClusterHealth;
-use crate::rules::{PipelineRecord, Status};
+use crate::rules::Pipeline;
+use kiln_core::api::Status;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StatusLabel {
@@ -83,7 +84,7 @@ impl Metrics {
     }
 
     /// Counts a build that just ended.
-    pub fn build_finished(&self, record: &PipelineRecord) {
+    pub fn build_finished(&self, record: &Pipeline) {
         self.builds_finished.get_or_create(&StatusLabel { status: record.status.to_string() }).inc();
         if record.status == Status::Success {
             if let Some(ms) = record.compile_ms {
@@ -101,7 +102,7 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition, with gauges taken from `records` and `health`.
-    pub fn render(&self, records: &[PipelineRecord], health: &ClusterHealth) -> String {
+    pub fn render(&self, records: &[Pipeline], health: &ClusterHealth) -> String {
         self.pipelines.clear();
         for status in Status::ALL {
             let count = records.iter().filter(|r| r.status == status).count();

@@ -2,58 +2,9 @@
 //! builds what, and which status transitions a worker may report. Nothing here knows
 //! about storage or the network, so every rule is tested without either.
 
+use kiln_core::api::{self, CacheFigures, Status};
+pub use kiln_core::cluster::{ClaimKey, Figures};
 use serde::{Deserialize, Serialize};
-
-/// Where a pipeline is in its life. `pending → compiling → uploading → success`, or
-/// one of the two error statuses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Status {
-    Pending,
-    Compiling,
-    Uploading,
-    Success,
-    CompileError,
-    SystemError,
-}
-
-impl Status {
-    pub const ALL: [Status; 6] = [
-        Status::Pending,
-        Status::Compiling,
-        Status::Uploading,
-        Status::Success,
-        Status::CompileError,
-        Status::SystemError,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Status::Pending => "pending",
-            Status::Compiling => "compiling",
-            Status::Uploading => "uploading",
-            Status::Success => "success",
-            Status::CompileError => "compile_error",
-            Status::SystemError => "system_error",
-        }
-    }
-
-    /// A worker holds the pipeline: it is being built or uploaded.
-    pub fn in_flight(self) -> bool {
-        matches!(self, Status::Compiling | Status::Uploading)
-    }
-
-    /// The build has ended, one way or the other.
-    pub fn finished(self) -> bool {
-        matches!(self, Status::Success | Status::CompileError | Status::SystemError)
-    }
-}
-
-impl std::fmt::Display for Status {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
 
 /// The ordinal that builds pipeline `id` in a set of `workers` members.
 pub fn assigned_ordinal(id: u64, workers: u32) -> u32 {
@@ -61,31 +12,12 @@ pub fn assigned_ordinal(id: u64, workers: u32) -> u32 {
     (id % u64::from(workers)) as u32
 }
 
-/// The sccache figures of one build.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CacheFigures {
-    pub enabled: bool,
-    pub hits: u64,
-    pub misses: u64,
-    pub non_cacheable: u64,
-    /// Time sccache spent serving hits from the store.
-    #[serde(default)]
-    pub hit_read_ms: u64,
-    /// Time sccache spent compiling misses (and writing them to the store).
-    #[serde(default)]
-    pub miss_compile_ms: u64,
-    /// The share of the build's compiler-call time that the cache served, in percent:
-    /// `hit_read_ms / (hit_read_ms + miss_compile_ms)`; 0 with no calls.
-    #[serde(default)]
-    pub time_from_cache_percent: u32,
-    /// Why the cache was not used, or anything odd about it.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub note: String,
-}
-
-/// One pipeline as the catalog keeps it.
+/// One pipeline as the leader keeps it: the catalog stores this type (in a
+/// versioned envelope, see `catalog.rs`), and the API shows it as
+/// [`api::PipelineRecord`]. A field added here needs `#[serde(default)]`, so that
+/// records written before it still read.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PipelineRecord {
+pub struct Pipeline {
     pub id: u64,
     pub name: String,
     pub version: u64,
@@ -111,14 +43,6 @@ pub struct PipelineRecord {
     pub upload_retries: u32,
 }
 
-/// A claim on one build: only the holder of the current claim may report on it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ClaimKey {
-    pub pipeline_id: u64,
-    pub version: u64,
-    pub attempt: u64,
-}
-
 /// What a worker reports about its claim.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Report {
@@ -129,15 +53,6 @@ pub enum Report {
     SystemError { error: String, figures: Figures },
 }
 
-/// Timings and cache figures that come with a build's end.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Figures {
-    pub compile_ms: u64,
-    pub upload_ms: u64,
-    pub upload_retries: u32,
-    pub cache: CacheFigures,
-}
-
 /// Why a report was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ReportRefused {
@@ -145,13 +60,6 @@ pub enum ReportRefused {
     StaleClaim { pipeline_id: u64, version: u64, attempt: u64 },
     #[error("pipeline {id} cannot go from {from} to {to}")]
     BadTransition { id: u64, from: Status, to: Status },
-}
-
-impl CacheFigures {
-    /// `hit_read_ms` as a percentage of all compiler-call time.
-    pub fn percent_from_cache(hit_read_ms: u64, miss_compile_ms: u64) -> u32 {
-        (hit_read_ms * 100).checked_div(hit_read_ms + miss_compile_ms).map_or(0, |p| p as u32)
-    }
 }
 
 impl Report {
@@ -166,7 +74,62 @@ impl Report {
     }
 }
 
-impl PipelineRecord {
+impl From<&Pipeline> for api::PipelineRecord {
+    fn from(p: &Pipeline) -> Self {
+        api::PipelineRecord {
+            id: p.id,
+            name: p.name.clone(),
+            version: p.version,
+            status: p.status,
+            worker: p.worker,
+            source_sha256: p.source_sha256.clone(),
+            binary_sha256: p.binary_sha256.clone(),
+            binary_size: p.binary_size,
+            error: p.error.clone(),
+            attempt: p.attempt,
+            cache: p.cache.clone(),
+            created_at_ms: p.created_at_ms,
+            submitted_at_ms: p.submitted_at_ms,
+            started_at_ms: p.started_at_ms,
+            finished_at_ms: p.finished_at_ms,
+            updated_at_ms: p.updated_at_ms,
+            compile_ms: p.compile_ms,
+            upload_ms: p.upload_ms,
+            upload_retries: p.upload_retries,
+        }
+    }
+}
+
+impl Pipeline {
+    /// A new pipeline, version 1, waiting for its worker.
+    pub fn new(id: u64, name: &str, source_sha256: &str, workers: u32, now_ms: u64) -> Pipeline {
+        Pipeline {
+            id,
+            name: name.to_owned(),
+            version: 1,
+            status: Status::Pending,
+            worker: assigned_ordinal(id, workers),
+            source_sha256: source_sha256.to_owned(),
+            binary_sha256: None,
+            binary_size: None,
+            error: None,
+            attempt: 0,
+            cache: None,
+            created_at_ms: now_ms,
+            submitted_at_ms: now_ms,
+            started_at_ms: None,
+            finished_at_ms: None,
+            updated_at_ms: now_ms,
+            compile_ms: None,
+            upload_ms: None,
+            upload_retries: 0,
+        }
+    }
+
+    pub fn to_api(&self) -> api::PipelineRecord {
+        self.into()
+    }
+
     /// A new pipeline, or a new version of one, waiting for its worker.
     pub fn new_version(&mut self, source_sha256: String, now_ms: u64) {
         self.version += 1;
@@ -267,28 +230,8 @@ impl PipelineRecord {
 pub(crate) mod tests {
     use super::*;
 
-    pub(crate) fn record(id: u64) -> PipelineRecord {
-        PipelineRecord {
-            id,
-            name: format!("p{id}"),
-            version: 1,
-            status: Status::Pending,
-            worker: assigned_ordinal(id, 3),
-            source_sha256: "s".into(),
-            binary_sha256: None,
-            binary_size: None,
-            error: None,
-            attempt: 0,
-            cache: None,
-            created_at_ms: 0,
-            submitted_at_ms: 0,
-            started_at_ms: None,
-            finished_at_ms: None,
-            updated_at_ms: 0,
-            compile_ms: None,
-            upload_ms: None,
-            upload_retries: 0,
-        }
+    pub(crate) fn record(id: u64) -> Pipeline {
+        Pipeline::new(id, &format!("p{id}"), "s", 3, 0)
     }
 
     fn success() -> Report {

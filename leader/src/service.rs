@@ -6,18 +6,19 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use kiln_compiler_worker::depset::DepSet;
-use kiln_compiler_worker::program::{self, Program, ProgramFile};
-use kiln_compiler_worker::scaling::ScalingGuard;
-use prost::Message;
+pub use kiln_core::cluster::MemberId;
+use kiln_core::depset::DepSet;
+use kiln_core::program::{self, Program, ProgramFile};
+use kiln_core::scaling::{ScalingDetected, ScalingGuard};
 use tokio::sync::watch;
 
 use crate::artifacts::ArtifactStore;
-use crate::catalog::{Catalog, Change, Submitted};
+use crate::catalog::{Catalog, Submitted};
 use crate::error::ApiError;
 use crate::health::{ClusterHealth, MemberReport, Members, cluster_health};
 use crate::metrics::Metrics;
-use crate::rules::{ClaimKey, PipelineRecord, Report};
+use crate::rules::{ClaimKey, Pipeline, Report};
+use kiln_core::api::Change;
 
 /// How the leader is set up.
 #[derive(Debug, Clone)]
@@ -34,14 +35,6 @@ pub struct LeaderConfig {
     pub max_artifact_bytes: u64,
 }
 
-/// A member's identity as it comes with every worker call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct MemberId {
-    pub ordinal: u32,
-    pub workers: u32,
-    pub incarnation: u64,
-}
-
 #[derive(Debug)]
 pub struct LeaderState {
     pub(crate) config: LeaderConfig,
@@ -56,23 +49,6 @@ pub struct LeaderState {
 
 pub fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
-
-/// Encodes a program as the canonical `SourceBundle` (files sorted by path).
-pub fn encode_source(files: &[ProgramFile]) -> Vec<u8> {
-    let mut files: Vec<&ProgramFile> = files.iter().collect();
-    files.sort_by(|a, b| a.path.cmp(&b.path));
-    kiln_proto::SourceBundle {
-        files: files
-            .into_iter()
-            .map(|f| kiln_proto::SourceFile {
-                path: f.path.clone(),
-                content: f.content.clone(),
-                executable: f.executable,
-            })
-            .collect(),
-    }
-    .encode_to_vec()
 }
 
 impl LeaderState {
@@ -115,11 +91,10 @@ impl LeaderState {
     /// Validates a program and records it as a new pipeline or a new version.
     pub async fn submit(&self, name: String, files: Vec<ProgramFile>) -> Result<Submitted, ApiError> {
         program::validate_name(&name)?;
-        let (sha, bundle) = tokio::task::spawn_blocking(move || -> Result<_, ApiError> {
+        let (sha, files) = tokio::task::spawn_blocking(move || -> Result<_, ApiError> {
             let sha = program::source_sha256(&files);
-            let bundle = encode_source(&files);
-            Program::parse(files, DepSet::embedded())?;
-            Ok((sha, bundle))
+            Program::parse(files.clone(), DepSet::embedded())?;
+            Ok((sha, files))
         })
         .await
         .map_err(|e| ApiError::Internal(format!("validation task failed: {e}")))??;
@@ -127,7 +102,7 @@ impl LeaderState {
         let submitted = {
             let name = name.clone();
             let sha = sha.clone();
-            self.catalog(move |c| c.submit(&name, &sha, &bundle, workers, now_ms())).await?
+            self.catalog(move |c| c.submit(&name, &sha, &files, workers, now_ms())).await?
         };
         let r = &submitted.record;
         match submitted.change {
@@ -142,12 +117,12 @@ impl LeaderState {
         Ok(submitted)
     }
 
-    pub async fn list(&self) -> Result<Vec<PipelineRecord>, ApiError> {
+    pub async fn list(&self) -> Result<Vec<Pipeline>, ApiError> {
         self.catalog(|c| c.list()).await
     }
 
     /// Finds a pipeline by id, or by name when `key` is not a number.
-    pub async fn find(&self, key: &str) -> Result<PipelineRecord, ApiError> {
+    pub async fn find(&self, key: &str) -> Result<Pipeline, ApiError> {
         let key = key.to_owned();
         let found = self
             .catalog({
@@ -164,7 +139,7 @@ impl LeaderState {
         found.ok_or_else(|| ApiError::NotFound(format!("no pipeline {key:?}: `kiln status` lists them")))
     }
 
-    pub async fn delete(&self, key: &str) -> Result<PipelineRecord, ApiError> {
+    pub async fn delete(&self, key: &str) -> Result<Pipeline, ApiError> {
         let record = self.find(key).await?;
         let id = record.id;
         self.catalog(move |c| c.delete(id)).await?;
@@ -172,7 +147,7 @@ impl LeaderState {
         Ok(record)
     }
 
-    pub async fn log(&self, key: &str) -> Result<(PipelineRecord, Option<String>), ApiError> {
+    pub async fn log(&self, key: &str) -> Result<(Pipeline, Option<String>), ApiError> {
         let record = self.find(key).await?;
         let id = record.id;
         let log = self.catalog(move |c| c.log(id)).await?;
@@ -194,7 +169,7 @@ impl LeaderState {
     }
 
     /// Feeds the member's view of N to the scaling guard.
-    fn observe(&self, member: MemberId) -> Option<kiln_compiler_worker::scaling::ScalingDetected> {
+    fn observe(&self, member: MemberId) -> Option<ScalingDetected> {
         self.guard.observe_replicas(member.workers);
         self.guard.observe_ordinal(member.ordinal);
         self.guard.detected()
@@ -222,7 +197,11 @@ impl LeaderState {
     }
 
     /// Long poll: the next pending pipeline of this member, or None after `wait`.
-    pub async fn claim(&self, member: MemberId, wait: Duration) -> Result<Option<(PipelineRecord, Vec<u8>)>, ApiError> {
+    pub async fn claim(
+        &self,
+        member: MemberId,
+        wait: Duration,
+    ) -> Result<Option<(Pipeline, Vec<ProgramFile>)>, ApiError> {
         self.member_seen(member).await?;
         let deadline = tokio::time::Instant::now() + wait;
         let mut wakeups = self.work.subscribe();
@@ -248,7 +227,7 @@ impl LeaderState {
         claim: ClaimKey,
         report: Report,
         log: Option<String>,
-    ) -> Result<PipelineRecord, ApiError> {
+    ) -> Result<Pipeline, ApiError> {
         self.member_seen(member).await?;
         if let Report::Success { binary_sha256, .. } = &report
             && !self.artifacts.contains(binary_sha256)

@@ -24,6 +24,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use kiln_pipeline_runtime::contract::{HostStatus, Phase, StartOrder};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::sync::Notify;
@@ -66,9 +67,8 @@ pub enum DeploymentState {
 pub struct HostView {
     pub host_id: u32,
     pub url: String,
-    /// The host's own phase (`ready`, `running`, `exchanging`, `done`, `failed`),
-    /// or `unreachable`.
-    pub phase: String,
+    /// The host's own phase, or `unreachable`.
+    pub phase: Phase,
     pub instance: Option<String>,
     pub exchange_address: Option<SocketAddr>,
     pub records_read: u64,
@@ -110,24 +110,6 @@ impl Shared {
     }
 }
 
-/// The host's `/status` body, as far as the coordinator reads it.
-#[derive(Debug, Deserialize)]
-struct HostStatus {
-    phase: String,
-    instance: String,
-    exchange_address: SocketAddr,
-    #[serde(default)]
-    error: Option<String>,
-    #[serde(default)]
-    records_read: u64,
-    #[serde(default)]
-    records_sent: u64,
-    #[serde(default)]
-    records_received: u64,
-    #[serde(default)]
-    memory_limit_bytes: Option<u64>,
-}
-
 /// Serves the coordinator on `config.listen` until `stop` is cancelled.
 pub async fn run(config: CoordinatorConfig, stop: CancellationToken) -> anyhow::Result<()> {
     let shared = Arc::new(Shared {
@@ -141,7 +123,7 @@ pub async fn run(config: CoordinatorConfig, stop: CancellationToken) -> anyhow::
                 .map(|n| HostView {
                     host_id: n,
                     url: config.host_url(n),
-                    phase: "unreachable".into(),
+                    phase: Phase::Unreachable,
                     ..Default::default()
                 })
                 .collect(),
@@ -202,7 +184,7 @@ async fn poll(config: &CoordinatorConfig, client: &reqwest::Client, shared: &Sha
         for (view, answer) in status.hosts.iter_mut().zip(&answers) {
             match answer {
                 Some(host) => {
-                    view.phase = host.phase.clone();
+                    view.phase = host.phase;
                     view.instance = Some(host.instance.clone());
                     view.exchange_address = Some(host.exchange_address);
                     view.records_read = host.records_read;
@@ -211,7 +193,7 @@ async fn poll(config: &CoordinatorConfig, client: &reqwest::Client, shared: &Sha
                     view.memory_limit_bytes = host.memory_limit_bytes;
                     view.error = host.error.clone();
                 }
-                None => view.phase = "unreachable".into(),
+                None => view.phase = Phase::Unreachable,
             }
         }
     });
@@ -243,105 +225,144 @@ async fn order_restart(
     retired
 }
 
-/// Runs the deployment's epochs until the process stops.
+/// Runs the deployment's epochs until the process stops: wait for every host, start
+/// them, watch them, restart.
 async fn drive(config: CoordinatorConfig, shared: Arc<Shared>) {
     let client = reqwest::Client::builder().timeout(Duration::from_secs(2)).build().unwrap_or_default();
     let mut retired: HashSet<String> = HashSet::new();
     loop {
-        // 1. Every host up, ready, and not an instance from before a restart.
-        shared.update(|s| s.state = DeploymentState::WaitingForHosts);
-        let hosts = loop {
-            let answers = poll(&config, &client, &shared).await;
-            let ready = answers
-                .iter()
-                .filter(|a| a.as_ref().is_some_and(|h| h.phase == "ready" && !retired.contains(&h.instance)))
-                .count() as u32;
-            shared.update(|s| s.hosts_ready = ready);
-            if ready == config.hosts {
-                break answers.into_iter().flatten().collect::<Vec<_>>();
-            }
-            tokio::select! {
-                () = tokio::time::sleep(POLL_INTERVAL) => {}
-                () = shared.restart.notified() => {
-                    retired.extend(order_restart(&config, &client, &shared, "ordered while waiting for hosts").await);
-                }
-            }
-        };
+        let hosts = wait_for_hosts(&config, &client, &shared, &mut retired).await;
+        let epoch = start_epoch(&config, &client, &shared, &hosts).await;
+        let restart_why = watch_epoch(&config, &client, &shared, &epoch).await;
+        retired = order_restart(&config, &client, &shared, restart_why).await;
+    }
+}
 
-        // 2. Start them all with the peer list.
-        let epoch = shared.snapshot().epoch + 1;
-        let peers: Vec<SocketAddr> = hosts.iter().map(|h| h.exchange_address).collect();
-        let instances: Vec<String> = hosts.iter().map(|h| h.instance.clone()).collect();
-        tracing::info!(deployment = %config.deployment_id, epoch, hosts = config.hosts, "every host is ready: starting");
-        let order = json!({"deployment_id": config.deployment_id, "epoch": epoch, "peers": peers});
-        let started = futures::future::join_all(
-            (0..config.hosts).map(|n| client.post(format!("{}/start", config.host_url(n))).json(&order).send()),
-        )
-        .await;
-        let began = Instant::now();
-        shared.update(|s| {
-            s.epoch = epoch;
-            s.state = DeploymentState::Running;
-        });
-        let mut failure = None;
-        for (n, answer) in started.into_iter().enumerate() {
-            match answer {
-                Ok(response) if response.status().is_success() => {}
-                Ok(response) => {
-                    let body = response.text().await.unwrap_or_default();
-                    failure = Some(format!("host {n} refused the start: {body}"));
-                }
-                Err(e) => failure = Some(format!("host {n} could not be started: {e}")),
+/// Waits until every host is up, ready, and not an instance from before a restart.
+async fn wait_for_hosts(
+    config: &CoordinatorConfig,
+    client: &reqwest::Client,
+    shared: &Shared,
+    retired: &mut HashSet<String>,
+) -> Vec<HostStatus> {
+    shared.update(|s| s.state = DeploymentState::WaitingForHosts);
+    loop {
+        let answers = poll(config, client, shared).await;
+        let ready = answers
+            .iter()
+            .filter(|a| a.as_ref().is_some_and(|h| h.phase == Phase::Ready && !retired.contains(&h.instance)))
+            .count() as u32;
+        shared.update(|s| s.hosts_ready = ready);
+        if ready == config.hosts {
+            return answers.into_iter().flatten().collect();
+        }
+        tokio::select! {
+            () = tokio::time::sleep(POLL_INTERVAL) => {}
+            () = shared.restart.notified() => {
+                retired.extend(order_restart(config, client, shared, "ordered while waiting for hosts").await);
             }
         }
+    }
+}
 
-        // 3. Watch until every host is done, one fails, or a restart is due.
-        let restart_why = loop {
-            if let Some(error) = failure.take() {
-                tracing::error!(deployment = %config.deployment_id, epoch, %error, "the deployment failed");
-                shared.update(|s| {
-                    s.state = DeploymentState::Failed;
-                    s.error = Some(error);
-                    s.run_seconds = Some(began.elapsed().as_secs_f64());
-                });
-                shared.restart.notified().await;
-                break "ordered after a failure";
+/// One started epoch: which instances run it, since when, and whether a host
+/// refused the start.
+struct Epoch {
+    number: u64,
+    instances: Vec<String>,
+    began: Instant,
+    failure: Option<String>,
+}
+
+/// Starts every host with the peer list.
+async fn start_epoch(
+    config: &CoordinatorConfig,
+    client: &reqwest::Client,
+    shared: &Shared,
+    hosts: &[HostStatus],
+) -> Epoch {
+    let number = shared.snapshot().epoch + 1;
+    let peers: Vec<SocketAddr> = hosts.iter().map(|h| h.exchange_address).collect();
+    let instances: Vec<String> = hosts.iter().map(|h| h.instance.clone()).collect();
+    tracing::info!(deployment = %config.deployment_id, epoch = number, hosts = config.hosts, "every host is ready: starting");
+    let order = StartOrder { deployment_id: config.deployment_id.clone(), epoch: number, peers };
+    let started = futures::future::join_all(
+        (0..config.hosts).map(|n| client.post(format!("{}/start", config.host_url(n))).json(&order).send()),
+    )
+    .await;
+    let began = Instant::now();
+    shared.update(|s| {
+        s.epoch = number;
+        s.state = DeploymentState::Running;
+    });
+    let mut failure = None;
+    for (n, answer) in started.into_iter().enumerate() {
+        match answer {
+            Ok(response) if response.status().is_success() => {}
+            Ok(response) => {
+                let body = response.text().await.unwrap_or_default();
+                failure = Some(format!("host {n} refused the start: {body}"));
             }
-            tokio::select! {
-                () = tokio::time::sleep(POLL_INTERVAL) => {}
-                () = shared.restart.notified() => break "ordered through the coordinator",
-            }
-            let answers = poll(&config, &client, &shared).await;
-            let changed = answers.iter().zip(&instances).any(|(a, i)| a.as_ref().is_some_and(|h| &h.instance != i));
-            if changed {
-                break "a host restarted by itself";
-            }
-            if let Some((n, host)) =
-                answers.iter().enumerate().find_map(|(n, a)| a.as_ref().filter(|h| h.phase == "failed").map(|h| (n, h)))
-            {
-                failure = Some(format!("host {n} failed: {}", host.error.as_deref().unwrap_or("no reason given")));
-                continue;
-            }
-            if answers.iter().all(|a| a.as_ref().is_some_and(|h| h.phase == "done")) {
-                match gather(&config, &client).await {
-                    Ok(text) => {
-                        let records = text.lines().count();
-                        let seconds = began.elapsed().as_secs_f64();
-                        tracing::info!(deployment = %config.deployment_id, epoch, records, seconds, "the deployment completed");
-                        *shared.result.lock().unwrap_or_else(|p| p.into_inner()) = Some(text);
-                        shared.update(|s| {
-                            s.state = DeploymentState::Completed;
-                            s.result_records = Some(records);
-                            s.run_seconds = Some(seconds);
-                        });
-                        shared.restart.notified().await;
-                        break "ordered after completion";
-                    }
-                    Err(error) => failure = Some(error),
+            Err(e) => failure = Some(format!("host {n} could not be started: {e}")),
+        }
+    }
+    Epoch { number, instances, began, failure }
+}
+
+/// Watches an epoch until every host is done, one fails, or a restart is due;
+/// returns why the next restart happens.
+async fn watch_epoch(
+    config: &CoordinatorConfig,
+    client: &reqwest::Client,
+    shared: &Shared,
+    epoch: &Epoch,
+) -> &'static str {
+    let mut failure = epoch.failure.clone();
+    loop {
+        if let Some(error) = failure.take() {
+            tracing::error!(deployment = %config.deployment_id, epoch = epoch.number, %error, "the deployment failed");
+            shared.update(|s| {
+                s.state = DeploymentState::Failed;
+                s.error = Some(error);
+                s.run_seconds = Some(epoch.began.elapsed().as_secs_f64());
+            });
+            shared.restart.notified().await;
+            return "ordered after a failure";
+        }
+        tokio::select! {
+            () = tokio::time::sleep(POLL_INTERVAL) => {}
+            () = shared.restart.notified() => return "ordered through the coordinator",
+        }
+        let answers = poll(config, client, shared).await;
+        if answers.iter().zip(&epoch.instances).any(|(a, i)| a.as_ref().is_some_and(|h| &h.instance != i)) {
+            return "a host restarted by itself";
+        }
+        if let Some((n, host)) = answers
+            .iter()
+            .enumerate()
+            .find_map(|(n, a)| a.as_ref().filter(|h| h.phase == Phase::Failed).map(|h| (n, h)))
+        {
+            failure = Some(format!("host {n} failed: {}", host.error.as_deref().unwrap_or("no reason given")));
+            continue;
+        }
+        if answers.iter().all(|a| a.as_ref().is_some_and(|h| h.phase == Phase::Done)) {
+            match gather(config, client).await {
+                Ok(text) => {
+                    let records = text.lines().count();
+                    let seconds = epoch.began.elapsed().as_secs_f64();
+                    tracing::info!(deployment = %config.deployment_id, epoch = epoch.number, records, seconds, "the deployment completed");
+                    *shared.result.lock().unwrap_or_else(|p| p.into_inner()) = Some(text);
+                    shared.update(|s| {
+                        s.state = DeploymentState::Completed;
+                        s.result_records = Some(records);
+                        s.run_seconds = Some(seconds);
+                    });
+                    shared.restart.notified().await;
+                    return "ordered after completion";
                 }
+                Err(error) => failure = Some(error),
             }
-        };
-        retired = order_restart(&config, &client, &shared, restart_why).await;
+        }
     }
 }
 

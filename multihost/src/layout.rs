@@ -11,11 +11,10 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener};
 
 /// Most hosts a run can have: third octets 0..=253 (255 is the coordinator's).
 pub const MAX_HOSTS: u32 = 254;
-/// The HTTP port of every member. The coordinator uses the same port on purpose:
+/// The HTTP port of every member and the exchange port of every host, from the
+/// pipeline runtime's contract. The coordinator uses the HTTP port too, on purpose:
 /// its address differs from every host's.
-pub const HTTP_PORT: u16 = 28080;
-/// The data-exchange port of every host.
-pub const EXCHANGE_PORT: u16 = 29000;
+pub use kiln_pipeline_runtime::contract::{EXCHANGE_PORT, HTTP_PORT};
 /// The coordinator's way of naming host `#`.
 pub const HOST_TEMPLATE: &str = "127.100.#.1";
 

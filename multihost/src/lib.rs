@@ -1,11 +1,10 @@
-//! Process supervision shared by `kiln up` (the local farm) and the multihost
-//! launcher: children in their own process groups that die with their parent,
-//! output prefixed per member, a restart policy, and a stop that leaves no process
-//! behind. And the multihost pieces: the loopback layout with its up-front checks,
-//! finding leftovers of earlier runs, and the coordinator.
+//! The multihost launcher's pieces: the loopback layout with its up-front checks
+//! ([`layout`]), finding leftovers of earlier runs ([`stale`]), and the coordinator
+//! ([`coordinator`]). The contract with the hosts (ports, phases, status, start
+//! order, command line, restart exit code) is the pipeline runtime's
+//! `contract` module, which this crate links; process supervision is
+//! `kiln-process`'s.
 
 pub mod coordinator;
 pub mod layout;
-pub mod process;
 pub mod stale;
-pub mod supervisor;

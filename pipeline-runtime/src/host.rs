@@ -6,7 +6,7 @@
 //! - `GET /result`: this host's records once it is done, as `{"records": [[key, value]]}`
 //!   with values rendered as text;
 //! - `POST /restart`: a coordinated restart; the host answers, then exits with
-//!   [`RESTART_EXIT_CODE`] so that its supervisor starts it again.
+//!   [`RESTART_EXIT_CODE`](crate::contract::RESTART_EXIT_CODE) so that its supervisor starts it again.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -14,35 +14,10 @@ use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use crate::contract::{HostStatus, Phase, StartOrder, RESTART_EXIT_CODE};
 use crate::Progress;
-
-/// The exit code that asks the supervisor for a restart (as in Feldera's
-/// `pipeline_run.sh`).
-pub const RESTART_EXIT_CODE: i32 = 55;
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Phase {
-    /// Listening, waiting for the coordinator's start.
-    Ready,
-    /// Working on this host's share of the input.
-    Running,
-    /// Sending and receiving records.
-    Exchanging,
-    /// The result is available.
-    Done,
-    Failed,
-}
-
-#[derive(Debug, Deserialize)]
-pub struct StartOrder {
-    pub deployment_id: String,
-    pub epoch: u64,
-    pub peers: Vec<SocketAddr>,
-}
 
 /// What the HTTP thread and the worker thread share.
 #[derive(Debug)]
@@ -66,22 +41,22 @@ impl HostState {
         *self.phase.lock().unwrap_or_else(|p| p.into_inner()) = (phase, error);
     }
 
-    fn status(&self) -> serde_json::Value {
+    fn status(&self) -> HostStatus {
         let (phase, error) = self.phase.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        json!({
-            "host_id": self.host_id,
-            "deployment_id": self.deployment_id,
-            "instance": self.instance,
-            "phase": phase,
-            "error": error,
-            "epoch": *self.epoch.lock().unwrap_or_else(|p| p.into_inner()),
-            "exchange_address": self.exchange_address,
-            "storage_dir": self.storage_dir,
-            "memory_limit_bytes": self.memory_limit_bytes,
-            "records_read": self.progress.records_read.load(Ordering::Relaxed),
-            "records_sent": self.progress.records_sent.load(Ordering::Relaxed),
-            "records_received": self.progress.records_received.load(Ordering::Relaxed),
-        })
+        HostStatus {
+            host_id: self.host_id,
+            deployment_id: self.deployment_id.clone(),
+            instance: self.instance.clone(),
+            phase,
+            error,
+            epoch: *self.epoch.lock().unwrap_or_else(|p| p.into_inner()),
+            exchange_address: self.exchange_address,
+            storage_dir: self.storage_dir.clone(),
+            memory_limit_bytes: self.memory_limit_bytes,
+            records_read: self.progress.records_read.load(Ordering::Relaxed),
+            records_sent: self.progress.records_sent.load(Ordering::Relaxed),
+            records_received: self.progress.records_received.load(Ordering::Relaxed),
+        }
     }
 
     fn start(&self, body: &str) -> (u16, serde_json::Value) {
@@ -131,7 +106,7 @@ pub fn serve(server: tiny_http::Server, state: Arc<HostState>) {
         let method = request.method().clone();
         let path = request.url().split('?').next().unwrap_or("").to_owned();
         let (status, body) = match (method, path.as_str()) {
-            (tiny_http::Method::Get, "/status") => (200, state.status()),
+            (tiny_http::Method::Get, "/status") => (200, json!(state.status())),
             (tiny_http::Method::Post, "/start") => {
                 let mut body = String::new();
                 match std::io::Read::read_to_string(request.as_reader(), &mut body) {

@@ -20,7 +20,7 @@
 //! config file's directory) and `pace_ms` (a pause after every 1000 records, to
 //! watch or interrupt a run in a demo or a test).
 
-pub mod args;
+pub mod contract;
 pub mod exchange;
 pub mod host;
 pub mod share;
@@ -38,7 +38,7 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde::Serialize;
 
-pub use host::RESTART_EXIT_CODE;
+pub use contract::RESTART_EXIT_CODE;
 pub use share::Share;
 
 /// What a pipeline's job may fail with.
@@ -141,7 +141,7 @@ fn load_config<C: DeserializeOwned>(path: &Path) -> Result<(C, RuntimeSettings, 
 /// Runs `job` as the command line says (see the crate's documentation) and returns
 /// the process's exit code. A pipeline's `main` is `kiln_pipeline_runtime::run(MyJob)`.
 pub fn run<J: Job>(job: J) -> ExitCode {
-    let args = match args::parse(std::env::args().skip(1)) {
+    let args = match contract::Args::parse(std::env::args().skip(1)) {
         Ok(args) => args,
         Err(message) => {
             eprintln!("{message}");
@@ -206,7 +206,7 @@ fn run_alone<J: Job>(job: &J, config_file: &Path) -> Result<(), Error> {
     Ok(())
 }
 
-fn run_host<J: Job>(job: &J, config_file: &Path, host: &args::HostArgs) -> Result<(), Error> {
+fn run_host<J: Job>(job: &J, config_file: &Path, host: &contract::HostArgs) -> Result<(), Error> {
     let exchange_address = SocketAddr::new(host.bind_address, host.exchange_port);
     let http_address = SocketAddr::new(host.bind_address, host.http_port);
     // Read the config before listening, so a bad one fails the host at once; the
@@ -230,7 +230,7 @@ fn run_host<J: Job>(job: &J, config_file: &Path, host: &args::HostArgs) -> Resul
         storage_dir: context.storage_dir.clone(),
         memory_limit_bytes: std::env::var("KILN_MEMORY_LIMIT_BYTES").ok().and_then(|v| v.parse().ok()),
         progress: progress.clone(),
-        phase: Mutex::new((host::Phase::Ready, None)),
+        phase: Mutex::new((contract::Phase::Ready, None)),
         epoch: Mutex::new(None),
         result: Mutex::new(None),
         start: Mutex::new(Some(start)),
@@ -244,7 +244,7 @@ fn run_host<J: Job>(job: &J, config_file: &Path, host: &args::HostArgs) -> Resul
         host.host_id, host.deployment_id
     );
 
-    let order: host::StartOrder = started.recv().map_err(|_| "the HTTP endpoint stopped before a start")?;
+    let order: contract::StartOrder = started.recv().map_err(|_| "the HTTP endpoint stopped before a start")?;
     let outcome = work(job, &mut context, host, &order, &state, &listener);
     match outcome {
         Ok(records) => {
@@ -259,7 +259,7 @@ fn run_host<J: Job>(job: &J, config_file: &Path, host: &args::HostArgs) -> Resul
             }
         }
         Err(error) => {
-            state.set_phase(host::Phase::Failed, Some(error.to_string()));
+            state.set_phase(contract::Phase::Failed, Some(error.to_string()));
             Err(error)
         }
     }
@@ -268,19 +268,19 @@ fn run_host<J: Job>(job: &J, config_file: &Path, host: &args::HostArgs) -> Resul
 fn work<J: Job>(
     job: &J,
     context: &mut Context<J::Config>,
-    host: &args::HostArgs,
-    order: &host::StartOrder,
+    host: &contract::HostArgs,
+    order: &contract::StartOrder,
     state: &host::HostState,
     listener: &TcpListener,
 ) -> Result<usize, Error> {
     let hosts = order.peers.len() as u32;
     let share = Share { index: host.host_id, count: hosts };
     eprintln!("host {}: started (epoch {}), working on share {} of {hosts}", host.host_id, order.epoch, share.index);
-    state.set_phase(host::Phase::Running, None);
+    state.set_phase(contract::Phase::Running, None);
     context.share = share;
     let table = map_share(job, context)?;
 
-    state.set_phase(host::Phase::Exchanging, None);
+    state.set_phase(contract::Phase::Exchanging, None);
     let mut partitions: Vec<BTreeMap<String, J::Value>> = (0..hosts).map(|_| BTreeMap::new()).collect();
     for (key, value) in table {
         partitions[share::owner(&key, hosts) as usize].insert(key, value);
@@ -301,6 +301,6 @@ fn work<J: Job>(
     let records = render(mine);
     let count = records.len();
     *state.result.lock().unwrap_or_else(|p| p.into_inner()) = Some(records);
-    state.set_phase(host::Phase::Done, None);
+    state.set_phase(contract::Phase::Done, None);
     Ok(count)
 }

@@ -1,6 +1,6 @@
 //! The farm's dependency set: the registry crates every worker has prebuilt and that
 //! pipeline programs may depend on. Its manifest and lockfile live in
-//! `compiler-worker/depset/` and are embedded here, so the leader (which validates
+//! `core/depset/` and are embedded here, so the leader (which validates
 //! programs) and every worker (which builds them) agree on one set.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -21,7 +21,7 @@ pub const RUNTIME_PACKAGE: &str = "kiln-pipeline-runtime";
 pub const RUNTIME_FILES: [(&str, &str); 6] = [
     ("Cargo.toml", include_str!("../../pipeline-runtime/Cargo.toml")),
     ("src/lib.rs", include_str!("../../pipeline-runtime/src/lib.rs")),
-    ("src/args.rs", include_str!("../../pipeline-runtime/src/args.rs")),
+    ("src/contract.rs", include_str!("../../pipeline-runtime/src/contract.rs")),
     ("src/exchange.rs", include_str!("../../pipeline-runtime/src/exchange.rs")),
     ("src/host.rs", include_str!("../../pipeline-runtime/src/host.rs")),
     ("src/share.rs", include_str!("../../pipeline-runtime/src/share.rs")),

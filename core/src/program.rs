@@ -195,101 +195,10 @@ impl Layout {
 impl Program {
     /// Applies every rule of the format to `files`.
     pub fn parse(files: Vec<ProgramFile>, depset: &DepSet) -> Result<Program, ProgramError> {
-        if files.len() > MAX_PROGRAM_FILES {
-            return Err(ProgramError::TooManyFiles { count: files.len() });
-        }
-        let size: u64 = files.iter().map(|f| f.content.len() as u64).sum();
-        if size > MAX_PROGRAM_BYTES {
-            return Err(ProgramError::TooLarge { size });
-        }
-        let mut seen = std::collections::HashSet::new();
-        for file in &files {
-            validate_path(&file.path)?;
-            if !seen.insert(file.path.as_str()) {
-                return Err(ProgramError::DuplicatePath(file.path.clone()));
-            }
-        }
-
-        let mut crates = Vec::new();
-        let mut any_manifest = false;
-        for file in &files {
-            let Some(dir) = manifest_dir(&file.path) else { continue };
-            any_manifest = true;
-            let text = std::str::from_utf8(&file.content)
-                .map_err(|_| ProgramError::BadManifest { path: file.path.clone(), reason: "it is not UTF-8".into() })?;
-            let manifest: toml_edit::DocumentMut = text.parse().map_err(|e: toml_edit::TomlError| {
-                ProgramError::BadManifest { path: file.path.clone(), reason: e.message().to_owned() }
-            })?;
-            let Some(package) = manifest.get("package") else {
-                if manifest.get("workspace").is_some() {
-                    continue; // a virtual workspace manifest, for plain `cargo build`
-                }
-                return Err(ProgramError::BadManifest {
-                    path: file.path.clone(),
-                    reason: "it has no [package] table".into(),
-                });
-            };
-            let package = package.get("name").and_then(|n| n.as_str()).ok_or_else(|| ProgramError::BadManifest {
-                path: file.path.clone(),
-                reason: "[package] has no name".into(),
-            })?;
-            let has = |rel: &str| seen.contains(join(&dir, rel).as_str());
-            let kind = if has("src/main.rs") || manifest.get("bin").is_some() {
-                CrateKind::Binary
-            } else if has("src/lib.rs") || manifest.get("lib").is_some() {
-                CrateKind::Library
-            } else {
-                return Err(ProgramError::NoTarget { package: package.to_owned(), dir: display_dir(&dir) });
-            };
-            crates.push(Crate {
-                dir,
-                package: package.to_owned(),
-                kind,
-                manifest,
-                files: Vec::new(),
-                path_dependencies: Vec::new(),
-            });
-        }
-        if !any_manifest {
-            return Err(ProgramError::NoManifest);
-        }
-
-        let mut by_package = HashMap::new();
-        for (index, krate) in crates.iter().enumerate() {
-            if by_package.insert(krate.package.clone(), index).is_some() {
-                return Err(ProgramError::DuplicatePackage(krate.package.clone()));
-            }
-        }
-        let binaries: Vec<usize> = (0..crates.len()).filter(|&i| crates[i].kind == CrateKind::Binary).collect();
-        let binary = match binaries.as_slice() {
-            [one] => *one,
-            [] => {
-                let libraries = crates.iter().map(|c| c.package.as_str()).collect::<Vec<_>>().join(", ");
-                return Err(ProgramError::NoBinary {
-                    libraries: if libraries.is_empty() { "none".into() } else { libraries },
-                });
-            }
-            [first, second, ..] => {
-                return Err(ProgramError::TwoBinaries {
-                    first: describe(&crates[*first]),
-                    second: describe(&crates[*second]),
-                });
-            }
-        };
-
-        // Each file belongs to the crate with the deepest directory containing it.
-        for (file_index, file) in files.iter().enumerate() {
-            let owner = crates
-                .iter()
-                .enumerate()
-                .filter(|(_, c)| c.dir.is_empty() || file.path.starts_with(&format!("{}/", c.dir)))
-                .max_by_key(|(_, c)| c.dir.len())
-                .map(|(i, _)| i);
-            if let Some(owner) = owner {
-                crates[owner].files.push(file_index);
-            }
-        }
-
+        check_files(&files)?;
+        let mut crates = read_crates(&files)?;
+        let binary = find_binary(&crates)?;
+        assign_files(&files, &mut crates);
         let by_dir: HashMap<String, usize> = crates.iter().enumerate().map(|(i, c)| (c.dir.clone(), i)).collect();
         let dependencies: Vec<Vec<PathDependency>> =
             crates.iter().map(|c| check_dependencies(c, &by_dir, depset)).collect::<Result<_, _>>()?;
@@ -399,6 +308,97 @@ impl Program {
     }
 }
 
+/// The limits, and every path: relative, inside the program, no duplicates.
+fn check_files(files: &[ProgramFile]) -> Result<(), ProgramError> {
+    if files.len() > MAX_PROGRAM_FILES {
+        return Err(ProgramError::TooManyFiles { count: files.len() });
+    }
+    let size: u64 = files.iter().map(|f| f.content.len() as u64).sum();
+    if size > MAX_PROGRAM_BYTES {
+        return Err(ProgramError::TooLarge { size });
+    }
+    let mut seen = std::collections::HashSet::new();
+    for file in files {
+        validate_path(&file.path)?;
+        if !seen.insert(file.path.as_str()) {
+            return Err(ProgramError::DuplicatePath(file.path.clone()));
+        }
+    }
+    Ok(())
+}
+
+/// Every crate of the program: each `Cargo.toml` with a `[package]`. A virtual
+/// workspace manifest (for plain `cargo build`) is skipped.
+fn read_crates(files: &[ProgramFile]) -> Result<Vec<Crate>, ProgramError> {
+    let paths: std::collections::HashSet<&str> = files.iter().map(|f| f.path.as_str()).collect();
+    let mut crates = Vec::new();
+    let mut any_manifest = false;
+    for file in files {
+        let Some(dir) = manifest_dir(&file.path) else { continue };
+        any_manifest = true;
+        let bad = |reason: &str| ProgramError::BadManifest { path: file.path.clone(), reason: reason.to_owned() };
+        let text = std::str::from_utf8(&file.content).map_err(|_| bad("it is not UTF-8"))?;
+        let manifest: toml_edit::DocumentMut = text.parse().map_err(|e: toml_edit::TomlError| bad(e.message()))?;
+        let Some(package) = manifest.get("package") else {
+            if manifest.get("workspace").is_some() {
+                continue;
+            }
+            return Err(bad("it has no [package] table"));
+        };
+        let package =
+            package.get("name").and_then(|n| n.as_str()).ok_or_else(|| bad("[package] has no name"))?.to_owned();
+        let has = |rel: &str| paths.contains(join(&dir, rel).as_str());
+        let kind = if has("src/main.rs") || manifest.get("bin").is_some() {
+            CrateKind::Binary
+        } else if has("src/lib.rs") || manifest.get("lib").is_some() {
+            CrateKind::Library
+        } else {
+            return Err(ProgramError::NoTarget { package, dir: display_dir(&dir) });
+        };
+        crates.push(Crate { dir, package, kind, manifest, files: Vec::new(), path_dependencies: Vec::new() });
+    }
+    if !any_manifest {
+        return Err(ProgramError::NoManifest);
+    }
+    let mut packages = std::collections::HashSet::new();
+    for krate in &crates {
+        if !packages.insert(krate.package.as_str()) {
+            return Err(ProgramError::DuplicatePackage(krate.package.clone()));
+        }
+    }
+    Ok(crates)
+}
+
+/// The one binary crate's index.
+fn find_binary(crates: &[Crate]) -> Result<usize, ProgramError> {
+    let binaries: Vec<usize> = (0..crates.len()).filter(|&i| crates[i].kind == CrateKind::Binary).collect();
+    match binaries.as_slice() {
+        [one] => Ok(*one),
+        [] => {
+            let libraries = crates.iter().map(|c| c.package.as_str()).collect::<Vec<_>>().join(", ");
+            Err(ProgramError::NoBinary { libraries: if libraries.is_empty() { "none".into() } else { libraries } })
+        }
+        [first, second, ..] => {
+            Err(ProgramError::TwoBinaries { first: describe(&crates[*first]), second: describe(&crates[*second]) })
+        }
+    }
+}
+
+/// Each file belongs to the crate with the deepest directory containing it.
+fn assign_files(files: &[ProgramFile], crates: &mut [Crate]) {
+    for (file_index, file) in files.iter().enumerate() {
+        let owner = crates
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.dir.is_empty() || file.path.starts_with(&format!("{}/", c.dir)))
+            .max_by_key(|(_, c)| c.dir.len())
+            .map(|(i, _)| i);
+        if let Some(owner) = owner {
+            crates[owner].files.push(file_index);
+        }
+    }
+}
+
 fn describe(krate: &Crate) -> String {
     format!("{} ({})", krate.package, display_dir(&krate.dir))
 }
@@ -474,6 +474,58 @@ fn set_path(manifest: &mut toml_edit::DocumentMut, keys: &[String], path: &str) 
     }
 }
 
+/// One dependency entry as written: `name = "1"` or `name = { version, features, ... }`.
+struct DependencyEntry<'a> {
+    requirement: Option<&'a str>,
+    features: Vec<&'a str>,
+    spec: Option<&'a dyn toml_edit::TableLike>,
+}
+
+/// Who depends on what, for the errors.
+struct Dependent<'a> {
+    package: &'a str,
+    dependency: &'a str,
+}
+
+impl Dependent<'_> {
+    fn bad(&self, reason: &str) -> ProgramError {
+        ProgramError::BadDependency {
+            package: self.package.to_owned(),
+            dependency: self.dependency.to_owned(),
+            reason: reason.to_owned(),
+        }
+    }
+
+    fn unsupported(&self, source_kind: &'static str) -> ProgramError {
+        ProgramError::UnsupportedSource {
+            package: self.package.to_owned(),
+            dependency: self.dependency.to_owned(),
+            source_kind,
+        }
+    }
+}
+
+fn read_entry<'a>(who: &Dependent<'_>, item: &'a toml_edit::Item) -> Result<DependencyEntry<'a>, ProgramError> {
+    if let Some(requirement) = item.as_str() {
+        return Ok(DependencyEntry { requirement: Some(requirement), features: Vec::new(), spec: None });
+    }
+    let spec = item.as_table_like().ok_or_else(|| who.bad("expected a version string or a table"))?;
+    let features = match spec.get("features") {
+        None => Vec::new(),
+        Some(f) => f
+            .as_array()
+            .ok_or_else(|| who.bad("features must be an array of strings"))?
+            .iter()
+            .map(|v| v.as_str().ok_or_else(|| who.bad("features must be an array of strings")))
+            .collect::<Result<_, _>>()?,
+    };
+    Ok(DependencyEntry { requirement: spec.get("version").and_then(|v| v.as_str()), features, spec: Some(spec) })
+}
+
+/// Checks every dependency of `krate`: path crates must be crates of the program,
+/// registry crates must be in the dependency set at its version and features, and
+/// nothing may come from git, another registry or the workspace. Returns the path
+/// dependencies.
 fn check_dependencies(
     krate: &Crate,
     by_dir: &HashMap<String, usize>,
@@ -485,47 +537,22 @@ fn check_dependencies(
             continue;
         };
         for (name, item) in table.iter() {
-            let bad = |reason: &str| ProgramError::BadDependency {
-                package: krate.package.clone(),
-                dependency: name.to_owned(),
-                reason: reason.to_owned(),
-            };
-            let unsupported = |source_kind| ProgramError::UnsupportedSource {
-                package: krate.package.clone(),
-                dependency: name.to_owned(),
-                source_kind,
-            };
-            let (requirement, features, spec): (Option<&str>, Vec<&str>, Option<&dyn toml_edit::TableLike>) =
-                match (item.as_str(), item.as_table_like()) {
-                    (Some(req), _) => (Some(req), Vec::new(), None),
-                    (None, Some(spec)) => {
-                        let features = match spec.get("features") {
-                            None => Vec::new(),
-                            Some(f) => f
-                                .as_array()
-                                .ok_or_else(|| bad("features must be an array of strings"))?
-                                .iter()
-                                .map(|v| v.as_str().ok_or_else(|| bad("features must be an array of strings")))
-                                .collect::<Result<_, _>>()?,
-                        };
-                        (spec.get("version").and_then(|v| v.as_str()), features, Some(spec))
-                    }
-                    _ => return Err(bad("expected a version string or a table")),
-                };
-            if let Some(spec) = spec {
+            let who = Dependent { package: &krate.package, dependency: name };
+            let entry = read_entry(&who, item)?;
+            if let Some(spec) = entry.spec {
                 if spec.get("workspace").is_some() {
-                    return Err(unsupported(
+                    return Err(who.unsupported(
                         "the workspace (`workspace = true`); write the dependency out in the crate's own Cargo.toml",
                     ));
                 }
                 if spec.get("git").is_some() {
-                    return Err(unsupported("git"));
+                    return Err(who.unsupported("git"));
                 }
                 if spec.get("registry").is_some() || spec.get("registry-index").is_some() {
-                    return Err(unsupported("another registry"));
+                    return Err(who.unsupported("another registry"));
                 }
                 if let Some(path) = spec.get("path") {
-                    let path = path.as_str().ok_or_else(|| bad("path must be a string"))?;
+                    let path = path.as_str().ok_or_else(|| who.bad("path must be a string"))?;
                     let target =
                         resolve(&krate.dir, path).and_then(|dir| by_dir.get(&dir).copied()).ok_or_else(|| {
                             ProgramError::PathNotACrate {
@@ -540,45 +567,50 @@ fn check_dependencies(
                     continue;
                 }
             }
-            let real_name = spec.and_then(|s| s.get("package")).and_then(|p| p.as_str()).unwrap_or(name);
-            let allowed = || depset.names().collect::<Vec<_>>().join(", ");
-            let Some(available) = depset.get(real_name) else {
-                return Err(ProgramError::OutsideDependencySet {
-                    package: krate.package.clone(),
-                    dependency: real_name.to_owned(),
-                    allowed: allowed(),
-                });
-            };
-            let requirement = requirement.ok_or_else(|| bad("a registry dependency needs a version"))?;
-            let parsed = semver::VersionReq::parse(requirement)
-                .map_err(|e| bad(&format!("version {requirement:?} is not a valid requirement: {e}")))?;
-            if !parsed.matches(&available.version) {
-                return Err(ProgramError::VersionMismatch {
-                    package: krate.package.clone(),
-                    dependency: real_name.to_owned(),
-                    requirement: requirement.to_owned(),
-                    available: available.version.to_string(),
-                });
-            }
-            for feature in features {
-                let builds =
-                    available.features.contains(feature) || (feature == "default" && available.default_features);
-                if !builds {
-                    let mut allowed: Vec<&str> = available.features.iter().map(String::as_str).collect();
-                    if available.default_features {
-                        allowed.push("default");
-                    }
-                    return Err(ProgramError::FeatureOutsideSet {
-                        package: krate.package.clone(),
-                        dependency: real_name.to_owned(),
-                        feature: feature.to_owned(),
-                        allowed: if allowed.is_empty() { "no features".into() } else { allowed.join(", ") },
-                    });
-                }
-            }
+            let real_name = entry.spec.and_then(|s| s.get("package")).and_then(|p| p.as_str()).unwrap_or(name);
+            check_in_set(&Dependent { package: &krate.package, dependency: real_name }, &entry, depset)?;
         }
     }
     Ok(path_dependencies)
+}
+
+/// A registry dependency must be in the set, at a version its requirement
+/// matches, with only features the set builds.
+fn check_in_set(who: &Dependent<'_>, entry: &DependencyEntry<'_>, depset: &DepSet) -> Result<(), ProgramError> {
+    let Some(available) = depset.get(who.dependency) else {
+        return Err(ProgramError::OutsideDependencySet {
+            package: who.package.to_owned(),
+            dependency: who.dependency.to_owned(),
+            allowed: depset.names().collect::<Vec<_>>().join(", "),
+        });
+    };
+    let requirement = entry.requirement.ok_or_else(|| who.bad("a registry dependency needs a version"))?;
+    let parsed = semver::VersionReq::parse(requirement)
+        .map_err(|e| who.bad(&format!("version {requirement:?} is not a valid requirement: {e}")))?;
+    if !parsed.matches(&available.version) {
+        return Err(ProgramError::VersionMismatch {
+            package: who.package.to_owned(),
+            dependency: who.dependency.to_owned(),
+            requirement: requirement.to_owned(),
+            available: available.version.to_string(),
+        });
+    }
+    for feature in &entry.features {
+        let builds = available.features.contains(*feature) || (*feature == "default" && available.default_features);
+        if !builds {
+            let mut allowed: Vec<&str> = available.features.iter().map(String::as_str).collect();
+            if available.default_features {
+                allowed.push("default");
+            }
+            return Err(ProgramError::FeatureOutsideSet {
+                package: who.package.to_owned(),
+                dependency: who.dependency.to_owned(),
+                feature: (*feature).to_owned(),
+                allowed: if allowed.is_empty() { "no features".into() } else { allowed.join(", ") },
+            });
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -155,6 +155,74 @@ impl Drop for Supervisor {
     }
 }
 
+/// A member's restart history under its policy.
+#[derive(Debug)]
+struct Restarts {
+    policy: RestartPolicy,
+    backoff: Duration,
+    recent: Vec<Instant>,
+}
+
+impl Restarts {
+    fn new(policy: RestartPolicy) -> Restarts {
+        let backoff = match policy {
+            RestartPolicy::Always { min_backoff, .. } => min_backoff,
+            RestartPolicy::OnExitCode { backoff, .. } => backoff,
+        };
+        Restarts { policy, backoff, recent: Vec::new() }
+    }
+
+    /// After an exit (`code`, described as `exit`) of a run that lasted `ran_for`:
+    /// how long to wait before starting again, or why the member is fatal.
+    fn after_exit(&mut self, code: Option<i32>, exit: String, ran_for: Duration) -> Result<Duration, String> {
+        match self.policy {
+            RestartPolicy::Always { min_backoff, max_backoff, stable_after } => {
+                if ran_for >= stable_after {
+                    self.backoff = min_backoff;
+                }
+                let after = self.backoff;
+                self.backoff = (self.backoff * 2).min(max_backoff);
+                Ok(after)
+            }
+            RestartPolicy::OnExitCode { code: restart_code, backoff, max_restarts, window } => {
+                if code != Some(restart_code) {
+                    return Err(exit);
+                }
+                self.recent.retain(|t| t.elapsed() < window);
+                if self.recent.len() as u32 >= max_restarts {
+                    return Err(format!(
+                        "{exit}: more than {max_restarts} coordinated restarts within {}s",
+                        window.as_secs()
+                    ));
+                }
+                self.recent.push(Instant::now());
+                Ok(backoff)
+            }
+        }
+    }
+}
+
+/// The member's command: piped output, its own process group, the parent-death
+/// signal and its memory limit.
+fn command(spec: &MemberSpec) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(&spec.program);
+    command
+        .args(&spec.args)
+        .envs(spec.env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    if let Some(dir) = &spec.working_dir {
+        command.current_dir(dir);
+    }
+    own_group_dying_with_parent(&mut command);
+    if let Some(bytes) = spec.memory_limit {
+        crate::process::limit_memory(&mut command, bytes);
+    }
+    command
+}
+
 async fn supervise(
     spec: MemberSpec,
     index: usize,
@@ -165,34 +233,13 @@ async fn supervise(
     pids: PidTable,
 ) {
     let set_pid = |pid: Option<u32>| pids.lock().unwrap_or_else(|p| p.into_inner())[index].1 = pid;
-    let mut restarts: Vec<Instant> = Vec::new();
-    let mut backoff = match policy {
-        RestartPolicy::Always { min_backoff, .. } => min_backoff,
-        RestartPolicy::OnExitCode { backoff, .. } => backoff,
-    };
+    let mut restarts = Restarts::new(policy);
     loop {
-        let mut command = tokio::process::Command::new(&spec.program);
-        command
-            .args(&spec.args)
-            .envs(spec.env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        if let Some(dir) = &spec.working_dir {
-            command.current_dir(dir);
-        }
-        own_group_dying_with_parent(&mut command);
-        if let Some(bytes) = spec.memory_limit {
-            crate::process::limit_memory(&mut command, bytes);
-        }
-        let mut child = match command.spawn() {
+        let mut child = match command(&spec).spawn() {
             Ok(child) => child,
             Err(e) => {
-                let _ = events.send(Event::Fatal {
-                    member: spec.name.clone(),
-                    reason: format!("could not start {}: {e}", spec.program.display()),
-                });
+                let reason = format!("could not start {}: {e}", spec.program.display());
+                let _ = events.send(Event::Fatal { member: spec.name.clone(), reason });
                 return;
             }
         };
@@ -232,41 +279,17 @@ async fn supervise(
             Ok(status) => describe_exit(status),
             Err(e) => format!("could not be waited for: {e}"),
         };
-
-        let restart_after = match policy {
-            RestartPolicy::Always { min_backoff, max_backoff, stable_after } => {
-                if started.elapsed() >= stable_after {
-                    backoff = min_backoff;
+        match restarts.after_exit(code, exit.clone(), started.elapsed()) {
+            Ok(after) => {
+                let _ = events.send(Event::Restarting { member: spec.name.clone(), exit, after });
+                tokio::select! {
+                    () = tokio::time::sleep(after) => {}
+                    () = stop.cancelled() => return,
                 }
-                let after = backoff;
-                backoff = (backoff * 2).min(max_backoff);
-                Some(after)
             }
-            RestartPolicy::OnExitCode { code: restart_code, backoff, max_restarts, window } => {
-                if code != Some(restart_code) {
-                    let _ = events.send(Event::Fatal { member: spec.name.clone(), reason: exit });
-                    return;
-                }
-                restarts.retain(|t| t.elapsed() < window);
-                if restarts.len() as u32 >= max_restarts {
-                    let _ = events.send(Event::Fatal {
-                        member: spec.name.clone(),
-                        reason: format!(
-                            "{exit}: more than {max_restarts} coordinated restarts within {}s",
-                            window.as_secs()
-                        ),
-                    });
-                    return;
-                }
-                restarts.push(Instant::now());
-                Some(backoff)
-            }
-        };
-        if let Some(after) = restart_after {
-            let _ = events.send(Event::Restarting { member: spec.name.clone(), exit, after });
-            tokio::select! {
-                () = tokio::time::sleep(after) => {}
-                () = stop.cancelled() => return,
+            Err(reason) => {
+                let _ = events.send(Event::Fatal { member: spec.name.clone(), reason });
+                return;
             }
         }
     }

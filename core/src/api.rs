@@ -1,0 +1,189 @@
+//! The REST types of the leader's `/v0` API, shared by the leader (which serves
+//! them) and every client (the `kiln` commands, the tests, the benchmarks).
+//!
+//! These are the API's shape only. The leader keeps its own record type in its
+//! catalog and converts to [`PipelineRecord`] at the edge, so the database and the
+//! API can change separately.
+
+use serde::{Deserialize, Serialize};
+
+/// The header that carries an artifact's SHA-256 on `GET /v0/pipelines/{id}/binary`.
+pub const SHA256_HEADER: &str = "x-kiln-sha256";
+
+/// Where a pipeline is in its life. `pending → compiling → uploading → success`, or
+/// one of the two error statuses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Pending,
+    Compiling,
+    Uploading,
+    Success,
+    CompileError,
+    SystemError,
+}
+
+impl Status {
+    pub const ALL: [Status; 6] = [
+        Status::Pending,
+        Status::Compiling,
+        Status::Uploading,
+        Status::Success,
+        Status::CompileError,
+        Status::SystemError,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Pending => "pending",
+            Status::Compiling => "compiling",
+            Status::Uploading => "uploading",
+            Status::Success => "success",
+            Status::CompileError => "compile_error",
+            Status::SystemError => "system_error",
+        }
+    }
+
+    /// A worker holds the pipeline: it is being built or uploaded.
+    pub fn in_flight(self) -> bool {
+        matches!(self, Status::Compiling | Status::Uploading)
+    }
+
+    /// The build has ended, one way or the other.
+    pub fn finished(self) -> bool {
+        matches!(self, Status::Success | Status::CompileError | Status::SystemError)
+    }
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+/// The sccache figures of one build.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CacheFigures {
+    pub enabled: bool,
+    pub hits: u64,
+    pub misses: u64,
+    pub non_cacheable: u64,
+    /// Time sccache spent serving hits from the store.
+    #[serde(default)]
+    pub hit_read_ms: u64,
+    /// Time sccache spent compiling misses (and writing them to the store).
+    #[serde(default)]
+    pub miss_compile_ms: u64,
+    /// The share of the build's compiler-call time that the cache served, in percent:
+    /// `hit_read_ms / (hit_read_ms + miss_compile_ms)`; 0 with no calls.
+    #[serde(default)]
+    pub time_from_cache_percent: u32,
+    /// Why the cache was not used, or anything odd about it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub note: String,
+}
+
+impl CacheFigures {
+    /// `hit_read_ms` as a percentage of all compiler-call time.
+    pub fn percent_from_cache(hit_read_ms: u64, miss_compile_ms: u64) -> u32 {
+        (hit_read_ms * 100).checked_div(hit_read_ms + miss_compile_ms).map_or(0, |p| p as u32)
+    }
+}
+
+/// One pipeline, as `GET /v0/pipelines/{key}` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PipelineRecord {
+    pub id: u64,
+    pub name: String,
+    pub version: u64,
+    pub status: Status,
+    /// The ordinal that builds it: `id % N`.
+    pub worker: u32,
+    pub source_sha256: String,
+    pub binary_sha256: Option<String>,
+    pub binary_size: Option<u64>,
+    pub error: Option<String>,
+    /// How many times this version was handed to a worker. 1 for a build that went
+    /// through without its worker restarting.
+    pub attempt: u64,
+    pub cache: Option<CacheFigures>,
+    pub created_at_ms: u64,
+    /// When this version was submitted.
+    pub submitted_at_ms: u64,
+    pub started_at_ms: Option<u64>,
+    pub finished_at_ms: Option<u64>,
+    pub updated_at_ms: u64,
+    pub compile_ms: Option<u64>,
+    pub upload_ms: Option<u64>,
+    pub upload_retries: u32,
+}
+
+/// How a submission changed the catalog.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Change {
+    Created,
+    Updated,
+    Unchanged,
+}
+
+impl Change {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Change::Created => "created",
+            Change::Updated => "updated",
+            Change::Unchanged => "unchanged",
+        }
+    }
+}
+
+impl std::fmt::Display for Change {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+/// A program as `POST /v0/pipelines` takes it.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct SubmitRequest {
+    pub name: String,
+    pub files: Vec<SubmitFile>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct SubmitFile {
+    pub path: String,
+    pub content_base64: String,
+    #[serde(default)]
+    pub executable: bool,
+}
+
+/// What `POST /v0/pipelines` answers.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct SubmitResponse {
+    pub change: Change,
+    pub pipeline: PipelineRecord,
+}
+
+/// The body of every error answer of the API.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct ErrorBody {
+    /// What went wrong and how to fix it, in a sentence.
+    pub error: String,
+    /// A stable, machine-readable name of the kind of error.
+    pub code: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_read_as_they_are_written() {
+        for status in Status::ALL {
+            let json = serde_json::to_string(&status).unwrap();
+            assert_eq!(json, format!("\"{}\"", status.as_str()));
+            assert_eq!(serde_json::from_str::<Status>(&json).unwrap(), status);
+        }
+    }
+}

@@ -1,0 +1,153 @@
+//! A farm of real `kiln server` processes, started one by one so that a test can
+//! kill and restart any member. Member command lines are built from
+//! [`ServerArgs`], the same struct `kiln server` parses.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use kiln::server::ServerArgs;
+
+use crate::{Leader, Process, free_port};
+
+/// What every member of a farm shares.
+#[derive(Debug, Clone)]
+pub struct FarmSetup {
+    /// The `kiln` binary.
+    pub kiln: PathBuf,
+    /// The prebuilt dependency set, shared by every farm of a run.
+    pub depset_cache: PathBuf,
+    pub cluster_token: String,
+    /// `kiln server` options for every member, before each member's own.
+    pub options: Vec<String>,
+    /// When a member's own options say nothing of sccache, build with plain cargo.
+    pub cache_off_by_default: bool,
+    /// `KILN_LOG` for the members.
+    pub log: String,
+}
+
+/// One member to start: its ordinal, N, and options of its own.
+#[derive(Debug, Clone)]
+pub struct Member {
+    pub ordinal: u32,
+    pub workers: u32,
+    pub extra: Vec<String>,
+}
+
+#[derive(Debug)]
+pub struct Farm {
+    pub setup: FarmSetup,
+    /// When set, every member builds at this one path, privately mounted over its
+    /// own directory (as `kiln up` does), so sccache hits cross members.
+    pub shared_build_root: Option<PathBuf>,
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    pub members: Vec<Option<Process>>,
+    /// Killed members, kept so that their output is printed if the test fails.
+    pub stopped: Vec<Process>,
+    /// The HTTP client of [`Farm::leader`], for requests of a test's own.
+    pub http: reqwest::Client,
+}
+
+impl Farm {
+    /// A farm with room for `slots` members, none started.
+    pub fn new(setup: FarmSetup, slots: usize) -> Farm {
+        let port = free_port();
+        Farm {
+            setup,
+            shared_build_root: None,
+            dir: tempfile::Builder::new().prefix("kiln-farm-").tempdir().expect("a temporary directory"),
+            port,
+            members: (0..slots).map(|_| None).collect(),
+            stopped: Vec::new(),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// Starts `workers` members, each with `extra`, and waits until the farm is healthy.
+    pub async fn start_all(
+        setup: FarmSetup,
+        workers: u32,
+        shared_build_root: Option<PathBuf>,
+        extra: &[String],
+        timeout: Duration,
+    ) -> Farm {
+        let mut farm = Farm::new(setup, workers as usize);
+        farm.shared_build_root = shared_build_root;
+        for ordinal in 0..workers {
+            farm.start(Member { ordinal, workers, extra: extra.to_vec() });
+        }
+        farm.leader().wait_healthy(timeout).await;
+        farm
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// A typed client of this farm's leader (at `port`, which a test may change to
+    /// follow a leader it did not start).
+    pub fn leader(&self) -> Leader {
+        Leader { url: self.url(), http: self.http.clone(), api_token: None }
+    }
+
+    /// Member `ordinal`'s own directory, and its build root under it (what its
+    /// private mount shows at the shared path).
+    pub fn member_dir(&self, ordinal: u32) -> PathBuf {
+        self.dir.path().join(format!("member-{ordinal}"))
+    }
+
+    pub fn build_root(&self, ordinal: u32) -> PathBuf {
+        self.member_dir(ordinal).join("build")
+    }
+
+    /// The arguments of one member: the setup's options, then its own, then what
+    /// this farm decides (names, directories, ports, the token).
+    pub fn server_args(&self, member: &Member) -> ServerArgs {
+        let mut options: Vec<String> = self.setup.options.clone();
+        if self.setup.cache_off_by_default && !member.extra.iter().any(|a| a.starts_with("--sccache")) {
+            options.push("--sccache=off".into());
+        }
+        options.extend(member.extra.iter().cloned());
+        let base = ServerArgs::parse_options(&options).unwrap_or_else(|e| panic!("member options {options:?}: {e}"));
+        let dir = self.member_dir(member.ordinal);
+        ServerArgs {
+            hostname: Some(format!("kiln-compiler-server-{}", member.ordinal)),
+            workers: Some(member.workers),
+            data_dir: dir.clone(),
+            build_root: self.shared_build_root.clone().unwrap_or_else(|| dir.join("build")),
+            build_root_source: self.shared_build_root.as_ref().map(|_| dir.join("build")),
+            depset_cache: Some(self.setup.depset_cache.clone()),
+            cluster_token: Some(self.setup.cluster_token.clone()),
+            leader_url: Some(self.url()),
+            listen: std::net::SocketAddr::from(([127, 0, 0, 1], self.port)),
+            ..base
+        }
+    }
+
+    /// Starts (or restarts) a member.
+    pub fn start(&mut self, member: Member) {
+        let name = format!("member-{}", member.ordinal);
+        let args = self.server_args(&member);
+        let mut env = args.secret_env();
+        env.push(("KILN_LOG".into(), OsString::from(&self.setup.log)));
+        self.kill(member.ordinal);
+        let process = Process::start(&name, &self.setup.kiln, &args.to_args(), &env, self.dir.path())
+            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
+        self.members[member.ordinal as usize] = Some(process);
+    }
+
+    pub fn member(&mut self, ordinal: u32) -> &mut Process {
+        self.members[ordinal as usize].as_mut().expect("member started")
+    }
+
+    /// SIGKILLs a member. Its process is kept, so its output is still printed if
+    /// the test fails.
+    pub fn kill(&mut self, ordinal: u32) {
+        if let Some(mut p) = self.members[ordinal as usize].take() {
+            p.kill();
+            p.name = format!("{} (killed)", p.name);
+            self.stopped.push(p);
+        }
+    }
+}
