@@ -124,6 +124,7 @@ async fn depset_key(settings: &BuildSettings) -> anyhow::Result<String> {
     let parts = [
         depset::MANIFEST.as_bytes(),
         depset::LOCKFILE.as_bytes(),
+        depset::LIB_RS.as_bytes(),
         settings.profile.as_bytes(),
         &rustc.stdout,
     ];
@@ -211,15 +212,39 @@ async fn build_depset(settings: &BuildSettings) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Writes `text` to `path` unless the file already holds it. cargo's freshness
-/// checks compare modification times, so rewriting an unchanged source makes cargo
-/// compile its crate again on every build.
+/// The modification time of every file of the dependency set in a build root
+/// (2000-01-01T00:00:00Z): older than any prebuilt target.
+///
+/// cargo decides whether a path crate (the depset's anchor, the pipeline runtime)
+/// is fresh by comparing its sources' modification times with its build's. A build
+/// root takes its target from the prebuilt copy (`cp -a` keeps the times of when the
+/// set was built) but writes the sources itself. With the sources' times left to
+/// the clock, those crates were fresh or stale depending on whether this worker
+/// wrote its sources before or after another worker built the shared copy: a race
+/// that a busy machine loses more often. Stale, they were compiled again, through
+/// sccache, where nothing had ever stored them (the prebuilt set is built without
+/// it): two cache misses in a build that should have been all hits. With one fixed,
+/// old time they are fresh in every build root, always.
+///
+/// This relies on the depset key covering every file so written: a change of any
+/// of them is a new key, so a new target, never an old build taken for fresh.
+pub fn depset_source_mtime() -> std::time::SystemTime {
+    std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(946_684_800)
+}
+
+/// Writes `text` to `path` unless the file already holds it, with the depset's
+/// fixed modification time. cargo's freshness checks compare modification times,
+/// so rewriting an unchanged source makes cargo compile its crate again.
 fn write_if_changed(path: &Path, text: &str) -> std::io::Result<()> {
     if std::fs::read(path).ok().as_deref() != Some(text.as_bytes()) {
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent)?;
         }
         std::fs::write(path, text)?;
+    }
+    let file = std::fs::File::options().write(true).open(path)?;
+    if file.metadata()?.modified()? != depset_source_mtime() {
+        file.set_modified(depset_source_mtime())?;
     }
     Ok(())
 }
@@ -455,6 +480,19 @@ fn outcome(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_depset_sources_get_one_fixed_old_time_in_every_build_root() {
+        let root = tempfile::tempdir().unwrap();
+        write_depset(root.path()).unwrap();
+        let anchor = root.path().join("depset/lib.rs");
+        assert_eq!(std::fs::metadata(&anchor).unwrap().modified().unwrap(), depset_source_mtime());
+        // Written again with other content (a new kiln), the time is the same.
+        std::fs::write(&anchor, "changed").unwrap();
+        write_depset(root.path()).unwrap();
+        assert_eq!(std::fs::read_to_string(&anchor).unwrap(), depset::LIB_RS);
+        assert_eq!(std::fs::metadata(&anchor).unwrap().modified().unwrap(), depset_source_mtime());
+    }
 
     #[test]
     fn compiler_errors_are_summarised_and_the_binary_found() {
