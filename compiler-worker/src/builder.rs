@@ -31,6 +31,8 @@ use tokio_util::sync::CancellationToken;
 use kiln_core::depset;
 use kiln_core::program::{CrateKind, Layout};
 
+use crate::log::{CappedLog, clip};
+
 /// Environment variables cargo and rustc need; everything else is dropped.
 const KEPT_ENVIRONMENT: [&str; 8] =
     ["PATH", "HOME", "CARGO_HOME", "RUSTUP_HOME", "RUSTUP_TOOLCHAIN", "TMPDIR", "LANG", "USER"];
@@ -56,6 +58,8 @@ pub struct BuildSettings {
     /// is kept, so it is compiled once per machine rather than once per worker.
     pub depset_cache: Option<PathBuf>,
     pub timeout: Duration,
+    /// The most of a build's log that is kept (its beginning and its end).
+    pub max_log_bytes: usize,
 }
 
 /// Extra environment for cargo: the compiler wrapper and how it finds its server.
@@ -304,23 +308,27 @@ fn write_layout(root: &Path, layout: &Layout) -> anyhow::Result<Vec<String>> {
 /// order, the first errors, and the binary's path.
 #[derive(Debug, Default)]
 struct Collected {
-    log: String,
+    log: CappedLog,
     errors: Vec<String>,
     error_count: usize,
     executable: Option<PathBuf>,
+    /// cargo's line when a build script of the program failed.
+    build_script_failed: Option<String>,
 }
+
+/// Longest summary of one error taken from the program's output.
+const MAX_ERROR_SUMMARY_BYTES: usize = 1024;
 
 fn collect_json_line(collected: &mut Collected, line: &str, binary_manifest: &Path) {
     let Ok(message) = serde_json::from_str::<serde_json::Value>(line) else {
-        collected.log.push_str(line);
-        collected.log.push('\n');
+        collected.log.push_line(line);
         return;
     };
     match message["reason"].as_str() {
         Some("compiler-message") => {
             let diagnostic = &message["message"];
             if let Some(rendered) = diagnostic["rendered"].as_str() {
-                collected.log.push_str(rendered);
+                collected.log.push(rendered);
             }
             if diagnostic["level"].as_str() == Some("error") {
                 collected.error_count += 1;
@@ -332,7 +340,7 @@ fn collect_json_line(collected: &mut Collected, line: &str, binary_manifest: &Pa
                         .and_then(|s| s.iter().find(|s| s["is_primary"].as_bool() == Some(true)))
                         .map(|s| format!(" at {}:{}", s["file_name"].as_str().unwrap_or("?"), s["line_start"]))
                         .unwrap_or_default();
-                    collected.errors.push(format!("error{code}: {text}{span}"));
+                    collected.errors.push(clip(&format!("error{code}: {text}{span}"), MAX_ERROR_SUMMARY_BYTES));
                 }
             }
         }
@@ -369,7 +377,8 @@ pub async fn build(
         .args(["-p", depset::PACKAGE, "-p", &binary.package])
         .spawn()
         .context("starting cargo: is it on PATH?")?;
-    let collected = Arc::new(Mutex::new(Collected::default()));
+    let collected =
+        Arc::new(Mutex::new(Collected { log: CappedLog::new(settings.max_log_bytes), ..Collected::default() }));
     let readers = read_output(&mut child, &collected, binary_manifest);
     let status = match wait_or_stop(&mut child, cancel, settings.timeout).await? {
         Some(status) => status,
@@ -414,8 +423,11 @@ fn read_output(
             let mut lines = BufReader::new(stderr).lines();
             while let Ok(Some(line)) = lines.next_line().await {
                 let mut c = collected.lock().unwrap_or_else(|p| p.into_inner());
-                c.log.push_str(&line);
-                c.log.push('\n');
+                if c.build_script_failed.is_none() && line.starts_with("error: failed to run custom build command for")
+                {
+                    c.build_script_failed = Some(clip(&line, MAX_ERROR_SUMMARY_BYTES));
+                }
+                c.log.push_line(&line);
             }
         })
     };
@@ -445,7 +457,7 @@ async fn wait_or_stop(
         () = tokio::time::sleep(timeout) => {
             kill_group();
             let _ = child.wait().await;
-            bail!("the build took longer than {}s and was stopped", timeout.as_secs());
+            bail!("the build took longer than {}s and was stopped: the limit is --build-timeout", timeout.as_secs());
         }
     }
 }
@@ -458,19 +470,26 @@ fn outcome(
     elapsed: Duration,
     package: &str,
 ) -> anyhow::Result<BuildOutcome> {
+    let log = collected.log.finish();
     if status.success() {
         let executable =
             collected.executable.ok_or_else(|| anyhow::anyhow!("cargo succeeded but named no binary for {package}"))?;
-        return Ok(BuildOutcome::Built { executable, log: collected.log, elapsed });
+        return Ok(BuildOutcome::Built { executable, log, elapsed });
     }
     if collected.error_count > 0 {
         let mut summary = collected.errors.join("; ");
         if collected.error_count > collected.errors.len() {
             summary.push_str(&format!(" (and {} more errors)", collected.error_count - collected.errors.len()));
         }
-        return Ok(BuildOutcome::CompileError { summary, log: collected.log, elapsed });
+        return Ok(BuildOutcome::CompileError { summary, log, elapsed });
     }
-    let tail: Vec<&str> = collected.log.lines().rev().take(15).collect();
+    // A build script of the program failed: the program's error, with its output
+    // in the log (the dependency set's build scripts ran when it was prebuilt).
+    if let Some(line) = collected.build_script_failed {
+        let summary = line.trim_start_matches("error: ").to_owned();
+        return Ok(BuildOutcome::CompileError { summary, log, elapsed });
+    }
+    let tail: Vec<&str> = log.lines().rev().take(15).collect();
     bail!(
         "cargo failed ({status}) without a compiler error:\n{}",
         tail.into_iter().rev().collect::<Vec<_>>().join("\n")
@@ -497,7 +516,7 @@ mod tests {
     #[test]
     fn compiler_errors_are_summarised_and_the_binary_found() {
         let manifest = Path::new("/b/src/app-1/Cargo.toml");
-        let mut c = Collected::default();
+        let mut c = Collected { log: CappedLog::new(1 << 20), ..Collected::default() };
         let error = r#"{"reason":"compiler-message","message":{"rendered":"error[E0425]: cannot find value `x`\n","level":"error","message":"cannot find value `x` in this scope","code":{"code":"E0425"},"spans":[{"is_primary":true,"file_name":"src/main.rs","line_start":3}]}}"#;
         collect_json_line(&mut c, error, manifest);
         let artifact = r#"{"reason":"compiler-artifact","manifest_path":"/b/src/app-1/Cargo.toml","target":{"kind":["bin"]},"executable":"/b/target/release/app"}"#;
@@ -505,7 +524,7 @@ mod tests {
         let other = r#"{"reason":"compiler-artifact","manifest_path":"/b/src/ops-1/Cargo.toml","target":{"kind":["lib"]},"executable":null}"#;
         collect_json_line(&mut c, other, manifest);
         assert_eq!(c.errors, vec!["error[E0425]: cannot find value `x` in this scope at src/main.rs:3"]);
-        assert!(c.log.contains("error[E0425]"));
         assert_eq!(c.executable, Some(PathBuf::from("/b/target/release/app")));
+        assert!(c.log.finish().contains("error[E0425]"));
     }
 }

@@ -11,6 +11,7 @@ pub mod builder;
 pub mod cache_store;
 pub mod client;
 pub mod kubernetes;
+pub mod log;
 pub mod sccache;
 pub mod upload;
 pub mod worker;

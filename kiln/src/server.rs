@@ -119,6 +119,10 @@ pub struct ServerArgs {
     /// A build running longer is stopped and fails.
     #[arg(long, env = "KILN_BUILD_TIMEOUT", default_value = "30m", value_parser = parse_duration)]
     pub build_timeout: Duration,
+    /// The most of a build's log that is kept: its beginning and its end, with a
+    /// line saying how much was left out between them.
+    #[arg(long, env = "KILN_MAX_LOG_BYTES", default_value_t = kiln_compiler_worker::log::DEFAULT_MAX_LOG_BYTES)]
+    pub max_log_bytes: usize,
     /// The largest artifact the leader accepts.
     #[arg(long, env = "KILN_MAX_ARTIFACT_BYTES", default_value_t = 4 << 30)]
     pub max_artifact_bytes: u64,
@@ -176,6 +180,7 @@ impl ServerArgs {
         line.duration("--heartbeat-interval", self.heartbeat_interval);
         line.duration("--heartbeat-window", self.heartbeat_window);
         line.duration("--build-timeout", self.build_timeout);
+        line.value("--max-log-bytes", &self.max_log_bytes);
         line.value("--max-artifact-bytes", &self.max_artifact_bytes);
         line.0
     }
@@ -283,6 +288,13 @@ impl MemberConfig {
             );
         }
         let cache = cache_choice(args, facts.s3.clone())?;
+        let limit = kiln_compiler_worker::log::LIMIT_MAX_LOG_BYTES;
+        if args.max_log_bytes < 1024 || args.max_log_bytes > limit {
+            bail!(
+                "--max-log-bytes must be between 1024 and {limit} (got {}): a build's report carries its log and must fit the leader's message limit",
+                args.max_log_bytes
+            );
+        }
         let leader = identity.is_leader().then(|| {
             let config = LeaderConfig {
                 data_dir: args.data_dir.clone(),
@@ -305,6 +317,7 @@ impl MemberConfig {
                 cargo: "cargo".into(),
                 depset_cache: args.depset_cache.clone(),
                 timeout: args.build_timeout,
+                max_log_bytes: args.max_log_bytes,
             },
             cache,
             upload: RetryPolicy {
@@ -561,6 +574,7 @@ mod tests {
             "--heartbeat-window=3s",
             "--build-timeout=1h",
             "--max-artifact-bytes=12345",
+            "--max-log-bytes=4096",
         ]);
         every.cluster_token = Some("secret-token-0123456789".into());
         every.api_token = Some("api-token".into());
@@ -620,6 +634,8 @@ mod tests {
             &facts("k-1"),
         );
         assert!(error.contains("--sccache-binary and --sccache-dir are given"), "{error}");
+        let error = refused(&["--workers=2", "--build-root=/b", "--max-log-bytes=99999999"], &facts("k-1"));
+        assert!(error.contains("--max-log-bytes must be between"), "{error}");
         let error = refused(&["--build-root=/b"], &facts("k-1"));
         assert!(error.contains("N is unknown"), "{error}");
         let error = refused(&["--workers=2", "--build-root=relative"], &facts("k-1"));

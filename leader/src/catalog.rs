@@ -29,8 +29,10 @@ const NEXT_ID: &str = "next_pipeline_id";
 /// database written by Kiln 0.1 (schema 0).
 const SCHEMA_KEY: &str = "schema_version";
 
-/// Longest build log kept; longer logs keep their beginning and end.
-pub const MAX_LOG_BYTES: usize = 1024 * 1024;
+/// Longest build log kept; longer logs keep their beginning and end. Workers cap
+/// their logs first (`--max-log-bytes`, at most half the message limit); this is
+/// the leader's own bound on what any caller sends.
+pub const MAX_LOG_BYTES: usize = kiln_proto::MAX_MESSAGE_BYTES / 2 + 64 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
