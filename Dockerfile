@@ -10,6 +10,8 @@ RUN cargo build --release --locked -p kiln \
  && cargo install --locked sccache --version 0.19.0
 
 FROM rust:1.95-slim-bookworm
+# bubblewrap: every build runs in its sandbox.
+RUN apt-get update && apt-get install -y --no-install-recommends bubblewrap && rm -rf /var/lib/apt/lists/*
 RUN useradd --uid 10001 --user-group --create-home kiln \
  && mkdir -p /var/lib/kiln /opt/kiln \
  && chown -R kiln:kiln /var/lib/kiln /opt/kiln /usr/local/cargo

@@ -32,6 +32,7 @@ use kiln_core::depset;
 use kiln_core::program::{CrateKind, Layout};
 
 use crate::log::{CappedLog, clip};
+use crate::sandbox::{self, Mounts, Sandbox};
 
 /// Environment variables cargo and rustc need; everything else is dropped.
 const KEPT_ENVIRONMENT: [&str; 8] =
@@ -60,6 +61,12 @@ pub struct BuildSettings {
     pub timeout: Duration,
     /// The most of a build's log that is kept (its beginning and its end).
     pub max_log_bytes: usize,
+    /// The worker's own directory outside the build root (never shown to a build
+    /// but for the pieces the sandbox mounts: the lock copy, the sccache socket).
+    pub work_dir: PathBuf,
+    /// The sandbox every cargo run of a pipeline goes through; None with
+    /// `--sandbox=off`.
+    pub sandbox: Option<Sandbox>,
 }
 
 /// Extra environment for cargo: the compiler wrapper and how it finds its server.
@@ -102,6 +109,97 @@ fn cargo_command(settings: &BuildSettings, wrapper: &Wrapper) -> tokio::process:
         .kill_on_drop(true);
     kiln_process::process::own_group_dying_with_parent(&mut command);
     command
+}
+
+/// Where a build root keeps its pristine copy of the prebuilt dependency set.
+const PRISTINE: &str = "prebuilt";
+
+/// Renews `target/` before a sandboxed build: hard links to the pristine prebuilt
+/// set (owned by the member, so the build user cannot change them; it may only
+/// replace its own links), nothing of an earlier build. Whatever a build script
+/// planted in `target/` is gone before the next build; operators come back through
+/// sccache, whose keys are content hashes.
+fn fresh_target(root: &Path) -> anyhow::Result<()> {
+    let target = root.join("target");
+    if target.exists() {
+        std::fs::remove_dir_all(&target).with_context(|| format!("removing {}", target.display()))?;
+    }
+    let status = std::process::Command::new("cp")
+        .arg("-al")
+        .arg(root.join(PRISTINE))
+        .arg(&target)
+        .status()
+        .context("running cp")?;
+    anyhow::ensure!(status.success(), "linking {} to the pristine set failed ({status})", target.display());
+    // cargo rewrites some files in place: its lock files, its rustc cache, and the
+    // uplifted outputs and dep-info at the top of each profile directory. Those are
+    // unlinked here, so cargo makes its own; what it only reads (deps/,
+    // .fingerprint/, build/) stays linked.
+    for entry in std::fs::read_dir(&target)? {
+        let path = entry?.path();
+        if path.is_dir() {
+            for inner in std::fs::read_dir(&path)? {
+                let inner = inner?.path();
+                if !inner.is_dir() {
+                    std::fs::remove_file(&inner)?;
+                }
+            }
+        } else if !path.file_name().is_some_and(|n| n.to_string_lossy().starts_with(".kiln-depset-")) {
+            std::fs::remove_file(&path)?;
+        }
+    }
+    Ok(())
+}
+
+/// Keeps a pristine copy of the prebuilt set beside `target/`, once per set.
+async fn keep_pristine(root: &Path, marker_name: &str) -> anyhow::Result<()> {
+    let pristine = root.join(PRISTINE);
+    if pristine.join(marker_name).exists() {
+        return Ok(());
+    }
+    let staging = root.join(format!("{PRISTINE}.partial"));
+    let _ = std::fs::remove_dir_all(&staging);
+    std::fs::create_dir_all(&staging)?;
+    copy_tree(&root.join("target"), &staging).await?;
+    let _ = std::fs::remove_dir_all(&pristine);
+    std::fs::rename(&staging, &pristine)?;
+    Ok(())
+}
+
+/// cargo in the sandbox: the toolchain's own cargo, the farm's environment, a
+/// fresh `target/`, and what the build writes handed to the build user first.
+fn sandboxed_cargo(
+    settings: &BuildSettings,
+    sandbox: &Sandbox,
+    wrapper: &Wrapper,
+) -> anyhow::Result<tokio::process::Command> {
+    let root = &settings.build_root;
+    std::fs::create_dir_all(&settings.work_dir)?;
+    let lockfile = settings.work_dir.join("Cargo.lock");
+    std::fs::copy(root.join("Cargo.lock"), &lockfile).context("copying the workspace lock file for the sandbox")?;
+    let socket_dir = settings.work_dir.join("sccache");
+    let sccache_socket_dir = wrapper.env.iter().any(|(k, _)| k == "SCCACHE_SERVER_UDS").then(|| socket_dir.clone());
+    let target = root.join("target");
+    fresh_target(root).context("renewing target/ from the pristine dependency set")?;
+    let socket = socket_dir.join("sccache.sock");
+    let mut owned: Vec<&Path> = vec![&lockfile];
+    if sccache_socket_dir.is_some() {
+        owned.extend([socket_dir.as_path(), socket.as_path()].into_iter().filter(|p| p.exists()));
+    }
+    sandbox::hand_over(sandbox, &owned, &[&target]).context("handing the build's directories to the build user")?;
+    let programs = wrapper.env.iter().filter(|(k, _)| k == "RUSTC_WRAPPER").map(|(_, v)| PathBuf::from(v)).collect();
+    let mounts = Mounts { build_root: root.clone(), lockfile, sccache_socket_dir, programs };
+    let mut command = sandbox.command(&mounts, &sandbox.sysroot.join("bin/cargo"), &[]);
+    command
+        .env("CARGO_TARGET_DIR", root.join("target"))
+        .envs(FARM_CARGO_ENV)
+        .envs(wrapper.env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    kiln_process::process::own_group_dying_with_parent(&mut command);
+    Ok(command)
 }
 
 fn write_workspace(root: &Path, members: &[String]) -> std::io::Result<()> {
@@ -161,15 +259,19 @@ pub async fn prepare_build_root(settings: &BuildSettings) -> anyhow::Result<()> 
     write_workspace(root, &["depset".to_owned()])?;
 
     let key = depset_key(settings).await?;
-    let marker = root.join("target").join(format!(".kiln-depset-{key}"));
-    if marker.exists() {
+    let marker_name = format!(".kiln-depset-{key}");
+    let marker = root.join("target").join(&marker_name);
+    if marker.exists() || root.join(PRISTINE).join(&marker_name).exists() {
         tracing::info!(build_root = %root.display(), "dependency set already built");
-        return Ok(());
+        if !marker.exists() {
+            fresh_target(root)?;
+        }
+        return keep_pristine(root, &marker_name).await;
     }
     let Some(cache) = &settings.depset_cache else {
         build_depset(settings).await?;
         std::fs::write(&marker, b"")?;
-        return Ok(());
+        return keep_pristine(root, &marker_name).await;
     };
     std::fs::create_dir_all(cache).with_context(|| format!("creating the depset cache {}", cache.display()))?;
     let lock = std::fs::File::create(cache.join(format!("{key}.lock")))?;
@@ -196,7 +298,7 @@ pub async fn prepare_build_root(settings: &BuildSettings) -> anyhow::Result<()> 
     }
     drop(lock);
     std::fs::write(&marker, b"")?;
-    Ok(())
+    keep_pristine(root, &marker_name).await
 }
 
 async fn build_depset(settings: &BuildSettings) -> anyhow::Result<()> {
@@ -372,11 +474,25 @@ pub async fn build(
     let binary_manifest = settings.build_root.join("src").join(&binary.dir_name).join("Cargo.toml");
     let laid_out = started.elapsed();
 
-    let mut child = cargo_command(settings, wrapper)
-        .args(["build", "--offline", "--profile", &settings.profile, "--message-format=json"])
-        .args(["-p", depset::PACKAGE, "-p", &binary.package])
-        .spawn()
-        .context("starting cargo: is it on PATH?")?;
+    let args: Vec<std::ffi::OsString> = [
+        "build",
+        "--offline",
+        "--profile",
+        &settings.profile,
+        "--message-format=json",
+        "-p",
+        depset::PACKAGE,
+        "-p",
+        &binary.package,
+    ]
+    .iter()
+    .map(Into::into)
+    .collect();
+    let mut command = match &settings.sandbox {
+        Some(sandbox) => sandboxed_cargo(settings, sandbox, wrapper)?,
+        None => cargo_command(settings, wrapper),
+    };
+    let mut child = command.args(args).spawn().context("starting cargo: is it on PATH?")?;
     let collected =
         Arc::new(Mutex::new(Collected { log: CappedLog::new(settings.max_log_bytes), ..Collected::default() }));
     let readers = read_output(&mut child, &collected, binary_manifest);

@@ -12,6 +12,7 @@ pub mod cache_store;
 pub mod client;
 pub mod kubernetes;
 pub mod log;
+pub mod sandbox;
 pub mod sccache;
 pub mod upload;
 pub mod worker;

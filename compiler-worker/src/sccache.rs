@@ -6,6 +6,7 @@
 //! build scripts only learn the wrapper's path and the server's port.
 
 use std::path::{Path, PathBuf};
+use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -30,8 +31,12 @@ pub struct SccacheStats {
 
 #[derive(Debug, Clone)]
 pub struct Sccache {
+    /// The running server, restarted by [`Sccache::zero_stats`] if it ended.
+    server: std::sync::Arc<tokio::sync::Mutex<Option<tokio::process::Child>>>,
     binary: PathBuf,
-    port: u16,
+    /// The server's Unix socket. A socket rather than a port, so a sandboxed build
+    /// (which has no network at all) reaches exactly this server and nothing else.
+    socket: PathBuf,
     store: CacheStore,
 }
 
@@ -45,17 +50,11 @@ pub fn find(explicit: Option<&Path>) -> Option<PathBuf> {
 
 pub use kiln_process::find_tool;
 
-/// How long this worker's sccache server waits for work before it exits. The
-/// server daemonizes, out of the worker's process group and out of reach of its
-/// parent-death signal: a worker that is SIGKILLed cannot stop it, and without a
-/// timeout it would run forever. A worker idle for longer gets a new server from its
-/// next build's `--zero-stats`, which starts one with the same settings.
-const SERVER_IDLE_TIMEOUT_SECONDS: u32 = 300;
-
-/// A free TCP port on loopback for this worker's sccache server.
-fn free_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
+/// The server runs in the foreground (`SCCACHE_NO_DAEMON`), as the worker's child:
+/// in its process group, with its parent-death signal, so it lives exactly as long
+/// as its worker, and with the worker's umask (a daemonized server sets 027, which
+/// made its outputs unreadable to the sandbox's build user). It never exits idle.
+const SERVER_IDLE_TIMEOUT_SECONDS: u32 = 0;
 
 fn sum_counts(value: &serde_json::Value) -> u64 {
     value["counts"].as_object().map(|m| m.values().filter_map(|v| v.as_u64()).sum()).unwrap_or(0)
@@ -92,18 +91,61 @@ pub fn parse_stats(json: &str) -> anyhow::Result<SccacheStats> {
 
 impl Sccache {
     /// Starts this worker's sccache server.
-    pub async fn start(binary: PathBuf, store: CacheStore) -> anyhow::Result<Sccache> {
-        let port = free_port().context("finding a port for the sccache server")?;
-        let sccache = Sccache { binary, port, store };
-        sccache.run(&["--start-server"]).await.context("starting the sccache server")?;
+    /// Its socket is `<socket_dir>/sccache.sock`; the directory is this worker's.
+    pub async fn start(binary: PathBuf, store: CacheStore, socket_dir: &Path) -> anyhow::Result<Sccache> {
+        std::fs::create_dir_all(socket_dir)
+            .with_context(|| format!("creating the sccache socket directory {}", socket_dir.display()))?;
+        let socket = socket_dir.join("sccache.sock");
+        let sccache = Sccache { server: Default::default(), binary, socket, store };
+        // A server of an earlier incarnation of this worker may still be listening.
+        if sccache.socket.exists() {
+            let _ = sccache.run(&["--stop-server"]).await;
+            let _ = std::fs::remove_file(&sccache.socket);
+        }
+        sccache.ensure_server().await.context("starting the sccache server")?;
         Ok(sccache)
+    }
+
+    /// Starts the server unless it runs, and waits until it answers.
+    async fn ensure_server(&self) -> anyhow::Result<()> {
+        let mut server = self.server.lock().await;
+        if let Some(child) = server.as_mut() {
+            match child.try_wait()? {
+                None => return Ok(()),
+                Some(status) => tracing::warn!(%status, "the sccache server exited; starting it again"),
+            }
+        }
+        let _ = std::fs::remove_file(&self.socket);
+        // `SCCACHE_START_SERVER=1 sccache` is the server itself (what `--start-server`
+        // spawns and then leaves behind): so the child is the server, not a client
+        // that exits once the server listens.
+        let mut command = self.command(&[]);
+        command
+            .env("SCCACHE_START_SERVER", "1")
+            .env("SCCACHE_NO_DAEMON", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        kiln_process::process::own_group_dying_with_parent(&mut command);
+        *server = Some(command.spawn().with_context(|| format!("starting {}", self.binary.display()))?);
+        drop(server);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        // Only once the server listens: a client that finds no server starts one of
+        // its own, daemonized.
+        while !self.socket.exists() {
+            if tokio::time::Instant::now() > deadline {
+                bail!("the sccache server did not listen on {} within 30s", self.socket.display());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.run(&["--show-stats"]).await.map(|_| ()).context("the sccache server does not answer")
     }
 
     fn command(&self, args: &[&str]) -> tokio::process::Command {
         let mut command = tokio::process::Command::new(&self.binary);
         command
             .args(args)
-            .env("SCCACHE_SERVER_PORT", self.port.to_string())
+            .env("SCCACHE_SERVER_UDS", &self.socket)
             .env("SCCACHE_IDLE_TIMEOUT", SERVER_IDLE_TIMEOUT_SECONDS.to_string())
             .kill_on_drop(true);
         match &self.store {
@@ -139,7 +181,7 @@ impl Sccache {
         Wrapper {
             env: vec![
                 ("RUSTC_WRAPPER".into(), self.binary.display().to_string()),
-                ("SCCACHE_SERVER_PORT".into(), self.port.to_string()),
+                ("SCCACHE_SERVER_UDS".into(), self.socket.display().to_string()),
             ],
         }
     }
@@ -154,6 +196,7 @@ impl Sccache {
     /// Zeroes the statistics before a build. Also restarts the server, with the
     /// cache's settings, if it went away.
     pub async fn zero_stats(&self) -> anyhow::Result<()> {
+        self.ensure_server().await?;
         self.run(&["--zero-stats"]).await.map(|_| ())
     }
 

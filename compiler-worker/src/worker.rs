@@ -24,6 +24,7 @@ use kiln_core::scaling::ScalingGuard;
 use crate::builder::{self, BuildOutcome, BuildSettings, Wrapper};
 use crate::cache_store::{self, CacheStore, S3Settings};
 use crate::client::{self, LeaderClient};
+use crate::sandbox::{Sandbox, SandboxMode, SandboxSettings, SandboxState};
 use crate::sccache::{self, Sccache};
 use crate::upload::{self, DeliveryError, RetryPolicy, Shipment};
 
@@ -46,6 +47,7 @@ pub struct WorkerConfig {
     pub upload: RetryPolicy,
     pub heartbeat_interval: Duration,
     pub version: String,
+    pub sandbox: SandboxSettings,
 }
 
 /// What the heartbeat task and the build loop share.
@@ -54,6 +56,8 @@ struct Shared {
     current: Mutex<Option<(pb::Claim, CancellationToken)>>,
     cache_state: Mutex<pb::CacheState>,
     preparing: std::sync::atomic::AtomicBool,
+    /// The sandbox's state in words, and whether this member refuses to build.
+    sandbox: Mutex<(String, bool)>,
 }
 
 impl Shared {
@@ -93,12 +97,31 @@ pub async fn run(config: WorkerConfig, guard: ScalingGuard, shutdown: Cancellati
     ));
 
     let ordinal = config.identity.ordinal;
+    let sandbox = sandbox_state(&config.sandbox).await;
+    match &sandbox {
+        SandboxState::Unavailable(_) => tracing::error!(ordinal, "{}", sandbox.describe()),
+        SandboxState::Off => tracing::warn!(ordinal, "{}", sandbox.describe()),
+        SandboxState::On(_) => tracing::info!(ordinal, "{}", sandbox.describe()),
+    }
+    *shared.sandbox.lock().unwrap_or_else(|p| p.into_inner()) = (sandbox.describe(), !sandbox.ready());
+    let mut config = config;
+    if let SandboxState::On(sandbox) = &sandbox {
+        config.build.sandbox = Some(sandbox.clone());
+    }
+    if !sandbox.ready() {
+        // Stay up and say why (in every heartbeat, so in /cluster_healthz), but build nothing.
+        shared.preparing.store(false, std::sync::atomic::Ordering::SeqCst);
+        shutdown.cancelled().await;
+        heartbeats.abort();
+        return Ok(());
+    }
     tracing::info!(ordinal, build_root = %config.build.build_root.display(), "preparing the build root");
     tokio::select! {
         prepared = builder::prepare_build_root(&config.build) => prepared.context("preparing the build root")?,
         () = shutdown.cancelled() => return Ok(()),
     }
-    let (sccache, cache_note) = start_cache(&config.cache, &config.identity.hostname).await?;
+    let (sccache, cache_note) =
+        start_cache(&config.cache, &config.identity.hostname, &config.build.work_dir.join("sccache")).await?;
     if let CacheChoice::Auto { store: CacheStore::S3(s3), .. } = &config.cache
         && sccache.is_some()
     {
@@ -123,7 +146,22 @@ pub async fn run(config: WorkerConfig, guard: ScalingGuard, shutdown: Cancellati
 /// Starts sccache for the configured store. An S3 store is checked first: a
 /// misconfigured bucket is a startup error in plain words. sccache itself failing
 /// to start is not: builds go on without it, and say so.
-async fn start_cache(choice: &CacheChoice, member: &str) -> anyhow::Result<(Option<Sccache>, String)> {
+/// Makes the sandbox, or says why not.
+async fn sandbox_state(settings: &SandboxSettings) -> SandboxState {
+    match settings.mode {
+        SandboxMode::Off => SandboxState::Off,
+        SandboxMode::Auto => match Sandbox::probe(settings).await {
+            Ok(sandbox) => SandboxState::On(sandbox),
+            Err(why) => SandboxState::Unavailable(why),
+        },
+    }
+}
+
+async fn start_cache(
+    choice: &CacheChoice,
+    member: &str,
+    socket_dir: &std::path::Path,
+) -> anyhow::Result<(Option<Sccache>, String)> {
     let CacheChoice::Auto { binary, store } = choice else {
         return Ok((None, "compile cache turned off: building with plain cargo".into()));
     };
@@ -136,7 +174,7 @@ async fn start_cache(choice: &CacheChoice, member: &str) -> anyhow::Result<(Opti
         tracing::warn!("{note}");
         return Ok((None, note));
     };
-    match Sccache::start(binary, store.clone()).await {
+    match Sccache::start(binary, store.clone(), socket_dir).await {
         Ok(sccache) => {
             tracing::info!(cache = %sccache.describe(), "compile cache ready");
             Ok((Some(sccache), String::new()))
@@ -216,11 +254,16 @@ async fn heartbeat_loop(
         }
         let current = shared.current.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let cache = shared.cache_state.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        // One lock, released before the guard's statement ends: a second lock in the
+        // same expression would wait for the first forever.
+        let (sandbox, sandbox_unavailable) = shared.sandbox.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let mut request = tonic::Request::new(pb::HeartbeatRequest {
             member: Some(member.clone()),
             cache: Some(cache),
             current: current.as_ref().map(|(claim, _)| *claim),
             preparing: shared.preparing.load(std::sync::atomic::Ordering::SeqCst),
+            sandbox,
+            sandbox_unavailable,
         });
         request.set_timeout(interval.max(Duration::from_secs(5)));
         match client.heartbeat(request).await {

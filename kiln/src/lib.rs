@@ -39,6 +39,8 @@ pub async fn prepare(args: PrepareArgs) -> anyhow::Result<std::process::ExitCode
         depset_cache: args.depset_cache,
         timeout: Duration::from_secs(3600),
         max_log_bytes: kiln_compiler_worker::log::DEFAULT_MAX_LOG_BYTES,
+        work_dir: std::env::temp_dir(),
+        sandbox: None,
     };
     kiln_compiler_worker::builder::prepare_build_root(&settings).await?;
     println!("build root {} is ready", settings.build_root.display());

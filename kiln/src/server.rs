@@ -15,6 +15,7 @@ use clap::{Args, Parser};
 use kiln_compiler_worker::builder::BuildSettings;
 use kiln_compiler_worker::cache_store::S3Settings;
 use kiln_compiler_worker::kubernetes::StatefulSetClient;
+use kiln_compiler_worker::sandbox::{SandboxMode, SandboxSettings};
 use kiln_compiler_worker::sccache::CacheStore;
 use kiln_compiler_worker::upload::RetryPolicy;
 use kiln_compiler_worker::worker::{self, CacheChoice, WorkerConfig};
@@ -123,6 +124,17 @@ pub struct ServerArgs {
     /// line saying how much was left out between them.
     #[arg(long, env = "KILN_MAX_LOG_BYTES", default_value_t = kiln_compiler_worker::log::DEFAULT_MAX_LOG_BYTES)]
     pub max_log_bytes: usize,
+    /// `auto` sandboxes every build (bubblewrap) and refuses to build when the
+    /// sandbox cannot be made; `off` builds without one, and says so in
+    /// /cluster_healthz.
+    #[arg(long, env = "KILN_SANDBOX", default_value = "auto", value_parser = ["auto", "off"])]
+    pub sandbox: String,
+    /// The bubblewrap binary the sandbox is made with.
+    #[arg(long, env = "KILN_SANDBOX_BWRAP", default_value = "bwrap")]
+    pub sandbox_bwrap: PathBuf,
+    /// The unprivileged user (and group) builds run as, when the member runs as root.
+    #[arg(long, env = "KILN_BUILD_UID", default_value_t = 64000)]
+    pub build_uid: u32,
     /// The largest artifact the leader accepts.
     #[arg(long, env = "KILN_MAX_ARTIFACT_BYTES", default_value_t = 4 << 30)]
     pub max_artifact_bytes: u64,
@@ -181,6 +193,9 @@ impl ServerArgs {
         line.duration("--heartbeat-window", self.heartbeat_window);
         line.duration("--build-timeout", self.build_timeout);
         line.value("--max-log-bytes", &self.max_log_bytes);
+        line.value("--sandbox", &self.sandbox);
+        line.path("--sandbox-bwrap", &self.sandbox_bwrap);
+        line.value("--build-uid", &self.build_uid);
         line.value("--max-artifact-bytes", &self.max_artifact_bytes);
         line.0
     }
@@ -318,6 +333,8 @@ impl MemberConfig {
                 depset_cache: args.depset_cache.clone(),
                 timeout: args.build_timeout,
                 max_log_bytes: args.max_log_bytes,
+                work_dir: args.data_dir.join("worker"),
+                sandbox: None,
             },
             cache,
             upload: RetryPolicy {
@@ -327,6 +344,12 @@ impl MemberConfig {
             },
             heartbeat_interval: args.heartbeat_interval,
             version: VERSION.to_owned(),
+            sandbox: SandboxSettings {
+                mode: if args.sandbox == "off" { SandboxMode::Off } else { SandboxMode::Auto },
+                bwrap: args.sandbox_bwrap.clone(),
+                build_uid: args.build_uid,
+                build_gid: args.build_uid,
+            },
         };
         let health_listen = args.health_listen.filter(|_| !identity.is_leader());
         Ok(MemberConfig { identity, leader, worker, health_listen })
@@ -575,6 +598,9 @@ mod tests {
             "--build-timeout=1h",
             "--max-artifact-bytes=12345",
             "--max-log-bytes=4096",
+            "--sandbox=off",
+            "--sandbox-bwrap=/opt/bwrap",
+            "--build-uid=1234",
         ]);
         every.cluster_token = Some("secret-token-0123456789".into());
         every.api_token = Some("api-token".into());

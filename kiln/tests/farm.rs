@@ -339,8 +339,7 @@ async fn corrupted_uploads_and_calls_without_the_token_are_refused() {
     assert!(!artifacts.join(&declared).exists());
     assert_eq!(std::fs::read_dir(artifacts.join("incoming")).unwrap().count(), 0, "no temporary file is left");
 
-    let heartbeat =
-        kiln_proto::HeartbeatRequest { member: Some(member.clone()), cache: None, current: None, preparing: false };
+    let heartbeat = kiln_proto::HeartbeatRequest { member: Some(member.clone()), current: None, ..Default::default() };
     let no_token = client.heartbeat(tonic::Request::new(heartbeat.clone())).await.unwrap_err();
     assert_eq!(no_token.code(), tonic::Code::Unauthenticated);
     let wrong = client.heartbeat(with_token(heartbeat, "not-the-cluster-token")).await.unwrap_err();

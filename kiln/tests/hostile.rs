@@ -74,3 +74,136 @@ fn main() {
     assert!(output.status.success(), "the next pipeline builds: {}", text(&output));
     assert_eq!(farm.pipeline("hello").await["status"], "success");
 }
+
+/// What a snooping build script tries, reported into the binary it builds.
+const SNOOP_BUILD_RS: &str = r#"use std::process::Command;
+fn read(path: &str) -> String {
+    match std::fs::read(path) {
+        Ok(bytes) => format!("READ {} bytes", bytes.len()),
+        Err(e) => format!("denied ({:?})", e.kind()),
+    }
+}
+fn main() {
+    let mut report = String::new();
+    for path in [SECRET, CATALOG, "/proc/1/environ"] {
+        report += &format!("{path}: {}\n", read(path));
+    }
+    let mut environs = 0;
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        if let Ok(bytes) = std::fs::read(entry.path().join("environ")) {
+            if String::from_utf8_lossy(&bytes).contains("KILN_CLUSTER_TOKEN") { environs += 1; }
+        }
+    }
+    report += &format!("environs holding the token: {environs}\n");
+    let listing = match std::fs::read_dir(DATA_DIR) {
+        Ok(entries) => { let mut names: Vec<String> = entries.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect(); names.sort(); names.join(",") }
+        Err(e) => format!("denied ({:?})", e.kind()),
+    };
+    report += &format!("data dir holds: {listing}\n");
+    report += &format!("leader: {}\n", match std::net::TcpStream::connect(LEADER) { Ok(_) => "CONNECTED".to_owned(), Err(e) => format!("unreachable ({:?})", e.kind()) });
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let uid = status.lines().find(|l| l.starts_with("Uid:")).unwrap().split_whitespace().nth(1).unwrap().to_owned();
+    report += &format!("uid: {uid}\n");
+    // Two sleepers that try to outlive the build, detached as daemons are (a new
+    // session, or a double fork, and none of the build's pipes).
+    use std::process::Stdio;
+    let _ = Command::new("setsid").args(["-f", "sleep", "3131"]).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).status();
+    let _ = Command::new("sh").args(["-c", "(sleep 3132 </dev/null >/dev/null 2>&1 &) &"]).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).status();
+    std::fs::write(format!("{}/report.txt", std::env::var("OUT_DIR").unwrap()), report).unwrap();
+}
+"#;
+
+/// 1. and 3. A build script reads what it should not and starts processes that try
+/// to outlive the build: nothing is reachable, the build runs as neither root nor
+/// the member's user, has no network, and leaves no process behind.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_build_reaches_no_secret_no_network_and_leaves_no_process() {
+    common::require_root("builds run as an unprivileged build user only when the member is root");
+    let farm = one_member_farm().await;
+    let data_dir = farm.member_dir(0);
+    // A careless, world-readable secret in the member's directory.
+    let secret = data_dir.join("secret.txt");
+    std::fs::write(&secret, "s3cr3t").unwrap();
+    let build_rs = format!(
+        "const SECRET: &str = {:?};\nconst CATALOG: &str = {:?};\nconst DATA_DIR: &str = {:?};\nconst LEADER: &str = \"127.0.0.1:{}\";\n{SNOOP_BUILD_RS}",
+        secret.display().to_string(),
+        data_dir.join("catalog.redb").display().to_string(),
+        data_dir.display().to_string(),
+        farm.port,
+    );
+    let snoop = write_program(
+        farm.dir.path(),
+        "snoop",
+        &[
+            ("Cargo.toml", &manifest("snoop", "")),
+            ("build.rs", &build_rs),
+            ("src/main.rs", r#"fn main() { print!("{}", include_str!(concat!(env!("OUT_DIR"), "/report.txt"))); }"#),
+        ],
+    );
+    let output = farm.submit(&[snoop.as_path()], true);
+    assert!(output.status.success(), "{}", text(&output));
+    let binary = farm.dir.path().join("snoop-binary");
+    let download = std::process::Command::new(common::KILN)
+        .args(["download", "snoop", "-o"])
+        .arg(&binary)
+        .arg(format!("--leader={}", farm.url()))
+        .output()
+        .unwrap();
+    assert!(download.status.success(), "{}", text(&download));
+    let report = String::from_utf8(std::process::Command::new(&binary).output().unwrap().stdout).unwrap();
+    assert_eq!(report.lines().count(), 7, "{report}");
+    for line in report.lines() {
+        assert!(!["READ", "CONNECTED"].iter().any(|w| line.contains(w)), "the build reached it: {line}");
+    }
+    // The member's directory shows at most the empty mount points of what the
+    // sandbox mounts (the build root, the sccache socket's directory).
+    let listing = report.lines().find_map(|l| l.strip_prefix("data dir holds: ")).unwrap();
+    for hidden in ["catalog.redb", "artifacts", "secret.txt"] {
+        assert!(!listing.contains(hidden), "the build sees {hidden}: {listing}");
+    }
+    assert!(report.contains("environs holding the token: 0"), "{report}");
+    let uid = report.lines().find_map(|l| l.strip_prefix("uid: ")).unwrap();
+    assert_ne!(uid, "0", "the build does not run as root: {report}");
+    let sleepers: Vec<_> = common::processes_mentioning("sleep 313");
+    assert!(sleepers.is_empty(), "nothing the build started outlives it: {sleepers:?}");
+    let (_, health) = farm.get_json("/cluster_healthz").await;
+    let sandbox = health["members"][0]["sandbox"].as_str().unwrap_or("");
+    assert!(sandbox.starts_with("sandbox: on (bubblewrap"), "{health}");
+}
+
+/// 7. A member that cannot make its sandbox says why and builds nothing; with
+/// `--sandbox=off` it builds, and says so.
+#[tokio::test(flavor = "multi_thread")]
+async fn without_a_sandbox_a_member_refuses_to_build_unless_told_to() {
+    let mut farm = Farm::new(1);
+    farm.start(Member { ordinal: 0, workers: 1, extra: vec!["--sandbox-bwrap=/nonexistent/bwrap".into()] });
+    farm.wait_leader(Duration::from_secs(300)).await;
+    let output = farm.submit(&[&examples().join("hello")], false);
+    assert!(output.status.success(), "{}", text(&output));
+    let health = common::wait_until(
+        "the member reports its sandbox",
+        Duration::from_secs(60),
+        Duration::from_millis(100),
+        || async {
+            let (status, health) = farm.get_json("/cluster_healthz").await;
+            let message = health["members"][0]["message"].as_str().unwrap_or("").to_owned();
+            if status == 503 && message.contains("sandbox: unavailable") { Ok(health) } else { Err(health.to_string()) }
+        },
+    )
+    .await;
+    let message = health["members"][0]["message"].as_str().unwrap();
+    assert!(
+        message.contains("/nonexistent/bwrap") && message.contains("--sandbox=off"),
+        "says why and the way out: {message}"
+    );
+    assert_eq!(farm.pipeline("hello").await["status"], "pending", "nothing was built");
+
+    let mut farm = farm;
+    farm.start(Member { ordinal: 0, workers: 1, extra: vec!["--sandbox=off".into()] });
+    farm.wait_healthy(Duration::from_secs(120)).await;
+    let record =
+        farm.wait_status("hello", &["success", "compile_error", "system_error"], Duration::from_secs(120)).await;
+    assert_eq!(record["status"], "success", "{record}");
+    let (_, health) = farm.get_json("/cluster_healthz").await;
+    assert!(health["members"][0]["sandbox"].as_str().unwrap().starts_with("sandbox: off"), "{health}");
+}

@@ -71,6 +71,8 @@ impl Cluster for ClusterService {
             cache_healthy: cache.healthy,
             cache_message: cache.message,
             preparing: request.preparing,
+            sandbox: request.sandbox,
+            sandbox_unavailable: request.sandbox_unavailable,
         };
         let current = request.current.map(ClaimKey::from);
         let cancel_current = self.state.heartbeat(member_id, report, current).await?;

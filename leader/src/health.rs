@@ -20,6 +20,10 @@ pub struct MemberReport {
     pub cache_message: String,
     /// Still preparing its build root.
     pub preparing: bool,
+    /// How its builds are isolated, in words.
+    pub sandbox: String,
+    /// It cannot make its sandbox and refuses to build.
+    pub sandbox_unavailable: bool,
 }
 
 /// The last report of every member that has reported since the leader started.
@@ -55,6 +59,7 @@ pub struct MemberHealth {
     pub version: Option<String>,
     pub workers: Option<u32>,
     pub cache: Option<String>,
+    pub sandbox: Option<String>,
 }
 
 /// The body of `/cluster_healthz`.
@@ -88,6 +93,7 @@ pub fn cluster_health(
                 version: None,
                 workers: None,
                 cache: None,
+                sandbox: None,
             },
             Some((at, report)) => {
                 let age = now.saturating_duration_since(*at);
@@ -101,6 +107,7 @@ pub fn cluster_health(
                         .then(|| format!("runs version {}, the leader {version}", report.version)),
                     report.preparing.then(|| "preparing its build root (the dependency set)".to_owned()),
                     (!report.cache_healthy).then(|| format!("cache store: {}", report.cache_message)),
+                    report.sandbox_unavailable.then(|| report.sandbox.clone()),
                 ]
                 .into_iter()
                 .flatten()
@@ -113,6 +120,7 @@ pub fn cluster_health(
                     version: Some(report.version.clone()),
                     workers: Some(report.workers),
                     cache: Some(report.cache_message.clone()),
+                    sandbox: Some(report.sandbox.clone()),
                 }
             }
         })
@@ -138,6 +146,8 @@ mod tests {
             cache_healthy: true,
             cache_message: "sccache on local disk".into(),
             preparing: false,
+            sandbox: "sandbox: on".into(),
+            sandbox_unavailable: false,
         }
     }
 
