@@ -207,3 +207,75 @@ async fn without_a_sandbox_a_member_refuses_to_build_unless_told_to() {
     let (_, health) = farm.get_json("/cluster_healthz").await;
     assert!(health["members"][0]["sandbox"].as_str().unwrap().starts_with("sandbox: off"), "{health}");
 }
+
+/// A build script that tries to write everything it can reach.
+const POISON_BUILD_RS: &str = r#"use std::path::{Path, PathBuf};
+fn walk(dir: &Path, found: &mut Vec<PathBuf>) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() && !path.is_symlink() { walk(&path, found) } else { found.push(path) }
+        }
+    }
+}
+fn main() {
+    let here = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
+    let mut written = 0;
+    // A cargo config at every level from the crate up to /.
+    for dir in here.ancestors() {
+        let config = dir.join(".cargo");
+        let _ = std::fs::create_dir_all(&config);
+        if std::fs::write(config.join("config.toml"), "[build]\nrustflags = [\"--cfg\", \"poisoned\"]\n").is_ok() { written += 1; }
+    }
+    // Every file under the build root (and the target directory inside it).
+    let root = here.parent().and_then(|p| p.parent()).unwrap().to_owned();
+    let mut files = Vec::new();
+    walk(&root, &mut files);
+    for file in files {
+        use std::io::Write;
+        if file.starts_with(&here) { continue; }
+        if let Ok(mut f) = std::fs::OpenOptions::new().append(true).open(&file) {
+            let text = if file.extension().is_some_and(|e| e == "rs") { "\ncompile_error!(\"poisoned\");\n" } else { "poison" };
+            if f.write_all(text.as_bytes()).is_ok() { written += 1; }
+        }
+        // Or replace it with something of the build's own.
+        let _ = std::fs::remove_file(&file).and_then(|()| std::fs::write(&file, b"poison")).map(|()| written += 1);
+    }
+    println!("cargo:warning=poison wrote {written} files");
+}
+"#;
+
+/// 2. Poisoning: a build script tries to write every file it can find under the
+/// build root and above it. wordcount built on the same worker afterwards is
+/// byte-identical to the wordcount it built before.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_build_cannot_change_what_a_later_build_sees() {
+    let farm = one_member_farm().await;
+    let wordcount = examples().join("wordcount");
+    let before = farm.dir.path().join("wordcount-before");
+    let after = farm.dir.path().join("wordcount-after");
+    for copy in [&before, &after] {
+        let status = std::process::Command::new("cp").arg("-r").arg(&wordcount).arg(copy).status().unwrap();
+        assert!(status.success());
+    }
+    let output = farm.submit(&[before.as_path()], true);
+    assert!(output.status.success(), "{}", text(&output));
+    let poison = write_program(
+        farm.dir.path(),
+        "poison",
+        &[("Cargo.toml", &manifest("poison", "")), ("build.rs", POISON_BUILD_RS), ("src/main.rs", "fn main() {}")],
+    );
+    let output = farm.submit(&[poison.as_path()], true);
+    let poisoned = farm.pipeline("poison").await;
+    assert!(
+        ["success", "compile_error"].contains(&poisoned["status"].as_str().unwrap()),
+        "the poison ends as the program's own outcome: {poisoned} {}",
+        text(&output)
+    );
+    let output = farm.submit(&[after.as_path()], true);
+    assert!(output.status.success(), "wordcount still builds: {}", text(&output));
+    let (first, second) = (farm.pipeline("wordcount-before").await, farm.pipeline("wordcount-after").await);
+    assert_eq!(first["binary_sha256"], second["binary_sha256"], "the same binary before and after the poison");
+    let here = examples().join("wordcount/src/main.rs");
+    assert!(!std::fs::read_to_string(here).unwrap().contains("poisoned"), "the repository is untouched");
+}
