@@ -67,6 +67,27 @@ pub struct BuildSettings {
     /// The sandbox every cargo run of a pipeline goes through; None with
     /// `--sandbox=off`.
     pub sandbox: Option<Sandbox>,
+    /// Memory, processes and file size of a build.
+    pub limits: kiln_process::process::Limits,
+}
+
+/// What a build that hit one of its limits says, with the setting that raises it:
+/// read from the signs the limit leaves in the log.
+fn limit_hit(log: &str, limits: &kiln_process::process::Limits) -> Option<String> {
+    let gib = |b: u64| format!("{:.1} GiB", b as f64 / f64::from(1u32 << 30));
+    if log.contains("memory allocation of") || log.contains("Cannot allocate memory") {
+        return Some(format!(
+            "the build hit its memory limit of {} per process (--build-memory)",
+            gib(limits.memory_bytes)
+        ));
+    }
+    if log.contains("Resource temporarily unavailable") || log.contains("WouldBlock") {
+        return Some(format!("the build hit its limit of {} processes (--build-processes)", limits.processes));
+    }
+    if log.contains("File size limit exceeded") || log.contains("SIGXFSZ") || log.contains("File too large") {
+        return Some(format!("the build hit its file size limit of {} (--build-file-size)", gib(limits.file_bytes)));
+    }
+    None
 }
 
 /// Extra environment for cargo: the compiler wrapper and how it finds its server.
@@ -199,6 +220,7 @@ fn sandboxed_cargo(
         .stderr(Stdio::piped())
         .kill_on_drop(true);
     kiln_process::process::own_group_dying_with_parent(&mut command);
+    kiln_process::process::limit(&mut command, settings.limits);
     Ok(command)
 }
 
@@ -511,7 +533,7 @@ pub async fn build(
         cargo_ms = (elapsed - laid_out).as_millis() as u64,
         "cargo finished"
     );
-    outcome(status, collected, elapsed, &binary.package)
+    outcome(status, collected, elapsed, &binary.package, &settings.limits)
 }
 
 /// Reads cargo's JSON messages (stdout) and its log (stderr) into `collected`.
@@ -585,8 +607,14 @@ fn outcome(
     collected: Collected,
     elapsed: Duration,
     package: &str,
+    limits: &kiln_process::process::Limits,
 ) -> anyhow::Result<BuildOutcome> {
     let log = collected.log.finish();
+    let limit = if status.success() { None } else { limit_hit(&log, limits) };
+    let with_limit = |summary: String| match &limit {
+        Some(limit) => format!("{summary} ({limit})"),
+        None => summary,
+    };
     if status.success() {
         let executable =
             collected.executable.ok_or_else(|| anyhow::anyhow!("cargo succeeded but named no binary for {package}"))?;
@@ -597,15 +625,18 @@ fn outcome(
         if collected.error_count > collected.errors.len() {
             summary.push_str(&format!(" (and {} more errors)", collected.error_count - collected.errors.len()));
         }
-        return Ok(BuildOutcome::CompileError { summary, log, elapsed });
+        return Ok(BuildOutcome::CompileError { summary: with_limit(summary), log, elapsed });
     }
     // A build script of the program failed: the program's error, with its output
     // in the log (the dependency set's build scripts ran when it was prebuilt).
     if let Some(line) = collected.build_script_failed {
         let summary = line.trim_start_matches("error: ").to_owned();
-        return Ok(BuildOutcome::CompileError { summary, log, elapsed });
+        return Ok(BuildOutcome::CompileError { summary: with_limit(summary), log, elapsed });
     }
     let tail: Vec<&str> = log.lines().rev().take(15).collect();
+    if let Some(limit) = limit {
+        bail!("cargo failed ({status}): {limit}");
+    }
     bail!(
         "cargo failed ({status}) without a compiler error:\n{}",
         tail.into_iter().rev().collect::<Vec<_>>().join("\n")

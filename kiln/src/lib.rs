@@ -41,6 +41,7 @@ pub async fn prepare(args: PrepareArgs) -> anyhow::Result<std::process::ExitCode
         max_log_bytes: kiln_compiler_worker::log::DEFAULT_MAX_LOG_BYTES,
         work_dir: std::env::temp_dir(),
         sandbox: None,
+        limits: kiln_process::process::Limits { memory_bytes: u64::MAX, processes: u64::MAX, file_bytes: u64::MAX },
     };
     kiln_compiler_worker::builder::prepare_build_root(&settings).await?;
     println!("build root {} is ready", settings.build_root.display());

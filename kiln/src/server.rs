@@ -135,6 +135,15 @@ pub struct ServerArgs {
     /// The unprivileged user (and group) builds run as, when the member runs as root.
     #[arg(long, env = "KILN_BUILD_UID", default_value_t = 64000)]
     pub build_uid: u32,
+    /// The most memory each process of a build may use (RLIMIT_DATA), e.g. 8G.
+    #[arg(long, env = "KILN_BUILD_MEMORY", default_value = "8G", value_parser = crate::cache::parse_size)]
+    pub build_memory: u64,
+    /// The most processes a build's user may run (RLIMIT_NPROC).
+    #[arg(long, env = "KILN_BUILD_PROCESSES", default_value_t = 1024)]
+    pub build_processes: u64,
+    /// The largest file a build may write (RLIMIT_FSIZE), e.g. 4G.
+    #[arg(long, env = "KILN_BUILD_FILE_SIZE", default_value = "4G", value_parser = crate::cache::parse_size)]
+    pub build_file_size: u64,
     /// The largest artifact the leader accepts.
     #[arg(long, env = "KILN_MAX_ARTIFACT_BYTES", default_value_t = 4 << 30)]
     pub max_artifact_bytes: u64,
@@ -196,6 +205,9 @@ impl ServerArgs {
         line.value("--sandbox", &self.sandbox);
         line.path("--sandbox-bwrap", &self.sandbox_bwrap);
         line.value("--build-uid", &self.build_uid);
+        line.value("--build-memory", &self.build_memory);
+        line.value("--build-processes", &self.build_processes);
+        line.value("--build-file-size", &self.build_file_size);
         line.value("--max-artifact-bytes", &self.max_artifact_bytes);
         line.0
     }
@@ -335,6 +347,11 @@ impl MemberConfig {
                 max_log_bytes: args.max_log_bytes,
                 work_dir: args.data_dir.join("worker"),
                 sandbox: None,
+                limits: kiln_process::process::Limits {
+                    memory_bytes: args.build_memory,
+                    processes: args.build_processes,
+                    file_bytes: args.build_file_size,
+                },
             },
             cache,
             upload: RetryPolicy {
@@ -601,6 +618,9 @@ mod tests {
             "--sandbox=off",
             "--sandbox-bwrap=/opt/bwrap",
             "--build-uid=1234",
+            "--build-memory=1073741824",
+            "--build-processes=99",
+            "--build-file-size=1048576",
         ]);
         every.cluster_token = Some("secret-token-0123456789".into());
         every.api_token = Some("api-token".into());

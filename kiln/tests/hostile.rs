@@ -279,3 +279,58 @@ async fn a_build_cannot_change_what_a_later_build_sees() {
     let here = examples().join("wordcount/src/main.rs");
     assert!(!std::fs::read_to_string(here).unwrap().contains("poisoned"), "the repository is untouched");
 }
+
+/// 5. A build that allocates without bound, and a fork bomb, each end with the limit
+/// named; nothing the bomb started is left, and the worker builds the next pipeline.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_memory_hog_and_a_fork_bomb_hit_their_limits_and_the_worker_goes_on() {
+    common::require_root("the process limit counts the build user's processes, and only a root member has one");
+    let mut farm = Farm::new(1);
+    // Its own build user, so the bomb's process count is this farm's alone.
+    let extra = ["--build-memory=512M", "--build-processes=48", "--build-uid=64123"].map(String::from).to_vec();
+    farm.start(Member { ordinal: 0, workers: 1, extra });
+    farm.wait_healthy(Duration::from_secs(300)).await;
+    let hog = write_program(
+        farm.dir.path(),
+        "hog",
+        &[
+            ("Cargo.toml", &manifest("hog", "")),
+            ("build.rs", "fn main() { let mut kept = Vec::new(); loop { kept.push(vec![1u8; 64 << 20]); } }"),
+            ("src/main.rs", "fn main() {}"),
+        ],
+    );
+    let bomb = write_program(
+        farm.dir.path(),
+        "bomb",
+        &[
+            ("Cargo.toml", &manifest("bomb", "")),
+            (
+                "build.rs",
+                r#"use std::process::{Command, Stdio};
+fn main() {
+    let mut children = Vec::new();
+    loop {
+        match Command::new("sleep").arg("4242").stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn() {
+            Ok(child) => children.push(child),
+            Err(e) => panic!("fork bomb stopped after {} processes: {e:?}", children.len()),
+        }
+    }
+}"#,
+            ),
+            ("src/main.rs", "fn main() {}"),
+        ],
+    );
+    for (dir, setting) in [(&hog, "--build-memory"), (&bomb, "--build-processes")] {
+        let output = farm.submit(&[dir.as_path()], true);
+        assert!(!output.status.success(), "{}", text(&output));
+        let name = dir.file_name().unwrap().to_str().unwrap();
+        let record = farm.pipeline(name).await;
+        assert_eq!(record["status"], "compile_error", "{record}");
+        let error = record["error"].as_str().unwrap();
+        assert!(error.contains(setting), "the error names the limit and its setting: {error}");
+    }
+    let left = common::processes_mentioning("sleep 4242");
+    assert!(left.is_empty(), "the bomb's processes are gone: {left:?}");
+    let output = farm.submit(&[&examples().join("hello")], true);
+    assert!(output.status.success(), "the next pipeline builds: {}", text(&output));
+}

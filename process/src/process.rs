@@ -46,3 +46,35 @@ pub fn limit_memory(command: &mut tokio::process::Command, bytes: u64) {
         });
     }
 }
+
+/// Resource limits for a child and everything it starts (rlimits are inherited).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// RLIMIT_DATA of each process: its heap and private writable mappings.
+    pub memory_bytes: u64,
+    /// RLIMIT_NPROC: processes of the child's (real) user. Not enforced for root, so
+    /// it takes effect once the child has become an unprivileged user.
+    pub processes: u64,
+    /// RLIMIT_FSIZE: the largest file a process may write.
+    pub file_bytes: u64,
+}
+
+/// Applies `limits` to the child of `command`.
+pub fn limit(command: &mut tokio::process::Command, limits: Limits) {
+    use nix::sys::resource::{Resource, setrlimit};
+    // SAFETY: runs in the forked child before exec and calls only setrlimit(2), which
+    // is async-signal-safe.
+    #[allow(unsafe_code)]
+    unsafe {
+        command.pre_exec(move || {
+            for (resource, value) in [
+                (Resource::RLIMIT_DATA, limits.memory_bytes),
+                (Resource::RLIMIT_NPROC, limits.processes),
+                (Resource::RLIMIT_FSIZE, limits.file_bytes),
+            ] {
+                setrlimit(resource, value, value).map_err(std::io::Error::from)?;
+            }
+            Ok(())
+        });
+    }
+}
