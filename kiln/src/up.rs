@@ -113,11 +113,21 @@ fn member_specs(args: &UpArgs, data_dir: &Path, token_file: &Path) -> anyhow::Re
         .collect()
 }
 
+/// A member's refusal to build (it cannot make its sandbox), from /cluster_healthz.
+fn refusal(health: &serde_json::Value) -> Option<String> {
+    health["members"].as_array()?.iter().find_map(|m| {
+        let message = m["message"].as_str().unwrap_or("");
+        message.contains("sandbox: unavailable").then(|| format!("member-{}: {message}", m["ordinal"]))
+    })
+}
+
 async fn wait_until_healthy(client: &Client, workers: u32) -> anyhow::Result<()> {
     let mut last_report = tokio::time::Instant::now();
     loop {
         match client.cluster_health().await {
             Ok((true, _)) => return Ok(()),
+            // Waiting cannot help a member that refuses to build: say why, and stop.
+            Ok((false, body)) if refusal(&body).is_some() => bail!("{}", refusal(&body).unwrap_or_default()),
             Ok((false, body)) if last_report.elapsed() > Duration::from_secs(15) => {
                 let waiting: Vec<String> = body["members"]
                     .as_array()

@@ -334,3 +334,24 @@ fn main() {
     let output = farm.submit(&[&examples().join("hello")], true);
     assert!(output.status.success(), "the next pipeline builds: {}", text(&output));
 }
+
+/// `kiln up` on a machine where the sandbox cannot be made stops at once and says
+/// why, instead of waiting for members that will never build.
+#[tokio::test(flavor = "multi_thread")]
+async fn kiln_up_stops_and_says_why_when_no_sandbox_can_be_made() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = std::process::Command::new(common::KILN)
+        .arg("up")
+        .arg("--workers=1")
+        .arg(format!("--data-dir={}", dir.path().join("farm").display()))
+        .arg(format!("--port={}", common::free_port()))
+        .arg("--profile=dev")
+        .arg(format!("--depset-cache={}", common::depset_cache().display()))
+        .args(["--", "--sccache=off", "--sandbox-bwrap=/nonexistent/bwrap"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success(), "{}", text(&output));
+    let said = text(&output);
+    assert!(said.contains("sandbox: unavailable") && said.contains("--sandbox=off"), "{said}");
+    assert!(common::processes_mentioning(&dir.path().display().to_string()).is_empty(), "no member is left");
+}
