@@ -132,6 +132,10 @@ async fn main() -> anyhow::Result<()> {
         say("7. multihost start, kiln launch --hosts 4");
         rows.push(measures::multihost_start(&setup, &one, work.path(), rounds.max(5)).await?);
     }
+    if wanted(8) {
+        say("8. sandbox cost, sandbox on vs --sandbox=off");
+        rows.push(measures::sandbox_cost(&setup, work.path(), rounds.max(5)).await?);
+    }
     rows.sort_by_key(|r| r.number);
 
     let table = stats::table(&rows);

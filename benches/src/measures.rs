@@ -458,3 +458,42 @@ pub async fn multihost_start(setup: &Setup, farm: &Farm, work: &Path, rounds: us
         met: Some(time <= 2000.0),
     })
 }
+
+/// Comparison 8: the build sandbox's cost. Two 1-worker farms, one with the sandbox
+/// (the default) and one with `--sandbox=off`, both building through sccache on a
+/// local disk cache; the same new binary crate against the same warm operators,
+/// the two farms taking turns. Submission to success, as each leader records it.
+pub async fn sandbox_cost(setup: &Setup, work: &Path, rounds: usize) -> anyhow::Result<Row> {
+    let sccache = kiln_process::find_tool("sccache").context("sccache is not installed: run scripts/install-deps")?;
+    let cached = |extra: &str| {
+        vec!["--sccache=auto".to_owned(), format!("--sccache-binary={}", sccache.display()), extra.to_owned()]
+    };
+    let on = Farm::start(setup, 1, None, &cached("--sandbox=auto")).await?;
+    let off = Farm::start(setup, 1, None, &cached("--sandbox=off")).await?;
+    let program = |side: &str, variant| programs::write(&work.join(side), "sandbox", variant, 2, 150, 0);
+    for (side, farm) in [("on", &on), ("off", &off)] {
+        let id = farm.submit("sandbox", &program(side, 0)?).await?;
+        farm.wait_success(id).await?;
+    }
+    let (mut with, mut without) = (Vec::new(), Vec::new());
+    for round in 0..rounds as u64 {
+        for side in [round % 2, (round + 1) % 2] {
+            let (name, farm, samples) = if side == 0 { ("on", &on, &mut with) } else { ("off", &off, &mut without) };
+            let id = farm.submit("sandbox", &program(name, round + 1)?).await?;
+            let record = farm.wait_success(id).await?;
+            samples.push((ms(&record, "finished_at_ms")? - ms(&record, "submitted_at_ms")?) as f64);
+        }
+    }
+    let (with_ms, without_ms) = (median(&with), median(&without));
+    let ratio = with_ms / without_ms;
+    Ok(Row {
+        number: 8,
+        what: "sandbox cost".into(),
+        measured: format!(
+            "sandbox on {with_ms:.0} ms vs off {without_ms:.0} ms: ratio {ratio:.2}, {:+.0} ms per build",
+            with_ms - without_ms
+        ),
+        goal: "ratio ≤ 1.03 and ≤ 20 ms".into(),
+        met: Some(ratio <= 1.03 && with_ms - without_ms <= 20.0),
+    })
+}
