@@ -193,6 +193,7 @@ fn sandboxed_cargo(
     settings: &BuildSettings,
     sandbox: &Sandbox,
     wrapper: &Wrapper,
+    layout: &Layout,
 ) -> anyhow::Result<tokio::process::Command> {
     let root = &settings.build_root;
     std::fs::create_dir_all(&settings.work_dir)?;
@@ -209,7 +210,8 @@ fn sandboxed_cargo(
     }
     sandbox::hand_over(sandbox, &owned, &[&target]).context("handing the build's directories to the build user")?;
     let programs = wrapper.env.iter().filter(|(k, _)| k == "RUSTC_WRAPPER").map(|(_, v)| PathBuf::from(v)).collect();
-    let mounts = Mounts { build_root: root.clone(), lockfile, sccache_socket_dir, programs };
+    let crates = layout.crates.iter().map(|c| c.dir_name.clone()).collect();
+    let mounts = Mounts { build_root: root.clone(), crates, lockfile, sccache_socket_dir, programs };
     let mut command = sandbox.command(&mounts, &sandbox.sysroot.join("bin/cargo"), &[]);
     command
         .env("CARGO_TARGET_DIR", root.join("target"))
@@ -511,7 +513,7 @@ pub async fn build(
     .map(Into::into)
     .collect();
     let mut command = match &settings.sandbox {
-        Some(sandbox) => sandboxed_cargo(settings, sandbox, wrapper)?,
+        Some(sandbox) => sandboxed_cargo(settings, sandbox, wrapper, layout)?,
         None => cargo_command(settings, wrapper),
     };
     let mut child = command.args(args).spawn().context("starting cargo: is it on PATH?")?;

@@ -5,8 +5,9 @@
 //! What a build sees is an allowlist, mounted read-only unless said otherwise:
 //! the system (`/usr`, `/etc`, the `/bin`-style links), the Rust toolchain (its
 //! sysroot only, not rustup's or cargo's homes), cargo's registry cache (the
-//! dependency set's sources), the build root (its own crates, the dependency set,
-//! the runtime, the workspace files), and, writable, the build root's `target/`,
+//! dependency set's sources), and of the build root only the workspace manifest,
+//! the dependency set, the runtime and this program's own crates (no other
+//! program's sources); and, writable, the build root's `target/`,
 //! a private copy of the workspace's `Cargo.lock`, a fresh `/tmp`, and the sccache
 //! server's socket. Nothing else of the member: no data directory, catalog,
 //! artifacts, tokens or credentials; its `/proc` shows only its own processes.
@@ -86,6 +87,8 @@ pub struct Sandbox {
 #[derive(Debug, Clone)]
 pub struct Mounts {
     pub build_root: PathBuf,
+    /// This program's crate directories under `src/`: the only ones it sees.
+    pub crates: Vec<String>,
     /// A private copy of the workspace lock file, which cargo rewrites.
     pub lockfile: PathBuf,
     /// The directory of the sccache server's socket, when builds go through it.
@@ -127,8 +130,13 @@ impl Sandbox {
         let scratch = tempfile::tempdir().map_err(|e| format!("a scratch directory for the probe: {e}"))?;
         let lockfile = scratch.path().join("Cargo.lock");
         std::fs::write(&lockfile, "").map_err(|e| e.to_string())?;
-        let mounts =
-            Mounts { build_root: scratch.path().to_owned(), lockfile, sccache_socket_dir: None, programs: Vec::new() };
+        let mounts = Mounts {
+            build_root: scratch.path().to_owned(),
+            crates: Vec::new(),
+            lockfile,
+            sccache_socket_dir: None,
+            programs: Vec::new(),
+        };
         std::fs::create_dir_all(scratch.path().join("target")).map_err(|e| e.to_string())?;
         let mut probe = sandbox.command(&mounts, Path::new("true"), &[]);
         probe.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped());
@@ -198,8 +206,19 @@ impl Sandbox {
         a.mount("--ro-bind", &self.sysroot, &self.sysroot);
         let registry = self.cargo_home.join("registry");
         a.mount("--ro-bind-try", &registry, &registry);
-        a.mount("--ro-bind", &mounts.build_root, &mounts.build_root);
-        let target = mounts.build_root.join("target");
+        // Of the build root: the workspace manifest, the dependency set, the runtime
+        // and this program's own crates; no other program's sources, and not the
+        // pristine prebuilt set (target/ links to it).
+        let root = &mounts.build_root;
+        a.mount("--ro-bind-try", &root.join("Cargo.toml"), &root.join("Cargo.toml"));
+        for shared in ["depset", "pipeline-runtime"] {
+            a.mount("--ro-bind-try", &root.join(shared), &root.join(shared));
+        }
+        for krate in &mounts.crates {
+            let dir = root.join("src").join(krate);
+            a.mount("--ro-bind", &dir, &dir);
+        }
+        let target = root.join("target");
         a.mount("--bind", &target, &target);
         a.mount("--bind", &mounts.lockfile, &mounts.build_root.join("Cargo.lock"));
         if let Some(dir) = &mounts.sccache_socket_dir {

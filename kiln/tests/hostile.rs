@@ -100,6 +100,11 @@ fn main() {
         Err(e) => format!("denied ({:?})", e.kind()),
     };
     report += &format!("data dir holds: {listing}\n");
+    let sources = match std::fs::read_dir(SRC_DIR) {
+        Ok(entries) => { let mut names: Vec<String> = entries.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect(); names.sort(); names.join(",") }
+        Err(e) => format!("denied ({:?})", e.kind()),
+    };
+    report += &format!("sources: {sources}\n");
     report += &format!("leader: {}\n", match std::net::TcpStream::connect(LEADER) { Ok(_) => "CONNECTED".to_owned(), Err(e) => format!("unreachable ({:?})", e.kind()) });
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
     let uid = status.lines().find(|l| l.starts_with("Uid:")).unwrap().split_whitespace().nth(1).unwrap().to_owned();
@@ -125,12 +130,16 @@ async fn a_build_reaches_no_secret_no_network_and_leaves_no_process() {
     let secret = data_dir.join("secret.txt");
     std::fs::write(&secret, "s3cr3t").unwrap();
     let build_rs = format!(
-        "const SECRET: &str = {:?};\nconst CATALOG: &str = {:?};\nconst DATA_DIR: &str = {:?};\nconst LEADER: &str = \"127.0.0.1:{}\";\n{SNOOP_BUILD_RS}",
+        "const SECRET: &str = {:?};\nconst CATALOG: &str = {:?};\nconst DATA_DIR: &str = {:?};\nconst SRC_DIR: &str = {:?};\nconst LEADER: &str = \"127.0.0.1:{}\";\n{SNOOP_BUILD_RS}",
         secret.display().to_string(),
         data_dir.join("catalog.redb").display().to_string(),
         data_dir.display().to_string(),
+        farm.build_root(0).join("src").display().to_string(),
         farm.port,
     );
+    // Another program built first on the same worker: its sources stay its own.
+    let output = farm.submit(&[&examples().join("hello")], true);
+    assert!(output.status.success(), "{}", text(&output));
     let snoop = write_program(
         farm.dir.path(),
         "snoop",
@@ -151,7 +160,9 @@ async fn a_build_reaches_no_secret_no_network_and_leaves_no_process() {
         .unwrap();
     assert!(download.status.success(), "{}", text(&download));
     let report = String::from_utf8(std::process::Command::new(&binary).output().unwrap().stdout).unwrap();
-    assert_eq!(report.lines().count(), 7, "{report}");
+    assert_eq!(report.lines().count(), 8, "{report}");
+    let sources = report.lines().find_map(|l| l.strip_prefix("sources: ")).unwrap();
+    assert!(sources.starts_with("snoop-") && !sources.contains(','), "only its own crate is in view: {sources}");
     for line in report.lines() {
         assert!(!["READ", "CONNECTED"].iter().any(|w| line.contains(w)), "the build reached it: {line}");
     }
