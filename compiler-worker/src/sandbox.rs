@@ -304,47 +304,32 @@ async fn sysroot() -> anyhow::Result<PathBuf> {
 /// over: they are hard links to the pristine prebuilt set, which the build user
 /// must not be able to change.
 pub fn hand_over(sandbox: &Sandbox, paths: &[&Path], trees: &[&Path]) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
     let Some((uid, gid)) = sandbox.owner() else { return Ok(()) };
-    let owner = (Some(nix::unistd::Uid::from_raw(uid)), Some(nix::unistd::Gid::from_raw(gid)));
     let mut entries: Vec<PathBuf> = paths.iter().map(|p| p.to_path_buf()).collect();
     for tree in trees {
-        entries.extend(walkdir_all(tree)?.into_iter().filter(|p| p.is_dir() && !p.is_symlink()));
-    }
-    {
-        for entry in entries {
-            let metadata = std::fs::symlink_metadata(&entry)?;
-            use std::os::unix::fs::MetadataExt;
-            if metadata.uid() != uid || metadata.gid() != gid {
-                nix::unistd::fchownat(
-                    nix::fcntl::AT_FDCWD,
-                    &entry,
-                    owner.0,
-                    owner.1,
-                    nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
-                )
-                .map_err(std::io::Error::from)?;
+        for entry in walkdir::WalkDir::new(tree) {
+            let entry = entry.map_err(std::io::Error::other)?;
+            if entry.file_type().is_dir() {
+                entries.push(entry.into_path());
             }
+        }
+    }
+    let owner = (Some(nix::unistd::Uid::from_raw(uid)), Some(nix::unistd::Gid::from_raw(gid)));
+    for entry in entries {
+        let metadata = std::fs::symlink_metadata(&entry)?;
+        if metadata.uid() != uid || metadata.gid() != gid {
+            nix::unistd::fchownat(
+                nix::fcntl::AT_FDCWD,
+                &entry,
+                owner.0,
+                owner.1,
+                nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+            )
+            .map_err(std::io::Error::from)?;
         }
     }
     Ok(())
-}
-
-fn walkdir_all(path: &Path) -> std::io::Result<Vec<PathBuf>> {
-    let mut found = vec![path.to_owned()];
-    let mut stack = vec![path.to_owned()];
-    while let Some(dir) = stack.pop() {
-        if !std::fs::symlink_metadata(&dir)?.is_dir() {
-            continue;
-        }
-        for entry in std::fs::read_dir(&dir)? {
-            let entry = entry?.path();
-            if entry.is_dir() && !entry.is_symlink() {
-                stack.push(entry.clone());
-            }
-            found.push(entry);
-        }
-    }
-    Ok(found)
 }
 
 #[cfg(test)]

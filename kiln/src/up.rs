@@ -124,10 +124,15 @@ fn refusal(health: &serde_json::Value) -> Option<String> {
 async fn wait_until_healthy(client: &Client, workers: u32) -> anyhow::Result<()> {
     let mut last_report = tokio::time::Instant::now();
     loop {
-        match client.cluster_health().await {
+        let health = client.cluster_health().await;
+        // Waiting cannot help a member that refuses to build: say why, and stop.
+        if let Ok((false, body)) = &health
+            && let Some(why) = refusal(body)
+        {
+            bail!("{why}");
+        }
+        match health {
             Ok((true, _)) => return Ok(()),
-            // Waiting cannot help a member that refuses to build: say why, and stop.
-            Ok((false, body)) if refusal(&body).is_some() => bail!("{}", refusal(&body).unwrap_or_default()),
             Ok((false, body)) if last_report.elapsed() > Duration::from_secs(15) => {
                 let waiting: Vec<String> = body["members"]
                     .as_array()
