@@ -18,6 +18,7 @@
 //! build scripts it runs), in its own process group so a cancellation kills rustc
 //! and build scripts too.
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
@@ -94,7 +95,26 @@ fn limit_hit(log: &str, limits: &kiln_process::process::Limits) -> Option<String
 #[derive(Debug, Clone, Default)]
 pub struct Wrapper {
     pub env: Vec<(String, String)>,
+    /// For a sandboxed build: the build's own sccache server, started in the sandbox.
+    pub in_sandbox: Option<SandboxedCache>,
 }
+
+/// How a sandboxed build runs its own sccache server (see `sandbox_init`).
+#[derive(Debug, Clone)]
+pub struct SandboxedCache {
+    /// The sandbox's first program: the `kiln` binary (`kiln sandbox-init`).
+    pub init: PathBuf,
+    pub sccache: PathBuf,
+    /// The cache gateway's socket.
+    pub gateway: PathBuf,
+    /// The server's settings: the gateway as the sandbox reaches it.
+    pub env: Vec<(String, String)>,
+    /// Where the server's statistics are written when cargo is done.
+    pub stats: PathBuf,
+}
+
+/// The sccache server's socket inside a sandbox (on the sandbox's own `/tmp`).
+const SANDBOX_SCCACHE_SOCKET: &str = "/tmp/kiln-sccache.sock";
 
 /// How a build ended.
 #[derive(Debug)]
@@ -199,20 +219,52 @@ fn sandboxed_cargo(
     std::fs::create_dir_all(&settings.work_dir)?;
     let lockfile = settings.work_dir.join("Cargo.lock");
     std::fs::copy(root.join("Cargo.lock"), &lockfile).context("copying the workspace lock file for the sandbox")?;
-    let socket_dir = settings.work_dir.join("sccache");
-    let sccache_socket_dir = wrapper.env.iter().any(|(k, _)| k == "SCCACHE_SERVER_UDS").then(|| socket_dir.clone());
     let target = root.join("target");
     fresh_target(root).context("renewing target/ from the pristine dependency set")?;
-    let socket = socket_dir.join("sccache.sock");
     let mut owned: Vec<&Path> = vec![&lockfile];
-    if sccache_socket_dir.is_some() {
-        owned.extend([socket_dir.as_path(), socket.as_path()].into_iter().filter(|p| p.exists()));
-    }
-    sandbox::hand_over(sandbox, &owned, &[&target]).context("handing the build's directories to the build user")?;
-    let programs = wrapper.env.iter().filter(|(k, _)| k == "RUSTC_WRAPPER").map(|(_, v)| PathBuf::from(v)).collect();
     let crates = layout.crates.iter().map(|c| c.dir_name.clone()).collect();
-    let mounts = Mounts { build_root: root.clone(), crates, lockfile, sccache_socket_dir, programs };
-    let mut command = sandbox.command(&mounts, &sandbox.sysroot.join("bin/cargo"), &[]);
+    let mut mounts = Mounts {
+        build_root: root.clone(),
+        crates,
+        lockfile: lockfile.clone(),
+        writable: Vec::new(),
+        programs: Vec::new(),
+    };
+    let cargo = sandbox.sysroot.join("bin/cargo");
+    let mut command = match &wrapper.in_sandbox {
+        None => {
+            sandbox::hand_over(sandbox, &owned, &[&target])
+                .context("handing the build's directories to the build user")?;
+            sandbox.command(&mounts, &cargo, &[])
+        }
+        Some(cache) => {
+            std::fs::write(&cache.stats, b"").context("making the build's cache statistics file")?;
+            owned.push(&cache.stats);
+            sandbox::hand_over(sandbox, &owned, &[&target])
+                .context("handing the build's directories to the build user")?;
+            mounts.writable = vec![cache.gateway.clone(), cache.stats.clone()];
+            mounts.programs = vec![cache.init.clone(), cache.sccache.clone()];
+            let args: Vec<OsString> = vec![
+                "sandbox-init".into(),
+                "--relay-port".into(),
+                crate::gateway::SANDBOX_PORT.to_string().into(),
+                "--gateway".into(),
+                cache.gateway.clone().into(),
+                "--sccache".into(),
+                cache.sccache.clone().into(),
+                "--stats".into(),
+                cache.stats.clone().into(),
+                "--".into(),
+                cargo.into(),
+            ];
+            let mut command = sandbox.command(&mounts, &cache.init, &args);
+            command
+                .envs(cache.env.iter().map(|(k, v)| (k, v)))
+                .env("RUSTC_WRAPPER", &cache.sccache)
+                .env("SCCACHE_SERVER_UDS", SANDBOX_SCCACHE_SOCKET);
+            command
+        }
+    };
     command
         .env("CARGO_TARGET_DIR", root.join("target"))
         .envs(FARM_CARGO_ENV)
@@ -498,7 +550,7 @@ pub async fn build(
     let binary_manifest = settings.build_root.join("src").join(&binary.dir_name).join("Cargo.toml");
     let laid_out = started.elapsed();
 
-    let args: Vec<std::ffi::OsString> = [
+    let args: Vec<OsString> = [
         "build",
         "--offline",
         "--profile",

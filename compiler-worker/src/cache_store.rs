@@ -136,14 +136,33 @@ impl S3Settings {
     /// An SDK client for this store, with short timeouts: every use is a probe or a
     /// listing, and an unreachable endpoint must be reported, not waited on.
     pub async fn client(&self) -> aws_sdk_s3::Client {
-        let mut loader =
-            aws_config::defaults(BehaviorVersion::latest()).region(Region::new(self.region.clone())).timeout_config(
-                TimeoutConfig::builder()
-                    .connect_timeout(Duration::from_secs(3))
-                    .operation_attempt_timeout(Duration::from_secs(10))
-                    .operation_timeout(Duration::from_secs(30))
-                    .build(),
-            );
+        let timeouts = TimeoutConfig::builder()
+            .connect_timeout(Duration::from_secs(3))
+            .operation_attempt_timeout(Duration::from_secs(10))
+            .operation_timeout(Duration::from_secs(30))
+            .build();
+        self.client_with(timeouts, aws_sdk_s3::config::retry::RetryConfig::disabled()).await
+    }
+
+    /// An SDK client for moving cached objects (the cache gateway): long enough
+    /// timeouts for objects of hundreds of megabytes, and the SDK's standard retries.
+    pub async fn transfer_client(&self) -> aws_sdk_s3::Client {
+        let timeouts = TimeoutConfig::builder()
+            .connect_timeout(Duration::from_secs(3))
+            .operation_attempt_timeout(Duration::from_secs(300))
+            .operation_timeout(Duration::from_secs(600))
+            .build();
+        self.client_with(timeouts, aws_sdk_s3::config::retry::RetryConfig::standard()).await
+    }
+
+    async fn client_with(
+        &self,
+        timeouts: TimeoutConfig,
+        retry: aws_sdk_s3::config::retry::RetryConfig,
+    ) -> aws_sdk_s3::Client {
+        let mut loader = aws_config::defaults(BehaviorVersion::latest())
+            .region(Region::new(self.region.clone()))
+            .timeout_config(timeouts);
         loader = match &self.credentials {
             S3Credentials::Static { access_key_id, secret_access_key } => {
                 loader.credentials_provider(Credentials::new(access_key_id, secret_access_key, None, None, "kiln"))
@@ -153,8 +172,7 @@ impl S3Settings {
             S3Credentials::Anonymous => loader.no_credentials(),
         };
         let shared = loader.load().await;
-        let mut config =
-            aws_sdk_s3::config::Builder::from(&shared).retry_config(aws_sdk_s3::config::retry::RetryConfig::disabled());
+        let mut config = aws_sdk_s3::config::Builder::from(&shared).retry_config(retry);
         if self.endpoint.is_some() {
             // S3-compatible servers address buckets by path, not by host name.
             config = config.endpoint_url(self.endpoint_url()).force_path_style(true);

@@ -10,9 +10,11 @@
 pub mod builder;
 pub mod cache_store;
 pub mod client;
+pub mod gateway;
 pub mod kubernetes;
 pub mod log;
 pub mod sandbox;
+pub mod sandbox_init;
 pub mod sccache;
 pub mod upload;
 pub mod worker;

@@ -8,12 +8,14 @@
 //! dependency set's sources), and of the build root only the workspace manifest,
 //! the dependency set, the runtime and this program's own crates (no other
 //! program's sources); and, writable, the build root's `target/`,
-//! a private copy of the workspace's `Cargo.lock`, a fresh `/tmp`, and the sccache
-//! server's socket. Nothing else of the member: no data directory, catalog,
+//! a private copy of the workspace's `Cargo.lock`, a fresh `/tmp`, and the cache
+//! gateway's socket. Nothing else of the member: no data directory, catalog,
 //! artifacts, tokens or credentials; its `/proc` shows only its own processes.
 //!
-//! Paths inside are the paths outside, because the sccache server (outside the
-//! sandbox) runs the compiles the build asks for, at those paths.
+//! The build's sccache server runs inside the sandbox too (see `sandbox_init`): so
+//! every compile it runs, and every proc-macro, is confined like a build script.
+//! Paths inside are the paths outside, so that cache keys (which hold the working
+//! directory) are the same on every worker and in CI.
 //!
 //! **Invariant:** the PID namespace's init is bubblewrap's, with
 //! `--die-with-parent`: when the build ends, is cancelled, times out, or its worker
@@ -91,10 +93,11 @@ pub struct Mounts {
     pub crates: Vec<String>,
     /// A private copy of the workspace lock file, which cargo rewrites.
     pub lockfile: PathBuf,
-    /// The directory of the sccache server's socket, when builds go through it.
-    pub sccache_socket_dir: Option<PathBuf>,
-    /// Programs the build runs besides the toolchain (the sccache client), shown
-    /// read-only at their own paths.
+    /// Files the build writes or connects to, shown at their own paths: the cache
+    /// gateway's socket, the file its cache statistics go to.
+    pub writable: Vec<PathBuf>,
+    /// Programs the build runs besides the toolchain (its first program, sccache),
+    /// shown read-only at their own paths.
     pub programs: Vec<PathBuf>,
 }
 
@@ -134,7 +137,7 @@ impl Sandbox {
             build_root: scratch.path().to_owned(),
             crates: Vec::new(),
             lockfile,
-            sccache_socket_dir: None,
+            writable: Vec::new(),
             programs: Vec::new(),
         };
         std::fs::create_dir_all(scratch.path().join("target")).map_err(|e| e.to_string())?;
@@ -221,8 +224,8 @@ impl Sandbox {
         let target = root.join("target");
         a.mount("--bind", &target, &target);
         a.mount("--bind", &mounts.lockfile, &mounts.build_root.join("Cargo.lock"));
-        if let Some(dir) = &mounts.sccache_socket_dir {
-            a.mount("--bind", dir, dir);
+        for file in &mounts.writable {
+            a.mount("--bind", file, file);
         }
         for program in &mounts.programs {
             a.mount("--ro-bind", program, program);

@@ -1,9 +1,15 @@
 //! sccache, the compiler cache every build goes through when it is available.
 //!
-//! Each worker runs its own sccache server on its own port, so the statistics read
-//! after a build are exactly that build's (a worker builds one pipeline at a time).
-//! The server is started by the worker with the cache's settings; cargo and the
-//! build scripts only learn the wrapper's path and the server's port.
+//! With the sandbox on ([`SandboxedSccache`]), each build runs its own sccache
+//! server inside its sandbox, so that what sccache runs (rustc, and the proc-macros
+//! rustc loads) is as confined as the build, and the server holds no credentials: it
+//! reaches the store through the worker's [gateway](crate::gateway). Its statistics
+//! are that build's by construction.
+//!
+//! With `--sandbox=off` ([`Sccache`]), each worker runs one server outside, with the
+//! cache's settings; cargo and the build scripts only learn the wrapper's path and
+//! the server's socket. A worker builds one pipeline at a time, so the statistics
+//! read after a build are that build's.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -27,6 +33,116 @@ pub struct SccacheStats {
     pub miss_compile_ms: u64,
     /// Why sccache did not cache some calls, with counts ("crate-type (bin)": 1).
     pub not_cached: Vec<(String, u64)>,
+}
+
+/// A worker's compile cache.
+#[derive(Debug)]
+pub enum CompileCache {
+    /// `--sandbox=off`: one server outside, for every build.
+    Server(Sccache),
+    /// Sandboxed builds: a server per build, in its sandbox.
+    Sandboxed(SandboxedSccache),
+}
+
+impl CompileCache {
+    pub fn describe(&self) -> String {
+        match self {
+            CompileCache::Server(s) => s.describe(),
+            CompileCache::Sandboxed(s) => s.describe.clone(),
+        }
+    }
+
+    /// Readies the cache for one build; returns what cargo runs with.
+    pub async fn before_build(&self) -> anyhow::Result<Wrapper> {
+        match self {
+            CompileCache::Server(s) => {
+                s.zero_stats().await?;
+                Ok(s.wrapper())
+            }
+            CompileCache::Sandboxed(s) => {
+                let _ = std::fs::remove_file(&s.stats);
+                Ok(s.wrapper())
+            }
+        }
+    }
+
+    /// This build's figures.
+    pub async fn after_build(&self) -> anyhow::Result<SccacheStats> {
+        match self {
+            CompileCache::Server(s) => s.stats().await,
+            CompileCache::Sandboxed(s) => s.stats(),
+        }
+    }
+
+    pub async fn stop(&self) {
+        if let CompileCache::Server(s) = self {
+            s.stop().await;
+        }
+    }
+}
+
+/// The compile cache of a worker whose builds are sandboxed: the gateway to the
+/// store, and what each build needs to start its own server.
+#[derive(Debug)]
+pub struct SandboxedSccache {
+    binary: PathBuf,
+    gateway: crate::gateway::Gateway,
+    /// The sandbox's first program (the `kiln` binary).
+    init: PathBuf,
+    stats: PathBuf,
+    describe: String,
+}
+
+/// The most of a statistics file that is read (a build could write any amount).
+const MAX_STATS_BYTES: u64 = 1 << 20;
+
+impl SandboxedSccache {
+    /// Starts the gateway to `store` in `dir` (the worker's own, closed to builds
+    /// but for the socket the sandbox shows them).
+    pub async fn start(binary: PathBuf, store: &CacheStore, dir: &Path, init: PathBuf) -> anyhow::Result<Self> {
+        use std::os::unix::fs::PermissionsExt;
+        let gateway_dir = dir.join("gateway");
+        std::fs::create_dir_all(&gateway_dir).with_context(|| format!("creating {}", gateway_dir.display()))?;
+        // Only this member reaches the socket from outside; a sandbox sees it
+        // through its own mount, and may connect as the build user.
+        std::fs::set_permissions(&gateway_dir, std::fs::Permissions::from_mode(0o700))?;
+        let socket = gateway_dir.join("cache.sock");
+        let gateway = crate::gateway::Gateway::start(store, &socket).await?;
+        std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666))?;
+        let describe = match store {
+            CacheStore::LocalDisk { dir } => format!("sccache on local disk ({})", dir.join("gateway").display()),
+            CacheStore::S3(s3) => s3.describe(),
+        };
+        let describe = format!("{describe}, one server per build in its sandbox");
+        Ok(SandboxedSccache { binary, gateway, init, stats: dir.join("sccache-stats.json"), describe })
+    }
+
+    fn wrapper(&self) -> Wrapper {
+        Wrapper {
+            env: Vec::new(),
+            in_sandbox: Some(crate::builder::SandboxedCache {
+                init: self.init.clone(),
+                sccache: self.binary.clone(),
+                gateway: self.gateway.socket().to_owned(),
+                env: self.gateway.sandbox_env(),
+                stats: self.stats.clone(),
+            }),
+        }
+    }
+
+    fn stats(&self) -> anyhow::Result<SccacheStats> {
+        use std::io::Read;
+        let mut text = String::new();
+        std::fs::File::open(&self.stats)
+            .with_context(|| format!("opening {}", self.stats.display()))?
+            .take(MAX_STATS_BYTES)
+            .read_to_string(&mut text)
+            .context("reading the build's cache statistics")?;
+        if text.trim().is_empty() {
+            bail!("the build's sccache server left no statistics");
+        }
+        parse_stats(&text)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -179,6 +295,7 @@ impl Sccache {
     /// What cargo gets: the wrapper, and the port of this worker's server.
     pub fn wrapper(&self) -> Wrapper {
         Wrapper {
+            in_sandbox: None,
             env: vec![
                 ("RUSTC_WRAPPER".into(), self.binary.display().to_string()),
                 ("SCCACHE_SERVER_UDS".into(), self.socket.display().to_string()),

@@ -25,7 +25,7 @@ use crate::builder::{self, BuildOutcome, BuildSettings, Wrapper};
 use crate::cache_store::{self, CacheStore, S3Settings};
 use crate::client::{self, LeaderClient};
 use crate::sandbox::{Sandbox, SandboxMode, SandboxSettings, SandboxState};
-use crate::sccache::{self, Sccache};
+use crate::sccache::{self, CompileCache, SandboxedSccache, Sccache};
 use crate::upload::{self, DeliveryError, RetryPolicy, Shipment};
 
 /// Whether builds go through sccache.
@@ -71,7 +71,7 @@ struct Worker {
     member: pb::Member,
     client: LeaderClient,
     shared: Arc<Shared>,
-    sccache: Option<Sccache>,
+    sccache: Option<CompileCache>,
     cache_note: String,
 }
 
@@ -120,8 +120,7 @@ pub async fn run(config: WorkerConfig, guard: ScalingGuard, shutdown: Cancellati
         prepared = builder::prepare_build_root(&config.build) => prepared.context("preparing the build root")?,
         () = shutdown.cancelled() => return Ok(()),
     }
-    let (sccache, cache_note) =
-        start_cache(&config.cache, &config.identity.hostname, &config.build.work_dir.join("sccache")).await?;
+    let (sccache, cache_note) = start_cache(&config).await?;
     if let CacheChoice::Auto { store: CacheStore::S3(s3), .. } = &config.cache
         && sccache.is_some()
     {
@@ -157,12 +156,9 @@ async fn sandbox_state(settings: &SandboxSettings) -> SandboxState {
     }
 }
 
-async fn start_cache(
-    choice: &CacheChoice,
-    member: &str,
-    socket_dir: &std::path::Path,
-) -> anyhow::Result<(Option<Sccache>, String)> {
-    let CacheChoice::Auto { binary, store } = choice else {
+async fn start_cache(config: &WorkerConfig) -> anyhow::Result<(Option<CompileCache>, String)> {
+    let member = &config.identity.hostname;
+    let CacheChoice::Auto { binary, store } = &config.cache else {
         return Ok((None, "compile cache turned off: building with plain cargo".into()));
     };
     if let CacheStore::S3(s3) = store {
@@ -174,7 +170,15 @@ async fn start_cache(
         tracing::warn!("{note}");
         return Ok((None, note));
     };
-    match Sccache::start(binary, store.clone(), socket_dir).await {
+    let work_dir = &config.build.work_dir;
+    let started = match &config.build.sandbox {
+        Some(_) => match std::env::current_exe().context("finding the kiln binary, the sandbox's first program") {
+            Ok(init) => SandboxedSccache::start(binary, store, work_dir, init).await.map(CompileCache::Sandboxed),
+            Err(e) => Err(e),
+        },
+        None => Sccache::start(binary, store.clone(), &work_dir.join("sccache")).await.map(CompileCache::Server),
+    };
+    match started {
         Ok(sccache) => {
             tracing::info!(cache = %sccache.describe(), "compile cache ready");
             Ok((Some(sccache), String::new()))
@@ -474,10 +478,8 @@ impl Worker {
         let Some(sccache) = &self.sccache else {
             return CacheRun { wrapper: Wrapper::default(), figures: self.cache_off_figures() };
         };
-        match sccache.zero_stats().await {
-            Ok(()) => {
-                CacheRun { wrapper: sccache.wrapper(), figures: CacheFigures { enabled: true, ..Default::default() } }
-            }
+        match sccache.before_build().await {
+            Ok(wrapper) => CacheRun { wrapper, figures: CacheFigures { enabled: true, ..Default::default() } },
             Err(e) => {
                 let note = format!("sccache failed before the build ({e:#}): built without the cache");
                 tracing::warn!("{note}");
@@ -493,7 +495,7 @@ impl Worker {
     /// Reads this build's cache figures into `cache`; returns the log's cache section.
     async fn finish_cache_run(&self, cache: &mut CacheFigures, layout: &Layout) -> String {
         let (true, Some(sccache)) = (cache.enabled, &self.sccache) else { return String::new() };
-        match sccache.stats().await {
+        match sccache.after_build().await {
             Ok(stats) => {
                 cache.hits = stats.hits;
                 cache.misses = stats.misses;

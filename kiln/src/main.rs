@@ -42,6 +42,45 @@ enum Command {
     Cache(cache::CacheCommandArgs),
     /// Prepare a build root (the dependency set, built or copied) and exit; for images.
     Prepare(kiln::PrepareArgs),
+    /// The first program of a sandboxed build (run by the worker inside the sandbox).
+    #[command(hide = true)]
+    SandboxInit(SandboxInitArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct SandboxInitArgs {
+    #[arg(long)]
+    relay_port: u16,
+    #[arg(long)]
+    gateway: std::path::PathBuf,
+    #[arg(long)]
+    sccache: std::path::PathBuf,
+    #[arg(long)]
+    stats: std::path::PathBuf,
+    /// cargo and its arguments.
+    #[arg(last = true, required = true)]
+    command: Vec<std::ffi::OsString>,
+}
+
+/// Inside the sandbox: no logging of its own (its output is the build's log), one
+/// thread (its processes count against the build's limit).
+fn sandbox_init(args: SandboxInitArgs) -> std::process::ExitCode {
+    use kiln_compiler_worker::sandbox_init::{InitArgs, run};
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: the build sandbox could not start: {e}");
+            return std::process::ExitCode::from(125);
+        }
+    };
+    let code = runtime.block_on(run(InitArgs {
+        relay_port: args.relay_port,
+        gateway: args.gateway,
+        sccache: args.sccache,
+        stats: args.stats,
+        command: args.command,
+    }));
+    std::process::ExitCode::from(u8::try_from(code).unwrap_or(1))
 }
 
 fn init_tracing(format: &str) {
@@ -60,6 +99,9 @@ fn init_tracing(format: &str) {
 
 fn main() -> std::process::ExitCode {
     let mut cli = Cli::parse();
+    if let Command::SandboxInit(args) = cli.command {
+        return sandbox_init(args);
+    }
     init_tracing(&cli.log_format);
     if let Command::Server(args) = &mut cli.command
         && let Some(source) = args.build_root_source.clone()
@@ -103,6 +145,7 @@ async fn run(command: Command) -> std::process::ExitCode {
         Command::Layout(args) => cache::layout(args),
         Command::Cache(args) => cache::cache(args).await,
         Command::Prepare(args) => kiln::prepare(args).await,
+        Command::SandboxInit(_) => Err(anyhow::anyhow!("sandbox-init runs before the async runtime starts")),
     };
     match result {
         Ok(code) => code,

@@ -167,7 +167,7 @@ async fn a_build_reaches_no_secret_no_network_and_leaves_no_process() {
         assert!(!["READ", "CONNECTED"].iter().any(|w| line.contains(w)), "the build reached it: {line}");
     }
     // The member's directory shows at most the empty mount points of what the
-    // sandbox mounts (the build root, the sccache socket's directory).
+    // sandbox mounts (the build root, the cache gateway's socket).
     let listing = report.lines().find_map(|l| l.strip_prefix("data dir holds: ")).unwrap();
     for hidden in ["catalog.redb", "artifacts", "secret.txt"] {
         assert!(!listing.contains(hidden), "the build sees {hidden}: {listing}");
@@ -365,4 +365,134 @@ async fn kiln_up_stops_and_says_why_when_no_sandbox_can_be_made() {
     let said = text(&output);
     assert!(said.contains("sandbox: unavailable") && said.contains("--sandbox=off"), "{said}");
     assert!(common::processes_mentioning(&dir.path().display().to_string()).is_empty(), "no member is left");
+}
+
+/// A proc-macro that snoops from inside rustc. With the compile cache on, rustc
+/// runs under the build's own sccache server: the macro must be as confined as a
+/// build script, and the cache gateway must refuse what a cache client never needs.
+const SNOOP_MACRO_RS: &str = r#"extern crate proc_macro;
+use std::io::{Read, Write};
+fn read(path: &str) -> String {
+    match std::fs::read(path) {
+        Ok(bytes) => format!("READ {} bytes", bytes.len()),
+        Err(e) => format!("denied ({:?})", e.kind()),
+    }
+}
+fn connect(address: &str) -> String {
+    match std::net::TcpStream::connect(address) { Ok(_) => "CONNECTED".to_owned(), Err(e) => format!("unreachable ({:?})", e.kind()) }
+}
+/// The status code the cache gateway answers `request` with.
+fn gateway(request: &str) -> String {
+    let Ok(mut stream) = std::net::TcpStream::connect("127.0.0.1:4566") else { return "no gateway".to_owned() };
+    let _ = stream.write_all(format!("{request} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").as_bytes());
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    answer.split_whitespace().nth(1).unwrap_or("none").to_owned()
+}
+#[proc_macro]
+pub fn snoop(_: proc_macro::TokenStream) -> proc_macro::TokenStream {
+    let mut report = String::new();
+    for path in [S3_SECRET_FILE, TOKEN_FILE, CATALOG] {
+        report += &format!("{path}: {}\n", read(path));
+    }
+    let mut environs = 0;
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        if let Ok(bytes) = std::fs::read(entry.path().join("environ")) {
+            let text = String::from_utf8_lossy(&bytes);
+            if text.contains(S3_SECRET) || text.contains("AWS_SECRET_ACCESS_KEY") || text.contains("KILN_CLUSTER_TOKEN") { environs += 1; }
+        }
+    }
+    report += &format!("environs holding a secret: {environs}\n");
+    report += &format!("leader: {}\n", connect(LEADER));
+    report += &format!("store: {}\n", connect(STORE));
+    report += &format!("gateway list: {}\n", gateway(&format!("GET /{BUCKET}/?list-type=2")));
+    report += &format!("gateway delete: {}\n", gateway(&format!("DELETE /{BUCKET}/sccache/.kiln-preflight/x")));
+    report += &format!("gateway outside the prefix: {}\n", gateway(&format!("PUT /{BUCKET}/elsewhere/x")));
+    report += &format!("gateway escape: {}\n", gateway(&format!("GET /{BUCKET}/sccache/../../etc/passwd")));
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let uid = status.lines().find(|l| l.starts_with("Uid:")).unwrap().split_whitespace().nth(1).unwrap().to_owned();
+    report += &format!("uid: {uid}\n");
+    use std::process::{Command, Stdio};
+    let _ = Command::new("setsid").args(["-f", "sleep", "3141"]).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).status();
+    format!("{report:?}").parse().unwrap()
+}
+"#;
+
+/// 1., 3. and the cache: with sccache on an S3 store, a proc-macro run by rustc under
+/// the build's sccache server reaches no credential, no network but the cache
+/// gateway, which refuses a listing, a deletion and keys outside the prefix; it
+/// leaves no process; and the farm goes on building through the cache.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_proc_macro_under_the_compile_cache_is_confined_like_a_build_script() {
+    common::require_root("builds run as an unprivileged build user only when the member is root");
+    let mut farm = Farm::new(1);
+    let s3 = common::start_s3(farm.dir.path());
+    let mut extra = vec!["--sccache=auto".to_owned(), format!("--sccache-binary={}", common::sccache().display())];
+    extra.extend(s3.flags(common::S3_BUCKET, common::S3_SECRET_KEY));
+    farm.start(Member { ordinal: 0, workers: 1, extra });
+    farm.wait_healthy(Duration::from_secs(300)).await;
+    let data_dir = farm.member_dir(0);
+    let macro_rs = format!(
+        "const S3_SECRET_FILE: &str = {:?};\nconst S3_SECRET: &str = {:?};\nconst TOKEN_FILE: &str = {:?};\nconst CATALOG: &str = {:?};\nconst LEADER: &str = \"127.0.0.1:{}\";\nconst STORE: &str = {:?};\nconst BUCKET: &str = {:?};\n{SNOOP_MACRO_RS}",
+        s3.credentials_dir(common::S3_SECRET_KEY).join("secret_access_key").display().to_string(),
+        common::S3_SECRET_KEY,
+        data_dir.join("cluster-token").display().to_string(),
+        data_dir.join("catalog.redb").display().to_string(),
+        farm.port,
+        s3.endpoint(),
+        common::S3_BUCKET,
+    );
+    let program = write_program(
+        farm.dir.path(),
+        "macrosnoop",
+        &[
+            ("Cargo.toml", &manifest("macrosnoop", "snooplib = { path = \"operators/snooplib\" }")),
+            ("src/main.rs", "fn main() { print!(\"{}\", snooplib::REPORT); }"),
+            ("operators/snooplib/Cargo.toml", &manifest("snooplib", "snoopmac = { path = \"../snoopmac\" }")),
+            ("operators/snooplib/src/lib.rs", "pub const REPORT: &str = snoopmac::snoop!();"),
+            ("operators/snoopmac/Cargo.toml", &(manifest("snoopmac", "") + "\n[lib]\nproc-macro = true\n")),
+            ("operators/snoopmac/src/lib.rs", &macro_rs),
+        ],
+    );
+    let output = farm.submit(&[program.as_path()], true);
+    assert!(output.status.success(), "{}", text(&output));
+    let record = farm.pipeline("macrosnoop").await;
+    assert!(
+        record["cache"]["misses"].as_u64().unwrap_or(0) >= 1,
+        "the operator that runs the macro was compiled by the build's sccache server: {record}"
+    );
+    let binary = farm.dir.path().join("macrosnoop-binary");
+    let download = std::process::Command::new(common::KILN)
+        .args(["download", "macrosnoop", "-o"])
+        .arg(&binary)
+        .arg(format!("--leader={}", farm.url()))
+        .output()
+        .unwrap();
+    assert!(download.status.success(), "{}", text(&download));
+    let report = String::from_utf8(std::process::Command::new(&binary).output().unwrap().stdout).unwrap();
+    assert_eq!(report.lines().count(), 11, "{report}");
+    for line in report.lines() {
+        assert!(!["READ", "CONNECTED"].iter().any(|w| line.contains(w)), "the macro reached it: {line}");
+    }
+    assert!(report.contains("environs holding a secret: 0"), "{report}");
+    assert!(report.contains("gateway list: 403"), "no listing of the cache: {report}");
+    assert!(report.contains("gateway delete: 405"), "no deletion: {report}");
+    assert!(report.contains("gateway outside the prefix: 403"), "{report}");
+    assert!(report.contains("gateway escape: 403"), "{report}");
+    let uid = report.lines().find_map(|l| l.strip_prefix("uid: ")).unwrap();
+    assert_ne!(uid, "0", "rustc under sccache does not run as root: {report}");
+    let sleepers = common::processes_mentioning("sleep 3141");
+    assert!(sleepers.is_empty(), "nothing the macro started outlives the build: {sleepers:?}");
+    assert!(s3.objects("elsewhere").is_empty(), "nothing was stored outside the key prefix");
+
+    // The farm goes on, through the cache: the same program again is all hits.
+    let again = write_program(farm.dir.path(), "macrosnoop2", &[]);
+    std::process::Command::new("cp").arg("-r").arg(format!("{}/.", program.display())).arg(&again).status().unwrap();
+    std::fs::write(again.join("Cargo.toml"), manifest("macrosnoop2", "snooplib = { path = \"operators/snooplib\" }"))
+        .unwrap();
+    let output = farm.submit(&[again.as_path()], true);
+    assert!(output.status.success(), "{}", text(&output));
+    let record = farm.pipeline("macrosnoop2").await;
+    assert_eq!(record["status"], "success", "{record}");
+    assert!(record["cache"]["hits"].as_u64().unwrap_or(0) >= 1, "the operator came from the cache: {record}");
 }

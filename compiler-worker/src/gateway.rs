@@ -1,0 +1,410 @@
+//! The cache gateway: how a sandboxed build reaches the shared compile cache
+//! without holding its credentials.
+//!
+//! Every sandboxed build runs its own sccache server inside its sandbox (so that
+//! whatever sccache runs, rustc and proc-macros included, is as confined as the
+//! build itself). That server speaks S3, anonymously, to `127.0.0.1:`[`SANDBOX_PORT`]
+//! in the sandbox's private network namespace, where the sandbox's first program
+//! relays it to this gateway's Unix socket. The gateway, outside, holds the store's
+//! credentials and answers only three requests:
+//!
+//! - `GET` and `HEAD` of one object under the key prefix (no listing, so a build
+//!   cannot find what it could not compute the key of);
+//! - `PUT` of one object under the key prefix, unless the store is read-only, and
+//!   never over an object that exists (a build cannot replace an entry another build
+//!   stored; it is answered as written and left alone).
+//!
+//! Anything else (another bucket, a key outside the prefix or with `..`, `DELETE`,
+//! `POST`, a listing) is refused with 403 or 405. What a build can still do is
+//! store entries under keys nobody stored yet: the known write path of a shared
+//! cache (ARCHITECTURE.md, "Trust"); `--sccache-read-only` closes it.
+//!
+//! Objects live in the configured store: the S3 bucket, or for a local store the
+//! directory `<sccache-dir>/gateway/`, written through a temporary file and a
+//! rename so that members sharing the directory never see half an object.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+
+use crate::cache_store::{CacheStore, S3Settings};
+
+/// The port the sandbox's relay listens on, inside the sandbox's own network
+/// namespace (nothing else listens there).
+pub const SANDBOX_PORT: u16 = 4566;
+
+/// The largest object a build may store (the biggest rlib of a large crate is a few
+/// hundred megabytes).
+pub const MAX_OBJECT_BYTES: usize = 1 << 30;
+
+/// The bucket name a sandbox's sccache uses for a local store.
+const LOCAL_BUCKET: &str = "kiln-local-cache";
+
+#[derive(Debug)]
+enum Backend {
+    S3 { client: aws_sdk_s3::Client, settings: S3Settings },
+    Local { dir: PathBuf },
+}
+
+#[derive(Debug)]
+struct Gate {
+    backend: Backend,
+    /// The bucket the sandbox's sccache names.
+    bucket: String,
+    /// `prefix/` (empty for the whole bucket): every key must start with it.
+    prefix: String,
+    read_only: bool,
+}
+
+/// The running gateway. Dropping it stops it.
+#[derive(Debug)]
+pub struct Gateway {
+    socket: PathBuf,
+    gate: Arc<Gate>,
+    region: String,
+    key_prefix: String,
+    served: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.served.abort();
+    }
+}
+
+impl Gateway {
+    /// Serves `store` on the Unix socket `socket` (replaced if it exists).
+    pub async fn start(store: &CacheStore, socket: &Path) -> anyhow::Result<Gateway> {
+        let (backend, bucket, region, key_prefix, read_only) = match store {
+            CacheStore::S3(settings) => (
+                Backend::S3 { client: settings.transfer_client().await, settings: settings.clone() },
+                settings.bucket.clone(),
+                settings.region.clone(),
+                settings.key_prefix.clone(),
+                settings.read_only,
+            ),
+            CacheStore::LocalDisk { dir } => {
+                let dir = dir.join("gateway");
+                std::fs::create_dir_all(dir.join(".incoming"))
+                    .with_context(|| format!("creating the local cache directory {}", dir.display()))?;
+                (Backend::Local { dir }, LOCAL_BUCKET.to_owned(), "us-east-1".to_owned(), String::new(), false)
+            }
+        };
+        let prefix = match key_prefix.trim_end_matches('/') {
+            "" => String::new(),
+            p => format!("{p}/"),
+        };
+        let gate = Arc::new(Gate { backend, bucket, prefix, read_only });
+        if let Some(dir) = socket.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        let _ = std::fs::remove_file(socket);
+        let listener = tokio::net::UnixListener::bind(socket)
+            .with_context(|| format!("listening on the cache gateway's socket {}", socket.display()))?;
+        let app = axum::Router::new()
+            .fallback(handle)
+            .layer(DefaultBodyLimit::max(MAX_OBJECT_BYTES))
+            .with_state(gate.clone());
+        let served = tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).await {
+                tracing::error!(error = %e, "the cache gateway stopped");
+            }
+        });
+        Ok(Gateway { socket: socket.to_owned(), gate, region, key_prefix, served })
+    }
+
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// The settings of a build's own sccache server: the gateway, as the sandbox
+    /// reaches it, and no credentials (there are none to give).
+    pub fn sandbox_env(&self) -> Vec<(String, String)> {
+        vec![
+            ("SCCACHE_BUCKET".into(), self.gate.bucket.clone()),
+            ("SCCACHE_REGION".into(), self.region.clone()),
+            ("SCCACHE_S3_KEY_PREFIX".into(), self.key_prefix.clone()),
+            ("SCCACHE_ENDPOINT".into(), format!("127.0.0.1:{SANDBOX_PORT}")),
+            ("SCCACHE_S3_USE_SSL".into(), "false".into()),
+            ("SCCACHE_S3_NO_CREDENTIALS".into(), "true".into()),
+            // The gateway applies the store's encryption itself.
+            ("SCCACHE_S3_SERVER_SIDE_ENCRYPTION".into(), "false".into()),
+            ("SCCACHE_S3_RW_MODE".into(), if self.gate.read_only { "READ_ONLY" } else { "READ_WRITE" }.into()),
+            ("SCCACHE_IDLE_TIMEOUT".into(), "0".into()),
+            // The worker checked the store at startup; a store that fails later
+            // must cost the build its cache, not its server (sccache exits when its
+            // startup check fails).
+            ("SCCACHE_SKIP_CACHE_CHECK".into(), "true".into()),
+        ]
+    }
+}
+
+/// An S3-style error answer.
+fn refuse(status: StatusCode, code: &str, message: &str) -> Response {
+    let body = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>{code}</Code><Message>{message}</Message></Error>"
+    );
+    (status, [(header::CONTENT_TYPE, "application/xml")], body).into_response()
+}
+
+/// The object key a request names, if the gateway serves it: path-style
+/// `/<bucket>/<key>`, the key under the prefix, made of plain segments.
+fn object_key(gate: &Gate, uri: &Uri) -> Result<String, &'static str> {
+    let forbidden = |why: &'static str| why;
+    if uri.query().is_some_and(|q| !q.is_empty() && !q.starts_with("x-id=")) {
+        return Err(forbidden("the cache gateway serves single objects only (no listing, no multipart)"));
+    }
+    let path = uri.path().strip_prefix('/').unwrap_or_default();
+    let (bucket, key) = path.split_once('/').unwrap_or((path, ""));
+    if bucket != gate.bucket {
+        return Err(forbidden("only the farm's cache bucket is served"));
+    }
+    let plain = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/');
+    if key.is_empty()
+        || !key.chars().all(plain)
+        || key.split('/').any(|segment| segment.is_empty() || segment == "." || segment == "..")
+    {
+        return Err(forbidden("not a cache object key"));
+    }
+    if !key.starts_with(&gate.prefix) {
+        return Err(forbidden("the key is outside the farm's key prefix"));
+    }
+    Ok(key.to_owned())
+}
+
+async fn handle(State(gate): State<Arc<Gate>>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+    let key = match object_key(&gate, &uri) {
+        Ok(key) => key,
+        Err(why) => {
+            tracing::warn!(%method, path = uri.path(), why, "the cache gateway refused a request from a build");
+            return refuse(StatusCode::FORBIDDEN, "AccessDenied", why);
+        }
+    };
+    let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let result = match method {
+        Method::GET => gate.get(&key, range.as_deref(), true).await,
+        Method::HEAD => gate.get(&key, None, false).await,
+        Method::PUT if gate.read_only => {
+            return refuse(StatusCode::FORBIDDEN, "AccessDenied", "the compile cache is read-only for this farm");
+        }
+        Method::PUT => gate.put(&key, body).await,
+        _ => return refuse(StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed", "only GET, HEAD and PUT of an object"),
+    };
+    result.unwrap_or_else(|e| {
+        tracing::warn!(%method, key, error = %format!("{e:#}"), "the cache store failed a build's request");
+        refuse(StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", "the cache store failed")
+    })
+}
+
+/// One object as the gateway answers it.
+struct Found {
+    length: u64,
+    total: u64,
+    start: u64,
+    modified: std::time::SystemTime,
+    body: Option<Body>,
+}
+
+fn answer(found: Option<Found>, partial: bool) -> Response {
+    let Some(found) = found else {
+        return refuse(StatusCode::NOT_FOUND, "NoSuchKey", "no such cached object");
+    };
+    let mut response = Response::new(found.body.unwrap_or_default());
+    let h = response.headers_mut();
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(found.length));
+    if let Ok(v) = HeaderValue::from_str(&httpdate::fmt_http_date(found.modified)) {
+        h.insert(header::LAST_MODIFIED, v);
+    }
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    if partial {
+        let end = (found.start + found.length).saturating_sub(1);
+        if let Ok(v) = HeaderValue::from_str(&format!("bytes {}-{end}/{}", found.start, found.total)) {
+            h.insert(header::CONTENT_RANGE, v);
+        }
+        *response.status_mut() = StatusCode::PARTIAL_CONTENT;
+    }
+    response
+}
+
+/// `bytes=a-b`, `bytes=a-` or `bytes=-n` of an object of `total` bytes: (start, length).
+fn parse_range(range: &str, total: u64) -> Option<(u64, u64)> {
+    let (first, last) = range.strip_prefix("bytes=")?.split_once('-')?;
+    let (start, end) = match (first.trim(), last.trim()) {
+        ("", n) => {
+            let n: u64 = n.parse().ok()?;
+            (total.saturating_sub(n), total.checked_sub(1)?)
+        }
+        (a, "") => (a.parse().ok()?, total.checked_sub(1)?),
+        (a, b) => (a.parse().ok()?, b.parse::<u64>().ok()?.min(total.checked_sub(1)?)),
+    };
+    (start <= end && start < total).then(|| (start, end - start + 1))
+}
+
+impl Gate {
+    async fn get(&self, key: &str, range: Option<&str>, with_body: bool) -> anyhow::Result<Response> {
+        match &self.backend {
+            Backend::Local { dir } => {
+                let path = dir.join(key);
+                let data = match with_body {
+                    true => match tokio::fs::read(&path).await {
+                        Ok(data) => Some(data),
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(answer(None, false)),
+                        Err(e) => return Err(e.into()),
+                    },
+                    false => None,
+                };
+                let metadata = match tokio::fs::metadata(&path).await {
+                    Ok(m) => m,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(answer(None, false)),
+                    Err(e) => return Err(e.into()),
+                };
+                let total = data.as_ref().map_or(metadata.len(), |d| d.len() as u64);
+                let modified = metadata.modified()?;
+                let (start, length) = match range.map(|r| parse_range(r, total)) {
+                    Some(Some(span)) => span,
+                    Some(None) => return Ok(refuse(StatusCode::RANGE_NOT_SATISFIABLE, "InvalidRange", "bad range")),
+                    None => (0, total),
+                };
+                let body = data.map(|d| Body::from(d[start as usize..(start + length) as usize].to_vec()));
+                Ok(answer(Some(Found { length, total, start, modified, body }), range.is_some()))
+            }
+            Backend::S3 { client, settings } => {
+                if !with_body {
+                    return match client.head_object().bucket(&settings.bucket).key(key).send().await {
+                        Ok(head) => {
+                            let length = head.content_length().unwrap_or(0).max(0) as u64;
+                            let modified = modified_of(head.last_modified());
+                            Ok(answer(Some(Found { length, total: length, start: 0, modified, body: None }), false))
+                        }
+                        Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 404) => {
+                            Ok(answer(None, false))
+                        }
+                        Err(e) => Err(anyhow::Error::new(e).context("HEAD in the store")),
+                    };
+                }
+                let request = client.get_object().bucket(&settings.bucket).key(key).set_range(range.map(str::to_owned));
+                match request.send().await {
+                    Ok(object) => {
+                        let modified = modified_of(object.last_modified());
+                        let length = object.content_length().unwrap_or(0).max(0) as u64;
+                        let (start, total) =
+                            object.content_range().and_then(parse_content_range).unwrap_or((0, length));
+                        let data = object.body.collect().await.context("reading an object from the store")?;
+                        let body = Some(Body::from(data.into_bytes()));
+                        Ok(answer(Some(Found { length, total, start, modified, body }), range.is_some()))
+                    }
+                    Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 404) => Ok(answer(None, false)),
+                    Err(e) => Err(anyhow::Error::new(e).context("GET from the store")),
+                }
+            }
+        }
+    }
+
+    async fn put(&self, key: &str, body: Bytes) -> anyhow::Result<Response> {
+        let stored = || StatusCode::OK.into_response();
+        match &self.backend {
+            Backend::Local { dir } => {
+                let path = dir.join(key);
+                if tokio::fs::try_exists(&path).await? {
+                    return Ok(stored());
+                }
+                let dir = dir.clone();
+                tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+                    let incoming = tempfile::NamedTempFile::new_in(dir.join(".incoming"))?;
+                    std::fs::write(incoming.path(), &body)?;
+                    std::fs::create_dir_all(path.parent().unwrap_or(&dir))?;
+                    // Not over an object another member stored meanwhile.
+                    match incoming.persist_noclobber(&path) {
+                        Ok(_) => Ok(()),
+                        Err(e) if e.error.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+                        Err(e) => Err(e.error),
+                    }
+                })
+                .await??;
+                Ok(stored())
+            }
+            Backend::S3 { client, settings } => {
+                match client.head_object().bucket(&settings.bucket).key(key).send().await {
+                    Ok(_) => return Ok(stored()),
+                    Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 404) => {}
+                    Err(e) => return Err(anyhow::Error::new(e).context("HEAD in the store before a write")),
+                }
+                let mut put = client.put_object().bucket(&settings.bucket).key(key).body(body.into());
+                if settings.server_side_encryption {
+                    put = put.server_side_encryption(aws_sdk_s3::types::ServerSideEncryption::Aes256);
+                }
+                put.send().await.context("PUT into the store")?;
+                Ok(stored())
+            }
+        }
+    }
+}
+
+fn modified_of(time: Option<&aws_sdk_s3::primitives::DateTime>) -> std::time::SystemTime {
+    time.and_then(|t| std::time::SystemTime::try_from(*t).ok()).unwrap_or(std::time::UNIX_EPOCH)
+}
+
+/// `bytes a-b/total` → (a, total).
+fn parse_content_range(value: &str) -> Option<(u64, u64)> {
+    let (span, total) = value.strip_prefix("bytes ")?.split_once('/')?;
+    let (start, _) = span.split_once('-')?;
+    Some((start.parse().ok()?, total.parse().ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gate(prefix: &str) -> Gate {
+        Gate {
+            backend: Backend::Local { dir: PathBuf::from("/nonexistent") },
+            bucket: "cache".into(),
+            prefix: prefix.into(),
+            read_only: false,
+        }
+    }
+
+    fn key(gate: &Gate, uri: &str) -> Option<String> {
+        object_key(gate, &uri.parse().unwrap()).ok()
+    }
+
+    #[test]
+    fn only_plain_keys_under_the_prefix_of_the_bucket_are_served() {
+        let g = gate("sccache/");
+        assert_eq!(key(&g, "/cache/sccache/a/b/c/abc").as_deref(), Some("sccache/a/b/c/abc"));
+        assert_eq!(key(&g, "/cache/sccache/.sccache_check").as_deref(), Some("sccache/.sccache_check"));
+        for hostile in [
+            "/other/sccache/a",
+            "/cache/elsewhere/a",
+            "/cache/sccache/../elsewhere/a",
+            "/cache/sccache//a",
+            "/cache/sccache/a/./b",
+            "/cache/sccache/%2e%2e/a",
+            "/cache/sccache/a?list-type=2",
+            "/cache/?list-type=2&prefix=",
+            "/cache/sccache/a?uploads",
+            "/cache",
+            "/",
+        ] {
+            assert_eq!(key(&g, hostile), None, "{hostile} must be refused");
+        }
+        assert_eq!(key(&gate(""), "/cache/a/b").as_deref(), Some("a/b"));
+    }
+
+    #[test]
+    fn ranges_are_read_as_s3_reads_them() {
+        assert_eq!(parse_range("bytes=0-", 10), Some((0, 10)));
+        assert_eq!(parse_range("bytes=2-4", 10), Some((2, 3)));
+        assert_eq!(parse_range("bytes=5-100", 10), Some((5, 5)));
+        assert_eq!(parse_range("bytes=-3", 10), Some((7, 3)));
+        assert_eq!(parse_range("bytes=10-", 10), None);
+        assert_eq!(parse_range("bytes=0-", 0), None);
+        assert_eq!(parse_range("items=0-1", 10), None);
+        assert_eq!(parse_content_range("bytes 2-4/10"), Some((2, 10)));
+    }
+}

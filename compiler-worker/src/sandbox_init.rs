@@ -1,0 +1,119 @@
+//! The first program of a sandboxed build (`kiln sandbox-init`), run by bubblewrap
+//! inside the sandbox as the build user: it relays the sandbox's private
+//! `127.0.0.1:`[`SANDBOX_PORT`](crate::gateway::SANDBOX_PORT) to the cache gateway's
+//! socket, starts the build's own sccache server, runs cargo through it, and writes
+//! the server's statistics where the worker reads them.
+//!
+//! Nothing here is trusted by the worker: a build can replace any of it (it runs as
+//! the build user), and then it only loses its own cache figures. What it cannot do
+//! is what the sandbox forbids: the worker's files, the network, the credentials.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+
+/// What the worker tells the sandbox's first program.
+#[derive(Debug, Clone)]
+pub struct InitArgs {
+    /// The port to relay to the gateway (inside the sandbox's network namespace).
+    pub relay_port: u16,
+    /// The cache gateway's socket.
+    pub gateway: PathBuf,
+    /// The sccache binary.
+    pub sccache: PathBuf,
+    /// Where the server's statistics (JSON) go when cargo is done.
+    pub stats: PathBuf,
+    /// cargo and its arguments.
+    pub command: Vec<OsString>,
+}
+
+/// Runs the build; returns cargo's exit code (125 when the sandbox's own set-up failed).
+pub async fn run(args: InitArgs) -> i32 {
+    match run_build(args).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: the build sandbox could not start its compile cache: {e:#}");
+            125
+        }
+    }
+}
+
+async fn run_build(args: InitArgs) -> anyhow::Result<i32> {
+    let (program, rest) = args.command.split_first().context("no build command given")?;
+    let mut cargo = tokio::process::Command::new(program);
+    cargo.args(rest).stdin(std::process::Stdio::null());
+    let cached = match start_cache(&args).await {
+        Ok(()) => true,
+        Err(e) => {
+            // The build goes on without the cache, and its log says why.
+            eprintln!("warning: the compile cache could not start ({e:#}): building without it");
+            cargo.env_remove("RUSTC_WRAPPER");
+            false
+        }
+    };
+    let status = cargo.status().await.with_context(|| format!("starting {}", PathBuf::from(program).display()))?;
+    if cached {
+        let stats = tokio::process::Command::new(&args.sccache)
+            .args(["--show-stats", "--stats-format=json"])
+            .stdin(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .output()
+            .await;
+        if let Ok(stats) = stats
+            && stats.status.success()
+        {
+            let _ = std::fs::write(&args.stats, stats.stdout);
+        }
+    }
+    use std::os::unix::process::ExitStatusExt;
+    Ok(status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
+}
+
+/// The relay to the gateway, then the build's sccache server.
+async fn start_cache(args: &InitArgs) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", args.relay_port))
+        .await
+        .with_context(|| format!("listening on 127.0.0.1:{} for the cache relay", args.relay_port))?;
+    let gateway = args.gateway.clone();
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            let gateway = gateway.clone();
+            tokio::spawn(async move {
+                if let Ok(mut outbound) = tokio::net::UnixStream::connect(&gateway).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+            });
+        }
+    });
+    start_server(args).await
+}
+
+/// Starts the build's sccache server and waits until it listens. It is left
+/// running: it ends with the sandbox.
+async fn start_server(args: &InitArgs) -> anyhow::Result<()> {
+    let socket = std::env::var_os("SCCACHE_SERVER_UDS").map(PathBuf::from).context("SCCACHE_SERVER_UDS is not set")?;
+    let mut server = tokio::process::Command::new(&args.sccache)
+        .env("SCCACHE_START_SERVER", "1")
+        .env("SCCACHE_NO_DAEMON", "1")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {}", args.sccache.display()))?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !socket.exists() {
+        if let Some(status) = server.try_wait()? {
+            bail!("the sccache server exited at once ({status})");
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("the sccache server did not listen on {} within 30s", socket.display());
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Dropping the handle must not kill it (`kill_on_drop` is off): the server
+    // serves cargo's compiles until the sandbox ends.
+    drop(server);
+    Ok(())
+}
