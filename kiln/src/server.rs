@@ -420,12 +420,21 @@ fn cache_choice(args: &ServerArgs, s3: Option<S3Settings>) -> anyhow::Result<Cac
 fn read_token(args: &ServerArgs) -> anyhow::Result<Option<String>> {
     match (&args.cluster_token, &args.cluster_token_file) {
         (Some(token), _) => Ok(Some(token.clone())),
-        (None, Some(file)) => Ok(Some(
-            std::fs::read_to_string(file)
-                .with_context(|| format!("reading the cluster token file {}", file.display()))?
-                .trim()
-                .to_owned(),
-        )),
+        (None, Some(file)) => {
+            let token = std::fs::read_to_string(file)
+                .with_context(|| format!("reading the cluster token file {}", file.display()))?;
+            use std::os::unix::fs::MetadataExt;
+            if let Ok(metadata) = std::fs::metadata(file)
+                && metadata.mode() & 0o077 != 0
+            {
+                tracing::warn!(
+                    file = %file.display(),
+                    mode = format!("{:o}", metadata.mode() & 0o777),
+                    "the cluster token file is readable by other users: chmod 600 it (in the chart, the Secret's defaultMode)"
+                );
+            }
+            Ok(Some(token.trim().to_owned()))
+        }
         (None, None) => Ok(None),
     }
 }

@@ -53,10 +53,24 @@ impl Farm {
     /// A farm with room for `slots` members, none started.
     pub fn new(setup: FarmSetup, slots: usize) -> Farm {
         let port = free_port();
+        let dir = tempfile::Builder::new().prefix("kiln-farm-").tempdir().expect("a temporary directory");
+        // As in production: the token in a file only the member's user reads, never
+        // in a member's environment.
+        {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut file = std::fs::OpenOptions::new()
+                .mode(0o600)
+                .write(true)
+                .create_new(true)
+                .open(dir.path().join("cluster-token"))
+                .expect("writing the cluster token file");
+            file.write_all(setup.cluster_token.as_bytes()).expect("writing the cluster token file");
+        }
         Farm {
             setup,
             shared_build_root: None,
-            dir: tempfile::Builder::new().prefix("kiln-farm-").tempdir().expect("a temporary directory"),
+            dir,
             port,
             members: (0..slots).map(|_| None).collect(),
             stopped: Vec::new(),
@@ -118,7 +132,8 @@ impl Farm {
             build_root: self.shared_build_root.clone().unwrap_or_else(|| dir.join("build")),
             build_root_source: self.shared_build_root.as_ref().map(|_| dir.join("build")),
             depset_cache: Some(self.setup.depset_cache.clone()),
-            cluster_token: Some(self.setup.cluster_token.clone()),
+            cluster_token: None,
+            cluster_token_file: Some(self.dir.path().join("cluster-token")),
             leader_url: Some(self.url()),
             listen: std::net::SocketAddr::from(([127, 0, 0, 1], self.port)),
             ..base
