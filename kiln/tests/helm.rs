@@ -156,20 +156,21 @@ fn each_value_set_produces_what_it_says() {
     assert_eq!(env_value(sts, "KILN_SCCACHE_ENDPOINT").unwrap()["value"], "minio.extra.svc.cluster.local:9000");
     assert_eq!(env_value(sts, "KILN_SCCACHE_USE_SSL").unwrap()["value"], "false");
     assert_eq!(env_value(sts, "KILN_SCCACHE_KEY_PREFIX").unwrap()["value"], "sccache");
-    let key = env_value(sts, "AWS_ACCESS_KEY_ID").unwrap();
-    assert_eq!(
-        key["valueFrom"]["secretKeyRef"],
-        serde_json::json!({"name": "sccache-s3-secret", "key": "access_key_id"})
-    );
-    let secret = env_value(sts, "AWS_SECRET_ACCESS_KEY").unwrap();
-    assert_eq!(
-        secret["valueFrom"]["secretKeyRef"],
-        serde_json::json!({"name": "sccache-s3-secret", "key": "secret_access_key"})
-    );
+    assert!(env_value(sts, "AWS_ACCESS_KEY_ID").is_none(), "no cache key in the environment: {sts}");
+    assert!(env_value(sts, "AWS_SECRET_ACCESS_KEY").is_none(), "no cache secret in the environment: {sts}");
+    assert_eq!(env_value(sts, "KILN_SCCACHE_CREDENTIALS_DIR").unwrap()["value"], "/etc/kiln/s3-credentials");
+    let volume = sts["spec"]["template"]["spec"]["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "s3-credentials")
+        .unwrap_or_else(|| panic!("the Secret is mounted as files: {sts}"));
+    assert_eq!(volume["secret"]["secretName"], "sccache-s3-secret");
+    assert_eq!(volume["secret"]["defaultMode"], 0o400, "readable by the member's user only");
 
     let irsa = documents(&render(VALUE_SETS[2].1).unwrap());
     let sts = find(&irsa, "StatefulSet", "kiln-compiler-server");
-    assert!(env_value(sts, "AWS_ACCESS_KEY_ID").is_none(), "IRSA takes no Secret");
+    assert!(env_value(sts, "KILN_SCCACHE_CREDENTIALS_DIR").is_none(), "IRSA takes no Secret");
     assert_eq!(env_value(sts, "KILN_SCCACHE_BUCKET").unwrap()["value"], "sccache-bucket", "the seed's default bucket");
     let account = find(&irsa, "ServiceAccount", "kiln-compiler-server");
     assert_eq!(account["metadata"]["annotations"]["eks.amazonaws.com/role-arn"], "arn:aws:iam::123456789012:role/kiln");
