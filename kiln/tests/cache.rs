@@ -262,3 +262,45 @@ async fn prune_deletes_only_what_its_limits_select_under_the_prefix() {
     assert!(!middle.exists() && new.exists(), "the oldest goes first");
     assert!(outside.exists(), "nothing outside the key prefix is touched");
 }
+
+/// Issue 11, point 7: a farm whose members are not root (they run as `nobody`)
+/// builds in the sandbox (bubblewrap in a user namespace), at one build-root path
+/// (the member's own user namespace gives it a private mount), so what one worker
+/// compiled is a hit for the other, as with root.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_farm_of_non_root_members_shares_its_cache_across_workers() {
+    common::require_root("the test makes the non-root user's home and becomes that user with setpriv");
+    let user = std::sync::Arc::new(kiln_testkit::NonRoot::prepare(Path::new(KILN), &common::sccache()));
+    let mut farm = Farm::with_user(2, Some(user.clone()));
+    let build_root = user.home.path().join("build-root");
+    farm.shared_build_root = Some(build_root.clone());
+    let s3 = common::start_s3(farm.dir.path());
+    let member = |ordinal| {
+        let mut extra = vec!["--sccache=auto".to_owned(), format!("--sccache-binary={}", user.sccache().display())];
+        extra.extend(s3.flags(S3_BUCKET, S3_SECRET_KEY));
+        Member { ordinal, workers: 2, extra }
+    };
+    farm.start(member(0));
+    farm.start(member(1));
+    farm.wait_healthy(Duration::from_secs(600)).await;
+    let (_, health) = farm.get_json("/cluster_healthz").await;
+    for member in health["members"].as_array().unwrap() {
+        let sandbox = member["sandbox"].as_str().unwrap_or("");
+        assert!(sandbox.starts_with("sandbox: on (bubblewrap in a user namespace"), "{health}");
+    }
+    let output = farm.member(0).output();
+    assert!(output.contains("private build root mounted"), "the member mounted its build root: {output}");
+
+    // hello is pipeline 1 (ordinal 1); wordfreq is pipeline 2 (ordinal 0). Both use textops.
+    let a = built(&farm, &examples().join("hello")).await;
+    assert_eq!((a["status"].as_str(), a["worker"].as_u64()), (Some("success"), Some(1)), "{a}");
+    assert!(a["cache"]["misses"].as_u64().unwrap() >= 1, "A compiled the operator: {a}");
+    let b = built(&farm, &examples().join("wordfreq")).await;
+    assert_eq!((b["status"].as_str(), b["worker"].as_u64()), (Some("success"), Some(0)), "{b}");
+    assert!(b["cache"]["hits"].as_u64().unwrap() >= 1, "B hit what A's worker compiled: {b}");
+    assert_eq!(b["cache"]["misses"], 0, "B compiled nothing A had: {b}");
+    // The members' files are the user's, not root's.
+    use std::os::unix::fs::MetadataExt;
+    let catalog = std::fs::metadata(farm.member_dir(0).join("catalog.redb")).unwrap();
+    assert_eq!(catalog.uid(), kiln_testkit::nonroot::NOBODY.0, "the leader ran as the user");
+}

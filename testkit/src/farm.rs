@@ -24,6 +24,8 @@ pub struct FarmSetup {
     pub cache_off_by_default: bool,
     /// `KILN_LOG` for the members.
     pub log: String,
+    /// Run the members as this user rather than as the test's (root).
+    pub run_as: Option<std::sync::Arc<crate::NonRoot>>,
 }
 
 /// One member to start: its ordinal, N, and options of its own.
@@ -66,6 +68,10 @@ impl Farm {
                 .open(dir.path().join("cluster-token"))
                 .expect("writing the cluster token file");
             file.write_all(setup.cluster_token.as_bytes()).expect("writing the cluster token file");
+        }
+        if let Some(user) = &setup.run_as {
+            user.give(dir.path());
+            user.give(&dir.path().join("cluster-token"));
         }
         Farm {
             setup,
@@ -147,7 +153,15 @@ impl Farm {
         let mut env = args.secret_env();
         env.push(("KILN_LOG".into(), OsString::from(&self.setup.log)));
         self.kill(member.ordinal);
-        let process = Process::start(&name, &self.setup.kiln, &args.to_args(), &env, self.dir.path())
+        let (program, args) = match &self.setup.run_as {
+            Some(user) => {
+                let (program, wrapped, user_env) = user.command(&self.setup.kiln, &args.to_args());
+                env.extend(user_env);
+                (program, wrapped)
+            }
+            None => (self.setup.kiln.clone(), args.to_args()),
+        };
+        let process = Process::start(&name, &program, &args, &env, self.dir.path())
             .unwrap_or_else(|e| panic!("starting {name}: {e}"));
         self.members[member.ordinal as usize] = Some(process);
     }

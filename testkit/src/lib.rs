@@ -12,6 +12,7 @@
 
 pub mod farm;
 pub mod leader;
+pub mod nonroot;
 pub mod process;
 pub mod s3;
 
@@ -21,6 +22,7 @@ use std::time::{Duration, Instant};
 
 pub use farm::{Farm, FarmSetup, Member};
 pub use leader::Leader;
+pub use nonroot::NonRoot;
 pub use process::{Process, processes_mentioning};
 pub use s3::S3Server;
 

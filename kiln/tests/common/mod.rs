@@ -59,9 +59,24 @@ impl DerefMut for Farm {
 
 impl Farm {
     pub fn new(slots: usize) -> Farm {
+        Farm::with_user(slots, None)
+    }
+
+    /// A farm whose members run as `user` (see `kiln_testkit::NonRoot`), with a
+    /// dependency set of their own.
+    pub fn with_user(slots: usize, user: Option<std::sync::Arc<kiln_testkit::NonRoot>>) -> Farm {
+        let (kiln, depset_cache) = match &user {
+            Some(user) => {
+                let cache = user.home.path().join("depset-cache");
+                std::fs::create_dir_all(&cache).unwrap();
+                user.give(&cache);
+                (user.kiln(), cache)
+            }
+            None => (PathBuf::from(KILN), depset_cache()),
+        };
         let setup = kiln_testkit::FarmSetup {
-            kiln: KILN.into(),
-            depset_cache: depset_cache(),
+            kiln,
+            depset_cache,
             cluster_token: TOKEN.into(),
             options: [
                 "--profile=dev",
@@ -74,6 +89,7 @@ impl Farm {
             .to_vec(),
             cache_off_by_default: true,
             log: "info".into(),
+            run_as: user,
         };
         Farm(kiln_testkit::Farm::new(setup, slots))
     }
