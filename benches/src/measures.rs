@@ -468,8 +468,12 @@ pub async fn sandbox_cost(setup: &Setup, work: &Path, rounds: usize) -> anyhow::
     let cached = |extra: &str| {
         vec!["--sccache=auto".to_owned(), format!("--sccache-binary={}", sccache.display()), extra.to_owned()]
     };
-    let on = Farm::start(setup, 1, None, &cached("--sandbox=auto")).await?;
-    let off = Farm::start(setup, 1, None, &cached("--sandbox=off")).await?;
+    // As under `kiln up`: each member in a mount namespace of its own (so, with
+    // the sandbox, target/ is an overlay of the pristine set) when root allows it.
+    let private =
+        |side: &str| nix::unistd::geteuid().is_root().then(|| PathBuf::from(format!("/tmp/kiln-bench-sandbox-{side}")));
+    let on = Farm::start(setup, 1, private("on"), &cached("--sandbox=auto")).await?;
+    let off = Farm::start(setup, 1, private("off"), &cached("--sandbox=off")).await?;
     let program = |side: &str, variant| programs::write(&work.join(side), "sandbox", variant, 2, 150, 0);
     for (side, farm) in [("on", &on), ("off", &off)] {
         let id = farm.submit("sandbox", &program(side, 0)?).await?;

@@ -70,6 +70,10 @@ pub struct BuildSettings {
     pub sandbox: Option<Sandbox>,
     /// Memory, processes and file size of a build.
     pub limits: kiln_process::process::Limits,
+    /// Whether this worker has a mount namespace of its own (`--build-root-source`
+    /// mounted), where `target/` can be an overlay of the pristine set rather than a
+    /// hard-link copy of it.
+    pub private_mounts: bool,
 }
 
 /// What a build that hit one of its limits says, with the setting that raises it:
@@ -172,11 +176,15 @@ fn fresh_target(root: &Path) -> anyhow::Result<()> {
         .status()
         .context("running cp")?;
     anyhow::ensure!(status.success(), "linking {} to the pristine set failed ({status})", target.display());
-    // cargo rewrites some files in place: its lock files, its rustc cache, and the
-    // uplifted outputs and dep-info at the top of each profile directory. Those are
-    // unlinked here, so cargo makes its own; what it only reads (deps/,
-    // .fingerprint/, build/) stays linked.
-    for entry in std::fs::read_dir(&target)? {
+    unlink_rewritten(&target)
+}
+
+/// cargo rewrites some files in place: its lock files, its rustc cache, and the
+/// uplifted outputs and dep-info at the top of each profile directory. Those are
+/// unlinked here, so cargo makes its own; what it only reads (deps/, .fingerprint/,
+/// build/) stays the pristine set's.
+fn unlink_rewritten(target: &Path) -> anyhow::Result<()> {
+    for entry in std::fs::read_dir(target)? {
         let path = entry?.path();
         if path.is_dir() {
             for inner in std::fs::read_dir(&path)? {
@@ -190,6 +198,66 @@ fn fresh_target(root: &Path) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Whether overlays of `target/` failed on this worker (then it links, as without
+/// a mount namespace of its own).
+static OVERLAY_FAILED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Renews `target/` before a sandboxed build. With a mount namespace of its own, the
+/// worker mounts an overlay: the pristine set below (never written: the build user
+/// owns its directories but none of its files, and every change lands above), and
+/// a fresh upper directory per build, thrown away before the next. That costs a
+/// mount, where the hard-link copy costs a file operation per entry.
+fn renew_target(settings: &BuildSettings, sandbox: &Sandbox) -> anyhow::Result<()> {
+    use std::sync::atomic::Ordering;
+    if settings.private_mounts && !OVERLAY_FAILED.load(Ordering::Relaxed) {
+        match overlay_target(settings, sandbox) {
+            Ok(()) => {
+                static SAID: std::sync::Once = std::sync::Once::new();
+                SAID.call_once(|| tracing::info!("target/ is renewed as an overlay of the pristine dependency set"));
+                return Ok(());
+            }
+            Err(e) => {
+                OVERLAY_FAILED.store(true, Ordering::Relaxed);
+                tracing::warn!(error = %format!("{e:#}"), "cannot mount target/ as an overlay; renewing it by hard links instead");
+            }
+        }
+    }
+    fresh_target(&settings.build_root)
+}
+
+fn overlay_target(settings: &BuildSettings, sandbox: &Sandbox) -> anyhow::Result<()> {
+    use nix::mount::{MntFlags, MsFlags, mount, umount2};
+    let root = &settings.build_root;
+    let (target, pristine) = (root.join("target"), root.join(PRISTINE));
+    let layer = settings.work_dir.join("target-layer");
+    let (upper, work) = (layer.join("upper"), layer.join("work"));
+    for path in [&pristine, &upper, &work] {
+        let text = path.to_string_lossy();
+        anyhow::ensure!(!text.contains([',', ':', '\\']), "{text} holds a character overlay options cannot carry");
+    }
+    match umount2(&target, MntFlags::MNT_DETACH) {
+        Ok(()) | Err(nix::errno::Errno::EINVAL) => {}
+        Err(e) => anyhow::bail!("unmounting the last build's {}: {e}", target.display()),
+    }
+    if layer.exists() {
+        std::fs::remove_dir_all(&layer).with_context(|| format!("removing {}", layer.display()))?;
+    }
+    std::fs::create_dir_all(&upper)?;
+    std::fs::create_dir_all(&work)?;
+    // Before the first overlay, target/ is the plain copy made at startup.
+    if target.exists() && std::fs::read_dir(&target)?.next().is_some() {
+        std::fs::remove_dir_all(&target).with_context(|| format!("removing {}", target.display()))?;
+    }
+    std::fs::create_dir_all(&target)?;
+    // The build user may create files in the pristine set's directories (through the
+    // overlay only: the set itself is never in a sandbox's view).
+    sandbox::hand_over(sandbox, &[], &[&pristine]).context("handing the pristine directories to the build user")?;
+    let options = format!("lowerdir={},upperdir={},workdir={}", pristine.display(), upper.display(), work.display());
+    mount(Some("overlay"), &target, Some("overlay"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some(options.as_str()))
+        .with_context(|| format!("mounting an overlay at {}", target.display()))?;
+    unlink_rewritten(&target)
 }
 
 /// Keeps a pristine copy of the prebuilt set beside `target/`, once per set.
@@ -220,7 +288,9 @@ fn sandboxed_cargo(
     let lockfile = settings.work_dir.join("Cargo.lock");
     std::fs::copy(root.join("Cargo.lock"), &lockfile).context("copying the workspace lock file for the sandbox")?;
     let target = root.join("target");
-    fresh_target(root).context("renewing target/ from the pristine dependency set")?;
+    let renewing = Instant::now();
+    renew_target(settings, sandbox).context("renewing target/ from the pristine dependency set")?;
+    tracing::debug!(renew_ms = renewing.elapsed().as_millis() as u64, "target/ renewed");
     let mut owned: Vec<&Path> = vec![&lockfile];
     let crates = layout.crates.iter().map(|c| c.dir_name.clone()).collect();
     let mut mounts = Mounts {

@@ -42,6 +42,7 @@ pub async fn prepare(args: PrepareArgs) -> anyhow::Result<std::process::ExitCode
         work_dir: std::env::temp_dir(),
         sandbox: None,
         limits: kiln_process::process::Limits { memory_bytes: u64::MAX, processes: u64::MAX, file_bytes: u64::MAX },
+        private_mounts: false,
     };
     kiln_compiler_worker::builder::prepare_build_root(&settings).await?;
     println!("build root {} is ready", settings.build_root.display());

@@ -347,6 +347,8 @@ impl MemberConfig {
                 max_log_bytes: args.max_log_bytes,
                 work_dir: args.data_dir.join("worker"),
                 sandbox: None,
+                // main mounted the source at the build root in a namespace of our own.
+                private_mounts: args.build_root_source.as_ref().is_some_and(|source| *source != args.build_root),
                 limits: kiln_process::process::Limits {
                     memory_bytes: args.build_memory,
                     processes: args.build_processes,

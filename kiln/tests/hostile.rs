@@ -261,7 +261,26 @@ fn main() {
 /// byte-identical to the wordcount it built before.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_build_cannot_change_what_a_later_build_sees() {
-    let farm = one_member_farm().await;
+    // No mount namespace of its own: target/ is renewed by hard links.
+    let mut farm = poison_then_rebuild(one_member_farm().await).await;
+    assert!(!farm.member(0).output().contains("as an overlay"), "hard links, not an overlay");
+}
+
+/// 2. again, on a member with a mount namespace of its own (as under `kiln up`),
+/// where target/ is an overlay of the pristine set, thrown away after each build.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_build_cannot_change_what_a_later_build_sees_through_an_overlay() {
+    common::require_root("a member's private mount namespace needs root here");
+    let mut farm = Farm::new(1);
+    farm.shared_build_root = Some(farm.dir.path().join("shared-root"));
+    farm.start(Member { ordinal: 0, workers: 1, extra: Vec::new() });
+    farm.wait_healthy(Duration::from_secs(300)).await;
+    let mut farm = poison_then_rebuild(farm).await;
+    let output = farm.member(0).output();
+    assert!(output.contains("target/ is renewed as an overlay"), "the overlay was used: {output}");
+}
+
+async fn poison_then_rebuild(farm: Farm) -> Farm {
     let wordcount = examples().join("wordcount");
     let before = farm.dir.path().join("wordcount-before");
     let after = farm.dir.path().join("wordcount-after");
@@ -289,6 +308,7 @@ async fn a_build_cannot_change_what_a_later_build_sees() {
     assert_eq!(first["binary_sha256"], second["binary_sha256"], "the same binary before and after the poison");
     let here = examples().join("wordcount/src/main.rs");
     assert!(!std::fs::read_to_string(here).unwrap().contains("poisoned"), "the repository is untouched");
+    farm
 }
 
 /// 5. A build that allocates without bound, and a fork bomb, each end with the limit
