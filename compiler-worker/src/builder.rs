@@ -204,19 +204,34 @@ fn unlink_rewritten(target: &Path) -> anyhow::Result<()> {
 /// a mount namespace of its own).
 static OVERLAY_FAILED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
-/// Renews `target/` before a sandboxed build. With a mount namespace of its own, the
-/// worker mounts an overlay: the pristine set below (never written: the build user
-/// owns its directories but none of its files, and every change lands above), and
-/// a fresh upper directory per build, thrown away before the next. That costs a
-/// mount, where the hard-link copy costs a file operation per entry.
-fn renew_target(settings: &BuildSettings, sandbox: &Sandbox) -> anyhow::Result<()> {
+/// Where a build root keeps each pipeline's own layer of `target/`.
+const LAYERS: &str = "layers";
+
+/// How many pipelines' layers a worker keeps (the least recently built go first).
+const KEPT_LAYERS: usize = 16;
+
+/// Renews `target/` before a sandboxed build of pipeline `pipeline`: the pristine
+/// prebuilt set, and on top of it what this pipeline's own earlier builds on this
+/// worker left, nothing of any other pipeline's. A version can so reuse the
+/// operators its earlier versions compiled (its submitter's own code), while what
+/// another program's build script planted never reaches it; other programs' crates
+/// come back through sccache, whose keys are content hashes.
+///
+/// With a mount namespace of its own, the worker mounts an overlay: the pristine set
+/// below (never written, never in a sandbox's view; the build user owns its
+/// directories but none of its files) and the pipeline's layer above. Without one,
+/// it moves directories: `target/` is the pipeline's own, put back by a rename, or a
+/// hard-link copy of the pristine set for a pipeline new to this worker.
+fn renew_target(settings: &BuildSettings, sandbox: &Sandbox, pipeline: u64) -> anyhow::Result<()> {
     use std::sync::atomic::Ordering;
+    let layers = settings.build_root.join(LAYERS);
+    std::fs::create_dir_all(&layers)?;
     if settings.private_mounts && !OVERLAY_FAILED.load(Ordering::Relaxed) {
-        match overlay_target(settings, sandbox) {
+        match overlay_target(settings, sandbox, pipeline) {
             Ok(()) => {
                 static SAID: std::sync::Once = std::sync::Once::new();
                 SAID.call_once(|| tracing::info!("target/ is renewed as an overlay of the pristine dependency set"));
-                return Ok(());
+                return keep_recent_layers(&layers);
             }
             Err(e) => {
                 OVERLAY_FAILED.store(true, Ordering::Relaxed);
@@ -224,14 +239,37 @@ fn renew_target(settings: &BuildSettings, sandbox: &Sandbox) -> anyhow::Result<(
             }
         }
     }
-    fresh_target(&settings.build_root)
+    swap_target(settings, pipeline)?;
+    keep_recent_layers(&layers)
 }
 
-fn overlay_target(settings: &BuildSettings, sandbox: &Sandbox) -> anyhow::Result<()> {
+/// Keeps the [`KEPT_LAYERS`] most recently used layers.
+fn keep_recent_layers(layers: &Path) -> anyhow::Result<()> {
+    let mut found: Vec<(std::time::SystemTime, PathBuf)> = std::fs::read_dir(layers)?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+        .collect();
+    if found.len() > KEPT_LAYERS {
+        found.sort();
+        for (_, path) in &found[..found.len() - KEPT_LAYERS] {
+            std::fs::remove_dir_all(path).with_context(|| format!("removing the old layer {}", path.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// Marks `dir` as just used, for [`keep_recent_layers`].
+fn touch(dir: &Path) -> anyhow::Result<()> {
+    let now = std::fs::FileTimes::new().set_modified(std::time::SystemTime::now());
+    std::fs::File::open(dir)?.set_times(now)?;
+    Ok(())
+}
+
+fn overlay_target(settings: &BuildSettings, sandbox: &Sandbox, pipeline: u64) -> anyhow::Result<()> {
     use nix::mount::{MntFlags, MsFlags, mount, umount2};
     let root = &settings.build_root;
     let (target, pristine) = (root.join("target"), root.join(PRISTINE));
-    let layer = settings.work_dir.join("target-layer");
+    let layer = root.join(LAYERS).join(pipeline.to_string());
     let (upper, work) = (layer.join("upper"), layer.join("work"));
     for path in [&pristine, &upper, &work] {
         let text = path.to_string_lossy();
@@ -241,11 +279,16 @@ fn overlay_target(settings: &BuildSettings, sandbox: &Sandbox) -> anyhow::Result
         Ok(()) | Err(nix::errno::Errno::EINVAL) => {}
         Err(e) => anyhow::bail!("unmounting the last build's {}: {e}", target.display()),
     }
-    if layer.exists() {
-        std::fs::remove_dir_all(&layer).with_context(|| format!("removing {}", layer.display()))?;
+    // Layers of the other way (a directory `target`) are not overlays' uppers.
+    if layer.join("target").exists() {
+        std::fs::remove_dir_all(&layer)?;
+    }
+    if work.exists() {
+        std::fs::remove_dir_all(&work)?;
     }
     std::fs::create_dir_all(&upper)?;
     std::fs::create_dir_all(&work)?;
+    touch(&layer)?;
     // Before the first overlay, target/ is the plain copy made at startup.
     if target.exists() && std::fs::read_dir(&target)?.next().is_some() {
         std::fs::remove_dir_all(&target).with_context(|| format!("removing {}", target.display()))?;
@@ -258,6 +301,51 @@ fn overlay_target(settings: &BuildSettings, sandbox: &Sandbox) -> anyhow::Result
     mount(Some("overlay"), &target, Some("overlay"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some(options.as_str()))
         .with_context(|| format!("mounting an overlay at {}", target.display()))?;
     unlink_rewritten(&target)
+}
+
+/// Which pipeline's `target/` is in place: a file of the worker's, outside anything
+/// a build can write (a marker inside `target/` could be forged by a build).
+fn owner_file(settings: &BuildSettings) -> PathBuf {
+    settings.work_dir.join("target-owner")
+}
+
+fn swap_target(settings: &BuildSettings, pipeline: u64) -> anyhow::Result<()> {
+    let root = &settings.build_root;
+    let target = root.join("target");
+    let owner_file = owner_file(settings);
+    let owner: Option<u64> = std::fs::read_to_string(&owner_file).ok().and_then(|t| t.trim().parse().ok());
+    // Forget the owner first: a crash from here on leaves a target/ nobody reuses.
+    let _ = std::fs::remove_file(&owner_file);
+    if owner == Some(pipeline) && target.is_dir() {
+        std::fs::write(&owner_file, pipeline.to_string())?;
+        return unlink_rewritten(&target);
+    }
+    if let Some(previous) = owner
+        && target.is_dir()
+    {
+        let stash = root.join(LAYERS).join(previous.to_string());
+        if stash.exists() {
+            std::fs::remove_dir_all(&stash)?;
+        }
+        std::fs::create_dir_all(&stash)?;
+        std::fs::rename(&target, stash.join("target"))?;
+    }
+    let own = root.join(LAYERS).join(pipeline.to_string());
+    if own.join("target").is_dir() {
+        if target.exists() {
+            std::fs::remove_dir_all(&target)?;
+        }
+        std::fs::rename(own.join("target"), &target)?;
+        touch(&own)?;
+        unlink_rewritten(&target)?;
+    } else {
+        // An overlay's upper (from an earlier run with mounts) is no use here.
+        let _ = std::fs::remove_dir_all(&own);
+        fresh_target(root)?;
+        std::fs::create_dir_all(&own)?;
+    }
+    std::fs::write(&owner_file, pipeline.to_string())?;
+    Ok(())
 }
 
 /// Keeps a pristine copy of the prebuilt set beside `target/`, once per set.
@@ -282,6 +370,7 @@ fn sandboxed_cargo(
     sandbox: &Sandbox,
     wrapper: &Wrapper,
     layout: &Layout,
+    pipeline: u64,
 ) -> anyhow::Result<tokio::process::Command> {
     let root = &settings.build_root;
     std::fs::create_dir_all(&settings.work_dir)?;
@@ -289,7 +378,7 @@ fn sandboxed_cargo(
     std::fs::copy(root.join("Cargo.lock"), &lockfile).context("copying the workspace lock file for the sandbox")?;
     let target = root.join("target");
     let renewing = Instant::now();
-    renew_target(settings, sandbox).context("renewing target/ from the pristine dependency set")?;
+    renew_target(settings, sandbox, pipeline).context("renewing target/ from the pristine dependency set")?;
     tracing::debug!(renew_ms = renewing.elapsed().as_millis() as u64, "target/ renewed");
     let mut owned: Vec<&Path> = vec![&lockfile];
     let crates = layout.crates.iter().map(|c| c.dir_name.clone()).collect();
@@ -407,12 +496,18 @@ pub async fn prepare_build_root(settings: &BuildSettings) -> anyhow::Result<()> 
     let key = depset_key(settings).await?;
     let marker_name = format!(".kiln-depset-{key}");
     let marker = root.join("target").join(&marker_name);
-    if marker.exists() || root.join(PRISTINE).join(&marker_name).exists() {
+    if root.join(PRISTINE).join(&marker_name).exists() {
         tracing::info!(build_root = %root.display(), "dependency set already built");
         if !marker.exists() {
             fresh_target(root)?;
         }
-        return keep_pristine(root, &marker_name).await;
+        return Ok(());
+    }
+    // No pristine set yet: target/ may hold what earlier builds left (a build root
+    // of an older Kiln, or of `--sandbox=off`), which must never become the set
+    // every later build starts from. Start from nothing.
+    if root.join("target").exists() {
+        std::fs::remove_dir_all(root.join("target")).context("clearing target/ before the dependency set")?;
     }
     let Some(cache) = &settings.depset_cache else {
         build_depset(settings).await?;
@@ -432,7 +527,6 @@ pub async fn prepare_build_root(settings: &BuildSettings) -> anyhow::Result<()> 
         let _ = std::fs::remove_dir_all(&staging);
         std::fs::create_dir_all(&staging)?;
         copy_tree(&prebuilt, &staging).await?;
-        std::fs::remove_dir_all(root.join("target"))?;
         std::fs::rename(&staging, root.join("target"))?;
     } else {
         build_depset(settings).await?;
@@ -603,12 +697,14 @@ fn collect_json_line(collected: &mut Collected, line: &str, binary_manifest: &Pa
     }
 }
 
-/// Builds the layout's binary. Cancelling `cancel` kills the whole cargo process
+/// Builds the layout's binary, as pipeline `pipeline` (whose own earlier outputs a
+/// sandboxed build may reuse). Cancelling `cancel` kills the whole cargo process
 /// group and returns [`BuildOutcome::Cancelled`].
 pub async fn build(
     settings: &BuildSettings,
     wrapper: &Wrapper,
     layout: &Layout,
+    pipeline: u64,
     cancel: &CancellationToken,
 ) -> anyhow::Result<BuildOutcome> {
     let started = Instant::now();
@@ -635,7 +731,7 @@ pub async fn build(
     .map(Into::into)
     .collect();
     let mut command = match &settings.sandbox {
-        Some(sandbox) => sandboxed_cargo(settings, sandbox, wrapper, layout)?,
+        Some(sandbox) => sandboxed_cargo(settings, sandbox, wrapper, layout, pipeline)?,
         None => cargo_command(settings, wrapper),
     };
     let mut child = command.args(args).spawn().context("starting cargo: is it on PATH?")?;

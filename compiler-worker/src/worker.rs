@@ -439,7 +439,8 @@ impl Worker {
             }
         };
         let mut cache = self.start_cache_run().await;
-        let outcome = builder::build(&self.config.build, &cache.wrapper, &layout, cancel).await;
+        let pipeline = assignment.claim.map_or(0, |c| c.pipeline_id);
+        let outcome = builder::build(&self.config.build, &cache.wrapper, &layout, pipeline, cancel).await;
         let cache_section = self.finish_cache_run(&mut cache.figures, &layout).await;
         let figures = |elapsed: Duration, cache: CacheFigures| Figures {
             compile_ms: elapsed.as_millis() as u64,

@@ -516,3 +516,62 @@ async fn a_proc_macro_under_the_compile_cache_is_confined_like_a_build_script() 
     assert_eq!(record["status"], "success", "{record}");
     assert!(record["cache"]["hits"].as_u64().unwrap_or(0) >= 1, "the operator came from the cache: {record}");
 }
+
+/// A file on disk: a build root whose `target/` holds what earlier builds left (an
+/// older Kiln's worker, or a planted file) and no pristine set yet. The pristine set
+/// every later build starts from is made from nothing, not from that `target/`.
+#[tokio::test(flavor = "multi_thread")]
+async fn leftovers_in_target_never_become_the_pristine_set() {
+    let mut farm = Farm::new(1);
+    let root = farm.build_root(0);
+    let planted = root.join("target/debug/deps/libplanted-0123456789abcdef.rlib");
+    std::fs::create_dir_all(planted.parent().unwrap()).unwrap();
+    std::fs::write(&planted, "poison").unwrap();
+    farm.start(Member { ordinal: 0, workers: 1, extra: Vec::new() });
+    farm.wait_healthy(Duration::from_secs(300)).await;
+    assert!(!planted.exists(), "the leftover was cleared");
+    let in_pristine = root.join("prebuilt/debug/deps/libplanted-0123456789abcdef.rlib");
+    assert!(root.join("prebuilt").is_dir() && !in_pristine.exists(), "the pristine set holds no leftover");
+    let output = farm.submit(&[&examples().join("hello")], true);
+    assert!(output.status.success(), "{}", text(&output));
+}
+
+/// What a build leaves is reused by the same pipeline's next version only: its
+/// operators are not compiled again (no compile cache here), while another pipeline
+/// that uses the same operator compiles it itself (on each way of renewing target/).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pipeline_reuses_only_its_own_earlier_outputs() {
+    for private_mounts in [false, true] {
+        if private_mounts && !nix::unistd::geteuid().is_root() {
+            continue;
+        }
+        let mut farm = Farm::new(1);
+        if private_mounts {
+            farm.shared_build_root = Some(farm.dir.path().join("shared-root"));
+        }
+        farm.start(Member { ordinal: 0, workers: 1, extra: Vec::new() });
+        farm.wait_healthy(Duration::from_secs(300)).await;
+        let hello = farm.dir.path().join("hello");
+        let status = std::process::Command::new("cp").arg("-r").arg(examples().join("hello")).arg(&hello).status();
+        assert!(status.unwrap().success());
+        let compiled_textops = |log: &str| log.lines().any(|l| l.contains("Compiling textops"));
+        let output = farm.submit(&[hello.as_path()], true);
+        assert!(output.status.success(), "{}", text(&output));
+        assert!(compiled_textops(&log_of(&farm, "hello").await), "the first build compiles the operator");
+
+        let output = farm.submit(&[&examples().join("wordfreq")], true);
+        assert!(output.status.success(), "{}", text(&output));
+        let log = log_of(&farm, "wordfreq").await;
+        assert!(compiled_textops(&log), "another pipeline does not get hello's outputs: {log}");
+
+        let main = hello.join("src/main.rs");
+        let source = std::fs::read_to_string(&main).unwrap() + "\n// version 2\n";
+        std::fs::write(&main, source).unwrap();
+        let output = farm.submit(&[hello.as_path()], true);
+        assert!(output.status.success(), "{}", text(&output));
+        let record = farm.pipeline("hello").await;
+        assert_eq!(record["version"], 2, "{record}");
+        let log = log_of(&farm, "hello").await;
+        assert!(!compiled_textops(&log), "version 2 reuses its own operator (private mounts: {private_mounts}): {log}");
+    }
+}
