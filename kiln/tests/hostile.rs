@@ -575,3 +575,78 @@ async fn a_pipeline_reuses_only_its_own_earlier_outputs() {
         assert!(!compiled_textops(&log), "version 2 reuses its own operator (private mounts: {private_mounts}): {log}");
     }
 }
+
+/// A build script that starts a `setsid` sleeper and a double-forked one, then
+/// blocks, for test 3.
+fn lingering_program(parent: &std::path::Path, name: &str, tag: &str) -> std::path::PathBuf {
+    let build_rs = format!(
+        r#"use std::process::{{Command, Stdio}};
+fn main() {{
+    let _ = Command::new("setsid").args(["-f", "sleep", "{tag}1"]).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).status();
+    let _ = Command::new("sh").args(["-c", "(sleep {tag}2 </dev/null >/dev/null 2>&1 &) &"]).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).status();
+    std::thread::sleep(std::time::Duration::from_secs(600));
+}}"#
+    );
+    write_program(
+        parent,
+        name,
+        &[("Cargo.toml", &manifest(name, "")), ("build.rs", &build_rs), ("src/main.rs", "fn main() {}")],
+    )
+}
+
+async fn wait_for_sleepers(tag: &str, count: usize) {
+    common::wait_until(
+        "the build script's sleepers start",
+        Duration::from_secs(120),
+        Duration::from_millis(100),
+        || async {
+            let found = common::processes_mentioning(&format!("sleep {tag}"));
+            if found.len() >= count { Ok(()) } else { Err(format!("{found:?}")) }
+        },
+    )
+    .await;
+}
+
+async fn wait_for_no_sleepers(tag: &str, after: &str) {
+    common::wait_until(
+        &format!("the sleepers are gone after {after}"),
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        || async {
+            let found = common::processes_mentioning(&format!("sleep {tag}"));
+            if found.is_empty() { Ok(()) } else { Err(format!("{found:?}")) }
+        },
+    )
+    .await;
+}
+
+/// 3. Processes that detach from the build (a new session, a double fork) end with
+/// it when it is cancelled by a new version and when it times out.
+#[tokio::test(flavor = "multi_thread")]
+async fn detached_processes_end_with_a_cancelled_or_timed_out_build() {
+    let mut farm = Farm::new(1);
+    farm.start(Member { ordinal: 0, workers: 1, extra: vec!["--build-timeout=20s".into()] });
+    farm.wait_healthy(Duration::from_secs(300)).await;
+
+    // Cancelled by a new version.
+    let program = lingering_program(farm.dir.path(), "lingering", "3161");
+    assert!(farm.submit(&[&program], false).status.success());
+    wait_for_sleepers("3161", 2).await;
+    std::fs::remove_file(program.join("build.rs")).unwrap();
+    std::fs::write(program.join("src/main.rs"), "fn main() { println!(\"v2\"); }").unwrap();
+    let output = farm.submit(&[&program], true);
+    assert!(output.status.success(), "{}", text(&output));
+    wait_for_no_sleepers("3161", "a cancellation").await;
+
+    // Timed out.
+    let program = lingering_program(farm.dir.path(), "timeout", "3171");
+    assert!(farm.submit(&[&program], false).status.success());
+    wait_for_sleepers("3171", 2).await;
+    let record =
+        farm.wait_status("timeout", &["success", "compile_error", "system_error"], Duration::from_secs(120)).await;
+    let error = record["error"].as_str().unwrap_or("");
+    assert!(error.contains("--build-timeout"), "the build timed out: {record}");
+    wait_for_no_sleepers("3171", "a timeout").await;
+    let output = farm.submit(&[&examples().join("hello")], true);
+    assert!(output.status.success(), "the worker goes on: {}", text(&output));
+}
