@@ -39,8 +39,13 @@ use crate::cache_store::{CacheStore, S3Settings};
 pub const SANDBOX_PORT: u16 = 4566;
 
 /// The largest object a build may store (the biggest rlib of a large crate is a few
-/// hundred megabytes).
-pub const MAX_OBJECT_BYTES: usize = 1 << 30;
+/// hundred megabytes; a bigger one is not cached, and the build goes on).
+pub const MAX_OBJECT_BYTES: usize = 512 << 20;
+
+/// Requests served at once. An object is held in memory while it passes, so this
+/// bounds what a build that floods the gateway costs the worker:
+/// `MAX_CONCURRENT × MAX_OBJECT_BYTES`; the rest wait their turn.
+const MAX_CONCURRENT: usize = 4;
 
 /// The bucket name a sandbox's sccache uses for a local store.
 const LOCAL_BUCKET: &str = "kiln-local-cache";
@@ -109,6 +114,7 @@ impl Gateway {
         let app = axum::Router::new()
             .fallback(handle)
             .layer(DefaultBodyLimit::max(MAX_OBJECT_BYTES))
+            .layer(tower::limit::ConcurrencyLimitLayer::new(MAX_CONCURRENT))
             .with_state(gate.clone());
         let served = tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, app).await {
