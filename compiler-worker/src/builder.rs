@@ -617,20 +617,45 @@ pub fn write_build_root(root: &Path, layout: &Layout) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Refuses a path that leaves `root`, whatever made it: only plain components below
+/// `root`, and no symbolic link on the way (a planted link would carry the write
+/// elsewhere). Program rules already refuse such names; this checks the final path.
+fn ensure_inside(root: &Path, path: &Path) -> anyhow::Result<()> {
+    let outside =
+        || anyhow::anyhow!("refusing to write {}: it is outside the build root {}", path.display(), root.display());
+    let relative = path.strip_prefix(root).map_err(|_| outside())?;
+    let mut at = root.to_path_buf();
+    for component in relative.components() {
+        let std::path::Component::Normal(name) = component else { return Err(outside()) };
+        at.push(name);
+        if std::fs::symlink_metadata(&at).is_ok_and(|m| m.file_type().is_symlink()) {
+            bail!(
+                "refusing to write {}: {} is a symbolic link, and a build root holds none",
+                path.display(),
+                at.display()
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Writes the layout's crates into the build root. A crate directory that exists is
 /// identical by construction (content-addressed), so it is left as it is.
 fn write_layout(root: &Path, layout: &Layout) -> anyhow::Result<Vec<String>> {
     let mut members = vec!["depset".to_owned()];
     for krate in &layout.crates {
         let dir = root.join("src").join(&krate.dir_name);
+        ensure_inside(root, &dir)?;
         members.push(format!("src/{}", krate.dir_name));
         if dir.is_dir() {
             continue;
         }
         let staging = root.join("src").join(format!(".{}.partial", krate.dir_name));
+        ensure_inside(root, &staging)?;
         let _ = std::fs::remove_dir_all(&staging);
         for file in &krate.files {
             let path = staging.join(&file.path);
+            ensure_inside(root, &path)?;
             if let Some(parent) = path.parent() {
                 std::fs::create_dir_all(parent)?;
             }
@@ -866,6 +891,35 @@ fn outcome(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A file on disk: a symbolic link planted in a build root (by hand, or by an
+    /// older tool) does not carry a layout's writes out of it.
+    #[test]
+    fn a_layout_never_writes_through_a_link_or_outside_the_root() {
+        let scratch = tempfile::tempdir().unwrap();
+        let (root, elsewhere) = (scratch.path().join("root"), scratch.path().join("elsewhere"));
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::create_dir_all(&elsewhere).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, root.join("src")).unwrap();
+        let files = vec![
+            kiln_core::program::ProgramFile {
+                path: "Cargo.toml".into(),
+                content: b"[package]\nname = \"app\"\nversion = \"0.1.0\"\nedition = \"2021\"\n".to_vec(),
+                executable: false,
+            },
+            kiln_core::program::ProgramFile {
+                path: "src/main.rs".into(),
+                content: b"fn main() {}".to_vec(),
+                executable: false,
+            },
+        ];
+        let layout = kiln_core::program::Program::parse(files, kiln_core::depset::DepSet::embedded()).unwrap().layout();
+        let error = write_layout(&root, &layout).unwrap_err().to_string();
+        assert!(error.contains("symbolic link"), "{error}");
+        assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 0, "nothing was written through the link");
+        assert!(ensure_inside(&root, &root.join("src/../../x")).is_err());
+        assert!(ensure_inside(&root, &scratch.path().join("x")).is_err());
+    }
 
     #[test]
     fn the_depset_sources_get_one_fixed_old_time_in_every_build_root() {

@@ -47,6 +47,8 @@ pub enum ProgramError {
     PathEscapes(String),
     #[error("file path {0:?} appears twice in the program")]
     DuplicatePath(String),
+    #[error("{path}: invalid package name {name:?}: {rule}")]
+    InvalidPackageName { path: String, name: String, rule: &'static str },
     #[error(
         "the program is {size} bytes, over the limit of {MAX_PROGRAM_BYTES} bytes: leave out build outputs (target/) and large data files"
     )]
@@ -327,6 +329,46 @@ fn check_files(files: &[ProgramFile]) -> Result<(), ProgramError> {
     Ok(())
 }
 
+/// The longest package name (crates.io's limit).
+pub const MAX_PACKAGE_NAME_LEN: usize = 64;
+
+/// cargo's rules for a package name, stricter where a name becomes a directory of
+/// the build root: ASCII only, and none of the names Windows reserves. The rule
+/// broken, in words, or `Ok`.
+pub fn check_package_name(name: &str) -> Result<(), &'static str> {
+    const RESERVED: [&str; 9] =
+        ["std", "core", "alloc", "proc_macro", "proc-macro", "test", "build", "deps", "examples"];
+    if name.is_empty() {
+        return Err("a package name cannot be empty");
+    }
+    if name.len() > MAX_PACKAGE_NAME_LEN {
+        return Err("a package name is at most 64 characters");
+    }
+    if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+        return Err(
+            "a package name is made of ASCII letters, digits, '-' and '_' (no '/', '.', spaces or other characters)",
+        );
+    }
+    if name.starts_with(|c: char| c.is_ascii_digit()) {
+        return Err("a package name cannot start with a digit");
+    }
+    let lower = name.to_ascii_lowercase();
+    let windows = matches!(lower.as_str(), "con" | "prn" | "aux" | "nul")
+        || (lower.len() == 4
+            && (lower.starts_with("com") || lower.starts_with("lpt"))
+            && lower.as_bytes()[3].is_ascii_digit());
+    if windows {
+        return Err("a package name cannot be a name Windows reserves (con, prn, aux, nul, com1-9, lpt1-9)");
+    }
+    if RESERVED.contains(&lower.as_str()) || lower == crate::depset::PACKAGE || lower == crate::depset::RUNTIME_PACKAGE
+    {
+        return Err(
+            "a package name cannot be a name Rust, cargo or the farm's own crates use (std, core, alloc, proc_macro, test, build, deps, examples, the dependency set and its runtime)",
+        );
+    }
+    Ok(())
+}
+
 /// Every crate of the program: each `Cargo.toml` with a `[package]`. A virtual
 /// workspace manifest (for plain `cargo build`) is skipped.
 fn read_crates(files: &[ProgramFile]) -> Result<Vec<Crate>, ProgramError> {
@@ -347,6 +389,9 @@ fn read_crates(files: &[ProgramFile]) -> Result<Vec<Crate>, ProgramError> {
         };
         let package =
             package.get("name").and_then(|n| n.as_str()).ok_or_else(|| bad("[package] has no name"))?.to_owned();
+        if let Err(rule) = check_package_name(&package) {
+            return Err(ProgramError::InvalidPackageName { path: file.path.clone(), name: package, rule });
+        }
         let has = |rel: &str| paths.contains(join(&dir, rel).as_str());
         let kind = if has("src/main.rs") || manifest.get("bin").is_some() {
             CrateKind::Binary
@@ -646,6 +691,50 @@ mod tests {
         for bad in ["", "Word", "1abc", "a b", "a/b", "ä", &"x".repeat(64)] {
             assert_eq!(validate_name(bad), Err(ProgramError::InvalidName(bad.into())));
         }
+    }
+
+    #[test]
+    fn package_names_follow_cargo_and_never_make_a_path() {
+        for good in ["app", "word-count", "etl_2", "_private", "A1", &"x".repeat(64)] {
+            assert_eq!(check_package_name(good), Ok(()), "{good}");
+        }
+        for bad in [
+            "../../escaped",
+            "/tmp/x",
+            "a/b",
+            ".",
+            "..",
+            "con",
+            "COM1",
+            "lpt9",
+            "x\u{0}",
+            "x\0y",
+            "",
+            "1abc",
+            "ä",
+            "a b",
+            "std",
+            "kiln-depset",
+            "kiln-pipeline-runtime",
+            &"x".repeat(65),
+        ] {
+            assert!(check_package_name(bad).is_err(), "{bad:?} must be refused");
+        }
+        // In a program: refused with the manifest, the name and the rule.
+        for (name, rule) in [("../../escaped", "ASCII letters"), ("con", "Windows reserves"), ("", "empty")] {
+            let files = vec![file("Cargo.toml", &manifest(name, "")), file("src/main.rs", "fn main() {}")];
+            let error = parse(files).unwrap_err();
+            assert!(matches!(&error, ProgramError::InvalidPackageName { name: n, .. } if n == name), "{error}");
+            let text = error.to_string();
+            assert!(text.contains("Cargo.toml") && text.contains(rule), "{text}");
+        }
+        let library = vec![
+            file("Cargo.toml", &manifest("app", "x = { path = \"ops\" }")),
+            file("src/main.rs", "fn main() {}"),
+            file("ops/Cargo.toml", &manifest("/tmp/x", "")),
+            file("ops/src/lib.rs", ""),
+        ];
+        assert!(matches!(parse(library), Err(ProgramError::InvalidPackageName { .. })), "a library's name too");
     }
 
     #[test]

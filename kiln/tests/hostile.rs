@@ -650,3 +650,58 @@ async fn detached_processes_end_with_a_cancelled_or_timed_out_build() {
     let output = farm.submit(&[&examples().join("hello")], true);
     assert!(output.status.success(), "the worker goes on: {}", text(&output));
 }
+
+/// Issue 12, test 1: package names that would make a path are refused at
+/// submission and by `kiln layout`, naming the rule, and nothing is written
+/// outside the build root.
+#[tokio::test(flavor = "multi_thread")]
+async fn package_names_that_would_make_a_path_are_refused() {
+    let farm = one_member_farm().await;
+    // As TOML strings: the NUL goes in as TOML's escape.
+    let names = ["../../x", "/tmp/x", "a/b", ".", "con", "x\\u0000"];
+    for (index, name) in names.iter().enumerate() {
+        for library in [false, true] {
+            let dir_name = format!("bad-{index}-{library}");
+            let manifest_of = |n: &str, deps: &str| {
+                format!("[package]\nname = \"{n}\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n[dependencies]\n{deps}")
+            };
+            let files: Vec<(String, String)> = if library {
+                vec![
+                    ("Cargo.toml".into(), manifest_of("app", "ops = { path = \"ops\" }")),
+                    ("src/main.rs".into(), "fn main() {}".into()),
+                    ("ops/Cargo.toml".into(), manifest_of(name, "")),
+                    ("ops/src/lib.rs".into(), String::new()),
+                ]
+            } else {
+                vec![("Cargo.toml".into(), manifest_of(name, "")), ("src/main.rs".into(), "fn main() {}".into())]
+            };
+            let files: Vec<(&str, &str)> = files.iter().map(|(p, c)| (p.as_str(), c.as_str())).collect();
+            let program = write_program(farm.dir.path(), &dir_name, &files);
+            let output = farm.submit(&[program.as_path()], false);
+            let said = text(&output);
+            assert!(!output.status.success(), "{name:?} (library: {library}) is refused: {said}");
+            assert!(
+                said.contains("invalid package name") && said.contains("a package name"),
+                "the rule is named: {said}"
+            );
+
+            let build_root = farm.dir.path().join(format!("layout-{index}-{library}/root"));
+            let layout = std::process::Command::new(common::KILN)
+                .arg("layout")
+                .arg(&program)
+                .arg(format!("--build-root={}", build_root.display()))
+                .output()
+                .unwrap();
+            assert!(!layout.status.success(), "kiln layout refuses {name:?}: {}", text(&layout));
+            assert!(text(&layout).contains("invalid package name"), "{}", text(&layout));
+            let beside: Vec<_> = std::fs::read_dir(build_root.parent().unwrap())
+                .map(|entries| entries.flatten().map(|e| e.file_name()).collect())
+                .unwrap_or_default();
+            assert!(beside.iter().all(|n| n == "root"), "nothing beside the build root: {beside:?}");
+        }
+    }
+    let (_, list) = farm.get_json("/v0/pipelines").await;
+    assert_eq!(list.as_array().map(Vec::len), Some(0), "no bad program was stored: {list}");
+    let output = farm.submit(&[&examples().join("hello")], true);
+    assert!(output.status.success(), "the farm goes on: {}", text(&output));
+}

@@ -78,8 +78,12 @@ impl ArtifactStore {
     pub fn open(dir: &Path, max_bytes: u64) -> io::Result<ArtifactStore> {
         let temp_dir = dir.join("incoming");
         std::fs::create_dir_all(&temp_dir)?;
+        // Whatever is there is a crash's leftover, whatever it is (a directory or a
+        // link put there by hand must not stop the leader from starting).
         for entry in std::fs::read_dir(&temp_dir)? {
-            std::fs::remove_file(entry?.path())?;
+            let path = entry?.path();
+            let is_dir = std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir());
+            if is_dir { std::fs::remove_dir_all(&path)? } else { std::fs::remove_file(&path)? }
         }
         Ok(ArtifactStore { dir: dir.to_owned(), temp_dir, max_bytes })
     }
@@ -226,6 +230,22 @@ mod tests {
         assert!(matches!(writer.finish().await, Err(ArtifactError::Mismatch { .. })));
         assert!(!store.contains(&claimed));
         assert_eq!(std::fs::read_dir(dir.path().join("incoming")).unwrap().count(), 0);
+    }
+
+    /// A file on disk: a directory and a link left in incoming/ do not stop the
+    /// store from opening (they did: the leader crash-looped), and what the link
+    /// points at is left alone.
+    #[test]
+    fn leftovers_of_any_kind_in_incoming_are_cleared_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let elsewhere = tempfile::tempdir().unwrap();
+        std::fs::write(elsewhere.path().join("keep"), b"kept").unwrap();
+        std::fs::create_dir_all(dir.path().join("incoming/a-directory/inside")).unwrap();
+        std::fs::write(dir.path().join("incoming/a-directory/inside/file"), b"x").unwrap();
+        std::os::unix::fs::symlink(elsewhere.path(), dir.path().join("incoming/a-link")).unwrap();
+        ArtifactStore::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(std::fs::read_dir(dir.path().join("incoming")).unwrap().count(), 0);
+        assert_eq!(std::fs::read(elsewhere.path().join("keep")).unwrap(), b"kept", "the link's target is untouched");
     }
 
     #[tokio::test]
