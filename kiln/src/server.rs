@@ -331,6 +331,7 @@ impl MemberConfig {
                 api_token: args.api_token.clone(),
                 heartbeat_window: args.heartbeat_window,
                 max_artifact_bytes: args.max_artifact_bytes,
+                n_from_kubernetes: args.kubernetes,
             };
             (config, args.listen)
         });

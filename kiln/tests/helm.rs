@@ -305,3 +305,70 @@ async fn the_scaling_guard_fires_when_the_statefulset_is_scaled() {
     let output = restarted.output();
     assert!(output.contains("using its 3 replicas") && output.contains("ordinal 1 of 3"), "{output}");
 }
+
+fn authorized<T>(message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.metadata_mut().insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
+    request
+}
+
+/// Issue 12, point 3: with N from the Kubernetes API, a caller holding the cluster
+/// token cannot make the leader panic by reporting another N: its heartbeats and
+/// claims are refused (FAILED_PRECONDITION, naming both sizes) and the leader keeps
+/// serving; only the API's own count trips the guard.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_member_reporting_another_n_is_refused_not_believed() {
+    let replicas = Arc::new(AtomicU32::new(2));
+    let port = fake_api(replicas.clone(), "sa-token").await;
+    let dir = tempfile::tempdir().unwrap();
+    let account = dir.path().join("serviceaccount");
+    std::fs::create_dir_all(&account).unwrap();
+    std::fs::write(account.join("token"), "sa-token\n").unwrap();
+    std::fs::write(account.join("namespace"), "farm").unwrap();
+    let leader_port = common::free_port();
+    let args: Vec<String> = vec![
+        "server".into(),
+        "--hostname=kiln-compiler-server-0".into(),
+        "--kubernetes=true".into(),
+        format!("--kubernetes-api=http://127.0.0.1:{port}"),
+        format!("--kubernetes-service-account-dir={}", account.display()),
+        "--kubernetes-poll=200ms".into(),
+        format!("--cluster-token={TOKEN}"),
+        format!("--data-dir={}", dir.path().join("data").display()),
+        format!("--build-root={}", dir.path().join("build").display()),
+        format!("--depset-cache={}", common::depset_cache().display()),
+        format!("--listen=127.0.0.1:{leader_port}"),
+        "--profile=dev".into(),
+        "--sccache=off".into(),
+    ];
+    let mut member = spawn_kiln("member-0", dir.path(), &args);
+    let url = format!("http://127.0.0.1:{leader_port}");
+    let http = reqwest::Client::new();
+    common::wait_until("the leader serves", Duration::from_secs(60), Duration::from_millis(100), || async {
+        http.get(format!("{url}/healthz")).send().await.map(|_| ()).map_err(|e| e.to_string())
+    })
+    .await;
+    let mut client = kiln_proto::cluster_client::ClusterClient::connect(url.clone()).await.unwrap();
+    for (ordinal, workers) in [(1, 99), (5, 2), (0, 1)] {
+        let liar = kiln_proto::Member { ordinal, workers, incarnation: 4242, version: "0.1.0".into() };
+        let heartbeat = kiln_proto::HeartbeatRequest { member: Some(liar.clone()), ..Default::default() };
+        let refused = client.heartbeat(authorized(heartbeat)).await.unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::FailedPrecondition, "{refused:?}");
+        assert!(refused.message().contains("the StatefulSet has 2 replicas"), "{}", refused.message());
+        let claim = kiln_proto::ClaimRequest { member: Some(liar), wait_ms: 0 };
+        let refused = client.claim(authorized(claim)).await.unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::FailedPrecondition, "{refused:?}");
+    }
+    assert!(member.running(), "the leader keeps running: {}", member.output());
+    let (status, body) = {
+        let response = http.get(format!("{url}/cluster_healthz")).send().await.unwrap();
+        (response.status().as_u16(), response.json::<Value>().await.unwrap())
+    };
+    assert_eq!(body["workers_expected"], 2, "{status} {body}");
+    assert!(!member.output().contains("SCALING DETECTED"), "no panic: {}", member.output());
+
+    // The API itself is believed.
+    replicas.store(3, Ordering::SeqCst);
+    member.wait_exit(Duration::from_secs(30)).expect("the member exits when the StatefulSet is scaled");
+    assert!(member.output().contains("SCALING DETECTED: StatefulSet has 3 replicas"), "{}", member.output());
+}

@@ -33,6 +33,9 @@ pub struct LeaderConfig {
     /// A member whose last heartbeat is older than this is unhealthy.
     pub heartbeat_window: Duration,
     pub max_artifact_bytes: u64,
+    /// N comes from the Kubernetes API (`--kubernetes`), the only authority on it:
+    /// a member that reports another N is refused, never believed.
+    pub n_from_kubernetes: bool,
 }
 
 #[derive(Debug)]
@@ -156,6 +159,9 @@ impl LeaderState {
 
     /// Applies the scaling guard and notices restarts; called on every worker call.
     pub async fn member_seen(&self, member: MemberId) -> Result<(), ApiError> {
+        if let Some(refused) = self.size_refusal(member) {
+            return Err(refused);
+        }
         if let Some(detected) = self.observe(member) {
             return Err(ApiError::Conflict(detected.to_string()));
         }
@@ -168,11 +174,34 @@ impl LeaderState {
         Ok(())
     }
 
-    /// Feeds the member's view of N to the scaling guard.
+    /// Feeds the member's view of N to the scaling guard. With N from the Kubernetes
+    /// API, the member's view is only checked (see [`LeaderState::size_refusal`]).
     fn observe(&self, member: MemberId) -> Option<ScalingDetected> {
-        self.guard.observe_replicas(member.workers);
-        self.guard.observe_ordinal(member.ordinal);
+        if !self.config.n_from_kubernetes {
+            self.guard.observe_replicas(member.workers);
+            self.guard.observe_ordinal(member.ordinal);
+        }
         self.guard.detected()
+    }
+
+    /// With N from the Kubernetes API: the refusal of a member whose N or ordinal
+    /// disagrees with the StatefulSet's. A caller with the cluster token must not be
+    /// able to make the leader panic; its guard trips only when the API says so.
+    fn size_refusal(&self, member: MemberId) -> Option<ApiError> {
+        let workers = self.guard.workers();
+        if !self.config.n_from_kubernetes || (member.workers == workers && member.ordinal < workers) {
+            return None;
+        }
+        tracing::warn!(
+            ordinal = member.ordinal,
+            reported_workers = member.workers,
+            workers,
+            "refused a member whose N disagrees with the StatefulSet's"
+        );
+        Some(ApiError::Conflict(format!(
+            "this member reports N = {} (ordinal {}), but the StatefulSet has {workers} replicas: refused (the leader takes N from the Kubernetes API)",
+            member.workers, member.ordinal
+        )))
     }
 
     /// A heartbeat: records the member's state, and says whether the build it holds
@@ -183,6 +212,9 @@ impl LeaderState {
         report: MemberReport,
         current: Option<ClaimKey>,
     ) -> Result<bool, ApiError> {
+        if let Some(refused) = self.size_refusal(member) {
+            return Err(refused);
+        }
         if self.observe(member).is_some() {
             // Answer anyway: the reply carries the leader's N, from which the member
             // applies the scaling guard on its side too.
