@@ -46,6 +46,7 @@ impl Farm {
             options: vec![format!("--profile={}", setup.profile)],
             cache_off_by_default: false,
             log: "warn".into(),
+            open_api: true,
             run_as: None,
         };
         // The first farm of a run builds the dependency set in release.

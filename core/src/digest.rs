@@ -16,6 +16,15 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
+/// Whether a presented secret (a token) is the expected one, in constant time: both
+/// are hashed to SHA-256 first, so the comparison (`subtle`'s `ct_eq`, which reads
+/// every byte whatever it finds) takes the same time for any input, its length
+/// included.
+pub fn same_secret(presented: &str, expected: &str) -> bool {
+    use subtle::ConstantTimeEq;
+    Sha256::digest(presented.as_bytes()).ct_eq(&Sha256::digest(expected.as_bytes())).into()
+}
+
 /// Checks that `sha` is 64 lowercase hex digits, so it is safe as a file name.
 pub fn validate(sha: &str) -> Result<(), InvalidDigest> {
     if sha.len() == 64 && sha.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {

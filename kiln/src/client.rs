@@ -72,7 +72,7 @@ impl Client {
             .connect_timeout(std::time::Duration::from_secs(5))
             .build()
             .context("creating the HTTP client")?;
-        Ok(Client { http, base: leader.url.trim_end_matches('/').to_owned(), api_token: leader.api_token.clone() })
+        Ok(Client { http, base: leader.url.trim_end_matches('/').to_owned(), api_token: leader.token()? })
     }
 
     fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {

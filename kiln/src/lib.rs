@@ -12,9 +12,10 @@ pub mod server;
 pub mod shutdown;
 pub mod up;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use anyhow::Context;
 use clap::Args;
 
 /// The leader of the local farm that `kiln up` starts by default.
@@ -55,9 +56,63 @@ pub struct LeaderArgs {
     /// The leader's URL.
     #[arg(long = "leader", env = "KILN_LEADER", default_value_t = format!("http://127.0.0.1:{DEFAULT_PORT}"))]
     pub url: String,
-    /// The API token, when the leader wants one.
-    #[arg(long, env = "KILN_API_TOKEN", hide_env_values = true)]
+    /// The API token. Without it (or --api-token-file), the token of a `kiln up` run
+    /// from this directory (`.kiln/api-token`) is used when there is one.
+    #[arg(long, env = "KILN_API_TOKEN", hide_env_values = true, conflicts_with = "api_token_file")]
     pub api_token: Option<String>,
+    /// A file holding the API token.
+    #[arg(long, env = "KILN_API_TOKEN_FILE")]
+    pub api_token_file: Option<PathBuf>,
+}
+
+impl LeaderArgs {
+    /// The token to send: given, from its file, or the local farm's.
+    pub fn token(&self) -> anyhow::Result<Option<String>> {
+        if let Some(token) = &self.api_token {
+            return Ok(Some(token.clone()));
+        }
+        if let Some(file) = &self.api_token_file {
+            return read_secret_file(file, "the API token file").map(Some);
+        }
+        let local = default_data_dir().join("api-token");
+        Ok(std::fs::read_to_string(local).ok().map(|t| t.trim().to_owned()).filter(|t| !t.is_empty()))
+    }
+}
+
+/// Reads a secret from a file (a mounted Secret, a token file), trimmed; warns when
+/// users other than its owner can read it.
+pub fn read_secret_file(file: &Path, what: &str) -> anyhow::Result<String> {
+    use std::os::unix::fs::MetadataExt;
+    let text = std::fs::read_to_string(file).with_context(|| format!("reading {what} {}", file.display()))?;
+    if let Ok(metadata) = std::fs::metadata(file)
+        && metadata.mode() & 0o077 != 0
+    {
+        tracing::warn!(
+            file = %file.display(),
+            mode = format!("{:o}", metadata.mode() & 0o777),
+            "{what} is readable by other users: chmod 600 it (in the chart, the Secret's defaultMode)"
+        );
+    }
+    Ok(text.trim().to_owned())
+}
+
+/// The secret kept in `file`, made (32 random bytes, hex, mode 0600) on first use.
+pub fn secret_file(file: &Path) -> anyhow::Result<String> {
+    if !file.exists() {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        if let Some(dir) = file.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        let secret: [u8; 32] = rand::random();
+        match std::fs::OpenOptions::new().mode(0o600).write(true).create_new(true).open(file) {
+            Ok(mut out) => out.write_all(hex::encode(secret).as_bytes())?,
+            // Made by another process meanwhile: use that one.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(anyhow::Error::new(e).context(format!("creating {}", file.display()))),
+        }
+    }
+    read_secret_file(file, "the token file")
 }
 
 /// Parses durations such as `30m`, `2s`, `500ms`.

@@ -75,9 +75,19 @@ pub struct ServerArgs {
     /// A file holding the cluster token (a mounted Secret).
     #[arg(long, env = "KILN_CLUSTER_TOKEN_FILE")]
     pub cluster_token_file: Option<PathBuf>,
-    /// When set, the `/v0` API wants `Authorization: Bearer <token>`.
-    #[arg(long, env = "KILN_API_TOKEN", hide_env_values = true)]
+    /// The token the `/v0` API wants (`Authorization: Bearer <token>`). Without it,
+    /// or --api-token-file, the leader keeps a random one in `<data-dir>/api-token`.
+    #[arg(long, env = "KILN_API_TOKEN", hide_env_values = true, conflicts_with = "api_token_file")]
     pub api_token: Option<String>,
+    /// A file holding the API token (a mounted Secret).
+    #[arg(long, env = "KILN_API_TOKEN_FILE")]
+    pub api_token_file: Option<PathBuf>,
+    /// Serve the `/v0` API to anyone who reaches the port, without a token.
+    #[arg(long, env = "KILN_NO_API_TOKEN", default_value_t = false, action = clap::ArgAction::Set)]
+    pub no_api_token: bool,
+    /// `/metrics` wants the API token too.
+    #[arg(long, env = "KILN_PROTECT_METRICS", default_value_t = false, action = clap::ArgAction::Set)]
+    pub protect_metrics: bool,
     /// The build root: one fixed absolute path, the same on every worker.
     #[arg(long, env = "KILN_BUILD_ROOT", default_value = "/var/lib/kiln/build")]
     pub build_root: PathBuf,
@@ -187,6 +197,9 @@ impl ServerArgs {
         line.value("--service", &self.service);
         line.value("--leader-port", &self.leader_port);
         line.opt_path("--cluster-token-file", &self.cluster_token_file);
+        line.opt_path("--api-token-file", &self.api_token_file);
+        line.flag("--no-api-token", self.no_api_token);
+        line.flag("--protect-metrics", self.protect_metrics);
         line.path("--build-root", &self.build_root);
         line.opt_path("--build-root-source", &self.build_root_source);
         line.value("--profile", &self.profile);
@@ -271,6 +284,9 @@ pub struct Facts {
     pub cluster_token: Option<String>,
     /// The S3 store of the shared cache, resolved with its credentials.
     pub s3: Option<S3Settings>,
+    /// The API token, from the argument, the environment or its file (the leader's
+    /// own generated one is added at startup).
+    pub api_token: Option<String>,
 }
 
 /// Everything a member runs with, resolved and checked.
@@ -314,6 +330,11 @@ impl MemberConfig {
                 args.build_root.display()
             );
         }
+        if args.no_api_token && facts.api_token.is_some() {
+            bail!(
+                "--no-api-token opens the API, but an API token is given too (--api-token, --api-token-file or KILN_API_TOKEN*): give one of them"
+            );
+        }
         let cache = cache_choice(args, facts.s3.clone())?;
         let limit = kiln_compiler_worker::log::LIMIT_MAX_LOG_BYTES;
         if args.max_log_bytes < 1024 || args.max_log_bytes > limit {
@@ -328,10 +349,11 @@ impl MemberConfig {
                 workers: identity.workers,
                 version: VERSION.to_owned(),
                 cluster_token: token.clone(),
-                api_token: args.api_token.clone(),
+                api_token: facts.api_token.clone(),
                 heartbeat_window: args.heartbeat_window,
                 max_artifact_bytes: args.max_artifact_bytes,
                 n_from_kubernetes: args.kubernetes,
+                protect_metrics: args.protect_metrics,
             };
             (config, args.listen)
         });
@@ -423,24 +445,11 @@ fn cache_choice(args: &ServerArgs, s3: Option<S3Settings>) -> anyhow::Result<Cac
 fn read_token(args: &ServerArgs) -> anyhow::Result<Option<String>> {
     match (&args.cluster_token, &args.cluster_token_file) {
         (Some(token), _) => Ok(Some(token.clone())),
-        (None, Some(file)) => {
-            let token = std::fs::read_to_string(file)
-                .with_context(|| format!("reading the cluster token file {}", file.display()))?;
-            use std::os::unix::fs::MetadataExt;
-            if let Ok(metadata) = std::fs::metadata(file)
-                && metadata.mode() & 0o077 != 0
-            {
-                tracing::warn!(
-                    file = %file.display(),
-                    mode = format!("{:o}", metadata.mode() & 0o777),
-                    "the cluster token file is readable by other users: chmod 600 it (in the chart, the Secret's defaultMode)"
-                );
-            }
-            Ok(Some(token.trim().to_owned()))
-        }
+        (None, Some(file)) => Ok(Some(crate::read_secret_file(file, "the cluster token file")?)),
         (None, None) => Ok(None),
     }
 }
+
 fn hostname(args: &ServerArgs) -> anyhow::Result<String> {
     match &args.hostname {
         Some(name) => Ok(name.clone()),
@@ -503,13 +512,27 @@ async fn gather_facts(args: &ServerArgs) -> anyhow::Result<(Facts, Option<Statef
         replicas: statefulset.as_ref().map(|(_, replicas)| *replicas),
         cluster_token: read_token(args)?,
         s3: if args.sccache == "off" { None } else { args.cache.s3_settings()? },
+        api_token: match (&args.api_token, &args.api_token_file) {
+            (Some(token), _) => Some(token.clone()),
+            (None, Some(file)) => Some(crate::read_secret_file(file, "the API token file")?),
+            (None, None) => None,
+        },
     };
     Ok((facts, statefulset.map(|(client, _)| client)))
 }
 
 pub async fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
     let (facts, statefulset) = gather_facts(&args).await?;
-    let config = MemberConfig::resolve(&args, &facts)?;
+    let mut config = MemberConfig::resolve(&args, &facts)?;
+    if let Some((leader, _)) = &mut config.leader {
+        if args.no_api_token {
+            tracing::warn!("the /v0 API is open to anyone who reaches the port (--no-api-token)");
+        } else if leader.api_token.is_none() {
+            let file = args.data_dir.join("api-token");
+            leader.api_token = Some(crate::secret_file(&file)?);
+            tracing::info!(file = %file.display(), "the /v0 API wants the token kept in this file");
+        }
+    }
     let identity = config.identity.clone();
     let guard = ScalingGuard::new(identity.workers);
     guard.observe_ordinal(identity.ordinal);
@@ -581,7 +604,13 @@ mod tests {
     use super::*;
 
     fn facts(hostname: &str) -> Facts {
-        Facts { hostname: hostname.into(), replicas: None, cluster_token: Some("t".repeat(20)), s3: None }
+        Facts {
+            hostname: hostname.into(),
+            replicas: None,
+            cluster_token: Some("t".repeat(20)),
+            s3: None,
+            api_token: None,
+        }
     }
 
     fn args(options: &[&str]) -> ServerArgs {
@@ -633,15 +662,16 @@ mod tests {
             "--build-memory=1073741824",
             "--build-processes=99",
             "--build-file-size=1048576",
+            "--api-token-file=/api-token",
+            "--protect-metrics=true",
         ]);
         every.cluster_token = Some("secret-token-0123456789".into());
-        every.api_token = Some("api-token".into());
+        every.api_token = Some("api-secret-9876".into());
         let line = every.to_args();
         assert_eq!(line[0], "server");
         assert!(
-            line.iter().all(
-                |a| !a.to_string_lossy().contains("token-0123456789") && !a.to_string_lossy().contains("api-token")
-            ),
+            line.iter().all(|a| !a.to_string_lossy().contains("token-0123456789")
+                && !a.to_string_lossy().contains("api-secret-9876")),
             "no secret on the command line: {line:?}"
         );
         let mut back = ServerArgs::parse_options(&line[1..]).unwrap();

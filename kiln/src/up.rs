@@ -53,31 +53,39 @@ pub struct UpArgs {
     pub server_args: Vec<OsString>,
 }
 
-/// Reads the farm's cluster token, creating a random one on first use.
+/// The farm's cluster token's file, made with a random token on first use.
 fn cluster_token_file(data_dir: &Path) -> anyhow::Result<PathBuf> {
     let path = data_dir.join("cluster-token");
-    if !path.exists() {
-        let token: [u8; 32] = rand::random();
-        let mut options = std::fs::OpenOptions::new();
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            options.mode(0o600);
-        }
-        use std::io::Write;
-        let mut file =
-            options.write(true).create_new(true).open(&path).with_context(|| format!("creating {}", path.display()))?;
-        file.write_all(hex::encode(token).as_bytes())?;
-    }
+    crate::secret_file(&path)?;
     Ok(path)
 }
 
 /// Each member's `kiln server` arguments: the options given after `--`, then what
 /// the local farm decides (names, directories, the shared build root, the token).
 /// Built as [`ServerArgs`] and rendered by it, so a member reads exactly these.
+/// The farm's API token's file (beside the cluster token), unless the options after
+/// `--` give the API a token of their own or none.
+fn api_token_file(data_dir: &Path, base: &ServerArgs) -> anyhow::Result<Option<PathBuf>> {
+    if base.no_api_token || base.api_token.is_some() {
+        return Ok(None);
+    }
+    if let Some(file) = &base.api_token_file {
+        return Ok(Some(file.clone()));
+    }
+    let path = data_dir.join("api-token");
+    crate::secret_file(&path)?;
+    Ok(Some(path))
+}
+
+fn server_options(args: &UpArgs) -> anyhow::Result<ServerArgs> {
+    ServerArgs::parse_options(&args.server_args)
+        .map_err(|e| anyhow::anyhow!("the `kiln server` options after `--` are not valid: {e}"))
+}
+
 fn member_specs(args: &UpArgs, data_dir: &Path, token_file: &Path) -> anyhow::Result<Vec<MemberSpec>> {
     let program = std::env::current_exe().context("finding the kiln binary")?;
-    let base = ServerArgs::parse_options(&args.server_args)
-        .map_err(|e| anyhow::anyhow!("the `kiln server` options after `--` are not valid: {e}"))?;
+    let base = server_options(args)?;
+    let api_token_file = api_token_file(data_dir, &base)?;
     (0..args.workers)
         .map(|ordinal| {
             let member_dir = data_dir.join(format!("member-{ordinal}"));
@@ -90,6 +98,7 @@ fn member_specs(args: &UpArgs, data_dir: &Path, token_file: &Path) -> anyhow::Re
                 depset_cache: Some(args.depset_cache.clone().unwrap_or_else(|| data_dir.join("depset-cache"))),
                 cluster_token: None,
                 cluster_token_file: Some(token_file.to_owned()),
+                api_token_file: api_token_file.clone(),
                 leader_url: Some(format!("http://127.0.0.1:{}", args.port)),
                 listen: std::net::SocketAddr::from(([127, 0, 0, 1], args.port)),
                 profile: args.profile.clone(),
@@ -159,7 +168,12 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     std::fs::create_dir_all(&args.data_dir).with_context(|| format!("creating {}", args.data_dir.display()))?;
     let data_dir = args.data_dir.canonicalize()?;
     let token_file = cluster_token_file(&data_dir)?;
-    let leader = LeaderArgs { url: format!("http://127.0.0.1:{}", args.port), api_token: None };
+    let base = server_options(&args)?;
+    let leader = LeaderArgs {
+        url: format!("http://127.0.0.1:{}", args.port),
+        api_token: base.api_token.clone(),
+        api_token_file: api_token_file(&data_dir, &base)?,
+    };
     if let Ok(stale) = std::net::TcpListener::bind(("127.0.0.1", args.port)) {
         drop(stale);
     } else {

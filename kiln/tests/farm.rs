@@ -50,10 +50,14 @@ fn text(output: &std::process::Output) -> String {
 
 /// 1. `kiln up` with three workers builds every example: each on ordinal `id % 3`,
 /// each download matching its SHA-256 and running; Ctrl-C leaves no process behind.
+/// Its API wants the token it generated (issue 12, point 4), which the client
+/// commands run from the same directory find without flags.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_local_farm_builds_every_example_on_its_ordinal() {
     let dir = tempfile::tempdir().unwrap();
-    let data_dir = dir.path().join("farm");
+    // kiln up's default data directory, relative to where it and the clients run.
+    let data_dir = dir.path().join(".kiln");
+    let kiln = |args: &[&str]| Command::new(KILN).args(args).current_dir(dir.path()).output().unwrap();
     let port = free_port();
     let leader = format!("--leader=http://127.0.0.1:{port}");
     let up_args: Vec<String> = vec![
@@ -72,9 +76,25 @@ async fn a_local_farm_builds_every_example_on_its_ordinal() {
     farm.port = port;
     farm.wait_healthy(Duration::from_secs(300)).await;
 
+    // Without the token: refused, and told where it is.
+    let (status, body) = farm.get_json("/v0/pipelines").await;
+    assert_eq!(status, 401, "{body}");
+    assert!(body.to_string().contains("<data-dir>/api-token"), "the refusal says where the token is: {body}");
+    let token = std::fs::read_to_string(data_dir.join("api-token")).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(data_dir.join("api-token")).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "the token file is the user's only");
+    let wrong = "x".repeat(token.trim().len());
+    let refused = farm.http.get(format!("{}/v0/pipelines", farm.url())).bearer_auth(&wrong).send().await.unwrap();
+    assert_eq!(refused.status(), 401, "a wrong token of the same length is refused");
+    let (_, health) = farm.get_json("/cluster_healthz").await;
+    assert!(health["members"][0]["cache"].as_str().is_some_and(|c| c.contains("with the API token")), "{health}");
+
     let dirs = example_dirs();
-    let dirs: Vec<&Path> = dirs.iter().map(|d| d.as_path()).collect();
-    let submitted = farm.submit(&dirs, true);
+    let mut submit = vec!["submit".to_owned()];
+    submit.extend(dirs.iter().map(|d| d.display().to_string()));
+    submit.extend(["--wait".to_owned(), "--timeout=5m".to_owned(), leader.clone()]);
+    let submitted = kiln(&submit.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(submitted.status.success(), "kiln submit --wait: {}", text(&submitted));
 
     let status = kiln(&["status", "--json", &leader]);

@@ -340,6 +340,7 @@ async fn a_member_reporting_another_n_is_refused_not_believed() {
         format!("--listen=127.0.0.1:{leader_port}"),
         "--profile=dev".into(),
         "--sccache=off".into(),
+        "--protect-metrics=true".into(),
     ];
     let mut member = spawn_kiln("member-0", dir.path(), &args);
     let url = format!("http://127.0.0.1:{leader_port}");
@@ -366,6 +367,16 @@ async fn a_member_reporting_another_n_is_refused_not_believed() {
     };
     assert_eq!(body["workers_expected"], 2, "{status} {body}");
     assert!(!member.output().contains("SCALING DETECTED"), "no panic: {}", member.output());
+
+    // A bare `kiln server` leader wants an API token by default: its own, generated
+    // in its data directory; with --protect-metrics, /metrics wants it too.
+    let token = std::fs::read_to_string(dir.path().join("data/api-token")).unwrap();
+    for path in ["/v0/pipelines", "/metrics"] {
+        let refused = http.get(format!("{url}{path}")).send().await.unwrap();
+        assert_eq!(refused.status(), 401, "{path} without the token");
+        let answered = http.get(format!("{url}{path}")).bearer_auth(token.trim()).send().await.unwrap();
+        assert_eq!(answered.status(), 200, "{path} with the token");
+    }
 
     // The API itself is believed.
     replicas.store(3, Ordering::SeqCst);

@@ -40,7 +40,7 @@ pub fn check_token(token: Arc<str>) -> impl FnMut(Request<()>) -> Result<Request
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
         match presented {
-            Some(presented) if presented == &*token => Ok(request),
+            Some(presented) if kiln_core::digest::same_secret(presented, &token) => Ok(request),
             Some(_) => Err(Status::unauthenticated(
                 "wrong cluster token: every member must use the same token (KILN_CLUSTER_TOKEN or --cluster-token-file)",
             )),

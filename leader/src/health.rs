@@ -72,6 +72,31 @@ pub struct ClusterHealth {
     pub members: Vec<MemberHealth>,
 }
 
+impl ClusterHealth {
+    /// What a caller without the API token sees: health, but not which store, bucket
+    /// or endpoint the members use (nor the store's own error text).
+    pub fn redact(&mut self) {
+        const HIDDEN: &str = "shown with the API token";
+        for member in &mut self.members {
+            if member.cache.is_some() {
+                member.cache = Some(HIDDEN.into());
+            }
+            member.message = member
+                .message
+                .split("; ")
+                .map(|part| {
+                    if part.starts_with("cache store:") {
+                        format!("cache store: unhealthy ({HIDDEN})")
+                    } else {
+                        part.to_owned()
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join("; ");
+        }
+    }
+}
+
 /// The leader's view of the set at `now`: each of `workers` ordinals is healthy when
 /// its last report is within `window`, agrees on N and version, and its cache store
 /// answers.

@@ -46,21 +46,32 @@ pub fn router(state: Arc<LeaderState>) -> Router {
         .with_state(state)
 }
 
+/// Whether the request carries the API token (always, when the API is open).
+fn authorized(state: &LeaderState, headers: &HeaderMap) -> bool {
+    let Some(expected) = &state.config.api_token else { return true };
+    let presented =
+        headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    presented.is_some_and(|presented| kiln_core::digest::same_secret(presented, expected))
+}
+
+fn unauthorized() -> Response {
+    ApiError::Unauthorized(
+        "this leader wants an API token: pass --api-token, or set KILN_API_TOKEN or KILN_API_TOKEN_FILE \
+         (kiln up keeps it in <data-dir>/api-token, found there by the commands run beside it; \
+         the Helm chart keeps it in the Secret <release>-api-token)"
+            .into(),
+    )
+    .into_response()
+}
+
 async fn require_api_token(
     State(state): State<Arc<LeaderState>>,
     headers: HeaderMap,
     request: axum::extract::Request,
     next: Next,
 ) -> Response {
-    if let Some(expected) = &state.config.api_token {
-        let presented =
-            headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
-        if presented != Some(expected.as_str()) {
-            return ApiError::Unauthorized(
-                "this leader wants an API token: pass --api-token or set KILN_API_TOKEN".into(),
-            )
-            .into_response();
-        }
+    if !authorized(&state, &headers) {
+        return unauthorized();
     }
     next.run(request).await
 }
@@ -76,13 +87,20 @@ async fn healthz(State(state): State<Arc<LeaderState>>) -> Response {
     }
 }
 
-async fn cluster_healthz(State(state): State<Arc<LeaderState>>) -> Response {
-    let health = state.cluster_health();
+async fn cluster_healthz(State(state): State<Arc<LeaderState>>, headers: HeaderMap) -> Response {
+    let mut health = state.cluster_health();
+    if !authorized(&state, &headers) {
+        // Open to probes, but the store's bucket and endpoint are for token holders.
+        health.redact();
+    }
     let status = if health.all_healthy { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, [(header::CACHE_CONTROL, "no-store")], Json(health)).into_response()
 }
 
-async fn metrics(State(state): State<Arc<LeaderState>>) -> Result<Response, ApiError> {
+async fn metrics(State(state): State<Arc<LeaderState>>, headers: HeaderMap) -> Result<Response, ApiError> {
+    if state.config.protect_metrics && !authorized(&state, &headers) {
+        return Ok(unauthorized());
+    }
     let records = state.list().await?;
     let text = state.metrics.render(&records, &state.cluster_health());
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response())

@@ -36,6 +36,8 @@ pub struct LeaderConfig {
     /// N comes from the Kubernetes API (`--kubernetes`), the only authority on it:
     /// a member that reports another N is refused, never believed.
     pub n_from_kubernetes: bool,
+    /// `/metrics` wants the API token too.
+    pub protect_metrics: bool,
 }
 
 #[derive(Debug)]

@@ -24,6 +24,10 @@ pub struct FarmSetup {
     pub cache_off_by_default: bool,
     /// `KILN_LOG` for the members.
     pub log: String,
+    /// Serve the `/v0` API without a token (`--no-api-token`) unless a member's own
+    /// options name one: the kit's clients send none. Off, the leader keeps its
+    /// generated token in `<member-0>/api-token`, as a real farm does.
+    pub open_api: bool,
     /// Run the members as this user rather than as the test's (root).
     pub run_as: Option<std::sync::Arc<crate::NonRoot>>,
 }
@@ -127,6 +131,9 @@ impl Farm {
         let mut options: Vec<String> = self.setup.options.clone();
         if self.setup.cache_off_by_default && !member.extra.iter().any(|a| a.starts_with("--sccache")) {
             options.push("--sccache=off".into());
+        }
+        if self.setup.open_api && !member.extra.iter().any(|a| a.starts_with("--api-token")) {
+            options.push("--no-api-token=true".into());
         }
         options.extend(member.extra.iter().cloned());
         let base = ServerArgs::parse_options(&options).unwrap_or_else(|e| panic!("member options {options:?}: {e}"));

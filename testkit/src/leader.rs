@@ -58,7 +58,8 @@ impl Leader {
 
     /// Submits the program directory `dir` as `name`, read as `kiln submit` reads it.
     pub async fn submit_dir(&self, name: &str, dir: &Path) -> anyhow::Result<PipelineRecord> {
-        let leader = kiln::LeaderArgs { url: self.url.clone(), api_token: self.api_token.clone() };
+        let leader =
+            kiln::LeaderArgs { url: self.url.clone(), api_token: self.api_token.clone(), api_token_file: None };
         let client = kiln::client::Client::new(&leader)?;
         Ok(client.submit(name, kiln::client::read_program(dir)?).await?.pipeline)
     }

@@ -89,6 +89,7 @@ impl Farm {
             .to_vec(),
             cache_off_by_default: true,
             log: "info".into(),
+            open_api: true,
             run_as: user,
         };
         Farm(kiln_testkit::Farm::new(setup, slots))
