@@ -147,6 +147,33 @@ fn each_value_set_produces_what_it_says() {
     assert_eq!(binding["subjects"][0]["name"], "kiln-compiler-server");
     let token = find(&defaults, "Secret", "kiln-cluster-token");
     assert!(token["data"]["token"].as_str().unwrap().len() >= 48);
+    // Issue 12, point 4: the API wants a token by default, generated like the
+    // cluster token and mounted as a file readable by the member only.
+    let api = find(&defaults, "Secret", "kiln-api-token");
+    assert!(api["data"]["token"].as_str().unwrap().len() >= 48);
+    assert_eq!(env_value(sts, "KILN_API_TOKEN_FILE").unwrap()["value"], "/etc/kiln/api-token/token");
+    assert!(env_value(sts, "KILN_API_TOKEN").is_none(), "no token in the environment");
+    let volumes = sts["spec"]["template"]["spec"]["volumes"].as_array().unwrap();
+    let api_volume = volumes.iter().find(|v| v["name"] == "api-token").expect("the API token is mounted");
+    assert_eq!(api_volume["secret"]["secretName"], "kiln-api-token");
+    assert_eq!(api_volume["secret"]["defaultMode"], 0o400);
+    // With existing Secrets (the GitOps path: `lookup` sees nothing under
+    // `helm template` or Argo CD), nothing is generated and the named ones are used.
+    let gitops = documents(
+        &render(&["clusterToken.existingSecret=farm-cluster-token", "apiToken.existingSecret=farm-api-token"]).unwrap(),
+    );
+    assert!(!gitops.iter().any(|d| d["kind"] == "Secret"), "no generated Secret: {gitops:?}");
+    let sts_gitops = find(&gitops, "StatefulSet", "kiln-compiler-server");
+    let names: Vec<&Value> = sts_gitops["spec"]["template"]["spec"]["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| &v["secret"]["secretName"])
+        .collect();
+    assert!(
+        names.contains(&&Value::from("farm-cluster-token")) && names.contains(&&Value::from("farm-api-token")),
+        "{names:?}"
+    );
 
     let parallel = documents(&render(VALUE_SETS[1].1).unwrap());
     let sts = find(&parallel, "StatefulSet", "kiln-compiler-server");

@@ -25,3 +25,7 @@ app.kubernetes.io/component: compiler-server
 {{- define "kiln.clusterTokenSecret" -}}
 {{- default (printf "%s-cluster-token" .Release.Name) .Values.clusterToken.existingSecret -}}
 {{- end -}}
+
+{{- define "kiln.apiTokenSecret" -}}
+{{- default (printf "%s-api-token" .Release.Name) .Values.apiToken.existingSecret -}}
+{{- end -}}
