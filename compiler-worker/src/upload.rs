@@ -115,8 +115,10 @@ async fn upload(client: &mut LeaderClient, shipment: &Shipment) -> Result<(), to
     client.upload_artifact(stream).await.map(|_| ())
 }
 
-/// One attempt: report uploading, send the bytes unless the leader has them, report
-/// success. Returns whether bytes were sent.
+/// One attempt: report uploading, send the bytes, report success. The bytes go even
+/// when the leader holds the same artifact already: it binds a success to what was
+/// uploaded under the claim, and takes no member's word for a stored artifact.
+/// Returns whether bytes were sent (always, once the attempt gets that far).
 async fn attempt(
     client: &LeaderClient,
     shipment: &Shipment,
@@ -127,21 +129,13 @@ async fn attempt(
     let mut client = client.clone();
     let classify = |s: tonic::Status| classify(&s, mismatches);
     client.report_status(unary(shipment.uploading.clone())).await.map_err(classify)?;
-    let present = client
-        .has_artifact(unary(pb::HasArtifactRequest { sha256: shipment.sha256.clone() }))
-        .await
-        .map_err(classify)?
-        .into_inner()
-        .present;
-    if !present {
-        upload(&mut client, shipment).await.map_err(classify)?;
-    }
+    upload(&mut client, shipment).await.map_err(classify)?;
     let mut success = shipment.success.clone();
     let figures = success.figures.get_or_insert_default();
     figures.upload_ms = started.elapsed().as_millis() as u64;
     figures.upload_retries = retries.load(Ordering::SeqCst);
     client.report_status(unary(success)).await.map_err(classify)?;
-    Ok(!present)
+    Ok(true)
 }
 
 /// Delivers the shipment, retrying transient failures within the policy's budget.

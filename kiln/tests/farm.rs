@@ -40,10 +40,6 @@ fn example_dirs() -> Vec<std::path::PathBuf> {
     EXPECTED_OUTPUT.iter().map(|(name, _)| examples().join(name)).collect()
 }
 
-fn kiln(args: &[&str]) -> std::process::Output {
-    Command::new(KILN).args(args).output().unwrap()
-}
-
 fn text(output: &std::process::Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
 }
@@ -325,8 +321,8 @@ fn with_token<T>(message: T, token: &str) -> tonic::Request<T> {
     request
 }
 
-/// 5. An upload whose bytes do not hash to the declared SHA-256 is refused and
-/// nothing is stored. 8. Calls without the cluster token are refused.
+/// 5. A stranger's upload is refused and nothing is stored. 8. Calls without the
+/// cluster token are refused.
 #[tokio::test(flavor = "multi_thread")]
 async fn corrupted_uploads_and_calls_without_the_token_are_refused() {
     let mut farm = Farm::new(1);
@@ -347,9 +343,11 @@ async fn corrupted_uploads_and_calls_without_the_token_are_refused() {
         },
         kiln_proto::UploadChunk { part: Some(Part::Data(bytes::Bytes::from_static(b"tampered"))) },
     ];
+    // An upload names its claim, and only the claim's holder may send one (issue 12):
+    // a stranger's is refused before any byte is stored. (The hash check of a
+    // holder's upload is `artifacts::tests::a_mismatch_leaves_nothing_behind`.)
     let refused = client.upload_artifact(with_token(futures::stream::iter(chunks), TOKEN)).await.unwrap_err();
-    assert_eq!(refused.code(), tonic::Code::DataLoss, "{refused:?}");
-    assert!(refused.message().contains("hash mismatch"), "{}", refused.message());
+    assert!([tonic::Code::InvalidArgument, tonic::Code::FailedPrecondition].contains(&refused.code()), "{refused:?}");
     let present = client
         .has_artifact(with_token(kiln_proto::HasArtifactRequest { sha256: declared.clone() }, TOKEN))
         .await
@@ -504,4 +502,94 @@ async fn builds_through_sccache_record_its_figures() {
     assert!(record["cache"]["hits"].as_u64().unwrap() >= 1, "the unchanged operator is a hit: {record}");
     let metrics = farm.http.get(format!("{}/metrics", farm.url())).send().await.unwrap().text().await.unwrap();
     assert!(metrics.lines().any(|l| l.starts_with("kiln_cache_hits_total") && !l.ends_with(" 0")), "{metrics}");
+}
+
+/// Issue 12, test 2: a client with the cluster token, but not the member's own
+/// incarnation, cannot take over an ordinal while its member reports, claim its
+/// work, report or upload for its claim, or finish it with another pipeline's
+/// binary; `/cluster_healthz` names the conflict, the real build completes and
+/// the victim's download is the real binary.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stolen_cluster_token_cannot_hijack_a_members_claims() {
+    let mut farm = Farm::new(1);
+    farm.start(member(0, 1));
+    farm.wait_healthy(Duration::from_secs(300)).await;
+    let other = farm.submit(&[&examples().join("hello")], true);
+    assert!(other.status.success(), "{}", text(&other));
+    let other_sha = farm.pipeline("hello").await["binary_sha256"].as_str().unwrap().to_owned();
+
+    // The victim: a build that stays in flight for a while (its build script sleeps).
+    let slow = "fn main() { std::thread::sleep(std::time::Duration::from_secs(8)); }";
+    let program = write_program(
+        farm.dir.path(),
+        "victim",
+        &[
+            ("Cargo.toml", &manifest("victim", "")),
+            ("build.rs", slow),
+            ("src/main.rs", "fn main() { println!(\"the real victim\"); }"),
+        ],
+    );
+    assert!(farm.submit(&[&program], false).status.success());
+    let record = farm.wait_status("victim", &["compiling"], Duration::from_secs(60)).await;
+    let claim = kiln_proto::Claim {
+        pipeline_id: record["id"].as_u64().unwrap(),
+        version: record["version"].as_u64().unwrap(),
+        attempt: record["attempt"].as_u64().unwrap(),
+    };
+
+    let mut client = grpc(&farm).await;
+    let thief = kiln_proto::Member { ordinal: 0, workers: 1, incarnation: 0x7417, version: "0.1.0".into() };
+    let heartbeat = kiln_proto::HeartbeatRequest { member: Some(thief.clone()), ..Default::default() };
+    let refused = client.heartbeat(with_token(heartbeat, TOKEN)).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition, "{refused:?}");
+    assert!(refused.message().contains("held by another incarnation"), "{}", refused.message());
+    let refused = client.claim(with_token(kiln_proto::ClaimRequest { member: Some(thief.clone()), wait_ms: 0 }, TOKEN));
+    assert_eq!(refused.await.unwrap_err().code(), tonic::Code::FailedPrecondition);
+    for (status, sha) in
+        [(kiln_proto::BuildStatus::Success, other_sha.as_str()), (kiln_proto::BuildStatus::SystemError, "")]
+    {
+        let report = kiln_proto::StatusReport {
+            member: Some(thief.clone()),
+            claim: Some(claim),
+            status: status as i32,
+            binary_sha256: sha.into(),
+            binary_size: 1,
+            error: "hijacked".into(),
+            ..Default::default()
+        };
+        let refused = client.report_status(with_token(report, TOKEN)).await.unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::FailedPrecondition, "{refused:?}");
+    }
+    let chunks = vec![
+        kiln_proto::UploadChunk {
+            part: Some(Part::Header(kiln_proto::UploadHeader {
+                member: Some(thief.clone()),
+                claim: Some(claim),
+                sha256: sha256(b"evil"),
+                size: 4,
+            })),
+        },
+        kiln_proto::UploadChunk { part: Some(Part::Data(bytes::Bytes::from_static(b"evil"))) },
+    ];
+    let refused = client.upload_artifact(with_token(futures::stream::iter(chunks), TOKEN)).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition, "{refused:?}");
+    let (status, health) = farm.get_json("/cluster_healthz").await;
+    assert_eq!(status, 503, "{health}");
+    assert!(health["members"][0]["message"].as_str().unwrap().contains("second incarnation"), "{health}");
+
+    let done =
+        farm.wait_status("victim", &["success", "compile_error", "system_error"], Duration::from_secs(120)).await;
+    assert_eq!(done["status"], "success", "the real build completes: {done}");
+    assert_ne!(done["binary_sha256"].as_str(), Some(other_sha.as_str()));
+    let binary = farm.dir.path().join("victim-binary");
+    let download = Command::new(KILN)
+        .args(["download", "victim", "-o"])
+        .arg(&binary)
+        .arg(format!("--leader={}", farm.url()))
+        .output()
+        .unwrap();
+    assert!(download.status.success(), "{}", text(&download));
+    let ran = Command::new(&binary).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&ran.stdout), "the real victim\n");
+    assert!(farm.member(0).running(), "the leader keeps running");
 }

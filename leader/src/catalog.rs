@@ -282,6 +282,7 @@ impl Catalog {
     pub fn report(
         &self,
         claim: &ClaimKey,
+        member: (u32, u64),
         report: Report,
         log: Option<&str>,
         now_ms: u64,
@@ -290,6 +291,8 @@ impl Catalog {
         let record = {
             let mut pipelines = txn.open_table(PIPELINES)?;
             let mut logs = txn.open_table(LOGS)?;
+            let members = txn.open_table(MEMBERS)?;
+            check_holder(&pipelines, &members, claim, member)?;
             let bytes = pipelines.get(claim.pipeline_id)?.map(|v| v.value().to_vec());
             let Some(bytes) = bytes else {
                 return Err(ReportRefused::StaleClaim {
@@ -311,9 +314,42 @@ impl Catalog {
         Ok(record)
     }
 
+    /// Records that the binary `sha256` of `size` bytes (as the leader measured it)
+    /// arrived under `claim`, from `member` (ordinal, incarnation), which must hold it.
+    pub fn record_upload(
+        &self,
+        claim: &ClaimKey,
+        member: (u32, u64),
+        sha256: &str,
+        size: u64,
+    ) -> Result<(), CatalogError> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut pipelines = txn.open_table(PIPELINES)?;
+            let members = txn.open_table(MEMBERS)?;
+            let mut record = check_holder(&pipelines, &members, claim, member)?;
+            record.uploaded = Some(crate::rules::Uploaded { attempt: claim.attempt, sha256: sha256.to_owned(), size });
+            pipelines.insert(record.id, encode(&record).as_slice())?;
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Whether `member` (ordinal, incarnation) holds `claim` now.
+    pub fn check_holds(&self, claim: &ClaimKey, member: (u32, u64)) -> Result<(), CatalogError> {
+        let txn = self.db.begin_read()?;
+        check_holder(&txn.open_table(PIPELINES)?, &txn.open_table(MEMBERS)?, claim, member).map(|_| ())
+    }
+
     /// Whether a worker's claim is still the build the catalog waits for.
     pub fn is_current(&self, claim: &ClaimKey) -> Result<bool, CatalogError> {
         Ok(self.get(claim.pipeline_id)?.is_some_and(|r| r.is_current(claim)))
+    }
+
+    /// The incarnation the catalog knows for `ordinal`.
+    pub fn incarnation_of(&self, ordinal: u32) -> Result<Option<u64>, CatalogError> {
+        let txn = self.db.begin_read()?;
+        Ok(txn.open_table(MEMBERS)?.get(ordinal)?.map(|v| v.value()))
     }
 
     /// Records that member `ordinal` runs as `incarnation`. When that is new, the
@@ -386,6 +422,31 @@ fn migrate_from_schema_zero(txn: &redb::WriteTransaction) -> Result<(), CatalogE
     Ok(())
 }
 
+/// The record of `claim` if `member` (ordinal, incarnation) holds it: the claim is
+/// current, the pipeline is that ordinal's, and the incarnation is the one the
+/// catalog knows for it. Anything else is refused.
+fn check_holder(
+    pipelines: &impl ReadableTable<u64, &'static [u8]>,
+    members: &impl ReadableTable<u32, u64>,
+    claim: &ClaimKey,
+    (ordinal, incarnation): (u32, u64),
+) -> Result<Pipeline, CatalogError> {
+    let stale =
+        || ReportRefused::StaleClaim { pipeline_id: claim.pipeline_id, version: claim.version, attempt: claim.attempt };
+    let Some(bytes) = pipelines.get(claim.pipeline_id)?.map(|v| v.value().to_vec()) else {
+        return Err(stale().into());
+    };
+    let record = decode(claim.pipeline_id, &bytes)?;
+    if !record.is_current(claim) {
+        return Err(stale().into());
+    }
+    let known = members.get(record.worker)?.map(|v| v.value());
+    if record.worker != ordinal || known != Some(incarnation) {
+        return Err(ReportRefused::NotTheHolder { id: record.id, holder: record.worker, ordinal }.into());
+    }
+    Ok(record)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -447,13 +508,34 @@ mod tests {
         assert!(c.is_current(&old_claim).unwrap());
         assert_eq!(c.member_seen(1, 222, 3).unwrap(), vec![1]);
         assert_eq!(c.get(1).unwrap().unwrap().status, Status::Pending);
-        let refused = c.report(&old_claim, Report::Compiling, None, 4);
+        let refused = c.report(&old_claim, (1, 111), Report::Compiling, None, 4);
         assert!(matches!(refused, Err(CatalogError::Refused(ReportRefused::StaleClaim { .. }))));
         let (again, _) = c.claim(1, 2, 5).unwrap().unwrap();
         assert_eq!(again.attempt, 2);
         let figures = Figures { cache: CacheFigures::default(), ..Figures::default() };
+        // Not from another ordinal, nor from the incarnation that restarted away.
+        for stranger in [(0, 222), (1, 111)] {
+            let refused = c.report(&again.claim_key(), stranger, Report::Compiling, None, 6);
+            assert!(matches!(refused, Err(CatalogError::Refused(ReportRefused::NotTheHolder { .. }))), "{stranger:?}");
+            let refused = c.record_upload(&again.claim_key(), stranger, &"a".repeat(64), 1);
+            assert!(matches!(refused, Err(CatalogError::Refused(ReportRefused::NotTheHolder { .. }))), "{stranger:?}");
+        }
+        // Success names only what was uploaded under this claim.
+        let success =
+            |sha: &str| Report::Success { binary_sha256: sha.into(), binary_size: 99, figures: figures.clone() };
+        let refused = c.report(&again.claim_key(), (1, 222), success(&"b".repeat(64)), None, 6);
+        assert!(matches!(refused, Err(CatalogError::Refused(ReportRefused::NotUploaded { .. }))));
+        c.record_upload(&again.claim_key(), (1, 222), &"c".repeat(64), 7).unwrap();
+        let refused = c.report(&again.claim_key(), (1, 222), success(&"b".repeat(64)), None, 6);
+        assert!(matches!(refused, Err(CatalogError::Refused(ReportRefused::NotUploaded { .. }))), "another binary");
         let done = c
-            .report(&again.claim_key(), Report::CompileError { error: "e".into(), figures }, Some("log text"), 6)
+            .report(
+                &again.claim_key(),
+                (1, 222),
+                Report::CompileError { error: "e".into(), figures },
+                Some("log text"),
+                6,
+            )
             .unwrap();
         assert_eq!(done.status, Status::CompileError);
         assert_eq!(c.log(1).unwrap().as_deref(), Some("log text"));

@@ -144,14 +144,13 @@ impl Cluster for ClusterService {
         };
         let member_id = MemberId::from_pb(header.member.as_ref()).map_err(missing)?;
         self.state.member_seen(member_id).await?;
-        let claim = header.claim.unwrap_or_default();
-        if self.state.artifacts.contains(&header.sha256) {
-            return Ok(Response::new(pb::UploadResponse {
-                sha256: header.sha256,
-                size: header.size,
-                already_present: true,
-            }));
-        }
+        let Some(claim) = header.claim.map(ClaimKey::from) else {
+            return Err(Status::invalid_argument("an upload names the claim it is for"));
+        };
+        // Only the claim's holder uploads for it; and the bytes always come (an
+        // artifact already stored is not taken on a caller's word: it could be
+        // another pipeline's).
+        self.state.holds(member_id, claim).await?;
         let mut writer = self.state.artifacts.begin(&header.sha256, header.size).map_err(ApiError::from)?;
         while let Some(chunk) = stream.message().await? {
             match chunk.part {
@@ -164,6 +163,7 @@ impl Cluster for ClusterService {
             ApiError::from(e)
         })?;
         tracing::info!(id = claim.pipeline_id, version = claim.version, ordinal = member_id.ordinal, sha256 = %header.sha256, size, "artifact stored");
+        self.state.uploaded(member_id, claim, header.sha256.clone(), size).await?;
         Ok(Response::new(pb::UploadResponse { sha256: header.sha256, size, already_present: false }))
     }
 }

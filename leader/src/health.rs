@@ -30,9 +30,25 @@ pub struct MemberReport {
 #[derive(Debug, Default)]
 pub struct Members {
     reports: Mutex<HashMap<u32, (Instant, MemberReport)>>,
+    /// The last refused second incarnation of each ordinal, and when.
+    conflicts: Mutex<HashMap<u32, (u64, Instant)>>,
 }
 
 impl Members {
+    pub fn conflict(&self, ordinal: u32, incarnation: u64, at: Instant) {
+        self.conflicts.lock().unwrap_or_else(|p| p.into_inner()).insert(ordinal, (incarnation, at));
+    }
+
+    /// Ordinals a second incarnation asked for within `window` of `now`.
+    pub fn conflicts(&self, window: Duration, now: Instant) -> HashMap<u32, u64> {
+        let conflicts = self.conflicts.lock().unwrap_or_else(|p| p.into_inner());
+        conflicts
+            .iter()
+            .filter(|(_, (_, at))| now.saturating_duration_since(*at) <= window)
+            .map(|(ordinal, (incarnation, _))| (*ordinal, *incarnation))
+            .collect()
+    }
+
     pub fn record(&self, ordinal: u32, report: MemberReport, at: Instant) {
         self.lock().insert(ordinal, (at, report));
     }

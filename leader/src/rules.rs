@@ -41,6 +41,18 @@ pub struct Pipeline {
     pub compile_ms: Option<u64>,
     pub upload_ms: Option<u64>,
     pub upload_retries: u32,
+    /// The binary uploaded under the current claim, as the leader measured it: the
+    /// only one a `success` of that claim may name.
+    #[serde(default)]
+    pub uploaded: Option<Uploaded>,
+}
+
+/// A binary received under a claim.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Uploaded {
+    pub attempt: u64,
+    pub sha256: String,
+    pub size: u64,
 }
 
 /// What a worker reports about its claim.
@@ -60,6 +72,12 @@ pub enum ReportRefused {
     StaleClaim { pipeline_id: u64, version: u64, attempt: u64 },
     #[error("pipeline {id} cannot go from {from} to {to}")]
     BadTransition { id: u64, from: Status, to: Status },
+    #[error(
+        "pipeline {id} is claimed by ordinal {holder}'s current incarnation, not by this member (ordinal {ordinal})"
+    )]
+    NotTheHolder { id: u64, holder: u32, ordinal: u32 },
+    #[error("pipeline {id}: success must name the binary uploaded under this claim ({uploaded}), not {named}")]
+    NotUploaded { id: u64, named: String, uploaded: String },
 }
 
 impl Report {
@@ -123,6 +141,7 @@ impl Pipeline {
             compile_ms: None,
             upload_ms: None,
             upload_retries: 0,
+            uploaded: None,
         }
     }
 
@@ -158,12 +177,14 @@ impl Pipeline {
         self.compile_ms = None;
         self.upload_ms = None;
         self.upload_retries = 0;
+        self.uploaded = None;
     }
 
     /// Hands the pipeline to its worker: the claim that worker must quote.
     pub fn claim(&mut self, now_ms: u64) -> ClaimKey {
         self.status = Status::Compiling;
         self.attempt += 1;
+        self.uploaded = None;
         self.started_at_ms = Some(now_ms);
         self.updated_at_ms = now_ms;
         self.claim_key()
@@ -188,6 +209,16 @@ impl Pipeline {
             });
         }
         let to = report.status();
+        if let Report::Success { binary_sha256, .. } = &report {
+            let uploaded = self.uploaded.as_ref().filter(|u| u.attempt == claim.attempt);
+            if uploaded.is_none_or(|u| &u.sha256 != binary_sha256) {
+                return Err(ReportRefused::NotUploaded {
+                    id: self.id,
+                    named: binary_sha256.clone(),
+                    uploaded: uploaded.map_or_else(|| "none yet".to_owned(), |u| u.sha256.clone()),
+                });
+            }
+        }
         let allowed = match (self.status, to) {
             (Status::Compiling, _) => true,
             (Status::Uploading, to) => to != Status::Compiling && to != Status::CompileError,
@@ -204,9 +235,11 @@ impl Pipeline {
                 self.compile_ms = Some(compile_ms);
                 self.cache = Some(cache);
             }
-            Report::Success { binary_sha256, binary_size, figures } => {
+            Report::Success { binary_sha256, figures, .. } => {
+                // The size is the leader's own measure, from the upload.
+                let size = self.uploaded.as_ref().map_or(0, |u| u.size);
                 self.binary_sha256 = Some(binary_sha256);
-                self.binary_size = Some(binary_size);
+                self.binary_size = Some(size);
                 self.finish(figures, now_ms);
             }
             Report::CompileError { error, figures } | Report::SystemError { error, figures } => {
@@ -251,9 +284,13 @@ pub(crate) mod tests {
         let claim = r.claim(10);
         assert_eq!((r.status, r.attempt), (Status::Compiling, 1));
         r.apply(&claim, Report::Uploading { compile_ms: 5, cache: CacheFigures::default() }, 11).unwrap();
+        let refused = r.apply(&claim, success(), 12);
+        assert!(matches!(refused, Err(ReportRefused::NotUploaded { .. })), "success needs its upload first");
+        r.uploaded = Some(Uploaded { attempt: claim.attempt, sha256: "ab".into(), size: 7 });
         r.apply(&claim, success(), 12).unwrap();
         assert_eq!(r.status, Status::Success);
         assert_eq!(r.binary_sha256.as_deref(), Some("ab"));
+        assert_eq!(r.binary_size, Some(7), "the size is the leader's measure, not the report's");
         assert_eq!(r.finished_at_ms, Some(12));
         let again = r.apply(&claim, success(), 13);
         assert!(matches!(again, Err(ReportRefused::StaleClaim { .. })), "a finished build takes no more reports");

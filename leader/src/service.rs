@@ -50,6 +50,9 @@ pub struct LeaderState {
     /// Bumped whenever a pipeline becomes pending, to wake long-polling claims.
     work: watch::Sender<u64>,
     pub(crate) metrics: Metrics,
+    /// When this leader started: until a heartbeat window has passed, a member it
+    /// has not heard from yet counts as alive (it may be about to report).
+    started: Instant,
 }
 
 pub fn now_ms() -> u64 {
@@ -74,6 +77,7 @@ impl LeaderState {
             guard,
             work: watch::Sender::new(0),
             metrics: Metrics::new(),
+            started: Instant::now(),
         })
     }
 
@@ -168,12 +172,35 @@ impl LeaderState {
             return Err(ApiError::Conflict(detected.to_string()));
         }
         let MemberId { ordinal, incarnation, .. } = member;
+        // A second incarnation of an ordinal does not take over while the first one
+        // still reports: the leader keeps the first until its heartbeats stop.
+        let known = self.catalog(move |c| c.incarnation_of(ordinal)).await?;
+        if let Some(known) = known.filter(|k| *k != incarnation)
+            && self.reports_within_window(ordinal, known)
+        {
+            self.members.conflict(ordinal, incarnation, Instant::now());
+            tracing::warn!(ordinal, incarnation, holder = known, "refused a second incarnation of a live member");
+            return Err(ApiError::Conflict(format!(
+                "ordinal {ordinal} is held by another incarnation that still reports; this one is refused until that one's heartbeats stop (within {}s)",
+                self.config.heartbeat_window.as_secs()
+            )));
+        }
         let requeued = self.catalog(move |c| c.member_seen(ordinal, incarnation, now_ms())).await?;
         if !requeued.is_empty() {
             tracing::warn!(ordinal, ?requeued, "member restarted: its builds in flight are pending again");
             self.wake_workers();
         }
         Ok(())
+    }
+
+    /// Whether `incarnation` of `ordinal` reported within the heartbeat window (or
+    /// the leader started too recently to know).
+    fn reports_within_window(&self, ordinal: u32, incarnation: u64) -> bool {
+        let window = self.config.heartbeat_window;
+        match self.members.snapshot().get(&ordinal) {
+            Some((at, report)) => report.incarnation == incarnation && at.elapsed() <= window,
+            None => self.started.elapsed() <= window,
+        }
     }
 
     /// Feeds the member's view of N to the scaling guard. With N from the Kubernetes
@@ -268,7 +295,11 @@ impl LeaderState {
         {
             return Err(ApiError::NotFound(format!("the leader holds no artifact {binary_sha256}: upload it first")));
         }
-        let record = self.catalog(move |c| c.report(&claim, report, log.as_deref(), now_ms())).await?;
+        let holder = (member.ordinal, member.incarnation);
+        let record =
+            self.catalog(move |c| c.report(&claim, holder, report, log.as_deref(), now_ms())).await.inspect_err(
+                |e| tracing::warn!(ordinal = member.ordinal, id = claim.pipeline_id, error = %e, "report refused"),
+            )?;
         if record.status.finished() {
             self.metrics.build_finished(&record);
             tracing::info!(
@@ -282,15 +313,41 @@ impl LeaderState {
         Ok(record)
     }
 
+    /// Records a binary received (and measured) under `claim`; refused unless
+    /// `member` holds the claim.
+    pub async fn uploaded(&self, member: MemberId, claim: ClaimKey, sha256: String, size: u64) -> Result<(), ApiError> {
+        let holder = (member.ordinal, member.incarnation);
+        self.catalog(move |c| c.record_upload(&claim, holder, &sha256, size)).await.inspect_err(
+            |e| tracing::warn!(ordinal = member.ordinal, id = claim.pipeline_id, error = %e, "upload refused"),
+        )
+    }
+
+    /// Checks, before receiving its bytes, that `member` holds `claim`.
+    pub async fn holds(&self, member: MemberId, claim: ClaimKey) -> Result<(), ApiError> {
+        let holder = (member.ordinal, member.incarnation);
+        self.catalog(move |c| c.check_holds(&claim, holder)).await
+    }
+
     pub fn cluster_health(&self) -> ClusterHealth {
-        cluster_health(
+        let now = Instant::now();
+        let mut health = cluster_health(
             &self.members.snapshot(),
             self.config.workers,
             &self.config.version,
             self.config.heartbeat_window,
-            Instant::now(),
+            now,
             humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
-        )
+        );
+        // A second live incarnation of an ordinal is a conflict to show, not to hide.
+        for (ordinal, incarnation) in self.members.conflicts(self.config.heartbeat_window, now) {
+            if let Some(member) = health.members.iter_mut().find(|m| m.ordinal == ordinal) {
+                let conflict = format!("a second incarnation ({incarnation:x}) asked for this ordinal and was refused");
+                member.message = if member.healthy { conflict } else { format!("{}; {conflict}", member.message) };
+                member.healthy = false;
+            }
+        }
+        health.all_healthy = health.members.iter().all(|m| m.healthy);
+        health
     }
 
     /// A cheap check that this process can serve: the catalog answers.
