@@ -560,6 +560,11 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
             // Stop builds in flight (their process groups) before going down.
             shutdown.cancel();
             let _ = tokio::time::timeout(Duration::from_secs(2), &mut worker_task).await;
+            // Let the leader drain: the answer that tells the other member the
+            // leader's N (so that it stops too) may still be in flight.
+            if let Some(leader) = leader_task.as_mut() {
+                let _ = tokio::time::timeout(Duration::from_secs(2), leader).await;
+            }
             panic!("{detected}");
         }
         result = &mut worker_task => {
