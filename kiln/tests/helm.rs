@@ -253,6 +253,30 @@ async fn fake_api(replicas: Arc<AtomicU32>, token: &'static str) -> u16 {
     port
 }
 
+/// `kiln server` as pod 0 of a StatefulSet whose API is the fake one on `api_port`,
+/// with its service account in `dir`.
+fn statefulset_member(dir: &Path, api_port: u16, leader_port: u16) -> Vec<String> {
+    let account = dir.join("serviceaccount");
+    std::fs::create_dir_all(&account).unwrap();
+    std::fs::write(account.join("token"), "sa-token\n").unwrap();
+    std::fs::write(account.join("namespace"), "farm").unwrap();
+    vec![
+        "server".into(),
+        "--hostname=kiln-compiler-server-0".into(),
+        "--kubernetes=true".into(),
+        format!("--kubernetes-api=http://127.0.0.1:{api_port}"),
+        format!("--kubernetes-service-account-dir={}", account.display()),
+        "--kubernetes-poll=200ms".into(),
+        format!("--cluster-token={TOKEN}"),
+        format!("--data-dir={}", dir.join("data").display()),
+        format!("--build-root={}", dir.join("build").display()),
+        format!("--depset-cache={}", common::depset_cache().display()),
+        format!("--listen=127.0.0.1:{leader_port}"),
+        "--profile=dev".into(),
+        "--sccache=off".into(),
+    ]
+}
+
 /// 5. A member reads N from its StatefulSet, fires the scaling guard with the exact
 /// message when the replica count changes, and restarts with the new count.
 #[tokio::test(flavor = "multi_thread")]
@@ -260,26 +284,8 @@ async fn the_scaling_guard_fires_when_the_statefulset_is_scaled() {
     let replicas = Arc::new(AtomicU32::new(2));
     let port = fake_api(replicas.clone(), "sa-token").await;
     let dir = tempfile::tempdir().unwrap();
-    let account = dir.path().join("serviceaccount");
-    std::fs::create_dir_all(&account).unwrap();
-    std::fs::write(account.join("token"), "sa-token\n").unwrap();
-    std::fs::write(account.join("namespace"), "farm").unwrap();
     let leader_port = common::free_port();
-    let args: Vec<String> = vec![
-        "server".into(),
-        "--hostname=kiln-compiler-server-0".into(),
-        "--kubernetes=true".into(),
-        format!("--kubernetes-api=http://127.0.0.1:{port}"),
-        format!("--kubernetes-service-account-dir={}", account.display()),
-        "--kubernetes-poll=200ms".into(),
-        format!("--cluster-token={TOKEN}"),
-        format!("--data-dir={}", dir.path().join("data").display()),
-        format!("--build-root={}", dir.path().join("build").display()),
-        format!("--depset-cache={}", common::depset_cache().display()),
-        format!("--listen=127.0.0.1:{leader_port}"),
-        "--profile=dev".into(),
-        "--sccache=off".into(),
-    ];
+    let args = statefulset_member(dir.path(), port, leader_port);
     let mut member = spawn_kiln("member-0", dir.path(), &args);
     let http = reqwest::Client::new();
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
@@ -348,27 +354,9 @@ async fn a_member_reporting_another_n_is_refused_not_believed() {
     let replicas = Arc::new(AtomicU32::new(2));
     let port = fake_api(replicas.clone(), "sa-token").await;
     let dir = tempfile::tempdir().unwrap();
-    let account = dir.path().join("serviceaccount");
-    std::fs::create_dir_all(&account).unwrap();
-    std::fs::write(account.join("token"), "sa-token\n").unwrap();
-    std::fs::write(account.join("namespace"), "farm").unwrap();
     let leader_port = common::free_port();
-    let args: Vec<String> = vec![
-        "server".into(),
-        "--hostname=kiln-compiler-server-0".into(),
-        "--kubernetes=true".into(),
-        format!("--kubernetes-api=http://127.0.0.1:{port}"),
-        format!("--kubernetes-service-account-dir={}", account.display()),
-        "--kubernetes-poll=200ms".into(),
-        format!("--cluster-token={TOKEN}"),
-        format!("--data-dir={}", dir.path().join("data").display()),
-        format!("--build-root={}", dir.path().join("build").display()),
-        format!("--depset-cache={}", common::depset_cache().display()),
-        format!("--listen=127.0.0.1:{leader_port}"),
-        "--profile=dev".into(),
-        "--sccache=off".into(),
-        "--protect-metrics=true".into(),
-    ];
+    let mut args = statefulset_member(dir.path(), port, leader_port);
+    args.push("--protect-metrics=true".into());
     let mut member = spawn_kiln("member-0", dir.path(), &args);
     let url = format!("http://127.0.0.1:{leader_port}");
     let http = reqwest::Client::new();

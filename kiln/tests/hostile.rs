@@ -75,6 +75,19 @@ fn main() {
     assert_eq!(farm.pipeline("hello").await["status"], "success");
 }
 
+/// Downloads pipeline `name`'s binary with the real CLI and runs it: its output.
+fn download_and_run(farm: &Farm, name: &str) -> String {
+    let binary = farm.dir.path().join(format!("{name}-binary"));
+    let download = std::process::Command::new(common::KILN)
+        .args(["download", name, "-o"])
+        .arg(&binary)
+        .arg(format!("--leader={}", farm.url()))
+        .output()
+        .unwrap();
+    assert!(download.status.success(), "{}", text(&download));
+    String::from_utf8(std::process::Command::new(&binary).output().unwrap().stdout).unwrap()
+}
+
 /// What a snooping build script tries, reported into the binary it builds.
 const SNOOP_BUILD_RS: &str = r#"use std::process::Command;
 fn read(path: &str) -> String {
@@ -151,15 +164,7 @@ async fn a_build_reaches_no_secret_no_network_and_leaves_no_process() {
     );
     let output = farm.submit(&[snoop.as_path()], true);
     assert!(output.status.success(), "{}", text(&output));
-    let binary = farm.dir.path().join("snoop-binary");
-    let download = std::process::Command::new(common::KILN)
-        .args(["download", "snoop", "-o"])
-        .arg(&binary)
-        .arg(format!("--leader={}", farm.url()))
-        .output()
-        .unwrap();
-    assert!(download.status.success(), "{}", text(&download));
-    let report = String::from_utf8(std::process::Command::new(&binary).output().unwrap().stdout).unwrap();
+    let report = download_and_run(&farm, "snoop");
     assert_eq!(report.lines().count(), 8, "{report}");
     let sources = report.lines().find_map(|l| l.strip_prefix("sources: ")).unwrap();
     assert!(sources.starts_with("snoop-") && !sources.contains(','), "only its own crate is in view: {sources}");
@@ -481,15 +486,7 @@ async fn a_proc_macro_under_the_compile_cache_is_confined_like_a_build_script() 
         record["cache"]["misses"].as_u64().unwrap_or(0) >= 1,
         "the operator that runs the macro was compiled by the build's sccache server: {record}"
     );
-    let binary = farm.dir.path().join("macrosnoop-binary");
-    let download = std::process::Command::new(common::KILN)
-        .args(["download", "macrosnoop", "-o"])
-        .arg(&binary)
-        .arg(format!("--leader={}", farm.url()))
-        .output()
-        .unwrap();
-    assert!(download.status.success(), "{}", text(&download));
-    let report = String::from_utf8(std::process::Command::new(&binary).output().unwrap().stdout).unwrap();
+    let report = download_and_run(&farm, "macrosnoop");
     assert_eq!(report.lines().count(), 11, "{report}");
     for line in report.lines() {
         assert!(!["READ", "CONNECTED"].iter().any(|w| line.contains(w)), "the macro reached it: {line}");
