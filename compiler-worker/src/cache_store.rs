@@ -4,8 +4,10 @@
 //! cheap health probe for `/cluster_healthz`, and the housekeeping sccache never does
 //! (statistics, pruning under the key prefix).
 //!
-//! **Invariant:** credentials go to the sccache server's environment and to the SDK
-//! client, never to cargo, build scripts, or a log (`Debug` redacts them).
+//! **Invariant:** credentials go to the SDK clients (the cache gateway's, the
+//! housekeeping's) and, with `--sandbox=off` only, to the worker's sccache server's
+//! environment; never to cargo, build scripts, a sandbox, or a log (`Debug` redacts
+//! them).
 
 use std::fmt;
 use std::path::PathBuf;
