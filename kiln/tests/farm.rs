@@ -592,4 +592,10 @@ async fn a_stolen_cluster_token_cannot_hijack_a_members_claims() {
     let ran = Command::new(&binary).output().unwrap();
     assert_eq!(String::from_utf8_lossy(&ran.stdout), "the real victim\n");
     assert!(farm.member(0).running(), "the leader keeps running");
+    let log = farm.member(0).output();
+    let refusal = log.lines().find(|l| l.contains("refused a member call")).unwrap_or("");
+    assert!(
+        refusal.contains("peer") && refusal.contains("127.0.0.1:"),
+        "refusals are logged with the caller's address: {log}"
+    );
 }

@@ -55,9 +55,8 @@ fn missing(missing: Missing) -> Status {
     Status::invalid_argument(missing.to_string())
 }
 
-#[tonic::async_trait]
-impl Cluster for ClusterService {
-    async fn heartbeat(
+impl ClusterService {
+    async fn heartbeat_call(
         &self,
         request: Request<pb::HeartbeatRequest>,
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
@@ -83,7 +82,7 @@ impl Cluster for ClusterService {
         }))
     }
 
-    async fn claim(&self, request: Request<pb::ClaimRequest>) -> Result<Response<pb::ClaimResponse>, Status> {
+    async fn claim_call(&self, request: Request<pb::ClaimRequest>) -> Result<Response<pb::ClaimResponse>, Status> {
         let request = request.into_inner();
         let member_id = MemberId::from_pb(request.member.as_ref()).map_err(missing)?;
         let wait = Duration::from_millis(u64::from(request.wait_ms)).min(MAX_CLAIM_WAIT);
@@ -96,7 +95,7 @@ impl Cluster for ClusterService {
         Ok(Response::new(pb::ClaimResponse { assignment }))
     }
 
-    async fn report_status(&self, request: Request<pb::StatusReport>) -> Result<Response<pb::StatusAck>, Status> {
+    async fn report_status_call(&self, request: Request<pb::StatusReport>) -> Result<Response<pb::StatusAck>, Status> {
         let r = request.into_inner();
         let member_id = MemberId::from_pb(r.member.as_ref()).map_err(missing)?;
         let claim = ClaimKey::from_pb(r.claim).map_err(missing)?;
@@ -124,7 +123,7 @@ impl Cluster for ClusterService {
         Ok(Response::new(pb::StatusAck {}))
     }
 
-    async fn has_artifact(
+    async fn has_artifact_call(
         &self,
         request: Request<pb::HasArtifactRequest>,
     ) -> Result<Response<pb::HasArtifactResponse>, Status> {
@@ -133,7 +132,7 @@ impl Cluster for ClusterService {
         Ok(Response::new(pb::HasArtifactResponse { present: self.state.artifacts.contains(&sha) }))
     }
 
-    async fn upload_artifact(
+    async fn upload_artifact_call(
         &self,
         request: Request<Streaming<pb::UploadChunk>>,
     ) -> Result<Response<pb::UploadResponse>, Status> {
@@ -165,5 +164,61 @@ impl Cluster for ClusterService {
         tracing::info!(id = claim.pipeline_id, version = claim.version, ordinal = member_id.ordinal, sha256 = %header.sha256, size, "artifact stored");
         self.state.uploaded(member_id, claim, header.sha256.clone(), size).await?;
         Ok(Response::new(pb::UploadResponse { sha256: header.sha256, size, already_present: false }))
+    }
+}
+
+/// Where a call came from, for the log of a refusal.
+fn peer<T>(request: &Request<T>) -> String {
+    request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|info| info.0.to_string())
+        .or_else(|| request.remote_addr().map(|a| a.to_string()))
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// Logs a refused call with the caller's address (a stolen token shows up here).
+fn refused(peer: &str, call: &str, status: &Status) {
+    if matches!(
+        status.code(),
+        tonic::Code::FailedPrecondition | tonic::Code::PermissionDenied | tonic::Code::InvalidArgument
+    ) {
+        tracing::warn!(peer, call, code = ?status.code(), message = status.message(), "refused a member call");
+    }
+}
+
+#[tonic::async_trait]
+impl Cluster for ClusterService {
+    async fn heartbeat(
+        &self,
+        request: Request<pb::HeartbeatRequest>,
+    ) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        let peer = peer(&request);
+        self.heartbeat_call(request).await.inspect_err(|s| refused(&peer, "heartbeat", s))
+    }
+
+    async fn claim(&self, request: Request<pb::ClaimRequest>) -> Result<Response<pb::ClaimResponse>, Status> {
+        let peer = peer(&request);
+        self.claim_call(request).await.inspect_err(|s| refused(&peer, "claim", s))
+    }
+
+    async fn report_status(&self, request: Request<pb::StatusReport>) -> Result<Response<pb::StatusAck>, Status> {
+        let peer = peer(&request);
+        self.report_status_call(request).await.inspect_err(|s| refused(&peer, "report", s))
+    }
+
+    async fn has_artifact(
+        &self,
+        request: Request<pb::HasArtifactRequest>,
+    ) -> Result<Response<pb::HasArtifactResponse>, Status> {
+        self.has_artifact_call(request).await
+    }
+
+    async fn upload_artifact(
+        &self,
+        request: Request<Streaming<pb::UploadChunk>>,
+    ) -> Result<Response<pb::UploadResponse>, Status> {
+        let peer = peer(&request);
+        self.upload_artifact_call(request).await.inspect_err(|s| refused(&peer, "upload", s))
     }
 }

@@ -39,5 +39,7 @@ pub async fn serve(
             tracing::debug!("could not set TCP_NODELAY: {e}");
         }
     });
-    axum::serve(listener, http::router(state)).with_graceful_shutdown(shutdown).await
+    // With each connection's peer address, for the log of refused calls.
+    let app = http::router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
 }
