@@ -74,7 +74,7 @@ fn env_value(statefulset: &Value, name: &str) -> Option<Value> {
     env_of(statefulset).into_iter().find(|e| e["name"] == name)
 }
 
-const VALUE_SETS: [(&str, &[&str]); 4] = [
+const VALUE_SETS: [(&str, &[&str]); 5] = [
     ("defaults", &[]),
     (
         "parallel-s3-secret",
@@ -97,6 +97,7 @@ const VALUE_SETS: [(&str, &[&str]); 4] = [
         ],
     ),
     ("disabled-with-replicas", &["parallelCompilation.enabled=false", "parallelCompilation.replicas=3"]),
+    ("api-from-one-namespace", &["networkPolicy.apiFrom[0].namespaceSelector.matchLabels.team=ci"]),
 ];
 
 /// `helm lint` passes and every value set renders (1), and every rendered set passes
@@ -147,6 +148,27 @@ fn each_value_set_produces_what_it_says() {
     assert_eq!(binding["subjects"][0]["name"], "kiln-compiler-server");
     let token = find(&defaults, "Secret", "kiln-cluster-token");
     assert!(token["data"]["token"].as_str().unwrap().len() >= 48);
+    // Issue 12, point 6: members reach each other on the leader's port; the API's
+    // clients come from where the values say (by default the release's namespace).
+    let policy = find(&defaults, "NetworkPolicy", "kiln-compiler-server");
+    assert_eq!(policy["spec"]["policyTypes"], serde_json::json!(["Ingress"]));
+    assert_eq!(policy["spec"]["podSelector"], sts["spec"]["selector"], "it covers the members");
+    let rules = policy["spec"]["ingress"].as_array().unwrap();
+    assert_eq!(rules.len(), 2, "{policy}");
+    assert_eq!(rules[0]["from"][0]["podSelector"], sts["spec"]["selector"], "members from members");
+    assert_eq!(rules[0]["ports"][0]["port"], 8470);
+    assert_eq!(rules[1]["from"], serde_json::json!([{"podSelector": {}}]));
+    let one_namespace = documents(&render(VALUE_SETS[4].1).unwrap());
+    let policy = find(&one_namespace, "NetworkPolicy", "kiln-compiler-server");
+    assert_eq!(
+        policy["spec"]["ingress"][1]["from"],
+        serde_json::json!([{"namespaceSelector": {"matchLabels": {"team": "ci"}}}])
+    );
+    let closed = documents(&render(&["networkPolicy.apiFrom=null"]).unwrap());
+    let policy = find(&closed, "NetworkPolicy", "kiln-compiler-server");
+    assert_eq!(policy["spec"]["ingress"].as_array().unwrap().len(), 1, "no API rule (an empty one admits all)");
+    let off = documents(&render(&["networkPolicy.enabled=false"]).unwrap());
+    assert!(!off.iter().any(|d| d["kind"] == "NetworkPolicy"));
     // Issue 12, point 4: the API wants a token by default, generated like the
     // cluster token and mounted as a file readable by the member only.
     let api = find(&defaults, "Secret", "kiln-api-token");
