@@ -167,6 +167,11 @@ fn each_value_set_produces_what_it_says() {
     let closed = documents(&render(&["networkPolicy.apiFrom=null"]).unwrap());
     let policy = find(&closed, "NetworkPolicy", "kiln-compiler-server");
     assert_eq!(policy["spec"]["ingress"].as_array().unwrap().len(), 1, "no API rule (an empty one admits all)");
+    assert_eq!(env_value(sts, "KILN_LISTEN").unwrap()["value"], "0.0.0.0:8470");
+    let bound = documents(&render(&["leader.bindAddress=10.1.2.3"]).unwrap());
+    let bound_sts = find(&bound, "StatefulSet", "kiln-compiler-server");
+    assert_eq!(env_value(bound_sts, "KILN_LISTEN").unwrap()["value"], "10.1.2.3:8470", "it binds what the values say");
+    assert!(render(&["leader.bindAddress=everywhere"]).is_err(), "not an address: refused by the schema");
     let off = documents(&render(&["networkPolicy.enabled=false"]).unwrap());
     assert!(!off.iter().any(|d| d["kind"] == "NetworkPolicy"));
     // Issue 12, point 4: the API wants a token by default, generated like the
