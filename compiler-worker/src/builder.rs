@@ -159,11 +159,10 @@ fn cargo_command(settings: &BuildSettings, wrapper: &Wrapper) -> tokio::process:
 /// Where a build root keeps its pristine copy of the prebuilt dependency set.
 const PRISTINE: &str = "prebuilt";
 
-/// Renews `target/` before a sandboxed build: hard links to the pristine prebuilt
-/// set (owned by the member, so the build user cannot change them; it may only
-/// replace its own links), nothing of an earlier build. Whatever a build script
-/// planted in `target/` is gone before the next build; operators come back through
-/// sccache, whose keys are content hashes.
+/// Makes `target/` a hard-link copy of the pristine prebuilt set (owned by the
+/// member, so the build user cannot change them; it may only replace its own
+/// links), nothing of an earlier build: at startup, and for a pipeline new to a
+/// worker that renews `target/` without an overlay (see [`renew_target`]).
 fn fresh_target(root: &Path) -> anyhow::Result<()> {
     let target = root.join("target");
     if target.exists() {

@@ -302,10 +302,11 @@ async fn sysroot() -> anyhow::Result<PathBuf> {
 }
 
 /// Gives the build user what a build writes: `paths` themselves (the lock copy, the
-/// socket and its directory) and every directory under `trees` (the fresh
-/// `target/`), so it can create files there. Files under `trees` are not handed
-/// over: they are hard links to the pristine prebuilt set, which the build user
-/// must not be able to change.
+/// cache statistics file) and every directory under `trees` (`target/`, the
+/// pristine set's directories under an overlay), so it can create files there.
+/// Files under `trees` are not handed over: they are the pristine prebuilt set's
+/// (hard links, or an overlay's lower layer), which the build user must not be able
+/// to change.
 pub fn hand_over(sandbox: &Sandbox, paths: &[&Path], trees: &[&Path]) -> std::io::Result<()> {
     use std::os::unix::fs::MetadataExt;
     let Some((uid, gid)) = sandbox.owner() else { return Ok(()) };

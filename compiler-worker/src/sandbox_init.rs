@@ -29,12 +29,12 @@ pub struct InitArgs {
     pub command: Vec<OsString>,
 }
 
-/// Runs the build; returns cargo's exit code (125 when the sandbox's own set-up failed).
+/// Runs the build; returns cargo's exit code (125 when cargo could not be started).
 pub async fn run(args: InitArgs) -> i32 {
     match run_build(args).await {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: the build sandbox could not start its compile cache: {e:#}");
+            eprintln!("error: the build sandbox could not run cargo: {e:#}");
             125
         }
     }

@@ -59,10 +59,8 @@ impl CompileCache {
                 s.zero_stats().await?;
                 Ok(s.wrapper())
             }
-            CompileCache::Sandboxed(s) => {
-                let _ = std::fs::remove_file(&s.stats);
-                Ok(s.wrapper())
-            }
+            // The statistics file is made afresh by the builder for every build.
+            CompileCache::Sandboxed(s) => Ok(s.wrapper()),
         }
     }
 
