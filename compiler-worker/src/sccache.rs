@@ -129,18 +129,25 @@ impl SandboxedSccache {
     }
 
     fn stats(&self) -> anyhow::Result<SccacheStats> {
-        use std::io::Read;
-        let mut text = String::new();
-        std::fs::File::open(&self.stats)
-            .with_context(|| format!("opening {}", self.stats.display()))?
-            .take(MAX_STATS_BYTES)
-            .read_to_string(&mut text)
-            .context("reading the build's cache statistics")?;
-        if text.trim().is_empty() {
-            bail!("the build's sccache server left no statistics");
-        }
-        parse_stats(&text)
+        read_stats(&self.stats)
     }
+}
+
+/// The statistics a build's server left in `file`, which the build could have
+/// written anything into: read up to [`MAX_STATS_BYTES`], refused unless they parse.
+fn read_stats(file: &Path) -> anyhow::Result<SccacheStats> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::fs::File::open(file)
+        .with_context(|| format!("opening {}", file.display()))?
+        .take(MAX_STATS_BYTES)
+        .read_to_end(&mut bytes)
+        .context("reading the build's cache statistics")?;
+    let text = String::from_utf8_lossy(&bytes);
+    if text.trim().is_empty() {
+        bail!("the build's sccache server left no statistics");
+    }
+    parse_stats(&text)
 }
 
 #[derive(Debug, Clone)]
@@ -329,6 +336,19 @@ impl Sccache {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A file a build wrote: garbage, a flood, or nothing is an error, never a panic
+    /// or an unbounded read.
+    #[test]
+    fn a_builds_statistics_file_is_read_with_suspicion() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("stats.json");
+        for hostile in [Vec::new(), b"{not json".to_vec(), vec![0xff; 3 << 20], b"{\"stats\": 1}".repeat(1 << 18)] {
+            std::fs::write(&file, &hostile).unwrap();
+            assert!(read_stats(&file).is_err(), "{} bytes of hostile statistics are refused", hostile.len());
+        }
+        assert!(read_stats(&dir.path().join("missing")).is_err());
+    }
 
     #[test]
     fn stats_are_summed_over_languages() {
