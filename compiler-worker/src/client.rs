@@ -4,12 +4,14 @@
 
 use std::time::Duration;
 
-use anyhow::Context;
+use std::path::Path;
+
+use anyhow::{Context, bail};
 use kiln_proto::cluster_client::ClusterClient;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 /// Adds `authorization: Bearer <cluster token>` to every call.
 #[derive(Clone)]
@@ -30,10 +32,29 @@ impl Interceptor for TokenInterceptor {
 
 pub type LeaderClient = ClusterClient<InterceptedService<Channel, TokenInterceptor>>;
 
-/// A client for the leader at `url`. Does not connect until the first call.
-pub fn connect(url: &str, token: &str) -> anyhow::Result<LeaderClient> {
-    let endpoint = Endpoint::from_shared(url.to_owned())
-        .with_context(|| format!("the leader URL {url:?} is not a valid URL (example: http://127.0.0.1:8470)"))?
+/// A client for the leader at `url`. Does not connect until the first call. An
+/// `https://` URL needs `tls_ca`, the PEM of the CA that signed the leader's
+/// certificate (only that CA is trusted).
+pub fn connect(url: &str, token: &str, tls_ca: Option<&Path>) -> anyhow::Result<LeaderClient> {
+    let mut endpoint = Endpoint::from_shared(url.to_owned())
+        .with_context(|| format!("the leader URL {url:?} is not a valid URL (example: http://127.0.0.1:8470)"))?;
+    match (url.starts_with("https://"), tls_ca) {
+        (true, Some(ca)) => {
+            let pem =
+                std::fs::read(ca).with_context(|| format!("reading the CA certificate {} (--tls-ca)", ca.display()))?;
+            let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem));
+            endpoint = endpoint.tls_config(tls).context("setting up TLS to the leader")?;
+        }
+        (true, None) => bail!(
+            "the leader URL {url} is https://, but no CA is given: pass --tls-ca (KILN_TLS_CA) with the CA that signed the leader's certificate (for a public CA, the system's bundle, e.g. /etc/ssl/certs/ca-certificates.crt)"
+        ),
+        (false, Some(ca)) => bail!(
+            "--tls-ca {} is given, but the leader URL {url} is not https://: use https:// (the leader serves TLS with --tls-cert and --tls-key)",
+            ca.display()
+        ),
+        (false, None) => {}
+    }
+    let endpoint = endpoint
         .connect_timeout(Duration::from_secs(5))
         .http2_keep_alive_interval(Duration::from_secs(10))
         .keep_alive_timeout(Duration::from_secs(20))

@@ -185,7 +185,7 @@ mod tests {
     #[tokio::test]
     async fn an_unreachable_leader_exhausts_the_budget_with_the_cause() {
         // Port 1 on loopback refuses connections: a leader that is down.
-        let client = crate::client::connect("http://127.0.0.1:1", "t").unwrap();
+        let client = crate::client::connect("http://127.0.0.1:1", "t", None).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let binary = dir.path().join("bin");
         std::fs::write(&binary, b"x").unwrap();

@@ -41,6 +41,8 @@ pub enum CacheChoice {
 pub struct WorkerConfig {
     pub identity: Identity,
     pub leader_url: String,
+    /// The CA that signed the leader's certificate, for an `https://` leader URL.
+    pub tls_ca: Option<PathBuf>,
     pub cluster_token: String,
     pub build: BuildSettings,
     pub cache: CacheChoice,
@@ -77,7 +79,7 @@ struct Worker {
 
 /// Runs the worker until `shutdown` is cancelled. Scaling is reported through `guard`.
 pub async fn run(config: WorkerConfig, guard: ScalingGuard, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let client = client::connect(&config.leader_url, &config.cluster_token)?;
+    let client = client::connect(&config.leader_url, &config.cluster_token, config.tls_ca.as_deref())?;
     let member = pb::Member {
         ordinal: config.identity.ordinal,
         workers: config.identity.workers,
@@ -297,7 +299,7 @@ async fn heartbeat_loop(
             }
             Err(status) => {
                 if !was_failing {
-                    tracing::warn!(ordinal = member.ordinal, error = %status.message(), code = ?status.code(), "heartbeat failed; will keep trying");
+                    tracing::warn!(ordinal = member.ordinal, error = %kiln_core::retry::status_text(&status), code = ?status.code(), "heartbeat failed; will keep trying");
                     was_failing = true;
                 }
                 if status.code() == tonic::Code::Unauthenticated {

@@ -9,6 +9,7 @@
 //! - [`cluster`]: the member-to-leader contract in domain terms, and its one
 //!   conversion from and to the protobuf of `kiln-proto`.
 //! - [`retry`]: how a failed gRPC call is read (transient, permanent, stale).
+//! - [`tls`]: what a failed TLS connection to the leader means, in plain words.
 
 pub mod api;
 pub mod cluster;
@@ -18,3 +19,4 @@ pub mod identity;
 pub mod program;
 pub mod retry;
 pub mod scaling;
+pub mod tls;

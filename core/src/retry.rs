@@ -57,7 +57,21 @@ pub struct Failure {
 
 impl Failure {
     pub fn of(status: &tonic::Status) -> Failure {
-        Failure { disposition: classify(status.code()), message: format!("{} ({:?})", status.message(), status.code()) }
+        Failure {
+            disposition: classify(status.code()),
+            message: format!("{} ({:?})", status_text(status), status.code()),
+        }
+    }
+}
+
+/// What to show of a failed call: its message, and for a transport failure (whose
+/// message is only "transport error") what went wrong underneath, in plain words
+/// when it is TLS.
+pub fn status_text(status: &tonic::Status) -> String {
+    use std::error::Error;
+    match status.source() {
+        Some(source) => format!("{}: {}", status.message(), crate::tls::describe_failure(source)),
+        None => status.message().to_owned(),
     }
 }
 

@@ -68,10 +68,18 @@ pub fn default_name(dir: &Path) -> anyhow::Result<String> {
 
 impl Client {
     pub fn new(leader: &LeaderArgs) -> anyhow::Result<Client> {
-        let http = reqwest::Client::builder()
-            .connect_timeout(std::time::Duration::from_secs(5))
-            .build()
-            .context("creating the HTTP client")?;
+        let mut builder = reqwest::Client::builder().connect_timeout(std::time::Duration::from_secs(5));
+        if let Some(ca) = &leader.tls_ca {
+            let pem =
+                std::fs::read(ca).with_context(|| format!("reading the CA certificate {} (--tls-ca)", ca.display()))?;
+            let roots = reqwest::Certificate::from_pem_bundle(&pem)
+                .with_context(|| format!("{} is not a PEM certificate (--tls-ca)", ca.display()))?;
+            if roots.is_empty() {
+                bail!("{} holds no PEM certificate (--tls-ca)", ca.display());
+            }
+            builder = builder.tls_certs_only(roots);
+        }
+        let http = builder.build().context("creating the HTTP client")?;
         Ok(Client { http, base: leader.url.trim_end_matches('/').to_owned(), api_token: leader.token()? })
     }
 
@@ -84,12 +92,7 @@ impl Client {
     }
 
     async fn send(&self, request: reqwest::RequestBuilder) -> anyhow::Result<reqwest::Response> {
-        let response = request.send().await.map_err(|e| {
-            anyhow::anyhow!(
-                "cannot reach the leader at {}: {e}. Is the farm running (`kiln up`)? Set --leader or KILN_LEADER otherwise",
-                self.base
-            )
-        })?;
+        let response = request.send().await.map_err(|e| self.unreachable(&e))?;
         if response.status().is_success() {
             return Ok(response);
         }
@@ -97,6 +100,19 @@ impl Client {
         let body = response.text().await.unwrap_or_default();
         let message = serde_json::from_str::<ErrorBody>(&body).map(|b| b.error).unwrap_or(body);
         bail!("{message} (HTTP {status})")
+    }
+
+    /// The error of a request that got no answer: a TLS problem explained, or the
+    /// usual hint.
+    fn unreachable(&self, error: &reqwest::Error) -> anyhow::Error {
+        match kiln_core::tls::explain(error) {
+            Some(tls) => anyhow::anyhow!("cannot reach the leader at {}: {tls}", self.base),
+            None => anyhow::anyhow!(
+                "cannot reach the leader at {}: {}. Is the farm running (`kiln up`)? Set --leader or KILN_LEADER otherwise",
+                self.base,
+                kiln_core::tls::chain(error)
+            ),
+        }
     }
 
     pub async fn submit(&self, name: &str, files: Vec<ProgramFile>) -> anyhow::Result<SubmitResponse> {
@@ -143,12 +159,8 @@ impl Client {
 
     /// `GET /cluster_healthz`: whether all members are healthy, and the body.
     pub async fn cluster_health(&self) -> anyhow::Result<(bool, serde_json::Value)> {
-        let response = self
-            .http
-            .get(format!("{}/cluster_healthz", self.base))
-            .send()
-            .await
-            .with_context(|| format!("cannot reach the leader at {}", self.base))?;
+        let response =
+            self.http.get(format!("{}/cluster_healthz", self.base)).send().await.map_err(|e| self.unreachable(&e))?;
         let healthy = response.status().is_success();
         Ok((healthy, response.json().await.context("reading /cluster_healthz")?))
     }

@@ -63,6 +63,10 @@ pub struct LeaderArgs {
     /// A file holding the API token.
     #[arg(long, env = "KILN_API_TOKEN_FILE")]
     pub api_token_file: Option<PathBuf>,
+    /// The PEM CA certificate that signed the leader's certificate, for an
+    /// https:// leader: only it is trusted. Without it, the system's CAs are.
+    #[arg(long, env = "KILN_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
 }
 
 impl LeaderArgs {

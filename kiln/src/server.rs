@@ -21,6 +21,7 @@ use kiln_compiler_worker::upload::RetryPolicy;
 use kiln_compiler_worker::worker::{self, CacheChoice, WorkerConfig};
 use kiln_core::identity::Identity;
 use kiln_core::scaling::ScalingGuard;
+use kiln_leader::tls::ServerTls;
 use kiln_leader::{LeaderConfig, LeaderState};
 
 use crate::{DEFAULT_PORT, format_duration, parse_duration};
@@ -157,6 +158,38 @@ pub struct ServerArgs {
     /// The largest artifact the leader accepts.
     #[arg(long, env = "KILN_MAX_ARTIFACT_BYTES", default_value_t = 4 << 30)]
     pub max_artifact_bytes: u64,
+    #[command(flatten)]
+    pub tls: TlsArgs,
+}
+
+/// TLS of a member: what it serves with (the leader's port, a worker's /healthz)
+/// and the CA it trusts for the leader.
+#[derive(Debug, Clone, Default, PartialEq, Args)]
+pub struct TlsArgs {
+    /// A PEM certificate chain: the leader serves its HTTP API and gRPC over TLS
+    /// (and a worker its /healthz). Needs --tls-key. Read again when the file changes.
+    #[arg(long, env = "KILN_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, env = "KILN_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// The PEM CA certificate that signed the leader's certificate: members trust
+    /// only it when the leader URL is https://.
+    #[arg(long, env = "KILN_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+}
+
+impl TlsArgs {
+    /// The certificate and key to serve with, when given.
+    pub fn server(&self) -> Option<(PathBuf, PathBuf)> {
+        Some((self.tls_cert.clone()?, self.tls_key.clone()?))
+    }
+
+    fn to_args(&self, line: &mut CommandLine) {
+        line.opt_path("--tls-cert", &self.tls_cert);
+        line.opt_path("--tls-key", &self.tls_key);
+        line.opt_path("--tls-ca", &self.tls_ca);
+    }
 }
 
 /// `kiln server` alone on a command line, to parse member options with.
@@ -222,6 +255,7 @@ impl ServerArgs {
         line.value("--build-processes", &self.build_processes);
         line.value("--build-file-size", &self.build_file_size);
         line.value("--max-artifact-bytes", &self.max_artifact_bytes);
+        self.tls.to_args(&mut line);
         line.0
     }
 
@@ -298,6 +332,8 @@ pub struct MemberConfig {
     pub worker: WorkerConfig,
     /// Where a worker (ordinal > 0) serves its own /healthz.
     pub health_listen: Option<SocketAddr>,
+    /// The certificate and key the leader's port and a worker's /healthz serve with.
+    pub tls: Option<(PathBuf, PathBuf)>,
 }
 
 impl MemberConfig {
@@ -357,8 +393,11 @@ impl MemberConfig {
             };
             (config, args.listen)
         });
+        let leader_url = leader_url(args, &identity);
+        check_tls(args, &leader_url)?;
         let worker = WorkerConfig {
-            leader_url: leader_url(args, &identity),
+            tls_ca: args.tls.tls_ca.clone(),
+            leader_url,
             identity: identity.clone(),
             cluster_token: token,
             build: BuildSettings {
@@ -394,7 +433,23 @@ impl MemberConfig {
             },
         };
         let health_listen = args.health_listen.filter(|_| !identity.is_leader());
-        Ok(MemberConfig { identity, leader, worker, health_listen })
+        Ok(MemberConfig { identity, leader, worker, health_listen, tls: args.tls.server() })
+    }
+}
+
+/// The leader URL's scheme and the CA must agree; the leader's own worker reaches
+/// it on loopback by the scheme it serves.
+fn check_tls(args: &ServerArgs, leader_url: &str) -> anyhow::Result<()> {
+    let https = leader_url.starts_with("https://");
+    match (https, &args.tls.tls_ca) {
+        (true, None) => bail!(
+            "the leader URL {leader_url} is https://, but no CA is given: pass --tls-ca (KILN_TLS_CA) with the CA that signed the leader's certificate"
+        ),
+        (false, Some(ca)) => bail!(
+            "--tls-ca {} is given, but the leader URL {leader_url} is not https://: use an https:// leader URL",
+            ca.display()
+        ),
+        _ => Ok(()),
     }
 }
 
@@ -462,9 +517,10 @@ fn leader_url(args: &ServerArgs, identity: &Identity) -> String {
         return url.clone();
     }
     if identity.is_leader() {
-        // The leader's own worker reaches it on loopback.
+        // The leader's own worker reaches it on loopback, as it serves.
         let port = args.listen.port();
-        return format!("http://127.0.0.1:{port}");
+        let scheme = if args.tls.server().is_some() { "https" } else { "http" };
+        return format!("{scheme}://127.0.0.1:{port}");
     }
     identity.leader_url_in_set(&args.service, args.leader_port)
 }
@@ -486,7 +542,11 @@ async fn statefulset(args: &ServerArgs, hostname: &str) -> anyhow::Result<Option
 }
 
 /// A worker's own /healthz, for its Kubernetes probes.
-async fn serve_worker_health(address: SocketAddr, shutdown: tokio_util::sync::CancellationToken) -> anyhow::Result<()> {
+async fn serve_worker_health(
+    address: SocketAddr,
+    tls: Option<ServerTls>,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(address)
         .await
         .with_context(|| format!("binding the health endpoint to {address}: choose another --health-listen"))?;
@@ -494,7 +554,7 @@ async fn serve_worker_health(address: SocketAddr, shutdown: tokio_util::sync::Ca
         .route("/healthz", axum::routing::get(|| async { axum::Json(serde_json::json!({ "status": "healthy" })) }));
     tokio::spawn(async move {
         let served =
-            axum::serve(listener, router).with_graceful_shutdown(async move { shutdown.cancelled().await }).await;
+            kiln_leader::tls::serve_app(listener, router, tls, async move { shutdown.cancelled().await }).await;
         if let Err(e) = served {
             tracing::error!(error = %e, "the health endpoint failed");
         }
@@ -544,11 +604,15 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
     if let Some(client) = statefulset {
         tokio::spawn(client.watch(guard.clone(), args.kubernetes_poll, shutdown.clone()));
     }
+    let tls = match &config.tls {
+        Some((cert, key)) => Some(ServerTls::load(cert, key)?),
+        None => None,
+    };
     if let Some(address) = config.health_listen {
-        serve_worker_health(address, shutdown.clone()).await?;
+        serve_worker_health(address, tls.clone(), shutdown.clone()).await?;
     }
     let mut leader_task = match config.leader {
-        Some((leader, listen)) => Some(start_leader(leader, listen, &guard, &shutdown).await?),
+        Some((leader, listen)) => Some(start_leader(leader, listen, tls, &guard, &shutdown).await?),
         None => None,
     };
     let mut worker_task = tokio::spawn(worker::run(config.worker, guard.clone(), shutdown.clone()));
@@ -592,6 +656,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
 async fn start_leader(
     config: LeaderConfig,
     listen: SocketAddr,
+    tls: Option<ServerTls>,
     guard: &ScalingGuard,
     shutdown: &tokio_util::sync::CancellationToken,
 ) -> anyhow::Result<tokio::task::JoinHandle<std::io::Result<()>>> {
@@ -599,9 +664,9 @@ async fn start_leader(
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding the leader to {listen}: is another kiln running? choose another --listen"))?;
-    tracing::info!(address = %listener.local_addr()?, "leader listening");
+    tracing::info!(address = %listener.local_addr()?, tls = tls.is_some(), "leader listening");
     let stop = shutdown.clone();
-    Ok(tokio::spawn(kiln_leader::serve(listener, state, async move { stop.cancelled().await })))
+    Ok(tokio::spawn(kiln_leader::serve(listener, state, tls, async move { stop.cancelled().await })))
 }
 
 #[cfg(test)]
@@ -669,6 +734,9 @@ mod tests {
             "--build-file-size=1048576",
             "--api-token-file=/api-token",
             "--protect-metrics=true",
+            "--tls-cert=/tls/tls.crt",
+            "--tls-key=/tls/tls.key",
+            "--tls-ca=/tls/ca.crt",
         ]);
         every.cluster_token = Some("secret-token-0123456789".into());
         every.api_token = Some("api-secret-9876".into());
@@ -740,6 +808,16 @@ mod tests {
             &Facts { cluster_token: Some("short".into()), ..facts("k-1") },
         );
         assert!(error.contains("too short"), "{error}");
+        let error = refused(&["--workers=2", "--build-root=/b", "--tls-ca=/ca.pem"], &facts("k-1"));
+        assert!(error.contains("--tls-ca /ca.pem is given") && error.contains("not https://"), "{error}");
+        let error = refused(&["--workers=2", "--build-root=/b", "--leader=https://leader:8470"], &facts("k-1"));
+        assert!(error.contains("no CA is given") && error.contains("--tls-ca"), "{error}");
+        let error =
+            refused(&["--workers=2", "--build-root=/b", "--tls-cert=/c.pem", "--tls-key=/k.pem"], &facts("k-0"));
+        assert!(
+            error.contains("https://127.0.0.1:8470") && error.contains("--tls-ca"),
+            "the leader's own worker: {error}"
+        );
         let error = refused(&["--workers=2", "--build-root=/b"], &facts("no-ordinal"));
         assert!(error.contains("has no ordinal"), "{error}");
     }

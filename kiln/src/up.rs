@@ -77,6 +77,13 @@ fn api_token_file(data_dir: &Path, base: &ServerArgs) -> anyhow::Result<Option<P
     Ok(Some(path))
 }
 
+/// The local leader's URL: https:// when the options after `--` give it a
+/// certificate (which must then hold 127.0.0.1).
+fn leader_url(base: &ServerArgs, port: u16) -> String {
+    let scheme = if base.tls.server().is_some() { "https" } else { "http" };
+    format!("{scheme}://127.0.0.1:{port}")
+}
+
 fn server_options(args: &UpArgs) -> anyhow::Result<ServerArgs> {
     ServerArgs::parse_options(&args.server_args)
         .map_err(|e| anyhow::anyhow!("the `kiln server` options after `--` are not valid: {e}"))
@@ -99,7 +106,7 @@ fn member_specs(args: &UpArgs, data_dir: &Path, token_file: &Path) -> anyhow::Re
                 cluster_token: None,
                 cluster_token_file: Some(token_file.to_owned()),
                 api_token_file: api_token_file.clone(),
-                leader_url: Some(format!("http://127.0.0.1:{}", args.port)),
+                leader_url: Some(leader_url(&base, args.port)),
                 listen: std::net::SocketAddr::from(([127, 0, 0, 1], args.port)),
                 profile: args.profile.clone(),
                 // Without a bucket, the members share one local sccache directory, so
@@ -170,9 +177,10 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     let token_file = cluster_token_file(&data_dir)?;
     let base = server_options(&args)?;
     let leader = LeaderArgs {
-        url: format!("http://127.0.0.1:{}", args.port),
+        url: leader_url(&base, args.port),
         api_token: base.api_token.clone(),
         api_token_file: api_token_file(&data_dir, &base)?,
+        tls_ca: base.tls.tls_ca.clone(),
     };
     if let Ok(stale) = std::net::TcpListener::bind(("127.0.0.1", args.port)) {
         drop(stale);

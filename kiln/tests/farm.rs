@@ -599,3 +599,73 @@ async fn a_stolen_cluster_token_cannot_hijack_a_members_claims() {
         "refusals are logged with the caller's address: {log}"
     );
 }
+
+/// Issue 12, point 5: a farm whose leader serves TLS (a CA and a certificate made
+/// in the test with rcgen) builds examples end to end: both members report and
+/// upload over TLS, the CLI submits, waits and downloads over TLS, and a worker's
+/// /healthz is HTTPS too. A client without the CA, or with another CA, gets a plain
+/// certificate error naming --tls-ca; a plain-HTTP client (the CLI, and a gRPC
+/// client speaking h2c) gets a plain answer saying to use https://; a member that
+/// trusts another CA says so in its log. The leader keeps serving throughout.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_farm_over_tls_builds_end_to_end_and_plain_or_untrusted_clients_get_plain_errors() {
+    let certs = std::sync::Arc::new(kiln_testkit::TestCertificates::new());
+    let mut farm = Farm::new(2);
+    farm.serve_tls(certs.clone());
+    let health_port = free_port();
+    farm.start(member(0, 2));
+    farm.start(Member { ordinal: 1, workers: 2, extra: vec![format!("--health-listen=127.0.0.1:{health_port}")] });
+    farm.wait_healthy(Duration::from_secs(300)).await;
+    let url = farm.url();
+    assert!(url.starts_with("https://"), "{url}");
+
+    // hello is id 1 (ordinal 1), wordfreq id 2 (ordinal 0): both members deliver over TLS.
+    let submitted = farm.submit(&[&examples().join("hello"), &examples().join("wordfreq")], true);
+    assert!(submitted.status.success(), "kiln submit --wait over TLS: {}", text(&submitted));
+    let dir = tempfile::tempdir().unwrap();
+    let ca = format!("--tls-ca={}", certs.ca.display());
+    for (name, expected) in &EXPECTED_OUTPUT[..2] {
+        let record = farm.pipeline(name).await;
+        assert_eq!(record["status"], "success", "{record}");
+        let binary = dir.path().join(name);
+        let download = Command::new(KILN)
+            .args(["download", name, "-o", binary.to_str().unwrap(), &format!("--leader={url}"), &ca])
+            .output()
+            .unwrap();
+        assert!(download.status.success(), "kiln download over TLS: {}", text(&download));
+        assert_eq!(sha256(&std::fs::read(&binary).unwrap()), record["binary_sha256"].as_str().unwrap());
+        let ran = Command::new(&binary).output().unwrap();
+        assert_eq!(String::from_utf8_lossy(&ran.stdout), *expected, "{name} prints its answer");
+    }
+    let health = certs.client().get(format!("https://127.0.0.1:{health_port}/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 200, "a worker's /healthz serves TLS with the same certificate");
+
+    let status = |args: &[String]| Command::new(KILN).arg("status").args(args).output().unwrap();
+    let no_ca = status(&[format!("--leader={url}")]);
+    assert!(!no_ca.status.success());
+    let message = text(&no_ca);
+    assert!(message.contains("not signed by a CA this side trusts") && message.contains("--tls-ca"), "{message}");
+    let other_ca = status(&[format!("--leader={url}"), format!("--tls-ca={}", certs.other_ca.display())]);
+    assert!(!other_ca.status.success());
+    assert!(text(&other_ca).contains("not signed by a CA this side trusts"), "{}", text(&other_ca));
+
+    let plain_url = url.replace("https://", "http://");
+    let plain = status(&[format!("--leader={plain_url}")]);
+    assert!(!plain.status.success());
+    let message = text(&plain);
+    assert!(message.contains("serves HTTPS (TLS) only") && message.contains("https://"), "{message}");
+    let mut h2c = ClusterClient::connect(plain_url).await.expect("the TCP connection itself is accepted");
+    let refused = h2c.heartbeat(with_token(kiln_proto::HeartbeatRequest::default(), TOKEN)).await.unwrap_err();
+    assert!(
+        refused.message().contains("serves HTTPS (TLS) only"),
+        "a gRPC client in plain text is told why: {refused:?}"
+    );
+
+    // A member that trusts another CA never reaches the leader, and says why.
+    farm.kill(1);
+    farm.start(Member { ordinal: 1, workers: 2, extra: vec![format!("--tls-ca={}", certs.other_ca.display())] });
+    wait_for_log(&mut farm, 1, "not signed by a CA this side trusts").await;
+
+    let still = farm.leader().pipeline("hello").await;
+    assert_eq!(still.status, kiln_core::api::Status::Success, "the leader kept serving");
+}

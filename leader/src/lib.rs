@@ -16,14 +16,15 @@ pub mod metrics;
 pub mod records;
 pub mod rules;
 pub mod service;
+pub mod tls;
 
 use std::future::Future;
 use std::sync::Arc;
 
 pub use service::{LeaderConfig, LeaderState};
 
-/// Serves the leader's HTTP and gRPC on `listener` until `shutdown` resolves, then
-/// drains the requests in progress.
+/// Serves the leader's HTTP and gRPC on `listener` (over TLS when `tls` is given)
+/// until `shutdown` resolves, then drains the requests in progress.
 ///
 /// Every connection has TCP_NODELAY: gRPC answers are small writes, and with Nagle's
 /// algorithm each one waited for the peer's delayed ACK (about 40 ms per call on
@@ -31,15 +32,9 @@ pub use service::{LeaderConfig, LeaderState};
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: Arc<LeaderState>,
+    tls: Option<tls::ServerTls>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    use axum::serve::ListenerExt;
-    let listener = listener.tap_io(|stream| {
-        if let Err(e) = stream.set_nodelay(true) {
-            tracing::debug!("could not set TCP_NODELAY: {e}");
-        }
-    });
-    // With each connection's peer address, for the log of refused calls.
-    let app = http::router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+    // Handlers see each connection's peer address, for the log of refused calls.
+    tls::serve_app(listener, http::router(state), tls, shutdown).await
 }

@@ -53,6 +53,9 @@ pub struct Farm {
     pub stopped: Vec<Process>,
     /// The HTTP client of [`Farm::leader`], for requests of a test's own.
     pub http: reqwest::Client,
+    /// When set ([`Farm::serve_tls`]), the leader serves TLS with these
+    /// certificates and every member and client trusts their CA.
+    pub tls: Option<std::sync::Arc<crate::TestCertificates>>,
 }
 
 impl Farm {
@@ -85,7 +88,15 @@ impl Farm {
             members: (0..slots).map(|_| None).collect(),
             stopped: Vec::new(),
             http: reqwest::Client::new(),
+            tls: None,
         }
+    }
+
+    /// Serves TLS with `certs` (before any member starts): the leader's port and the
+    /// workers' /healthz, every member trusting the CA, [`Farm::url`] https://.
+    pub fn serve_tls(&mut self, certs: std::sync::Arc<crate::TestCertificates>) {
+        self.http = certs.client();
+        self.tls = Some(certs);
     }
 
     /// Starts `workers` members, each with `extra`, and waits until the farm is healthy.
@@ -106,13 +117,19 @@ impl Farm {
     }
 
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     /// A typed client of this farm's leader (at `port`, which a test may change to
     /// follow a leader it did not start).
     pub fn leader(&self) -> Leader {
-        Leader { url: self.url(), http: self.http.clone(), api_token: None }
+        Leader {
+            url: self.url(),
+            http: self.http.clone(),
+            api_token: None,
+            tls_ca: self.tls.as_ref().map(|certs| certs.ca.clone()),
+        }
     }
 
     /// Member `ordinal`'s own directory, and its build root under it (what its
@@ -134,6 +151,9 @@ impl Farm {
         }
         if self.setup.open_api && !member.extra.iter().any(|a| a.starts_with("--api-token")) {
             options.push("--no-api-token=true".into());
+        }
+        if let Some(certs) = &self.tls {
+            options.extend(certs.server_options());
         }
         options.extend(member.extra.iter().cloned());
         let base = ServerArgs::parse_options(&options).unwrap_or_else(|e| panic!("member options {options:?}: {e}"));

@@ -14,11 +14,13 @@ pub struct Leader {
     pub url: String,
     pub http: reqwest::Client,
     pub api_token: Option<String>,
+    /// The CA of a leader that serves TLS, for the `kiln` client it makes.
+    pub tls_ca: Option<std::path::PathBuf>,
 }
 
 impl Leader {
     pub fn new(url: String) -> Leader {
-        Leader { url, http: reqwest::Client::new(), api_token: None }
+        Leader { url, http: reqwest::Client::new(), api_token: None, tls_ca: None }
     }
 
     fn get(&self, path: &str) -> reqwest::RequestBuilder {
@@ -58,8 +60,12 @@ impl Leader {
 
     /// Submits the program directory `dir` as `name`, read as `kiln submit` reads it.
     pub async fn submit_dir(&self, name: &str, dir: &Path) -> anyhow::Result<PipelineRecord> {
-        let leader =
-            kiln::LeaderArgs { url: self.url.clone(), api_token: self.api_token.clone(), api_token_file: None };
+        let leader = kiln::LeaderArgs {
+            url: self.url.clone(),
+            api_token: self.api_token.clone(),
+            api_token_file: None,
+            tls_ca: self.tls_ca.clone(),
+        };
         let client = kiln::client::Client::new(&leader)?;
         Ok(client.submit(name, kiln::client::read_program(dir)?).await?.pipeline)
     }

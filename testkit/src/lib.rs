@@ -8,6 +8,7 @@
 //! - [`Farm`]: members started one by one from [`kiln::server::ServerArgs`], so a
 //!   test can kill and restart any of them.
 //! - [`S3Server`]: the real S3-compatible server s3s-fs on loopback.
+//! - [`TestCertificates`]: a CA and a leader certificate, for farms over TLS.
 //! - [`require_root`]: the one message for tests that need root.
 
 pub mod farm;
@@ -15,6 +16,7 @@ pub mod leader;
 pub mod nonroot;
 pub mod process;
 pub mod s3;
+pub mod tls;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -25,6 +27,7 @@ pub use leader::Leader;
 pub use nonroot::NonRoot;
 pub use process::{Process, processes_mentioning};
 pub use s3::S3Server;
+pub use tls::TestCertificates;
 
 /// A port on 127.0.0.1 that was free a moment ago.
 pub fn free_port() -> u16 {

@@ -113,6 +113,9 @@ impl Farm {
     pub fn submit(&self, dirs: &[&Path], wait: bool) -> std::process::Output {
         let mut command = Command::new(KILN);
         command.arg("submit").args(dirs).arg(format!("--leader={}", self.url()));
+        if let Some(certs) = &self.tls {
+            command.arg(format!("--tls-ca={}", certs.ca.display()));
+        }
         if wait {
             command.args(["--wait", "--timeout=5m"]);
         }
