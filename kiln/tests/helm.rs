@@ -74,7 +74,7 @@ fn env_value(statefulset: &Value, name: &str) -> Option<Value> {
     env_of(statefulset).into_iter().find(|e| e["name"] == name)
 }
 
-const VALUE_SETS: [(&str, &[&str]); 5] = [
+const VALUE_SETS: [(&str, &[&str]); 6] = [
     ("defaults", &[]),
     (
         "parallel-s3-secret",
@@ -98,6 +98,7 @@ const VALUE_SETS: [(&str, &[&str]); 5] = [
     ),
     ("disabled-with-replicas", &["parallelCompilation.enabled=false", "parallelCompilation.replicas=3"]),
     ("api-from-one-namespace", &["networkPolicy.apiFrom[0].namespaceSelector.matchLabels.team=ci"]),
+    ("tls", &["tls.enabled=true", "tls.secretName=kiln-leader-tls"]),
 ];
 
 /// `helm lint` passes and every value set renders (1), and every rendered set passes
@@ -229,6 +230,33 @@ fn each_value_set_produces_what_it_says() {
     let account = find(&irsa, "ServiceAccount", "kiln-compiler-server");
     assert_eq!(account["metadata"]["annotations"]["eks.amazonaws.com/role-arn"], "arn:aws:iam::123456789012:role/kiln");
 
+    // Issue 12, point 5: TLS mounts the kubernetes.io/tls Secret (cert-manager's
+    // keys) readable by the member only, and switches every URL and probe to https.
+    let tls = documents(&render(VALUE_SETS[5].1).unwrap());
+    let sts = find(&tls, "StatefulSet", "kiln-compiler-server");
+    assert_eq!(env_value(sts, "KILN_LEADER").unwrap()["value"], "https://kiln-leader.farm.svc:8470");
+    assert_eq!(env_value(sts, "KILN_TLS_CERT").unwrap()["value"], "/etc/kiln/tls/tls.crt");
+    assert_eq!(env_value(sts, "KILN_TLS_KEY").unwrap()["value"], "/etc/kiln/tls/tls.key");
+    assert_eq!(env_value(sts, "KILN_TLS_CA").unwrap()["value"], "/etc/kiln/tls/ca.crt");
+    let pod = &sts["spec"]["template"]["spec"];
+    let volume = pod["volumes"].as_array().unwrap().iter().find(|v| v["name"] == "tls").expect("the TLS Secret");
+    assert_eq!(volume["secret"]["secretName"], "kiln-leader-tls");
+    assert_eq!(volume["secret"]["defaultMode"], 0o400);
+    let container = &pod["containers"][0];
+    assert!(
+        container["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["name"] == "tls" && m["mountPath"] == "/etc/kiln/tls")
+    );
+    assert_eq!(container["readinessProbe"]["httpGet"]["scheme"], "HTTPS");
+    assert_eq!(container["livenessProbe"]["httpGet"]["scheme"], "HTTPS");
+    let plain = find(&defaults, "StatefulSet", "kiln-compiler-server");
+    assert!(env_value(plain, "KILN_LEADER").unwrap()["value"].as_str().unwrap().starts_with("http://"));
+    assert!(env_value(plain, "KILN_TLS_CERT").is_none(), "no TLS unless asked");
+    assert_eq!(plain["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["httpGet"]["scheme"], "HTTP");
+
     let disabled = documents(&render(VALUE_SETS[3].1).unwrap());
     let sts = find(&disabled, "StatefulSet", "kiln-compiler-server");
     assert_eq!(sts["spec"]["replicas"], 1, "enabled: false means one replica whatever replicas says");
@@ -243,6 +271,7 @@ fn wrong_values_are_refused_by_the_schema() {
         (&["parallelCompilation.replicas=-1"][..], "replicas"),
         (&["parallelCompilation.sccache.s3.bucketName=x"][..], "bucketName"),
         (&["parallelCompilation.sccache.s3.useSSL=maybe"][..], "useSSL"),
+        (&["tls.enabled=true"][..], "secretName"),
     ] {
         let error = render(sets).expect_err(&format!("{sets:?} is refused"));
         assert!(error.contains("schema") && error.contains(expected), "{sets:?}: {error}");
