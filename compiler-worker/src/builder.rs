@@ -29,7 +29,7 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio_util::sync::CancellationToken;
 
-use kiln_core::depset;
+use kiln_core::depset::{self, DepSet, Origin};
 use kiln_core::program::{CrateKind, Layout};
 
 use crate::log::{CappedLog, clip};
@@ -74,6 +74,8 @@ pub struct BuildSettings {
     /// mounted), where `target/` can be an overlay of the pristine set rather than a
     /// hard-link copy of it.
     pub private_mounts: bool,
+    /// The dependency set programs build against (the built-in one, or `--depset`).
+    pub depset: Arc<DepSet>,
 }
 
 /// What a build that hit one of its limits says, with the setting that raises it:
@@ -359,7 +361,37 @@ async fn keep_pristine(root: &Path, marker_name: &str) -> anyhow::Result<()> {
     copy_tree(&root.join("target"), &staging).await?;
     let _ = std::fs::remove_dir_all(&pristine);
     std::fs::rename(&staging, &pristine)?;
+    // Pipelines' layers sit on the pristine set they were built over: a new set
+    // starts them afresh.
+    let _ = std::fs::remove_dir_all(root.join(LAYERS));
     Ok(())
+}
+
+/// How long a prebuilt set no member of this machine used is kept in the shared
+/// depset cache.
+const UNUSED_PREBUILT_KEPT: Duration = Duration::from_secs(24 * 3600);
+
+/// Removes the shared cache's prebuilt sets other than `keep` that nobody used for
+/// [`UNUSED_PREBUILT_KEPT`] and nobody holds now (their lock is free).
+fn prune_depset_cache(cache: &Path, keep: &str) {
+    let Ok(entries) = std::fs::read_dir(cache) else { return };
+    for entry in entries.filter_map(Result::ok) {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let path = entry.path();
+        if name == keep || name.contains('.') || !path.is_dir() {
+            continue;
+        }
+        let unused = entry.metadata().and_then(|m| m.modified()).ok().and_then(|m| m.elapsed().ok());
+        if unused.is_none_or(|age| age <= UNUSED_PREBUILT_KEPT) {
+            continue;
+        }
+        let Ok(lock) = std::fs::File::create(cache.join(format!("{name}.lock"))) else { continue };
+        if lock.try_lock().is_ok() {
+            tracing::info!(prebuilt = %path.display(), "removing a prebuilt dependency set unused for a day");
+            let _ = std::fs::remove_dir_all(&path);
+            let _ = std::fs::remove_file(cache.join(format!("{name}.lock")));
+        }
+    }
 }
 
 /// cargo in the sandbox: the toolchain's own cargo, the farm's environment, a
@@ -436,19 +468,20 @@ fn sandboxed_cargo(
     Ok(command)
 }
 
-fn write_workspace(root: &Path, members: &[String]) -> std::io::Result<()> {
+fn write_workspace(root: &Path, members: &[String], set: &DepSet) -> std::io::Result<()> {
     let members = members.iter().map(|m| format!("{m:?}")).collect::<Vec<_>>().join(", ");
+    let patches: String = set.path_crates().map(|(name, dir)| format!("{name} = {{ path = {dir:?} }}\n")).collect();
     let manifest = format!(
         "# Written by the kiln worker before every build; do not edit.\n[workspace]\nresolver = \"2\"\nmembers = [{members}]\n\n\
-         # Pipelines name the runtime as a registry crate; it is this directory.\n\
-         [patch.crates-io]\n{runtime} = {{ path = \"pipeline-runtime\" }}\n",
-        runtime = depset::RUNTIME_PACKAGE,
+         # Pipelines name the set's path crates (the runtime among them) as registry crates.\n\
+         [patch.crates-io]\n{patches}"
     );
     write_if_changed(&root.join("Cargo.toml"), &manifest)?;
-    write_if_changed(&root.join("Cargo.lock"), depset::LOCKFILE)
+    write_if_changed(&root.join("Cargo.lock"), set.lockfile())
 }
 
-/// The identity of a prebuilt dependency set: the set, the profile and the compiler.
+/// The identity of a prebuilt dependency set: the set, the profile, the compiler and,
+/// for a vendored set, the build root.
 async fn depset_key(settings: &BuildSettings) -> anyhow::Result<String> {
     let rustc = clean_command("rustc")
         .arg("-vV")
@@ -456,15 +489,17 @@ async fn depset_key(settings: &BuildSettings) -> anyhow::Result<String> {
         .await
         .context("running `rustc -vV`: is the Rust toolchain on PATH?")?;
     let mut hasher = Sha256::new();
-    let runtime = depset::RUNTIME_FILES.iter().flat_map(|(path, text)| [path.as_bytes(), text.as_bytes()]);
-    let parts = [
-        depset::MANIFEST.as_bytes(),
-        depset::LOCKFILE.as_bytes(),
-        depset::LIB_RS.as_bytes(),
-        settings.profile.as_bytes(),
-        &rustc.stdout,
-    ];
-    for part in parts.into_iter().chain(runtime) {
+    // The fingerprint covers every file of the set written into a build root. A
+    // vendored set's sources sit inside the build root, and cargo fingerprints
+    // non-workspace crates by their absolute paths: its prebuilt target is only
+    // fresh at the build root it was built at (every member of a farm builds at one
+    // path). The built-in set's crates sit in cargo's registry, the same for all.
+    let at = match settings.depset.origin() {
+        Origin::Embedded => Vec::new(),
+        Origin::Directory(_) => settings.build_root.as_os_str().as_encoded_bytes().to_vec(),
+    };
+    let parts = [settings.depset.fingerprint().as_bytes(), settings.profile.as_bytes(), &rustc.stdout, &at];
+    for part in parts {
         hasher.update((part.len() as u64).to_le_bytes());
         hasher.update(part);
     }
@@ -489,8 +524,11 @@ async fn copy_tree(from: &Path, to: &Path) -> anyhow::Result<()> {
 /// root costs one small file check.
 pub async fn prepare_build_root(settings: &BuildSettings) -> anyhow::Result<()> {
     let root = &settings.build_root;
-    write_depset(root)?;
-    write_workspace(root, &["depset".to_owned()])?;
+    {
+        let (root, set) = (root.clone(), settings.depset.clone());
+        tokio::task::spawn_blocking(move || write_depset(&root, &set)).await??;
+    }
+    write_workspace(root, &["depset".to_owned()], &settings.depset)?;
 
     let key = depset_key(settings).await?;
     let marker_name = format!(".kiln-depset-{key}");
@@ -519,6 +557,8 @@ pub async fn prepare_build_root(settings: &BuildSettings) -> anyhow::Result<()> 
     let lock = tokio::task::spawn_blocking(move || lock.lock().map(|()| lock)).await??;
     let prebuilt = cache.join(&key);
     if prebuilt.is_dir() {
+        // Used: kept by the pruning of other members of this machine.
+        let _ = touch(&prebuilt);
         tracing::info!(from = %prebuilt.display(), "copying the prebuilt dependency set");
         // Into a fresh directory, renamed into place whole: a copy cut short by a
         // crash is thrown away on the next start instead of tripping over it.
@@ -536,6 +576,7 @@ pub async fn prepare_build_root(settings: &BuildSettings) -> anyhow::Result<()> 
         std::fs::rename(&staging, &prebuilt)?;
     }
     drop(lock);
+    prune_depset_cache(cache, &key);
     std::fs::write(&marker, b"")?;
     keep_pristine(root, &marker_name).await
 }
@@ -545,11 +586,13 @@ async fn build_depset(settings: &BuildSettings) -> anyhow::Result<()> {
     let started = Instant::now();
     // Not offline: a fresh machine may still have to fetch the set's crates. Pipeline
     // builds are offline.
-    let output = cargo_command(settings, &Wrapper::default())
-        .args(["build", "--profile", &settings.profile, "-p", depset::PACKAGE])
-        .output()
-        .await
-        .context("running cargo: is it on PATH?")?;
+    let mut command = cargo_command(settings, &Wrapper::default());
+    command.args(["build", "--profile", &settings.profile, "-p", depset::PACKAGE]);
+    if matches!(settings.depset.origin(), Origin::Directory(_)) {
+        // Vendored: everything is in the build root.
+        command.arg("--offline");
+    }
+    let output = command.output().await.context("running cargo: is it on PATH?")?;
     if !output.status.success() {
         bail!("building the dependency set failed ({}):\n{}", output.status, String::from_utf8_lossy(&output.stderr));
     }
@@ -594,25 +637,97 @@ fn write_if_changed(path: &Path, text: &str) -> std::io::Result<()> {
     Ok(())
 }
 
-fn write_depset(root: &Path) -> anyhow::Result<()> {
-    std::fs::create_dir_all(root.join("depset"))
-        .with_context(|| format!("creating the build root {}", root.display()))?;
-    std::fs::create_dir_all(root.join("src"))?;
+/// Where a build root records which set its `depset/` holds.
+const INSTALLED: &str = ".kiln-fingerprint";
+/// cargo's configuration in a build root: a vendored set replaces crates.io.
+const CARGO_CONFIG: &str = ".cargo/config.toml";
+
+/// Writes the dependency set into the build root: the built-in one from the
+/// binary, an operator's set by copying its directory (verified first) when the
+/// build root holds another, with cargo pointed at its vendored sources.
+fn write_depset(root: &Path, set: &DepSet) -> anyhow::Result<()> {
+    std::fs::create_dir_all(root.join("src")).with_context(|| format!("creating the build root {}", root.display()))?;
     std::fs::create_dir_all(root.join("target"))?;
-    write_if_changed(&root.join("depset/Cargo.toml"), depset::MANIFEST)?;
-    write_if_changed(&root.join("depset/lib.rs"), depset::LIB_RS)?;
-    for (path, text) in depset::RUNTIME_FILES {
-        write_if_changed(&root.join("pipeline-runtime").join(path), text)?;
+    match set.origin() {
+        Origin::Embedded => {
+            std::fs::create_dir_all(root.join("depset"))?;
+            write_if_changed(&root.join("depset/Cargo.toml"), depset::MANIFEST)?;
+            write_if_changed(&root.join("depset/lib.rs"), depset::LIB_RS)?;
+            let _ = std::fs::remove_file(root.join("depset").join(INSTALLED));
+            for (path, text) in depset::RUNTIME_FILES {
+                write_if_changed(&root.join("pipeline-runtime").join(path), text)?;
+            }
+            match std::fs::remove_file(root.join(CARGO_CONFIG)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+                _ => Ok(()),
+            }
+        }
+        Origin::Directory(dir) => {
+            let installed = std::fs::read_to_string(root.join("depset").join(INSTALLED)).unwrap_or_default();
+            if installed != set.fingerprint() {
+                install_set(root, dir, set)?;
+            }
+            write_if_changed(
+                &root.join(CARGO_CONFIG),
+                &format!(
+                    "# Written by the kiln worker: the dependency set's vendored crates replace crates.io.\n\
+                     [source.crates-io]\nreplace-with = \"kiln-depset\"\n\n[source.kiln-depset]\ndirectory = \"depset/{}\"\n",
+                    depset::VENDOR_DIR
+                ),
+            )?;
+            Ok(())
+        }
     }
+}
+
+/// Copies an operator's set into `<root>/depset`, whole: verified against its
+/// lockfile first, written beside and renamed into place, its own sources (not the
+/// vendored ones, which cargo checks by checksum) given the set's fixed old time.
+fn install_set(root: &Path, dir: &Path, set: &DepSet) -> anyhow::Result<()> {
+    tracing::info!(depset = %dir.display(), fingerprint = set.fingerprint(), "installing the dependency set");
+    depset::verify_vendored(dir)?;
+    let staging = root.join(".depset.partial");
+    let _ = std::fs::remove_dir_all(&staging);
+    for entry in walkdir::WalkDir::new(dir).sort_by_file_name() {
+        let entry = entry.with_context(|| format!("reading the dependency set {}", dir.display()))?;
+        let relative = entry.path().strip_prefix(dir).context("a walked path is under its root")?;
+        if relative.starts_with("target") {
+            continue;
+        }
+        let to = staging.join(relative);
+        if entry.file_type().is_dir() {
+            std::fs::create_dir_all(&to)?;
+            continue;
+        }
+        if !entry.file_type().is_file() {
+            continue;
+        }
+        if relative == Path::new("Cargo.toml") {
+            // A member of the build root's workspace may not declare one.
+            let mut manifest: toml_edit::DocumentMut = std::fs::read_to_string(entry.path())?
+                .parse()
+                .with_context(|| format!("{} is not a valid Cargo.toml", entry.path().display()))?;
+            manifest.remove("workspace");
+            std::fs::write(&to, manifest.to_string())?;
+        } else {
+            std::fs::copy(entry.path(), &to).with_context(|| format!("copying {}", entry.path().display()))?;
+        }
+        if !relative.starts_with(depset::VENDOR_DIR) {
+            std::fs::File::options().write(true).open(&to)?.set_modified(depset_source_mtime())?;
+        }
+    }
+    std::fs::write(staging.join(INSTALLED), set.fingerprint())?;
+    let _ = std::fs::remove_dir_all(root.join("depset"));
+    std::fs::rename(&staging, root.join("depset")).context("placing the dependency set")?;
     Ok(())
 }
 
 /// Writes everything a build of `layout` needs into `root`, as a worker does before
 /// building: the dependency set, the crates, the workspace. Used by `kiln layout` so
 /// CI jobs build the same crates at the same paths as the farm.
-pub fn write_build_root(root: &Path, layout: &Layout) -> anyhow::Result<()> {
-    write_depset(root)?;
-    write_layout(root, layout)?;
+pub fn write_build_root(root: &Path, layout: &Layout, set: &DepSet) -> anyhow::Result<()> {
+    write_depset(root, set)?;
+    write_layout(root, layout, set)?;
     Ok(())
 }
 
@@ -640,7 +755,7 @@ fn ensure_inside(root: &Path, path: &Path) -> anyhow::Result<()> {
 
 /// Writes the layout's crates into the build root. A crate directory that exists is
 /// identical by construction (content-addressed), so it is left as it is.
-fn write_layout(root: &Path, layout: &Layout) -> anyhow::Result<Vec<String>> {
+fn write_layout(root: &Path, layout: &Layout, set: &DepSet) -> anyhow::Result<Vec<String>> {
     let mut members = vec!["depset".to_owned()];
     for krate in &layout.crates {
         let dir = root.join("src").join(&krate.dir_name);
@@ -666,7 +781,7 @@ fn write_layout(root: &Path, layout: &Layout) -> anyhow::Result<Vec<String>> {
         }
         std::fs::rename(&staging, &dir).with_context(|| format!("placing crate {}", krate.dir_name))?;
     }
-    write_workspace(root, &members)?;
+    write_workspace(root, &members, set)?;
     Ok(members)
 }
 
@@ -733,8 +848,8 @@ pub async fn build(
 ) -> anyhow::Result<BuildOutcome> {
     let started = Instant::now();
     let root = settings.build_root.clone();
-    let layout_owned = layout.clone();
-    tokio::task::spawn_blocking(move || write_layout(&root, &layout_owned)).await??;
+    let (layout_owned, set) = (layout.clone(), settings.depset.clone());
+    tokio::task::spawn_blocking(move || write_layout(&root, &layout_owned, &set)).await??;
     let binary = layout.binary();
     debug_assert_eq!(binary.kind, CrateKind::Binary);
     let binary_manifest = settings.build_root.join("src").join(&binary.dir_name).join("Cargo.toml");
@@ -912,8 +1027,8 @@ mod tests {
                 executable: false,
             },
         ];
-        let layout = kiln_core::program::Program::parse(files, kiln_core::depset::DepSet::embedded()).unwrap().layout();
-        let error = write_layout(&root, &layout).unwrap_err().to_string();
+        let layout = kiln_core::program::Program::parse(files, &DepSet::embedded()).unwrap().layout();
+        let error = write_layout(&root, &layout, &DepSet::embedded()).unwrap_err().to_string();
         assert!(error.contains("symbolic link"), "{error}");
         assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 0, "nothing was written through the link");
         assert!(ensure_inside(&root, &root.join("src/../../x")).is_err());
@@ -923,12 +1038,12 @@ mod tests {
     #[test]
     fn the_depset_sources_get_one_fixed_old_time_in_every_build_root() {
         let root = tempfile::tempdir().unwrap();
-        write_depset(root.path()).unwrap();
+        write_depset(root.path(), &DepSet::embedded()).unwrap();
         let anchor = root.path().join("depset/lib.rs");
         assert_eq!(std::fs::metadata(&anchor).unwrap().modified().unwrap(), depset_source_mtime());
         // Written again with other content (a new kiln), the time is the same.
         std::fs::write(&anchor, "changed").unwrap();
-        write_depset(root.path()).unwrap();
+        write_depset(root.path(), &DepSet::embedded()).unwrap();
         assert_eq!(std::fs::read_to_string(&anchor).unwrap(), depset::LIB_RS);
         assert_eq!(std::fs::metadata(&anchor).unwrap().modified().unwrap(), depset_source_mtime());
     }

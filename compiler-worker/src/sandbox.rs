@@ -214,7 +214,8 @@ impl Sandbox {
         // pristine prebuilt set (target/ links to it).
         let root = &mounts.build_root;
         a.mount("--ro-bind-try", &root.join("Cargo.toml"), &root.join("Cargo.toml"));
-        for shared in ["depset", "pipeline-runtime"] {
+        // `.cargo/config.toml` points cargo at a vendored set's sources.
+        for shared in ["depset", "pipeline-runtime", ".cargo"] {
             a.mount("--ro-bind-try", &root.join(shared), &root.join(shared));
         }
         for krate in &mounts.crates {

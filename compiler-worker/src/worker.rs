@@ -15,7 +15,6 @@ use tokio_util::sync::CancellationToken;
 
 use kiln_core::api::CacheFigures;
 use kiln_core::cluster::{self, Figures};
-use kiln_core::depset::DepSet;
 use kiln_core::identity::Identity;
 use kiln_core::program::{Layout, Program};
 use kiln_core::retry::{Disposition, Failure};
@@ -92,6 +91,7 @@ pub async fn run(config: WorkerConfig, guard: ScalingGuard, shutdown: Cancellati
     let heartbeats = tokio::spawn(heartbeat_loop(
         client.clone(),
         member.clone(),
+        config.build.depset.fingerprint().to_owned(),
         shared.clone(),
         guard,
         config.heartbeat_interval,
@@ -245,6 +245,7 @@ fn cache_log(build_root: &std::path::Path, layout: &Layout, stats: &sccache::Scc
 async fn heartbeat_loop(
     mut client: LeaderClient,
     member: pb::Member,
+    depset: String,
     shared: Arc<Shared>,
     guard: ScalingGuard,
     interval: Duration,
@@ -270,6 +271,7 @@ async fn heartbeat_loop(
             preparing: shared.preparing.load(std::sync::atomic::Ordering::SeqCst),
             sandbox,
             sandbox_unavailable,
+            depset: depset.clone(),
         });
         request.set_timeout(interval.max(Duration::from_secs(5)));
         match client.heartbeat(request).await {
@@ -356,8 +358,11 @@ impl Worker {
     async fn claim_loop(&mut self, shutdown: &CancellationToken) -> anyhow::Result<()> {
         let mut failures = 0u32;
         loop {
-            let mut request =
-                tonic::Request::new(pb::ClaimRequest { member: Some(self.member.clone()), wait_ms: 30_000 });
+            let mut request = tonic::Request::new(pb::ClaimRequest {
+                member: Some(self.member.clone()),
+                wait_ms: 30_000,
+                depset: self.config.build.depset.fingerprint().to_owned(),
+            });
             request.set_timeout(Duration::from_secs(45));
             let response = tokio::select! {
                 response = self.client.claim(request) => response,
@@ -430,7 +435,7 @@ impl Worker {
     async fn build(&mut self, assignment: &pb::Assignment, cancel: &CancellationToken) -> BuildResult {
         tracing::info!("build started");
         let files = cluster::program_files(assignment.source.clone().unwrap_or_default());
-        let layout = match Program::parse(files, DepSet::embedded()) {
+        let layout = match Program::parse(files, &self.config.build.depset) {
             Ok(program) => program.layout(),
             Err(e) => {
                 return BuildResult::SystemError {

@@ -116,6 +116,9 @@ pub struct PipelineRecord {
     pub compile_ms: Option<u64>,
     pub upload_ms: Option<u64>,
     pub upload_retries: u32,
+    /// The fingerprint of the dependency set it was built with.
+    #[serde(default)]
+    pub depset: Option<String>,
 }
 
 /// How a submission changed the catalog.

@@ -70,7 +70,7 @@ pub enum ProgramError {
     #[error("two crates are named {0}: package names must be unique within a program")]
     DuplicatePackage(String),
     #[error(
-        "crate {package} depends on {dependency}, which is outside the farm's dependency set: use a path crate of the program or one of: {allowed}"
+        "crate {package} depends on {dependency}, which is not in the farm's dependency set: use a path crate of the program, or a crate of the set's lockfile (the set names: {allowed})"
     )]
     OutsideDependencySet { package: String, dependency: String, allowed: String },
     #[error(
@@ -78,7 +78,7 @@ pub enum ProgramError {
     )]
     VersionMismatch { package: String, dependency: String, requirement: String, available: String },
     #[error(
-        "crate {package} enables feature {feature:?} of {dependency}, which the farm's dependency set does not build: use only {allowed}"
+        "crate {package} asks for feature `{feature}` of {dependency}, which the farm's dependency set does not build; built: {allowed}"
     )]
     FeatureOutsideSet { package: String, dependency: String, feature: String, allowed: String },
     #[error(
@@ -138,13 +138,38 @@ pub enum CrateKind {
     Library,
 }
 
-/// A path dependency: where it sits in the manifest, and which crate it names.
+/// Where a dependency comes from.
 #[derive(Debug, Clone)]
-struct PathDependency {
+enum Source {
+    /// A crate of the program, by index.
+    Path(usize),
+    /// The dependency set, with this version requirement.
+    Set(String),
+}
+
+/// One dependency of a crate (normal or build; dev-dependencies are never built).
+#[derive(Debug, Clone)]
+struct Dependency {
     /// Keys from the manifest's root to the dependency's entry, e.g.
     /// `["target", "cfg(unix)", "dependencies", "ops"]`.
     keys: Vec<String>,
-    target: usize,
+    /// Its name in this manifest (what features name it by).
+    name: String,
+    /// The package it is (`package = "..."`, or the name).
+    package: String,
+    optional: bool,
+    default_features: bool,
+    features: Vec<String>,
+    source: Source,
+}
+
+/// What a build of the binary activates of one crate: its features, and for each of
+/// its dependencies the features asked of it, or `None` when it is not used (an
+/// optional dependency no enabled feature activates).
+#[derive(Debug, Clone, Default, PartialEq)]
+struct Activation {
+    features: std::collections::BTreeSet<String>,
+    dependencies: Vec<Option<std::collections::BTreeSet<String>>>,
 }
 
 /// One crate of a program.
@@ -158,7 +183,20 @@ pub struct Crate {
     /// Indexes into the program's files of the files that belong to this crate
     /// (those under `dir` and not under a nested crate).
     files: Vec<usize>,
-    path_dependencies: Vec<PathDependency>,
+    dependencies: Vec<Dependency>,
+    /// Set by [`Program::parse`] for the crates the binary uses.
+    activation: Option<Activation>,
+}
+
+impl Crate {
+    /// The program crates this crate uses, by index.
+    fn path_targets(&self) -> impl Iterator<Item = usize> + '_ {
+        let active = self.activation.as_ref();
+        self.dependencies.iter().enumerate().filter_map(move |(i, d)| match d.source {
+            Source::Path(target) if active.is_some_and(|a| a.dependencies[i].is_some()) => Some(target),
+            _ => None,
+        })
+    }
 }
 
 /// A program that follows every rule.
@@ -202,10 +240,17 @@ impl Program {
         let binary = find_binary(&crates)?;
         assign_files(&files, &mut crates);
         let by_dir: HashMap<String, usize> = crates.iter().enumerate().map(|(i, c)| (c.dir.clone(), i)).collect();
-        let dependencies: Vec<Vec<PathDependency>> =
-            crates.iter().map(|c| check_dependencies(c, &by_dir, depset)).collect::<Result<_, _>>()?;
+        let dependencies: Vec<Vec<Dependency>> =
+            crates.iter().map(|c| read_dependencies(c, &by_dir)).collect::<Result<_, _>>()?;
         for (krate, dependencies) in crates.iter_mut().zip(dependencies) {
-            krate.path_dependencies = dependencies;
+            krate.dependencies = dependencies;
+        }
+        let activations = activate(&crates, binary);
+        for (krate, activation) in crates.iter_mut().zip(activations) {
+            krate.activation = activation;
+        }
+        for krate in &crates {
+            check_in_set(krate, depset)?;
         }
         let program = Program { files, crates, binary };
         program.topological_order()?;
@@ -235,8 +280,8 @@ impl Program {
                 Mark::New => {}
             }
             marks[at] = Mark::Visiting;
-            for dep in &program.crates[at].path_dependencies {
-                visit(program, dep.target, marks, order)?;
+            for target in program.crates[at].path_targets() {
+                visit(program, target, marks, order)?;
             }
             marks[at] = Mark::Done;
             order.push(at);
@@ -244,24 +289,9 @@ impl Program {
         }
         let mut marks = vec![Mark::New; self.crates.len()];
         let mut order = Vec::new();
-        // Libraries the binary does not use still get checked for cycles.
-        for start in (0..self.crates.len()).filter(|&i| i != self.binary).chain([self.binary]) {
-            visit(self, start, &mut marks, &mut order)?;
-        }
-        let reachable = self.reachable_from_binary();
-        Ok(order.into_iter().filter(|i| reachable[*i]).collect())
-    }
-
-    fn reachable_from_binary(&self) -> Vec<bool> {
-        let mut reachable = vec![false; self.crates.len()];
-        let mut stack = vec![self.binary];
-        while let Some(at) = stack.pop() {
-            if std::mem::replace(&mut reachable[at], true) {
-                continue;
-            }
-            stack.extend(self.crates[at].path_dependencies.iter().map(|d| d.target));
-        }
-        reachable
+        // Only what the binary uses: crates no build of it reaches are not laid out.
+        visit(self, self.binary, &mut marks, &mut order)?;
+        Ok(order)
     }
 
     /// Content-addresses every crate the binary uses. A crate's address covers its
@@ -276,9 +306,13 @@ impl Program {
         for index in order {
             let krate = &self.crates[index];
             let mut manifest = krate.manifest.clone();
-            for dep in &krate.path_dependencies {
-                set_path(&mut manifest, &dep.keys, &format!("../{}", dir_names[&dep.target]));
+            let activation = krate.activation.as_ref().expect("laid-out crates are reached by the binary");
+            for (dep, used) in krate.dependencies.iter().zip(&activation.dependencies) {
+                if let (Source::Path(target), Some(_)) = (&dep.source, used) {
+                    set_path(&mut manifest, &dep.keys, &format!("../{}", dir_names[target]));
+                }
             }
+            drop_unbuilt(&mut manifest, krate, activation);
             // A member of the worker's workspace may not declare a workspace, and its
             // profiles would be ignored with a warning: the farm decides both.
             // `[patch]` too: only the workspace root's counts, and the farm's root
@@ -400,7 +434,15 @@ fn read_crates(files: &[ProgramFile]) -> Result<Vec<Crate>, ProgramError> {
         } else {
             return Err(ProgramError::NoTarget { package, dir: display_dir(&dir) });
         };
-        crates.push(Crate { dir, package, kind, manifest, files: Vec::new(), path_dependencies: Vec::new() });
+        crates.push(Crate {
+            dir,
+            package,
+            kind,
+            manifest,
+            files: Vec::new(),
+            dependencies: Vec::new(),
+            activation: None,
+        });
     }
     if !any_manifest {
         return Err(ProgramError::NoManifest);
@@ -567,23 +609,40 @@ fn read_entry<'a>(who: &Dependent<'_>, item: &'a toml_edit::Item) -> Result<Depe
     Ok(DependencyEntry { requirement: spec.get("version").and_then(|v| v.as_str()), features, spec: Some(spec) })
 }
 
-/// Checks every dependency of `krate`: path crates must be crates of the program,
-/// registry crates must be in the dependency set at its version and features, and
-/// nothing may come from git, another registry or the workspace. Returns the path
-/// dependencies.
-fn check_dependencies(
-    krate: &Crate,
-    by_dir: &HashMap<String, usize>,
-    depset: &DepSet,
-) -> Result<Vec<PathDependency>, ProgramError> {
-    let mut path_dependencies = Vec::new();
+/// Reads every dependency of `krate` that a build of it may need (normal and build
+/// dependencies, in every target table; dev-dependencies are never built): path
+/// crates must be crates of the program, and nothing may come from git, another
+/// registry or the workspace.
+fn read_dependencies(krate: &Crate, by_dir: &HashMap<String, usize>) -> Result<Vec<Dependency>, ProgramError> {
+    let mut dependencies = Vec::new();
     for table_keys in dependency_tables(&krate.manifest) {
+        if table_keys.last().is_some_and(|k| k == "dev-dependencies") {
+            continue;
+        }
         let Some(table) = lookup(&krate.manifest, &table_keys).and_then(|t| t.as_table_like()) else {
             continue;
         };
         for (name, item) in table.iter() {
             let who = Dependent { package: &krate.package, dependency: name };
             let entry = read_entry(&who, item)?;
+            let mut keys = table_keys.clone();
+            keys.push(name.to_owned());
+            let flag = |key: &str, alternative: &str, default: bool| {
+                entry
+                    .spec
+                    .and_then(|s| s.get(key).or_else(|| s.get(alternative)))
+                    .and_then(|v| v.as_bool())
+                    .unwrap_or(default)
+            };
+            let mut dependency = Dependency {
+                keys,
+                name: name.to_owned(),
+                package: entry.spec.and_then(|s| s.get("package")).and_then(|p| p.as_str()).unwrap_or(name).to_owned(),
+                optional: flag("optional", "optional", false),
+                default_features: flag("default-features", "default_features", true),
+                features: entry.features.iter().map(|f| (*f).to_owned()).collect(),
+                source: Source::Set(entry.requirement.unwrap_or("").to_owned()),
+            };
             if let Some(spec) = entry.spec {
                 if spec.get("workspace").is_some() {
                     return Err(who.unsupported(
@@ -606,53 +665,262 @@ fn check_dependencies(
                                 path: path.to_owned(),
                             }
                         })?;
-                    let mut keys = table_keys.clone();
-                    keys.push(name.to_owned());
-                    path_dependencies.push(PathDependency { keys, target });
-                    continue;
+                    dependency.source = Source::Path(target);
                 }
             }
-            let real_name = entry.spec.and_then(|s| s.get("package")).and_then(|p| p.as_str()).unwrap_or(name);
-            check_in_set(&Dependent { package: &krate.package, dependency: real_name }, &entry, depset)?;
+            dependencies.push(dependency);
         }
     }
-    Ok(path_dependencies)
+    Ok(dependencies)
 }
 
-/// A registry dependency must be in the set, at a version its requirement
-/// matches, with only features the set builds.
-fn check_in_set(who: &Dependent<'_>, entry: &DependencyEntry<'_>, depset: &DepSet) -> Result<(), ProgramError> {
-    let Some(available) = depset.get(who.dependency) else {
-        return Err(ProgramError::OutsideDependencySet {
-            package: who.package.to_owned(),
-            dependency: who.dependency.to_owned(),
-            allowed: depset.names().collect::<Vec<_>>().join(", "),
-        });
-    };
-    let requirement = entry.requirement.ok_or_else(|| who.bad("a registry dependency needs a version"))?;
-    let parsed = semver::VersionReq::parse(requirement)
-        .map_err(|e| who.bad(&format!("version {requirement:?} is not a valid requirement: {e}")))?;
-    if !parsed.matches(&available.version) {
-        return Err(ProgramError::VersionMismatch {
-            package: who.package.to_owned(),
-            dependency: who.dependency.to_owned(),
-            requirement: requirement.to_owned(),
-            available: available.version.to_string(),
-        });
+/// The features table of a manifest: feature -> what it enables.
+fn features_table(manifest: &toml_edit::DocumentMut) -> HashMap<String, Vec<String>> {
+    let mut table = HashMap::new();
+    if let Some(features) = manifest.get("features").and_then(|f| f.as_table_like()) {
+        for (name, item) in features.iter() {
+            let enables = item
+                .as_array()
+                .map(|a| a.iter().filter_map(|v| v.as_str()).map(str::to_owned).collect())
+                .unwrap_or_default();
+            table.insert(name.to_owned(), enables);
+        }
     }
-    for feature in &entry.features {
-        let builds = available.features.contains(*feature) || (*feature == "default" && available.default_features);
-        if !builds {
-            let mut allowed: Vec<&str> = available.features.iter().map(String::as_str).collect();
-            if available.default_features {
-                allowed.push("default");
+    table
+}
+
+/// One step of what a feature enables, in cargo's syntax.
+enum Enables<'a> {
+    /// `name`: another feature, or the implicit feature of an optional dependency.
+    Feature(&'a str),
+    /// `dep:name`: an optional dependency, without its implicit feature.
+    Dependency(&'a str),
+    /// `name/feature` (activates `name`) or `name?/feature` (only if `name` is used).
+    DependencyFeature { dependency: &'a str, feature: &'a str, weak: bool },
+}
+
+fn enables(entry: &str) -> Enables<'_> {
+    if let Some(dependency) = entry.strip_prefix("dep:") {
+        return Enables::Dependency(dependency);
+    }
+    match entry.split_once('/') {
+        Some((dependency, feature)) => match dependency.strip_suffix('?') {
+            Some(dependency) => Enables::DependencyFeature { dependency, feature, weak: true },
+            None => Enables::DependencyFeature { dependency, feature, weak: false },
+        },
+        None => Enables::Feature(entry),
+    }
+}
+
+/// What a build of the binary (with its default features) activates in every crate
+/// of the program, as cargo's feature resolver does: features are unified across
+/// dependents, `dep:`, `name/feature` and weak `name?/feature` are followed, and an
+/// optional dependency is used only when an enabled feature activates it. `None`
+/// for crates the binary never reaches.
+fn activate(crates: &[Crate], binary: usize) -> Vec<Option<Activation>> {
+    let tables: Vec<HashMap<String, Vec<String>>> = crates.iter().map(|c| features_table(&c.manifest)).collect();
+    let mut activations: Vec<Option<Activation>> = vec![None; crates.len()];
+    let mut asked: Vec<std::collections::BTreeSet<String>> = vec![Default::default(); crates.len()];
+    asked[binary].insert("default".into());
+    let mut reached = vec![false; crates.len()];
+    reached[binary] = true;
+    // Features only grow, so this ends: at the latest when every feature is on.
+    loop {
+        let mut changed = false;
+        for (index, krate) in crates.iter().enumerate() {
+            if !reached[index] {
+                continue;
             }
-            return Err(ProgramError::FeatureOutsideSet {
-                package: who.package.to_owned(),
-                dependency: who.dependency.to_owned(),
-                feature: (*feature).to_owned(),
-                allowed: if allowed.is_empty() { "no features".into() } else { allowed.join(", ") },
+            let activation = activate_one(krate, &tables[index], &asked[index]);
+            for (dependency, wanted) in krate.dependencies.iter().zip(&activation.dependencies) {
+                if let (Source::Path(target), Some(wanted)) = (&dependency.source, wanted) {
+                    reached[*target] = true;
+                    for feature in wanted {
+                        changed |= asked[*target].insert(feature.clone());
+                    }
+                }
+            }
+            if activations[index].as_ref() != Some(&activation) {
+                activations[index] = Some(activation);
+                changed = true;
+            }
+        }
+        if !changed {
+            return activations;
+        }
+    }
+}
+
+/// One crate's activation, given the features its dependents ask of it.
+fn activate_one(
+    krate: &Crate,
+    table: &HashMap<String, Vec<String>>,
+    asked: &std::collections::BTreeSet<String>,
+) -> Activation {
+    let optional = |name: &str| krate.dependencies.iter().any(|d| d.optional && d.name == name);
+    let mut features = std::collections::BTreeSet::new();
+    let mut used: std::collections::BTreeSet<&str> = Default::default();
+    let mut extra: HashMap<&str, Vec<&str>> = HashMap::new();
+    let mut weak: Vec<(&str, &str)> = Vec::new();
+    let mut pending: Vec<&str> = asked.iter().map(String::as_str).collect();
+    while let Some(feature) = pending.pop() {
+        if !features.insert(feature.to_owned()) {
+            continue;
+        }
+        match table.get(feature) {
+            Some(entries) => {
+                for entry in entries {
+                    match enables(entry) {
+                        Enables::Feature(name) => pending.push(name),
+                        Enables::Dependency(name) => {
+                            used.insert(name);
+                        }
+                        Enables::DependencyFeature { dependency, feature, weak: false } => {
+                            used.insert(dependency);
+                            extra.entry(dependency).or_default().push(feature);
+                            // `name/feature` of an optional dependency enables its
+                            // implicit feature too.
+                            if optional(dependency) && !table.contains_key(dependency) {
+                                features.insert(dependency.to_owned());
+                            }
+                        }
+                        Enables::DependencyFeature { dependency, feature, weak: true } => {
+                            weak.push((dependency, feature));
+                        }
+                    }
+                }
+            }
+            // An optional dependency's implicit feature.
+            None if optional(feature) => {
+                used.insert(feature);
+            }
+            None => {}
+        }
+    }
+    for (dependency, feature) in weak {
+        extra.entry(dependency).or_default().push(feature);
+    }
+    let dependencies = krate
+        .dependencies
+        .iter()
+        .map(|dependency| {
+            if dependency.optional && !used.contains(dependency.name.as_str()) {
+                return None;
+            }
+            let mut wanted: std::collections::BTreeSet<String> = dependency.features.iter().cloned().collect();
+            if dependency.default_features {
+                wanted.insert("default".into());
+            }
+            wanted.extend(extra.get(dependency.name.as_str()).into_iter().flatten().map(|f| (*f).to_owned()));
+            Some(wanted)
+        })
+        .collect();
+    Activation { features, dependencies }
+}
+
+/// Removes from a crate's manifest what a build of the binary never needs, so that
+/// crates copied from crates.io build as they are: `[dev-dependencies]` (in every
+/// target table), `[[bench]]`, `[[test]]` and `[[example]]` targets (and their
+/// auto-discovery), and the optional dependencies no enabled feature activates,
+/// with every feature entry that names them.
+fn drop_unbuilt(manifest: &mut toml_edit::DocumentMut, krate: &Crate, activation: &Activation) {
+    let mut dropped: std::collections::BTreeSet<&str> = Default::default();
+    for (dependency, used) in krate.dependencies.iter().zip(&activation.dependencies) {
+        if used.is_none() {
+            remove_at(manifest, &dependency.keys);
+            dropped.insert(dependency.name.as_str());
+        }
+    }
+    manifest.remove("dev-dependencies");
+    if let Some(targets) = manifest.get_mut("target").and_then(|t| t.as_table_like_mut()) {
+        for (_, target) in targets.iter_mut() {
+            if let Some(target) = target.as_table_like_mut() {
+                target.remove("dev-dependencies");
+            }
+        }
+    }
+    for kind in ["bench", "test", "example"] {
+        manifest.remove(kind);
+    }
+    if let Some(package) = manifest.get_mut("package").and_then(|p| p.as_table_like_mut()) {
+        for auto in ["autobenches", "autotests", "autoexamples"] {
+            package.insert(auto, toml_edit::value(false));
+        }
+    }
+    if dropped.is_empty() {
+        return;
+    }
+    let features = features_table(manifest);
+    let names_dropped = |entry: &str| match enables(entry) {
+        Enables::Dependency(name) | Enables::DependencyFeature { dependency: name, .. } => dropped.contains(name),
+        Enables::Feature(name) => dropped.contains(name) && !features.contains_key(name),
+    };
+    if let Some(table) = manifest.get_mut("features").and_then(|f| f.as_table_like_mut()) {
+        for (_, item) in table.iter_mut() {
+            if let Some(array) = item.as_array_mut() {
+                array.retain(|v| !v.as_str().is_some_and(names_dropped));
+            }
+        }
+    }
+}
+
+fn remove_at(manifest: &mut toml_edit::DocumentMut, keys: &[String]) {
+    let Some((last, parents)) = keys.split_last() else { return };
+    let mut item = manifest.as_item_mut();
+    for key in parents {
+        match item.as_table_like_mut().and_then(|t| t.get_mut(key)) {
+            Some(next) => item = next,
+            None => return,
+        }
+    }
+    if let Some(table) = item.as_table_like_mut() {
+        table.remove(last);
+    }
+}
+
+/// Every registry dependency a build of `krate` uses must be in the set: a crate
+/// of its lockfile, at a version the requirement accepts, asking only features
+/// the set builds.
+fn check_in_set(krate: &Crate, depset: &DepSet) -> Result<(), ProgramError> {
+    let Some(activation) = &krate.activation else { return Ok(()) };
+    for (dependency, wanted) in krate.dependencies.iter().zip(&activation.dependencies) {
+        let (Source::Set(requirement), Some(wanted)) = (&dependency.source, wanted) else { continue };
+        let who = Dependent { package: &krate.package, dependency: &dependency.package };
+        let versions = depset.versions(&dependency.package);
+        if versions.is_empty() {
+            return Err(ProgramError::OutsideDependencySet {
+                package: krate.package.clone(),
+                dependency: dependency.package.clone(),
+                allowed: depset.direct().collect::<Vec<_>>().join(", "),
             });
+        }
+        if requirement.is_empty() {
+            return Err(who.bad("a registry dependency needs a version"));
+        }
+        let parsed = semver::VersionReq::parse(requirement)
+            .map_err(|e| who.bad(&format!("version {requirement:?} is not a valid requirement: {e}")))?;
+        let Some(locked) = depset.matching(&dependency.package, &parsed) else {
+            return Err(ProgramError::VersionMismatch {
+                package: krate.package.clone(),
+                dependency: dependency.package.clone(),
+                requirement: requirement.clone(),
+                available: versions.iter().map(|c| c.version.to_string()).collect::<Vec<_>>().join(" and "),
+            });
+        };
+        for feature in wanted {
+            let builds = locked.features.contains(feature) || (feature == "default" && !locked.has_default);
+            if !builds {
+                return Err(ProgramError::FeatureOutsideSet {
+                    package: krate.package.clone(),
+                    dependency: dependency.package.clone(),
+                    feature: feature.clone(),
+                    allowed: if locked.features.is_empty() {
+                        "none".into()
+                    } else {
+                        locked.features.iter().map(String::as_str).collect::<Vec<_>>().join(", ")
+                    },
+                });
+            }
         }
     }
     Ok(())
@@ -680,7 +948,7 @@ mod tests {
     }
 
     fn parse(files: Vec<ProgramFile>) -> Result<Program, ProgramError> {
-        Program::parse(files, DepSet::embedded())
+        Program::parse(files, &DepSet::embedded())
     }
 
     #[test]
@@ -764,7 +1032,7 @@ mod tests {
 
         let outside = vec![file("Cargo.toml", &manifest("app", "tokio = \"1\"\n")), file("src/main.rs", "")];
         let error = parse(outside).unwrap_err().to_string();
-        assert!(error.contains("tokio, which is outside the farm's dependency set"), "{error}");
+        assert!(error.contains("tokio, which is not in the farm's dependency set"), "{error}");
         assert!(error.contains("serde_json"), "lists what is allowed: {error}");
 
         let old = vec![file("Cargo.toml", &manifest("app", "serde = \"0.9\"\n")), file("src/main.rs", "")];
@@ -774,7 +1042,12 @@ mod tests {
             file("Cargo.toml", &manifest("app", "serde = { version = \"1\", features = [\"rc\"] }\n")),
             file("src/main.rs", ""),
         ];
-        assert!(matches!(parse(feature), Err(ProgramError::FeatureOutsideSet { .. })));
+        let error = parse(feature).unwrap_err();
+        assert!(matches!(error, ProgramError::FeatureOutsideSet { .. }));
+        assert!(
+            error.to_string().contains("feature `rc` of serde") && error.to_string().contains("built: "),
+            "{error}"
+        );
 
         let git = vec![
             file("Cargo.toml", &manifest("app", "x = { git = \"https://example.com/x\" }\n")),
@@ -844,5 +1117,129 @@ mod tests {
         let mut reversed = files.clone();
         reversed.reverse();
         assert_eq!(source_sha256(&files), source_sha256(&reversed));
+    }
+
+    /// A crate as crates.io publishes it: dev-dependencies, benches, tests and
+    /// examples, an optional dependency nothing enables, another one a default
+    /// feature enables, and a weak feature.
+    const COPIED: &str = r#"[package]
+name = "copied"
+version = "1.2.3"
+edition = "2021"
+autobenches = false
+
+[lib]
+path = "src/lib.rs"
+
+[[bench]]
+name = "speed"
+harness = false
+
+[[test]]
+name = "integration"
+
+[[example]]
+name = "demo"
+
+[features]
+default = ["std", "json"]
+std = ["serde?/std"]
+json = ["dep:serde_json"]
+logging = ["dep:log"]
+fuzzing = ["arbitrary"]
+
+[dependencies.serde_json]
+version = "1"
+optional = true
+
+[dependencies.serde]
+version = "1"
+optional = true
+default-features = false
+
+[dependencies.log]
+version = "0.4"
+optional = true
+
+[dependencies.arbitrary]
+version = "1"
+optional = true
+
+[dev-dependencies.quickcheck]
+version = "1"
+
+[target.'cfg(unix)'.dev-dependencies]
+criterion = "0.5"
+"#;
+
+    fn copied_program(app_dependency: &str) -> Vec<ProgramFile> {
+        vec![
+            file("Cargo.toml", &manifest("app", app_dependency)),
+            file("src/main.rs", "fn main() {}"),
+            file("copied/Cargo.toml", COPIED),
+            file("copied/src/lib.rs", ""),
+            file("copied/benches/speed.rs", ""),
+        ]
+    }
+
+    #[test]
+    fn a_crate_copied_from_crates_io_builds_as_it_is() {
+        let program = parse(copied_program("copied = { path = \"copied\" }\n"))
+            .expect("log, arbitrary and the dev-dependencies are not needed");
+        let layout = program.layout();
+        let copied = layout.crates.iter().find(|c| c.package == "copied").unwrap();
+        let text =
+            String::from_utf8(copied.files.iter().find(|f| f.path == "Cargo.toml").unwrap().content.clone()).unwrap();
+        let written: toml_edit::DocumentMut = text.parse().unwrap();
+        for gone in ["dev-dependencies", "bench", "test", "example"] {
+            assert!(written.get(gone).is_none(), "{gone} is dropped: {text}");
+        }
+        assert!(!text.contains("dev-dependencies") && !text.contains("criterion"), "none in target tables: {text}");
+        let dependencies = written["dependencies"].as_table_like().unwrap();
+        assert!(dependencies.get("serde_json").is_some(), "json (a default feature) uses it");
+        assert!(dependencies.get("log").is_none() && dependencies.get("arbitrary").is_none(), "{text}");
+        assert_eq!(
+            written["features"]["logging"].as_array().unwrap().len(),
+            0,
+            "no feature names a dropped dependency"
+        );
+        assert_eq!(written["features"]["fuzzing"].as_array().unwrap().len(), 0);
+        assert!(dependencies.get("serde").is_none(), "a weak `serde?/std` does not use serde: {text}");
+        assert_eq!(written["features"]["std"].as_array().unwrap().len(), 0, "{text}");
+        assert_eq!(written["package"]["autobenches"].as_bool(), Some(false));
+        assert_eq!(written["package"]["autotests"].as_bool(), Some(false));
+    }
+
+    #[test]
+    fn a_feature_that_activates_an_optional_dependency_is_checked_against_the_set() {
+        // `fuzzing` activates arbitrary (through its implicit feature), which the
+        // built-in set does not hold.
+        let error = parse(copied_program("copied = { path = \"copied\", features = [\"fuzzing\"] }\n")).unwrap_err();
+        assert!(
+            matches!(&error, ProgramError::OutsideDependencySet { dependency, .. } if dependency == "arbitrary"),
+            "{error}"
+        );
+        // `logging` activates log, which the set holds (tiny_http uses it).
+        parse(copied_program("copied = { path = \"copied\", features = [\"logging\"] }\n")).expect("log is in the set");
+        // Without default features, serde_json is not used either.
+        let program = parse(copied_program("copied = { path = \"copied\", default-features = false }\n")).unwrap();
+        let layout = program.layout();
+        let copied = layout.crates.iter().find(|c| c.package == "copied").unwrap();
+        let text =
+            String::from_utf8(copied.files.iter().find(|f| f.path == "Cargo.toml").unwrap().content.clone()).unwrap();
+        assert!(!text.contains("serde_json"), "{text}");
+    }
+
+    #[test]
+    fn a_transitive_crate_of_the_set_may_be_used_at_its_features() {
+        // serde_derive is in the built-in set's lockfile only as serde's dependency.
+        let files = vec![file("Cargo.toml", &manifest("app", "serde_derive = \"1\"\n")), file("src/main.rs", "")];
+        parse(files).expect("a crate of the set's lockfile");
+        let near = vec![file("Cargo.toml", &manifest("app", "serde_derive = \"=1.0.0\"\n")), file("src/main.rs", "")];
+        let error = parse(near).unwrap_err().to_string();
+        assert!(
+            error.contains("asks for serde_derive =1.0.0, but the farm's dependency set has serde_derive 1."),
+            "{error}"
+        );
     }
 }

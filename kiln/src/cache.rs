@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 use anyhow::{Context, bail};
 use clap::{ArgAction, Args, Subcommand};
 use kiln_compiler_worker::cache_store::{self, S3Credentials, S3Settings};
-use kiln_core::depset::{self, DepSet};
+use kiln_core::depset;
 use kiln_core::program::Program;
 
 use crate::client::read_program;
@@ -156,6 +156,10 @@ pub struct CiEnvArgs {
     /// The farm's build root (the same absolute path as on the workers).
     #[arg(long, env = "KILN_BUILD_ROOT", default_value = "/var/lib/kiln/build")]
     pub build_root: PathBuf,
+    /// The farm's dependency set (`--depset` of its members), whose fingerprint the
+    /// job's build must match; the built-in one without it.
+    #[arg(long, env = "KILN_DEPSET")]
+    pub depset: Option<PathBuf>,
 }
 
 fn shell_quote(value: &str) -> String {
@@ -176,6 +180,7 @@ pub fn ci_env(args: CiEnvArgs) -> anyhow::Result<ExitCode> {
         ("RUSTC_WRAPPER".to_owned(), "sccache".to_owned()),
         ("CARGO_TARGET_DIR".to_owned(), args.build_root.join("target").display().to_string()),
         ("KILN_BUILD_ROOT".to_owned(), args.build_root.display().to_string()),
+        ("KILN_DEPSET_FINGERPRINT".to_owned(), crate::load_depset(args.depset.as_deref())?.fingerprint().to_owned()),
     ];
     lines.extend(kiln_compiler_worker::builder::FARM_CARGO_ENV.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
     lines.extend(
@@ -202,6 +207,9 @@ pub struct LayoutArgs {
     pub build_root: PathBuf,
     #[arg(long, env = "KILN_BUILD_PROFILE", default_value = "release")]
     pub profile: String,
+    /// The farm's dependency set (`--depset` of its members); the built-in one without it.
+    #[arg(long, env = "KILN_DEPSET")]
+    pub depset: Option<PathBuf>,
 }
 
 /// `kiln layout`: writes a program into a build root exactly as a worker does, so a
@@ -209,8 +217,9 @@ pub struct LayoutArgs {
 /// the farm's cache).
 pub fn layout(args: LayoutArgs) -> anyhow::Result<ExitCode> {
     let files = read_program(&args.dir)?;
-    let layout = Program::parse(files, DepSet::embedded())?.layout();
-    kiln_compiler_worker::builder::write_build_root(&args.build_root, &layout)?;
+    let set = crate::load_depset(args.depset.as_deref())?;
+    let layout = Program::parse(files, &set)?.layout();
+    kiln_compiler_worker::builder::write_build_root(&args.build_root, &layout, &set)?;
     println!(
         "cd {} && cargo build --offline --profile {} -p {} -p {}",
         args.build_root.display(),

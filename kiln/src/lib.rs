@@ -6,6 +6,7 @@
 pub mod cache;
 pub mod client;
 pub mod commands;
+pub mod depset;
 pub mod isolation;
 pub mod launch;
 pub mod server;
@@ -29,6 +30,18 @@ pub struct PrepareArgs {
     pub depset_cache: Option<PathBuf>,
     #[arg(long, env = "KILN_BUILD_PROFILE", default_value = "release")]
     pub profile: String,
+    /// An operator's dependency set (a directory made with `kiln depset create`);
+    /// Kiln's built-in set without it.
+    #[arg(long, env = "KILN_DEPSET")]
+    pub depset: Option<PathBuf>,
+}
+
+/// The dependency set of `--depset DIR`, or the built-in one.
+pub fn load_depset(dir: Option<&Path>) -> anyhow::Result<std::sync::Arc<kiln_core::depset::DepSet>> {
+    match dir {
+        None => Ok(kiln_core::depset::DepSet::embedded()),
+        Some(dir) => Ok(std::sync::Arc::new(kiln_core::depset::DepSet::load(dir)?)),
+    }
 }
 
 /// `kiln prepare`: readies a build root (the dependency set, built or copied).
@@ -44,9 +57,14 @@ pub async fn prepare(args: PrepareArgs) -> anyhow::Result<std::process::ExitCode
         sandbox: None,
         limits: kiln_process::process::Limits { memory_bytes: u64::MAX, processes: u64::MAX, file_bytes: u64::MAX },
         private_mounts: false,
+        depset: load_depset(args.depset.as_deref())?,
     };
     kiln_compiler_worker::builder::prepare_build_root(&settings).await?;
-    println!("build root {} is ready", settings.build_root.display());
+    println!(
+        "build root {} is ready (dependency set {})",
+        settings.build_root.display(),
+        settings.depset.fingerprint()
+    );
     Ok(std::process::ExitCode::SUCCESS)
 }
 

@@ -42,6 +42,11 @@ enum Command {
     Cache(cache::CacheCommandArgs),
     /// Prepare a build root (the dependency set, built or copied) and exit; for images.
     Prepare(kiln::PrepareArgs),
+    /// Make (vendor) and verify an operator's dependency set; print its fingerprint.
+    Depset {
+        #[command(subcommand)]
+        command: kiln::depset::DepsetCommand,
+    },
     /// The first program of a sandboxed build (run by the worker inside the sandbox).
     #[command(hide = true)]
     SandboxInit(SandboxInitArgs),
@@ -145,6 +150,7 @@ async fn run(command: Command) -> std::process::ExitCode {
         Command::Layout(args) => cache::layout(args),
         Command::Cache(args) => cache::cache(args).await,
         Command::Prepare(args) => kiln::prepare(args).await,
+        Command::Depset { command } => kiln::depset::run(command).await,
         Command::SandboxInit(_) => Err(anyhow::anyhow!("sandbox-init runs before the async runtime starts")),
     };
     match result {

@@ -103,6 +103,10 @@ pub struct ServerArgs {
     /// dependency set so it is compiled once.
     #[arg(long, env = "KILN_DEPSET_CACHE")]
     pub depset_cache: Option<PathBuf>,
+    /// The operator's dependency set (a directory made with `kiln depset create`);
+    /// Kiln's built-in set without it. Every member needs the same one.
+    #[arg(long, env = "KILN_DEPSET")]
+    pub depset: Option<PathBuf>,
     /// `auto` uses sccache when it is found; `off` builds with plain cargo.
     #[arg(long, env = "KILN_SCCACHE", default_value = "auto", value_parser = ["auto", "off"])]
     pub sccache: String,
@@ -237,6 +241,7 @@ impl ServerArgs {
         line.opt_path("--build-root-source", &self.build_root_source);
         line.value("--profile", &self.profile);
         line.opt_path("--depset-cache", &self.depset_cache);
+        line.opt_path("--depset", &self.depset);
         line.value("--sccache", &self.sccache);
         line.opt_path("--sccache-binary", &self.sccache_binary);
         line.opt_path("--sccache-dir", &self.sccache_dir);
@@ -321,6 +326,8 @@ pub struct Facts {
     /// The API token, from the argument, the environment or its file (the leader's
     /// own generated one is added at startup).
     pub api_token: Option<String>,
+    /// The dependency set, read from `--depset` (or the built-in one).
+    pub depset: std::sync::Arc<kiln_core::depset::DepSet>,
 }
 
 /// Everything a member runs with, resolved and checked.
@@ -390,6 +397,7 @@ impl MemberConfig {
                 max_artifact_bytes: args.max_artifact_bytes,
                 n_from_kubernetes: args.kubernetes,
                 protect_metrics: args.protect_metrics,
+                depset: facts.depset.clone(),
             };
             (config, args.listen)
         });
@@ -416,6 +424,7 @@ impl MemberConfig {
                     processes: args.build_processes,
                     file_bytes: args.build_file_size,
                 },
+                depset: facts.depset.clone(),
             },
             cache,
             upload: RetryPolicy {
@@ -577,6 +586,7 @@ async fn gather_facts(args: &ServerArgs) -> anyhow::Result<(Facts, Option<Statef
             (None, Some(file)) => Some(crate::read_secret_file(file, "the API token file")?),
             (None, None) => None,
         },
+        depset: crate::load_depset(args.depset.as_deref())?,
     };
     Ok((facts, statefulset.map(|(client, _)| client)))
 }
@@ -680,6 +690,7 @@ mod tests {
             cluster_token: Some("t".repeat(20)),
             s3: None,
             api_token: None,
+            depset: kiln_core::depset::DepSet::embedded(),
         }
     }
 
@@ -707,6 +718,7 @@ mod tests {
             "--build-root-source=/s",
             "--profile=dev",
             "--depset-cache=/c",
+            "--depset=/set",
             "--sccache=auto",
             "--sccache-binary=/bin/sccache",
             "--sccache-dir=/sc",

@@ -41,6 +41,10 @@ pub struct UpArgs {
     /// <data-dir>/depset-cache.
     #[arg(long, env = "KILN_DEPSET_CACHE")]
     pub depset_cache: Option<PathBuf>,
+    /// The operator's dependency set (a directory made with `kiln depset create`)
+    /// every member builds against; Kiln's built-in set without it.
+    #[arg(long, env = "KILN_DEPSET")]
+    pub depset: Option<PathBuf>,
     /// Once the farm is ready, submit these program directories and show progress.
     #[arg(long = "submit", num_args = 1..)]
     pub submit: Vec<PathBuf>,
@@ -103,6 +107,11 @@ fn member_specs(args: &UpArgs, data_dir: &Path, token_file: &Path) -> anyhow::Re
                 build_root: args.build_root.clone(),
                 build_root_source: Some(member_dir.join("build")),
                 depset_cache: Some(args.depset_cache.clone().unwrap_or_else(|| data_dir.join("depset-cache"))),
+                depset: args
+                    .depset
+                    .as_ref()
+                    .map(|d| d.canonicalize().unwrap_or_else(|_| d.clone()))
+                    .or(base.depset.clone()),
                 cluster_token: None,
                 cluster_token_file: Some(token_file.to_owned()),
                 api_token_file: api_token_file.clone(),

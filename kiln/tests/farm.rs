@@ -171,7 +171,7 @@ async fn compile_errors_and_bad_programs_are_reported_without_disturbing_others(
         (
             "outside",
             vec![("Cargo.toml", manifest("outside", "tokio = \"1\"")), ("src/main.rs", "fn main() {}".into())],
-            "outside the farm's dependency set",
+            "not in the farm's dependency set",
         ),
         (
             "Bad_Name",
@@ -543,7 +543,10 @@ async fn a_stolen_cluster_token_cannot_hijack_a_members_claims() {
     let refused = client.heartbeat(with_token(heartbeat, TOKEN)).await.unwrap_err();
     assert_eq!(refused.code(), tonic::Code::FailedPrecondition, "{refused:?}");
     assert!(refused.message().contains("held by another incarnation"), "{}", refused.message());
-    let refused = client.claim(with_token(kiln_proto::ClaimRequest { member: Some(thief.clone()), wait_ms: 0 }, TOKEN));
+    let refused = client.claim(with_token(
+        kiln_proto::ClaimRequest { member: Some(thief.clone()), wait_ms: 0, ..Default::default() },
+        TOKEN,
+    ));
     assert_eq!(refused.await.unwrap_err().code(), tonic::Code::FailedPrecondition);
     for (status, sha) in
         [(kiln_proto::BuildStatus::Success, other_sha.as_str()), (kiln_proto::BuildStatus::SystemError, "")]

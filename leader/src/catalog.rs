@@ -240,6 +240,7 @@ impl Catalog {
         &self,
         ordinal: u32,
         workers: u32,
+        depset: &str,
         now_ms: u64,
     ) -> Result<Option<(Pipeline, Vec<ProgramFile>)>, CatalogError> {
         let txn = self.db.begin_write()?;
@@ -264,6 +265,7 @@ impl Catalog {
                 Some(mut record) => {
                     record.worker = ordinal;
                     record.claim(now_ms);
+                    record.depset = Some(depset.to_owned());
                     let source = match sources.get(record.source_sha256.as_str())? {
                         Some(bytes) => decode_source(&record.source_sha256, bytes.value())?,
                         None => return Err(corrupt(format!("pipeline {}", record.id), "its source is missing")),
@@ -484,12 +486,12 @@ mod tests {
         for name in ["a", "b", "c", "d"] {
             c.submit(name, name, &src(name), 3, 0).unwrap();
         }
-        let (first, source) = c.claim(1, 3, 1).unwrap().unwrap();
+        let (first, source) = c.claim(1, 3, "set", 1).unwrap().unwrap();
         assert_eq!((first.id, source), (1, src("a")));
-        let (second, _) = c.claim(1, 3, 1).unwrap().unwrap();
+        let (second, _) = c.claim(1, 3, "set", 1).unwrap().unwrap();
         assert_eq!(second.id, 4);
-        assert!(c.claim(1, 3, 1).unwrap().is_none(), "nothing is handed out twice");
-        assert_eq!(c.claim(0, 3, 1).unwrap().unwrap().0.id, 3);
+        assert!(c.claim(1, 3, "set", 1).unwrap().is_none(), "nothing is handed out twice");
+        assert_eq!(c.claim(0, 3, "set", 1).unwrap().unwrap().0.id, 3);
     }
 
     #[test]
@@ -497,7 +499,7 @@ mod tests {
         let (dir, c) = catalog();
         c.submit("a", "s", &src("x"), 2, 0).unwrap();
         assert!(c.member_seen(1, 111, 0).unwrap().is_empty());
-        let (record, _) = c.claim(1, 2, 1).unwrap().unwrap();
+        let (record, _) = c.claim(1, 2, "set", 1).unwrap().unwrap();
         let old_claim = record.claim_key();
         drop(c);
         let c = Catalog::open(&dir.path().join("catalog.redb")).unwrap();
@@ -510,7 +512,7 @@ mod tests {
         assert_eq!(c.get(1).unwrap().unwrap().status, Status::Pending);
         let refused = c.report(&old_claim, (1, 111), Report::Compiling, None, 4);
         assert!(matches!(refused, Err(CatalogError::Refused(ReportRefused::StaleClaim { .. }))));
-        let (again, _) = c.claim(1, 2, 5).unwrap().unwrap();
+        let (again, _) = c.claim(1, 2, "set", 5).unwrap().unwrap();
         assert_eq!(again.attempt, 2);
         let figures = Figures { cache: CacheFigures::default(), ..Figures::default() };
         // Not from another ordinal, nor from the incarnation that restarted away.
@@ -575,7 +577,7 @@ mod tests {
         let c = Catalog::open(&path).unwrap();
         assert_eq!(c.get(1).unwrap().unwrap(), pipeline);
         assert_eq!(c.source("s").unwrap().unwrap(), src("old"));
-        let (claimed, source) = c.claim(1, 3, 5).unwrap().unwrap();
+        let (claimed, source) = c.claim(1, 3, "set", 5).unwrap().unwrap();
         assert_eq!((claimed.id, source), (1, src("old")));
         drop(c);
         let c = Catalog::open(&path).unwrap();

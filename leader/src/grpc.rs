@@ -72,6 +72,7 @@ impl ClusterService {
             preparing: request.preparing,
             sandbox: request.sandbox,
             sandbox_unavailable: request.sandbox_unavailable,
+            depset: request.depset,
         };
         let current = request.current.map(ClaimKey::from);
         let cancel_current = self.state.heartbeat(member_id, report, current).await?;
@@ -86,12 +87,13 @@ impl ClusterService {
         let request = request.into_inner();
         let member_id = MemberId::from_pb(request.member.as_ref()).map_err(missing)?;
         let wait = Duration::from_millis(u64::from(request.wait_ms)).min(MAX_CLAIM_WAIT);
-        let assignment = self.state.claim(member_id, wait).await?.map(|(record, files)| pb::Assignment {
-            claim: Some(record.claim_key().into()),
-            name: record.name,
-            source_sha256: record.source_sha256,
-            source: Some(cluster::source_bundle(&files)),
-        });
+        let assignment =
+            self.state.claim(member_id, &request.depset, wait).await?.map(|(record, files)| pb::Assignment {
+                claim: Some(record.claim_key().into()),
+                name: record.name,
+                source_sha256: record.source_sha256,
+                source: Some(cluster::source_bundle(&files)),
+            });
         Ok(Response::new(pb::ClaimResponse { assignment }))
     }
 

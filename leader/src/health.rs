@@ -24,6 +24,8 @@ pub struct MemberReport {
     pub sandbox: String,
     /// It cannot make its sandbox and refuses to build.
     pub sandbox_unavailable: bool,
+    /// The fingerprint of its dependency set.
+    pub depset: String,
 }
 
 /// The last report of every member that has reported since the leader started.
@@ -76,6 +78,8 @@ pub struct MemberHealth {
     pub workers: Option<u32>,
     pub cache: Option<String>,
     pub sandbox: Option<String>,
+    /// The fingerprint of its dependency set.
+    pub depset: Option<String>,
 }
 
 /// The body of `/cluster_healthz`.
@@ -83,6 +87,8 @@ pub struct MemberHealth {
 pub struct ClusterHealth {
     pub all_healthy: bool,
     pub workers_expected: u32,
+    /// The fingerprint of the leader's dependency set, which every member must have.
+    pub depset: String,
     pub checked_at: String,
     pub heartbeat_window_ms: u64,
     pub members: Vec<MemberHealth>,
@@ -113,17 +119,26 @@ impl ClusterHealth {
     }
 }
 
-/// The leader's view of the set at `now`: each of `workers` ordinals is healthy when
-/// its last report is within `window`, agrees on N and version, and its cache store
-/// answers.
+/// What every member must agree with the leader on.
+#[derive(Debug, Clone, Copy)]
+pub struct Expected<'a> {
+    pub workers: u32,
+    pub version: &'a str,
+    /// The fingerprint of the leader's dependency set.
+    pub depset: &'a str,
+}
+
+/// The leader's view of the set at `now`: each ordinal is healthy when its last
+/// report is within `window`, agrees on N, the version and the dependency set, and
+/// its cache store answers.
 pub fn cluster_health(
     reports: &HashMap<u32, (Instant, MemberReport)>,
-    workers: u32,
-    version: &str,
+    expected: Expected<'_>,
     window: Duration,
     now: Instant,
     checked_at: String,
 ) -> ClusterHealth {
+    let Expected { workers, version, depset } = expected;
     let members: Vec<MemberHealth> = (0..workers)
         .map(|ordinal| match reports.get(&ordinal) {
             None => MemberHealth {
@@ -135,6 +150,7 @@ pub fn cluster_health(
                 workers: None,
                 cache: None,
                 sandbox: None,
+                depset: None,
             },
             Some((at, report)) => {
                 let age = now.saturating_duration_since(*at);
@@ -146,6 +162,13 @@ pub fn cluster_health(
                         .then(|| format!("started with {} workers, the leader with {workers}", report.workers)),
                     (report.version != version)
                         .then(|| format!("runs version {}, the leader {version}", report.version)),
+                    (report.depset != depset).then(|| {
+                        format!(
+                            "its dependency set {} differs from the leader's {}: start it with the leader's --depset; it gets no work until then",
+                            short(&report.depset),
+                            short(depset)
+                        )
+                    }),
                     report.preparing.then(|| "preparing its build root (the dependency set)".to_owned()),
                     (!report.cache_healthy).then(|| format!("cache store: {}", report.cache_message)),
                     report.sandbox_unavailable.then(|| report.sandbox.clone()),
@@ -162,6 +185,7 @@ pub fn cluster_health(
                     workers: Some(report.workers),
                     cache: Some(report.cache_message.clone()),
                     sandbox: Some(report.sandbox.clone()),
+                    depset: Some(report.depset.clone()),
                 }
             }
         })
@@ -169,15 +193,24 @@ pub fn cluster_health(
     ClusterHealth {
         all_healthy: members.iter().all(|m| m.healthy),
         workers_expected: workers,
+        depset: depset.to_owned(),
         checked_at,
         heartbeat_window_ms: window.as_millis() as u64,
         members,
     }
 }
 
+fn short(fingerprint: &str) -> &str {
+    if fingerprint.is_empty() { "(none)" } else { &fingerprint[..fingerprint.len().min(12)] }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn expected(workers: u32, version: &str) -> Expected<'_> {
+        Expected { workers, version, depset: "set" }
+    }
 
     fn report(workers: u32, version: &str) -> MemberReport {
         MemberReport {
@@ -189,6 +222,7 @@ mod tests {
             preparing: false,
             sandbox: "sandbox: on".into(),
             sandbox_unavailable: false,
+            depset: "set".into(),
         }
     }
 
@@ -199,13 +233,13 @@ mod tests {
         reports.insert(0, (start, report(3, "1.0")));
         reports.insert(1, (start, report(3, "1.0")));
         let window = Duration::from_secs(10);
-        let health = cluster_health(&reports, 3, "1.0", window, start + Duration::from_secs(1), "t".into());
+        let health = cluster_health(&reports, expected(3, "1.0"), window, start + Duration::from_secs(1), "t".into());
         assert!(!health.all_healthy);
         assert!(health.members[0].healthy && health.members[1].healthy);
         assert_eq!(health.members[2].message, "never reported since the leader started");
 
         reports.insert(2, (start + Duration::from_secs(5), report(3, "1.0")));
-        let later = cluster_health(&reports, 3, "1.0", window, start + Duration::from_secs(12), "t".into());
+        let later = cluster_health(&reports, expected(3, "1.0"), window, start + Duration::from_secs(12), "t".into());
         assert!(!later.members[0].healthy, "a silent member turns unhealthy");
         assert!(later.members[0].message.starts_with("no report for 12.0s"), "{}", later.members[0].message);
         assert!(later.members[2].healthy);
@@ -219,14 +253,16 @@ mod tests {
         let mut broken = report(3, "0.9");
         broken.cache_healthy = false;
         broken.cache_message = "bucket missing".into();
+        broken.depset = "another-set-fingerprint".into();
         reports.insert(1, (now, broken));
-        let health = cluster_health(&reports, 2, "1.0", Duration::from_secs(10), now, "t".into());
+        let health = cluster_health(&reports, expected(2, "1.0"), Duration::from_secs(10), now, "t".into());
         assert!(health.members[0].healthy);
         let message = &health.members[1].message;
         assert!(
             message.contains("started with 3 workers")
                 && message.contains("version 0.9")
-                && message.contains("bucket missing"),
+                && message.contains("bucket missing")
+                && message.contains("dependency set another-set- differs from the leader's set"),
             "{message}"
         );
     }

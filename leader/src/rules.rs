@@ -45,6 +45,10 @@ pub struct Pipeline {
     /// only one a `success` of that claim may name.
     #[serde(default)]
     pub uploaded: Option<Uploaded>,
+    /// The fingerprint of the dependency set the current version was handed out
+    /// with (the leader's; a member with another gets no work).
+    #[serde(default)]
+    pub depset: Option<String>,
 }
 
 /// A binary received under a claim.
@@ -114,6 +118,7 @@ impl From<&Pipeline> for api::PipelineRecord {
             compile_ms: p.compile_ms,
             upload_ms: p.upload_ms,
             upload_retries: p.upload_retries,
+            depset: p.depset.clone(),
         }
     }
 }
@@ -142,6 +147,7 @@ impl Pipeline {
             upload_ms: None,
             upload_retries: 0,
             uploaded: None,
+            depset: None,
         }
     }
 

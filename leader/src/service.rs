@@ -15,7 +15,7 @@ use tokio::sync::watch;
 use crate::artifacts::ArtifactStore;
 use crate::catalog::{Catalog, Submitted};
 use crate::error::ApiError;
-use crate::health::{ClusterHealth, MemberReport, Members, cluster_health};
+use crate::health::{ClusterHealth, Expected, MemberReport, Members, cluster_health};
 use crate::metrics::Metrics;
 use crate::rules::{ClaimKey, Pipeline, Report};
 use kiln_core::api::Change;
@@ -38,6 +38,9 @@ pub struct LeaderConfig {
     pub n_from_kubernetes: bool,
     /// `/metrics` wants the API token too.
     pub protect_metrics: bool,
+    /// The dependency set programs are validated against; members with another
+    /// get no work.
+    pub depset: Arc<DepSet>,
 }
 
 #[derive(Debug)]
@@ -100,9 +103,10 @@ impl LeaderState {
     /// Validates a program and records it as a new pipeline or a new version.
     pub async fn submit(&self, name: String, files: Vec<ProgramFile>) -> Result<Submitted, ApiError> {
         program::validate_name(&name)?;
+        let set = self.config.depset.clone();
         let (sha, files) = tokio::task::spawn_blocking(move || -> Result<_, ApiError> {
             let sha = program::source_sha256(&files);
-            Program::parse(files.clone(), DepSet::embedded())?;
+            Program::parse(files.clone(), &set)?;
             Ok((sha, files))
         })
         .await
@@ -261,17 +265,31 @@ impl LeaderState {
     pub async fn claim(
         &self,
         member: MemberId,
+        depset: &str,
         wait: Duration,
     ) -> Result<Option<(Pipeline, Vec<ProgramFile>)>, ApiError> {
         self.member_seen(member).await?;
         let deadline = tokio::time::Instant::now() + wait;
+        let leader_set = self.config.depset.fingerprint().to_owned();
+        if depset != leader_set {
+            // /cluster_healthz names it; the member asks again after the wait.
+            tracing::info!(
+                ordinal = member.ordinal,
+                member_depset = depset,
+                leader_depset = %leader_set,
+                "no work for this member: its dependency set differs from the leader's"
+            );
+            tokio::time::sleep_until(deadline).await;
+            return Ok(None);
+        }
         let mut wakeups = self.work.subscribe();
         loop {
             // Mark the current generation seen before looking, so a submission that
             // lands after the look still wakes us.
             wakeups.borrow_and_update();
             let (ordinal, workers) = (member.ordinal, self.config.workers);
-            if let Some((record, source)) = self.catalog(move |c| c.claim(ordinal, workers, now_ms())).await? {
+            let set = leader_set.clone();
+            if let Some((record, source)) = self.catalog(move |c| c.claim(ordinal, workers, &set, now_ms())).await? {
                 tracing::info!(pipeline = %record.name, id = record.id, version = record.version, ordinal, attempt = record.attempt, "pipeline claimed");
                 return Ok(Some((record, source)));
             }
@@ -330,10 +348,14 @@ impl LeaderState {
 
     pub fn cluster_health(&self) -> ClusterHealth {
         let now = Instant::now();
+        let expected = Expected {
+            workers: self.config.workers,
+            version: &self.config.version,
+            depset: self.config.depset.fingerprint(),
+        };
         let mut health = cluster_health(
             &self.members.snapshot(),
-            self.config.workers,
-            &self.config.version,
+            expected,
             self.config.heartbeat_window,
             now,
             humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
