@@ -74,7 +74,7 @@ fn env_value(statefulset: &Value, name: &str) -> Option<Value> {
     env_of(statefulset).into_iter().find(|e| e["name"] == name)
 }
 
-const VALUE_SETS: [(&str, &[&str]); 6] = [
+const VALUE_SETS: [(&str, &[&str]); 7] = [
     ("defaults", &[]),
     (
         "parallel-s3-secret",
@@ -99,6 +99,14 @@ const VALUE_SETS: [(&str, &[&str]); 6] = [
     ("disabled-with-replicas", &["parallelCompilation.enabled=false", "parallelCompilation.replicas=3"]),
     ("api-from-one-namespace", &["networkPolicy.apiFrom[0].namespaceSelector.matchLabels.team=ci"]),
     ("tls", &["tls.enabled=true", "tls.secretName=kiln-leader-tls"]),
+    (
+        "depset-volume",
+        &[
+            "depset.path=/opt/team/depset",
+            "depset.volume.persistentVolumeClaim.claimName=kiln-depset",
+            "depset.volume.persistentVolumeClaim.readOnly=true",
+        ],
+    ),
 ];
 
 /// `helm lint` passes and every value set renders (1), and every rendered set passes
@@ -257,6 +265,22 @@ fn each_value_set_produces_what_it_says() {
     assert!(env_value(plain, "KILN_TLS_CERT").is_none(), "no TLS unless asked");
     assert_eq!(plain["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["httpGet"]["scheme"], "HTTP");
 
+    // Issue 13: the operator's set from the image (a path) or from a volume.
+    let with_set = documents(&render(VALUE_SETS[6].1).unwrap());
+    let sts = find(&with_set, "StatefulSet", "kiln-compiler-server");
+    assert_eq!(env_value(sts, "KILN_DEPSET").unwrap()["value"], "/opt/team/depset");
+    let pod = &sts["spec"]["template"]["spec"];
+    let volume = pod["volumes"].as_array().unwrap().iter().find(|v| v["name"] == "depset").expect("the set's volume");
+    assert_eq!(volume["persistentVolumeClaim"]["claimName"], "kiln-depset");
+    let mount =
+        pod["containers"][0]["volumeMounts"].as_array().unwrap().iter().find(|m| m["name"] == "depset").unwrap();
+    assert_eq!((mount["mountPath"].as_str(), mount["readOnly"].as_bool()), (Some("/opt/team/depset"), Some(true)));
+    let in_image = documents(&render(&["depset.path=/opt/kiln/depset"]).unwrap());
+    let sts = find(&in_image, "StatefulSet", "kiln-compiler-server");
+    assert_eq!(env_value(sts, "KILN_DEPSET").unwrap()["value"], "/opt/kiln/depset");
+    assert!(!sts["spec"]["template"]["spec"]["volumes"].as_array().unwrap().iter().any(|v| v["name"] == "depset"));
+    assert!(env_value(find(&defaults, "StatefulSet", "kiln-compiler-server"), "KILN_DEPSET").is_none(), "built-in set");
+
     let disabled = documents(&render(VALUE_SETS[3].1).unwrap());
     let sts = find(&disabled, "StatefulSet", "kiln-compiler-server");
     assert_eq!(sts["spec"]["replicas"], 1, "enabled: false means one replica whatever replicas says");
@@ -272,6 +296,7 @@ fn wrong_values_are_refused_by_the_schema() {
         (&["parallelCompilation.sccache.s3.bucketName=x"][..], "bucketName"),
         (&["parallelCompilation.sccache.s3.useSSL=maybe"][..], "useSSL"),
         (&["tls.enabled=true"][..], "secretName"),
+        (&["depset.path=relative/set"][..], "path"),
     ] {
         let error = render(sets).expect_err(&format!("{sets:?} is refused"));
         assert!(error.contains("schema") && error.contains(expected), "{sets:?}: {error}");
@@ -427,7 +452,7 @@ async fn a_member_reporting_another_n_is_refused_not_believed() {
         let refused = client.heartbeat(authorized(heartbeat)).await.unwrap_err();
         assert_eq!(refused.code(), tonic::Code::FailedPrecondition, "{refused:?}");
         assert!(refused.message().contains("the StatefulSet has 2 replicas"), "{}", refused.message());
-        let claim = kiln_proto::ClaimRequest { member: Some(liar), wait_ms: 0 };
+        let claim = kiln_proto::ClaimRequest { member: Some(liar), wait_ms: 0, ..Default::default() };
         let refused = client.claim(authorized(claim)).await.unwrap_err();
         assert_eq!(refused.code(), tonic::Code::FailedPrecondition, "{refused:?}");
     }
