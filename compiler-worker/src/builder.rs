@@ -522,7 +522,10 @@ async fn copy_tree(from: &Path, to: &Path) -> anyhow::Result<()> {
 /// Makes the build root ready: writes the dependency set and builds it, or copies a
 /// prebuilt one from the shared cache. Safe to call on every start; a ready build
 /// root costs one small file check.
-pub async fn prepare_build_root(settings: &BuildSettings) -> anyhow::Result<()> {
+///
+/// The set is compiled through `wrapper` (the compile cache, when the member has
+/// one), so a member whose set another member already compiled mostly reads hits.
+pub async fn prepare_build_root(settings: &BuildSettings, wrapper: &Wrapper) -> anyhow::Result<()> {
     let root = &settings.build_root;
     {
         let (root, set) = (root.clone(), settings.depset.clone());
@@ -547,7 +550,7 @@ pub async fn prepare_build_root(settings: &BuildSettings) -> anyhow::Result<()> 
         std::fs::remove_dir_all(root.join("target")).context("clearing target/ before the dependency set")?;
     }
     let Some(cache) = &settings.depset_cache else {
-        build_depset(settings).await?;
+        build_depset(settings, wrapper).await?;
         std::fs::write(&marker, b"")?;
         return keep_pristine(root, &marker_name).await;
     };
@@ -568,7 +571,7 @@ pub async fn prepare_build_root(settings: &BuildSettings) -> anyhow::Result<()> 
         copy_tree(&prebuilt, &staging).await?;
         std::fs::rename(&staging, root.join("target"))?;
     } else {
-        build_depset(settings).await?;
+        build_depset(settings, wrapper).await?;
         let staging = cache.join(format!("{key}.partial"));
         let _ = std::fs::remove_dir_all(&staging);
         std::fs::create_dir_all(&staging)?;
@@ -581,12 +584,12 @@ pub async fn prepare_build_root(settings: &BuildSettings) -> anyhow::Result<()> 
     keep_pristine(root, &marker_name).await
 }
 
-async fn build_depset(settings: &BuildSettings) -> anyhow::Result<()> {
+async fn build_depset(settings: &BuildSettings, wrapper: &Wrapper) -> anyhow::Result<()> {
     tracing::info!(profile = %settings.profile, "building the dependency set (once per machine or image)");
     let started = Instant::now();
     // Not offline: a fresh machine may still have to fetch the set's crates. Pipeline
     // builds are offline.
-    let mut command = cargo_command(settings, &Wrapper::default());
+    let mut command = cargo_command(settings, wrapper);
     command.args(["build", "--profile", &settings.profile, "-p", depset::PACKAGE]);
     if matches!(settings.depset.origin(), Origin::Directory(_)) {
         // Vendored: everything is in the build root.
@@ -681,8 +684,8 @@ fn write_depset(root: &Path, set: &DepSet) -> anyhow::Result<()> {
 }
 
 /// Copies an operator's set into `<root>/depset`, whole: verified against its
-/// lockfile first, written beside and renamed into place, its own sources (not the
-/// vendored ones, which cargo checks by checksum) given the set's fixed old time.
+/// lockfile first, written beside and renamed into place, every file given the
+/// set's fixed old time (see [`depset_source_mtime`]).
 fn install_set(root: &Path, dir: &Path, set: &DepSet) -> anyhow::Result<()> {
     tracing::info!(depset = %dir.display(), fingerprint = set.fingerprint(), "installing the dependency set");
     depset::verify_vendored(dir)?;
@@ -712,9 +715,10 @@ fn install_set(root: &Path, dir: &Path, set: &DepSet) -> anyhow::Result<()> {
         } else {
             std::fs::copy(entry.path(), &to).with_context(|| format!("copying {}", entry.path().display()))?;
         }
-        if !relative.starts_with(depset::VENDOR_DIR) {
-            std::fs::File::options().write(true).open(&to)?.set_modified(depset_source_mtime())?;
-        }
+        // Every file, the vendored ones too: a build script's `rerun-if-changed`
+        // compares a source's time with the prebuilt output's, and a copy's time
+        // is the moment of copying, newer than a target prebuilt earlier.
+        std::fs::File::options().write(true).open(&to)?.set_modified(depset_source_mtime())?;
     }
     std::fs::write(staging.join(INSTALLED), set.fingerprint())?;
     let _ = std::fs::remove_dir_all(root.join("depset"));
@@ -1046,6 +1050,62 @@ mod tests {
         write_depset(root.path(), &DepSet::embedded()).unwrap();
         assert_eq!(std::fs::read_to_string(&anchor).unwrap(), depset::LIB_RS);
         assert_eq!(std::fs::metadata(&anchor).unwrap().modified().unwrap(), depset_source_mtime());
+    }
+
+    /// A vendored set as `kiln depset create` leaves it: one registry crate.
+    fn vendored_set(dir: &Path) {
+        let content = b"pub fn f() {}\n";
+        let sum = hex::encode(Sha256::digest(content));
+        std::fs::write(
+            dir.join("Cargo.toml"),
+            "[package]\nname = \"kiln-depset\"\n[dependencies]\nitoa = \"1\"\n\n[workspace]\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("Cargo.lock"),
+            "version = 4\n[[package]]\nname = \"itoa\"\nversion = \"1.0.1\"\nsource = \"registry+https://github.com/rust-lang/crates.io-index\"\nchecksum = \"abc\"\n",
+        )
+        .unwrap();
+        std::fs::write(dir.join("lib.rs"), "").unwrap();
+        std::fs::write(
+            dir.join("resolved.json"),
+            r#"{"packages":[{"name":"itoa","version":"1.0.1","features":[],"has_default":false}]}"#,
+        )
+        .unwrap();
+        std::fs::create_dir_all(dir.join("vendor/itoa-1.0.1/src")).unwrap();
+        std::fs::write(dir.join("vendor/itoa-1.0.1/src/lib.rs"), content).unwrap();
+        std::fs::write(
+            dir.join("vendor/itoa-1.0.1/.cargo-checksum.json"),
+            format!(r#"{{"files":{{"src/lib.rs":"{sum}"}},"package":"abc"}}"#),
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn a_vendored_set_is_installed_whole_with_old_times_and_an_altered_one_refused() {
+        let set_dir = tempfile::tempdir().unwrap();
+        vendored_set(set_dir.path());
+        let set = DepSet::load(set_dir.path()).unwrap();
+        let root = tempfile::tempdir().unwrap();
+        write_depset(root.path(), &set).unwrap();
+        let vendored = root.path().join("depset/vendor/itoa-1.0.1/src/lib.rs");
+        // A copy's own time would be newer than a target prebuilt earlier, and a
+        // build script's rerun-if-changed would then rebuild the prebuilt set.
+        assert_eq!(std::fs::metadata(&vendored).unwrap().modified().unwrap(), depset_source_mtime());
+        let manifest = std::fs::read_to_string(root.path().join("depset/Cargo.toml")).unwrap();
+        assert!(!manifest.contains("[workspace]"), "a member of the build root's workspace: {manifest}");
+        let config = std::fs::read_to_string(root.path().join(CARGO_CONFIG)).unwrap();
+        assert!(config.contains("directory = \"depset/vendor\""), "{config}");
+        assert_eq!(std::fs::read_to_string(root.path().join("depset").join(INSTALLED)).unwrap(), set.fingerprint());
+
+        std::fs::write(set_dir.path().join("vendor/itoa-1.0.1/src/lib.rs"), "pub fn g() {}\n").unwrap();
+        let altered = DepSet::load(set_dir.path()).unwrap();
+        let other_root = tempfile::tempdir().unwrap();
+        let error = format!("{:#}", write_depset(other_root.path(), &altered).unwrap_err());
+        assert!(error.contains("itoa 1.0.1") && error.contains("src/lib.rs was changed"), "{error}");
+        // Back to the built-in set: cargo no longer points at vendored sources.
+        write_depset(root.path(), &DepSet::embedded()).unwrap();
+        assert!(!root.path().join(CARGO_CONFIG).exists());
     }
 
     #[test]

@@ -119,7 +119,7 @@ pub async fn run(config: WorkerConfig, guard: ScalingGuard, shutdown: Cancellati
     }
     tracing::info!(ordinal, build_root = %config.build.build_root.display(), "preparing the build root");
     tokio::select! {
-        prepared = builder::prepare_build_root(&config.build) => prepared.context("preparing the build root")?,
+        prepared = prepare(&config) => prepared.context("preparing the build root")?,
         () = shutdown.cancelled() => return Ok(()),
     }
     let (sccache, cache_note) = start_cache(&config).await?;
@@ -156,6 +156,47 @@ async fn sandbox_state(settings: &SandboxSettings) -> SandboxState {
             Err(why) => SandboxState::Unavailable(why),
         },
     }
+}
+
+/// Prepares the build root, compiling the dependency set through the compile cache:
+/// a server of the worker's own, outside any sandbox (the set is the operator's,
+/// trusted, and built unsandboxed), with the store's settings, stopped once the
+/// set is built. A member whose set another member (or an earlier pod) compiled so
+/// mostly reads hits. Without a usable cache, plain cargo.
+async fn prepare(config: &WorkerConfig) -> anyhow::Result<()> {
+    let server = match &config.cache {
+        CacheChoice::Auto { binary, store } => match sccache::find(binary.as_deref()) {
+            Some(binary) => {
+                if let CacheStore::S3(s3) = store {
+                    cache_store::preflight(s3, &config.identity.hostname).await?;
+                }
+                let dir = config.build.work_dir.join("sccache-prepare");
+                match Sccache::start(binary, store.clone(), &dir).await {
+                    Ok(server) => Some(server),
+                    Err(e) => {
+                        tracing::warn!(error = %format!("{e:#}"), "compiling the dependency set without the compile cache");
+                        None
+                    }
+                }
+            }
+            None => None,
+        },
+        CacheChoice::Off => None,
+    };
+    let wrapper = server.as_ref().map(Sccache::wrapper).unwrap_or_default();
+    let prepared = builder::prepare_build_root(&config.build, &wrapper).await;
+    if let Some(server) = server {
+        if let Ok(stats) = server.stats().await {
+            tracing::info!(
+                ordinal = config.identity.ordinal,
+                hits = stats.hits,
+                misses = stats.misses,
+                "the dependency set's compilations through the cache"
+            );
+        }
+        server.stop().await;
+    }
+    prepared
 }
 
 async fn start_cache(config: &WorkerConfig) -> anyhow::Result<(Option<CompileCache>, String)> {

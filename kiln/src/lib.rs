@@ -59,7 +59,7 @@ pub async fn prepare(args: PrepareArgs) -> anyhow::Result<std::process::ExitCode
         private_mounts: false,
         depset: load_depset(args.depset.as_deref())?,
     };
-    kiln_compiler_worker::builder::prepare_build_root(&settings).await?;
+    kiln_compiler_worker::builder::prepare_build_root(&settings, &Default::default()).await?;
     println!(
         "build root {} is ready (dependency set {})",
         settings.build_root.display(),
