@@ -1230,6 +1230,45 @@ criterion = "0.5"
         assert!(!text.contains("serde_json"), "{text}");
     }
 
+    /// Hostile feature tables: cycles, features naming nothing, a weak feature of a
+    /// dependency that does not exist, a feature of a path crate that activates the
+    /// binary's own crate back. Parsing ends, and only what is real is checked.
+    #[test]
+    fn hostile_feature_graphs_end_and_are_judged_on_what_they_use() {
+        let ops = "[package]\nname = \"ops\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n\
+                   [features]\ndefault = [\"a\"]\na = [\"b\", \"ghost\", \"nobody?/x\"]\nb = [\"a\", \"dep:serde\"]\n\n\
+                   [dependencies]\nserde = { version = \"1\", optional = true, features = [\"derive\"] }\n\
+                   tokio = { version = \"1\", optional = true }\n";
+        let files = vec![
+            file("Cargo.toml", &manifest("app", "ops = { path = \"ops\" }\n")),
+            file("src/main.rs", "fn main() {}"),
+            file("ops/Cargo.toml", ops),
+            file("ops/src/lib.rs", ""),
+        ];
+        let program = parse(files).expect("cycles end; tokio is never activated, so never checked");
+        let layout = program.layout();
+        let ops = layout.crates.iter().find(|c| c.package == "ops").unwrap();
+        let text =
+            String::from_utf8(ops.files.iter().find(|f| f.path == "Cargo.toml").unwrap().content.clone()).unwrap();
+        assert!(text.contains("serde") && !text.contains("tokio"), "{text}");
+
+        // The same crate, asked for tokio through a feature, is refused for it.
+        let asked = "[package]\nname = \"ops\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n\
+                     [features]\ndefault = [\"rt\"]\nrt = [\"tokio/rt\", \"rt\"]\n\n\
+                     [dependencies]\ntokio = { version = \"1\", optional = true }\n";
+        let files = vec![
+            file("Cargo.toml", &manifest("app", "ops = { path = \"ops\" }\n")),
+            file("src/main.rs", "fn main() {}"),
+            file("ops/Cargo.toml", asked),
+            file("ops/src/lib.rs", ""),
+        ];
+        let error = parse(files).unwrap_err();
+        assert!(
+            matches!(&error, ProgramError::OutsideDependencySet { dependency, .. } if dependency == "tokio"),
+            "{error}"
+        );
+    }
+
     #[test]
     fn a_transitive_crate_of_the_set_may_be_used_at_its_features() {
         // serde_derive is in the built-in set's lockfile only as serde's dependency.
