@@ -609,7 +609,9 @@ async fn a_stolen_cluster_token_cannot_hijack_a_members_claims() {
 /// /healthz is HTTPS too. A client without the CA, or with another CA, gets a plain
 /// certificate error naming --tls-ca; a plain-HTTP client (the CLI, and a gRPC
 /// client speaking h2c) gets a plain answer saying to use https://; a member that
-/// trusts another CA says so in its log. The leader keeps serving throughout.
+/// trusts another CA says so in its log; 64 clients that never handshake and one
+/// that sends a broken record do not stop it answering. The leader keeps serving
+/// throughout.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_farm_over_tls_builds_end_to_end_and_plain_or_untrusted_clients_get_plain_errors() {
     let certs = std::sync::Arc::new(kiln_testkit::TestCertificates::new());
@@ -663,6 +665,18 @@ async fn a_farm_over_tls_builds_end_to_end_and_plain_or_untrusted_clients_get_pl
         refused.message().contains("serves HTTPS (TLS) only"),
         "a gRPC client in plain text is told why: {refused:?}"
     );
+
+    // Clients that connect and never finish a handshake (or send plain garbage)
+    // hold nothing but their own connections: the leader still answers others.
+    let mut idle = Vec::new();
+    for _ in 0..64 {
+        idle.push(std::net::TcpStream::connect(("127.0.0.1", farm.port)).unwrap());
+    }
+    let mut garbage = std::net::TcpStream::connect(("127.0.0.1", farm.port)).unwrap();
+    std::io::Write::write_all(&mut garbage, &[0x16, 0x03, 0x01, 0xff, 0xff, 0, 0, 0]).unwrap();
+    let answered = farm.http.get(format!("{url}/healthz")).send().await.expect("answered beside 65 stalled clients");
+    assert_eq!(answered.status(), 200);
+    drop((idle, garbage));
 
     // A member that trusts another CA never reaches the leader, and says why.
     farm.kill(1);
