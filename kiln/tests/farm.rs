@@ -604,7 +604,7 @@ async fn a_stolen_cluster_token_cannot_hijack_a_members_claims() {
 }
 
 /// Issue 12, point 5: a farm whose leader serves TLS (a CA and a certificate made
-/// in the test with rcgen) builds examples end to end: both members report and
+/// in the test with rcgen) builds the examples end to end: both members report and
 /// upload over TLS, the CLI submits, waits and downloads over TLS, and a worker's
 /// /healthz is HTTPS too. A client without the CA, or with another CA, gets a plain
 /// certificate error naming --tls-ca; a plain-HTTP client (the CLI, and a gRPC
@@ -624,12 +624,13 @@ async fn a_farm_over_tls_builds_end_to_end_and_plain_or_untrusted_clients_get_pl
     let url = farm.url();
     assert!(url.starts_with("https://"), "{url}");
 
-    // hello is id 1 (ordinal 1), wordfreq id 2 (ordinal 0): both members deliver over TLS.
-    let submitted = farm.submit(&[&examples().join("hello"), &examples().join("wordfreq")], true);
+    // Ids 1 to 4 alternate between the ordinals: both members deliver over TLS.
+    let dirs = example_dirs();
+    let submitted = farm.submit(&dirs.iter().map(|d| d.as_path()).collect::<Vec<_>>(), true);
     assert!(submitted.status.success(), "kiln submit --wait over TLS: {}", text(&submitted));
     let dir = tempfile::tempdir().unwrap();
     let ca = format!("--tls-ca={}", certs.ca.display());
-    for (name, expected) in &EXPECTED_OUTPUT[..2] {
+    for (name, expected) in &EXPECTED_OUTPUT {
         let record = farm.pipeline(name).await;
         assert_eq!(record["status"], "success", "{record}");
         let binary = dir.path().join(name);
