@@ -154,23 +154,12 @@ fn read(path: &Path) -> Result<String, DepSetError> {
 /// The files of a directory, relative, '/'-separated, sorted.
 fn files_under(dir: &Path) -> Result<Vec<(String, PathBuf)>, DepSetError> {
     let mut files = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(at) = stack.pop() {
-        let entries = std::fs::read_dir(&at)
-            .map_err(|e| DepSetError::Unreadable { path: at.display().to_string(), reason: e.to_string() })?;
-        for entry in entries {
-            let entry =
-                entry.map_err(|e| DepSetError::Unreadable { path: at.display().to_string(), reason: e.to_string() })?;
-            let path = entry.path();
-            let kind = entry
-                .file_type()
-                .map_err(|e| DepSetError::Unreadable { path: path.display().to_string(), reason: e.to_string() })?;
-            if kind.is_dir() {
-                stack.push(path);
-            } else if kind.is_file() {
-                let relative = path.strip_prefix(dir).unwrap_or(&path).to_string_lossy().replace('\\', "/");
-                files.push((relative, path));
-            }
+    for entry in walkdir::WalkDir::new(dir).sort_by_file_name() {
+        let entry =
+            entry.map_err(|e| DepSetError::Unreadable { path: dir.display().to_string(), reason: e.to_string() })?;
+        if entry.file_type().is_file() {
+            let relative = entry.path().strip_prefix(dir).unwrap_or(entry.path()).to_string_lossy().into_owned();
+            files.push((relative, entry.into_path()));
         }
     }
     files.sort();
@@ -435,7 +424,8 @@ pub fn verify_vendored(dir: &Path) -> Result<usize, DepSetError> {
                 return Err(altered(&krate, format!("{relative} was changed")));
             }
         }
-        if let Some(missing) = listed.keys().find(|f| !on_disk.iter().any(|(r, _)| r == *f)) {
+        let present: std::collections::HashSet<&str> = on_disk.iter().map(|(r, _)| r.as_str()).collect();
+        if let Some(missing) = listed.keys().find(|f| !present.contains(f.as_str())) {
             return Err(altered(&krate, format!("{missing} is missing")));
         }
         count += 1;
