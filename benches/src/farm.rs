@@ -39,20 +39,40 @@ impl Farm {
         shared_build_root: Option<PathBuf>,
         extra: &[String],
     ) -> anyhow::Result<Farm> {
-        let setup = FarmSetup {
-            kiln: setup.kiln.clone(),
-            depset_cache: setup.depset_cache.clone(),
-            cluster_token: TOKEN.into(),
-            options: vec![format!("--profile={}", setup.profile)],
-            cache_off_by_default: false,
-            log: "warn".into(),
-            open_api: true,
-            run_as: None,
-        };
         // The first farm of a run builds the dependency set in release.
-        let inner =
-            kiln_testkit::Farm::start_all(setup, workers, shared_build_root, extra, Duration::from_secs(900)).await;
+        let inner = kiln_testkit::Farm::start_all(
+            testkit_setup(setup, &setup.depset_cache, "warn"),
+            workers,
+            shared_build_root,
+            extra,
+            Duration::from_secs(900),
+        )
+        .await;
         Ok(Farm { inner, http: reqwest::Client::new() })
+    }
+
+    /// Starts member 0 (the leader) of a farm of `workers` and returns at once, for
+    /// a comparison that times the start itself or brings members of its own: its
+    /// prebuilt dependency sets in `depset_cache`, its build root privately mounted
+    /// at `build_root` when given, its log at `log` level (read back with
+    /// [`Farm::member_log`]).
+    pub fn spawn_leader(
+        setup: &Setup,
+        depset_cache: &Path,
+        build_root: Option<PathBuf>,
+        workers: u32,
+        extra: &[String],
+        log: &str,
+    ) -> Farm {
+        let mut inner = kiln_testkit::Farm::new(testkit_setup(setup, depset_cache, log), workers as usize);
+        inner.shared_build_root = build_root;
+        inner.start(kiln_testkit::Member { ordinal: 0, workers, extra: extra.to_vec() });
+        Farm { inner, http: reqwest::Client::new() }
+    }
+
+    /// What member `ordinal` has logged so far.
+    pub fn member_log(&self, ordinal: u32) -> String {
+        self.inner.members[ordinal as usize].as_ref().map(|p| p.output()).unwrap_or_default()
     }
 
     pub fn url(&self) -> String {
@@ -94,6 +114,19 @@ impl Farm {
     /// The id the next new pipeline will get: ids are handed out in sequence.
     pub async fn next_id(&self) -> anyhow::Result<u64> {
         Ok(self.inner.leader().pipelines().await.iter().map(|p| p.id).max().unwrap_or(0) + 1)
+    }
+}
+
+fn testkit_setup(setup: &Setup, depset_cache: &Path, log: &str) -> FarmSetup {
+    FarmSetup {
+        kiln: setup.kiln.clone(),
+        depset_cache: depset_cache.to_path_buf(),
+        cluster_token: TOKEN.into(),
+        options: vec![format!("--profile={}", setup.profile)],
+        cache_off_by_default: false,
+        log: log.into(),
+        open_api: true,
+        run_as: None,
     }
 }
 

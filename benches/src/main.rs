@@ -10,7 +10,9 @@
 
 mod farm;
 mod measures;
+mod member_start;
 mod programs;
+mod scale;
 mod stats;
 
 use std::path::{Path, PathBuf};
@@ -31,6 +33,10 @@ struct Args {
     /// Where the prebuilt dependency set is kept between runs.
     #[arg(long, default_value_os_t = default_depset_cache())]
     depset_cache: PathBuf,
+    /// Where comparison 9 keeps its dependency set (vendored from crates.io on the
+    /// first run, which needs the network that once).
+    #[arg(long, default_value_os_t = cache_dir().join("bench-depsets"))]
+    sets: PathBuf,
     /// Only these comparisons (e.g. `--only 1,5`).
     #[arg(long, value_delimiter = ',')]
     only: Vec<u32>,
@@ -42,8 +48,12 @@ struct Args {
     command: String,
 }
 
+fn cache_dir() -> PathBuf {
+    Path::new(&std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into())).join(".cache/kiln")
+}
+
 fn default_depset_cache() -> PathBuf {
-    Path::new(&std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into())).join(".cache/kiln/bench-depset")
+    cache_dir().join("bench-depset")
 }
 
 const BEGIN: &str = "<!-- table: written by kiln-bench -->";
@@ -135,6 +145,16 @@ async fn main() -> anyhow::Result<()> {
     if wanted(8) {
         say("8. sandbox cost, sandbox on vs --sandbox=off");
         rows.push(measures::sandbox_cost(&setup, work.path(), rounds.max(5)).await?);
+    }
+    if wanted(9) {
+        say("9. new member ready, dependency set of about 100 crates, cold vs warm store");
+        // Each round builds the set twice in release: a few minutes.
+        let rounds = if args.quick { 2 } else { 3 };
+        rows.push(member_start::member_start(&setup, &args.sets, work.path(), rounds).await?);
+    }
+    if wanted(10) {
+        say("10. catalog at scale: the real leader, 256 simulated members, 1,000 vs 100,000 pipelines");
+        rows.push(scale::catalog_at_scale(&setup, 100_000, args.quick, &say).await?);
     }
     rows.sort_by_key(|r| r.number);
 

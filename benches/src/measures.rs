@@ -1,4 +1,4 @@
-//! The seven comparisons of the performance table. Each returns its row; nothing
+//! Comparisons 1 to 8 of the performance table. Each returns its row; nothing
 //! here judges a time, the table only sets each figure beside its goal.
 
 use std::path::{Path, PathBuf};

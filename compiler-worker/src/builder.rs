@@ -206,7 +206,7 @@ fn unlink_rewritten(target: &Path) -> anyhow::Result<()> {
 static OVERLAY_FAILED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// Where a build root keeps each pipeline's own layer of `target/`.
-const LAYERS: &str = "layers";
+pub(crate) const LAYERS: &str = "layers";
 
 /// How many pipelines' layers a worker keeps (the least recently built go first).
 const KEPT_LAYERS: usize = 16;
@@ -766,6 +766,8 @@ fn write_layout(root: &Path, layout: &Layout, set: &DepSet) -> anyhow::Result<Ve
         ensure_inside(root, &dir)?;
         members.push(format!("src/{}", krate.dir_name));
         if dir.is_dir() {
+            // Used again: the last to go when the disk watermarks prune.
+            let _ = touch(&dir);
             continue;
         }
         let staging = root.join("src").join(format!(".{}.partial", krate.dir_name));

@@ -1,6 +1,7 @@
 //! Kiln's compiler worker: the shard loop ([`worker`]), builds with cargo and sccache
 //! ([`builder`], [`sccache`], [`cache_store`]), verified delivery to the leader
-//! ([`upload`], [`client`]), and the StatefulSet's size ([`kubernetes`]). The program
+//! ([`upload`], [`client`]), the disk watermarks ([`disk`]), and the StatefulSet's
+//! size ([`kubernetes`]). The program
 //! rules, the dependency set, identity and the scaling guard are `kiln-core`'s, shared
 //! with the leader.
 //!
@@ -10,6 +11,7 @@
 pub mod builder;
 pub mod cache_store;
 pub mod client;
+pub mod disk;
 pub mod gateway;
 pub mod kubernetes;
 pub mod log;

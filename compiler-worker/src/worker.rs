@@ -23,6 +23,7 @@ use kiln_core::scaling::ScalingGuard;
 use crate::builder::{self, BuildOutcome, BuildSettings, Wrapper};
 use crate::cache_store::{self, CacheStore, S3Settings};
 use crate::client::{self, LeaderClient};
+use crate::disk::{DiskState, DiskWatch};
 use crate::sandbox::{Sandbox, SandboxMode, SandboxSettings, SandboxState};
 use crate::sccache::{self, CompileCache, SandboxedSccache, Sccache};
 use crate::upload::{self, DeliveryError, RetryPolicy, Shipment};
@@ -49,6 +50,9 @@ pub struct WorkerConfig {
     pub heartbeat_interval: Duration,
     pub version: String,
     pub sandbox: SandboxSettings,
+    /// Above the high one the worker prunes its build root, above the critical one
+    /// it takes no work.
+    pub watermarks: kiln_core::disk::Watermarks,
 }
 
 /// What the heartbeat task and the build loop share.
@@ -59,6 +63,8 @@ struct Shared {
     preparing: std::sync::atomic::AtomicBool,
     /// The sandbox's state in words, and whether this member refuses to build.
     sandbox: Mutex<(String, bool)>,
+    /// The build root's volume, as the last look before a claim found it.
+    disk: Mutex<DiskState>,
 }
 
 impl Shared {
@@ -305,6 +311,7 @@ async fn heartbeat_loop(
         // One lock, released before the guard's statement ends: a second lock in the
         // same expression would wait for the first forever.
         let (sandbox, sandbox_unavailable) = shared.sandbox.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let disk = shared.disk.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let mut request = tonic::Request::new(pb::HeartbeatRequest {
             member: Some(member.clone()),
             cache: Some(cache),
@@ -313,6 +320,8 @@ async fn heartbeat_loop(
             sandbox,
             sandbox_unavailable,
             depset: depset.clone(),
+            disk_used_percent: disk.used_percent,
+            disk_critical: disk.critical.unwrap_or_default(),
         });
         request.set_timeout(interval.max(Duration::from_secs(5)));
         match client.heartbeat(request).await {
@@ -398,7 +407,41 @@ struct CacheRun {
 impl Worker {
     async fn claim_loop(&mut self, shutdown: &CancellationToken) -> anyhow::Result<()> {
         let mut failures = 0u32;
+        let watch = DiskWatch {
+            build_root: self.config.build.build_root.clone(),
+            local_cache: match &self.config.cache {
+                CacheChoice::Auto { store: CacheStore::LocalDisk { dir }, .. } => Some(dir.clone()),
+                _ => None,
+            },
+            marks: self.config.watermarks,
+        };
+        let mut was_critical = false;
         loop {
+            // Between builds: make room above the high watermark; above the
+            // critical one, take no work until space is back.
+            let state = {
+                let watch = watch.clone();
+                tokio::task::spawn_blocking(move || watch.make_room()).await.unwrap_or_default()
+            };
+            let critical = state.critical.clone();
+            *self.shared.disk.lock().unwrap_or_else(|p| p.into_inner()) = state;
+            if let Some(why) = critical {
+                if !was_critical {
+                    tracing::error!(ordinal = self.member.ordinal, "{why}");
+                    was_critical = true;
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(self.config.heartbeat_interval.max(Duration::from_secs(1))) => continue,
+                    () = shutdown.cancelled() => return Ok(()),
+                }
+            }
+            if was_critical {
+                tracing::info!(
+                    ordinal = self.member.ordinal,
+                    "space is back on the build root's volume: taking work again"
+                );
+                was_critical = false;
+            }
             let mut request = tonic::Request::new(pb::ClaimRequest {
                 member: Some(self.member.clone()),
                 wait_ms: 30_000,

@@ -12,7 +12,7 @@ pub const SHA256_HEADER: &str = "x-kiln-sha256";
 
 /// Where a pipeline is in its life. `pending → compiling → uploading → success`, or
 /// one of the two error statuses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
     Pending,
@@ -119,6 +119,21 @@ pub struct PipelineRecord {
     /// The fingerprint of the dependency set it was built with.
     #[serde(default)]
     pub depset: Option<String>,
+    /// Set while a version that had succeeded is built again because its stored
+    /// binary failed its hash: why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rebuilding: Option<String>,
+    /// What happened to the pipeline (submissions, claims, requeues and why, the
+    /// end of each build), oldest first; the latest events only.
+    #[serde(default)]
+    pub history: Vec<HistoryEvent>,
+}
+
+/// One event of a pipeline's history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryEvent {
+    pub at_ms: u64,
+    pub event: String,
 }
 
 /// How a submission changed the catalog.

@@ -17,7 +17,7 @@ pub struct MemberId {
 }
 
 /// A claim on one build: only the holder of the current claim may report on it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ClaimKey {
     pub pipeline_id: u64,
     pub version: u64,

@@ -10,11 +10,13 @@
 //!   conversion from and to the protobuf of `kiln-proto`.
 //! - [`retry`]: how a failed gRPC call is read (transient, permanent, stale).
 //! - [`tls`]: what a failed TLS connection to the leader means, in plain words.
+//! - [`disk`]: how full a volume is, against the members' watermarks.
 
 pub mod api;
 pub mod cluster;
 pub mod depset;
 pub mod digest;
+pub mod disk;
 pub mod identity;
 pub mod program;
 pub mod retry;

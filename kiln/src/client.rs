@@ -134,9 +134,25 @@ impl Client {
         response.json().await.context("reading the leader's answer")
     }
 
+    /// Every pipeline, page after page (the leader pages its list and names the
+    /// next page in a `Link` header).
     pub async fn list(&self) -> anyhow::Result<Vec<PipelineRecord>> {
-        let response = self.send(self.request(reqwest::Method::GET, "/v0/pipelines")).await?;
-        response.json().await.context("reading the leader's answer")
+        let mut records: Vec<PipelineRecord> = Vec::new();
+        let mut path = "/v0/pipelines".to_owned();
+        loop {
+            let response = self.send(self.request(reqwest::Method::GET, &path)).await?;
+            let next = response.headers().get(reqwest::header::LINK).and_then(|v| v.to_str().ok()).and_then(next_link);
+            let page: Vec<PipelineRecord> = response.json().await.context("reading the leader's answer")?;
+            let last = records.last().map(|r| r.id);
+            if page.first().is_some_and(|first| last.is_some_and(|last| first.id <= last)) {
+                bail!("the leader's next page ({path}) went backwards: stopped listing");
+            }
+            records.extend(page);
+            match next {
+                Some(next) => path = next,
+                None => return Ok(records),
+            }
+        }
     }
 
     pub async fn log(&self, key: &str) -> anyhow::Result<String> {
@@ -163,5 +179,29 @@ impl Client {
             self.http.get(format!("{}/cluster_healthz", self.base)).send().await.map_err(|e| self.unreachable(&e))?;
         let healthy = response.status().is_success();
         Ok((healthy, response.json().await.context("reading /cluster_healthz")?))
+    }
+}
+
+/// The target of `rel="next"` in a `Link` header, when it is a path of this API.
+fn next_link(header: &str) -> Option<String> {
+    header.split(',').find_map(|link| {
+        let (target, params) = link.trim().split_once(';')?;
+        let target = target.trim().strip_prefix('<')?.strip_suffix('>')?;
+        let next = params.split(';').any(|p| p.trim().replace(' ', "") == "rel=\"next\"");
+        (next && target.starts_with("/v0/pipelines?")).then(|| target.to_owned())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::next_link;
+
+    #[test]
+    fn the_next_page_is_read_from_the_link_header() {
+        let header = r#"</v0/pipelines?after=500&limit=500>; rel="next""#;
+        assert_eq!(next_link(header).as_deref(), Some("/v0/pipelines?after=500&limit=500"));
+        assert_eq!(next_link(r#"</v0/pipelines?after=1>; rel="prev""#), None);
+        assert_eq!(next_link(r#"<https://elsewhere.example/steal>; rel="next""#), None, "only this API's paths");
+        assert_eq!(next_link("garbage"), None);
     }
 }

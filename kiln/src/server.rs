@@ -162,6 +162,23 @@ pub struct ServerArgs {
     /// The largest artifact the leader accepts.
     #[arg(long, env = "KILN_MAX_ARTIFACT_BYTES", default_value_t = 4 << 30)]
     pub max_artifact_bytes: u64,
+    /// How long the leader keeps a source or binary that no pipeline version
+    /// references any more (a deleted pipeline's, an old version's) before removing it.
+    #[arg(long, env = "KILN_RETENTION", default_value = "1h", value_parser = parse_duration)]
+    pub retention: Duration,
+    /// A build its worker has not reported for this long (in its heartbeats, which
+    /// name the build it works on) goes back to pending for the same ordinal.
+    #[arg(long, env = "KILN_CLAIM_LEASE", default_value = "3m", value_parser = parse_duration)]
+    pub claim_lease: Duration,
+    /// Above this share of its volume in use (percent), a member prunes its build
+    /// root (least recently used crates and targets), then its local cache.
+    #[arg(long, env = "KILN_DISK_HIGH_WATERMARK", default_value_t = 85.0)]
+    pub disk_high_watermark: f64,
+    /// Above this share (percent), after pruning, a member takes no work and says so
+    /// in /healthz and /cluster_healthz until space is back (the leader: for its data
+    /// volume, it hands out no work).
+    #[arg(long, env = "KILN_DISK_CRITICAL_WATERMARK", default_value_t = 95.0)]
+    pub disk_critical_watermark: f64,
     #[command(flatten)]
     pub tls: TlsArgs,
 }
@@ -260,6 +277,10 @@ impl ServerArgs {
         line.value("--build-processes", &self.build_processes);
         line.value("--build-file-size", &self.build_file_size);
         line.value("--max-artifact-bytes", &self.max_artifact_bytes);
+        line.duration("--retention", self.retention);
+        line.duration("--claim-lease", self.claim_lease);
+        line.value("--disk-high-watermark", &self.disk_high_watermark);
+        line.value("--disk-critical-watermark", &self.disk_critical_watermark);
         self.tls.to_args(&mut line);
         line.0
     }
@@ -386,6 +407,18 @@ impl MemberConfig {
                 args.max_log_bytes
             );
         }
+        let watermarks =
+            kiln_core::disk::Watermarks { high: args.disk_high_watermark, critical: args.disk_critical_watermark };
+        watermarks
+            .validate()
+            .map_err(|e| anyhow::anyhow!("{e}: set --disk-high-watermark and --disk-critical-watermark"))?;
+        if args.claim_lease < 2 * args.heartbeat_interval {
+            bail!(
+                "--claim-lease ({}) must be at least twice --heartbeat-interval ({}): a worker renews its claim with each heartbeat",
+                humantime::format_duration(args.claim_lease),
+                humantime::format_duration(args.heartbeat_interval)
+            );
+        }
         let leader = identity.is_leader().then(|| {
             let config = LeaderConfig {
                 data_dir: args.data_dir.clone(),
@@ -398,6 +431,9 @@ impl MemberConfig {
                 n_from_kubernetes: args.kubernetes,
                 protect_metrics: args.protect_metrics,
                 depset: facts.depset.clone(),
+                retention: args.retention,
+                claim_lease: args.claim_lease,
+                watermarks,
             };
             (config, args.listen)
         });
@@ -440,6 +476,7 @@ impl MemberConfig {
                 build_uid: args.build_uid,
                 build_gid: args.build_uid,
             },
+            watermarks,
         };
         let health_listen = args.health_listen.filter(|_| !identity.is_leader());
         Ok(MemberConfig { identity, leader, worker, health_listen, tls: args.tls.server() })
@@ -675,6 +712,7 @@ async fn start_leader(
         .await
         .with_context(|| format!("binding the leader to {listen}: is another kiln running? choose another --listen"))?;
     tracing::info!(address = %listener.local_addr()?, tls = tls.is_some(), "leader listening");
+    tokio::spawn(state.clone().maintain(shutdown.clone()));
     let stop = shutdown.clone();
     Ok(tokio::spawn(kiln_leader::serve(listener, state, tls, async move { stop.cancelled().await })))
 }

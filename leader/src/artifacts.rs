@@ -13,6 +13,8 @@
 
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use sha2::{Digest, Sha256};
 
@@ -56,6 +58,27 @@ pub struct ArtifactStore {
     dir: PathBuf,
     temp_dir: PathBuf,
     max_bytes: u64,
+    usage: Arc<Usage>,
+}
+
+/// How many artifacts the store holds and their bytes: counted once at open, then
+/// moved by every store and removal, so `/metrics` never lists the directory.
+#[derive(Debug, Default)]
+struct Usage {
+    count: AtomicU64,
+    bytes: AtomicU64,
+}
+
+impl Usage {
+    fn add(&self, bytes: u64) {
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    fn sub(&self, bytes: u64) {
+        let _ = self.count.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |c| Some(c.saturating_sub(1)));
+        let _ = self.bytes.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| Some(b.saturating_sub(bytes)));
+    }
 }
 
 /// An upload in progress. Dropping it without [`ArtifactWriter::finish`] leaves nothing.
@@ -71,6 +94,7 @@ pub struct ArtifactWriter {
     declared_size: u64,
     target: PathBuf,
     dir: PathBuf,
+    usage: Arc<Usage>,
 }
 
 impl ArtifactStore {
@@ -85,7 +109,49 @@ impl ArtifactStore {
             let is_dir = std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir());
             if is_dir { std::fs::remove_dir_all(&path)? } else { std::fs::remove_file(&path)? }
         }
-        Ok(ArtifactStore { dir: dir.to_owned(), temp_dir, max_bytes })
+        let store = ArtifactStore { dir: dir.to_owned(), temp_dir, max_bytes, usage: Arc::default() };
+        for sha in store.stored()? {
+            store.usage.add(std::fs::metadata(dir.join(&sha)).map(|m| m.len()).unwrap_or(0));
+        }
+        Ok(store)
+    }
+
+    /// The names (SHA-256) of the stored artifacts; anything else in the
+    /// directory is not one and is left alone.
+    pub fn stored(&self) -> io::Result<Vec<String>> {
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(&self.dir)? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if validate_sha(&name).is_ok() && entry.file_type()?.is_file() {
+                names.push(name);
+            }
+        }
+        Ok(names)
+    }
+
+    /// Stored artifacts: how many, and their bytes.
+    pub fn usage(&self) -> (u64, u64) {
+        (self.usage.count.load(Ordering::Relaxed), self.usage.bytes.load(Ordering::Relaxed))
+    }
+
+    /// Removes a stored artifact (the collector's, once nothing references it).
+    /// One already gone is not an error.
+    pub fn remove(&self, sha: &str) -> io::Result<()> {
+        let path = self.path(sha).map_err(io::Error::other)?;
+        let size = match std::fs::metadata(&path) {
+            Ok(m) => m.len(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        match std::fs::remove_file(&path) {
+            Ok(()) => {
+                self.usage.sub(size);
+                Ok(())
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 
     pub fn path(&self, sha: &str) -> Result<PathBuf, ArtifactError> {
@@ -127,6 +193,7 @@ impl ArtifactStore {
             declared_size: size,
             target,
             dir: self.dir.clone(),
+            usage: self.usage.clone(),
         })
     }
 
@@ -141,6 +208,7 @@ impl ArtifactStore {
         if actual != sha {
             tracing::error!(sha256 = sha, actual, "stored artifact is corrupt; removing it");
             tokio::fs::remove_file(&path).await?;
+            self.usage.sub(size);
             return Err(ArtifactError::Corrupt { sha256: sha.to_owned(), actual });
         }
         Ok(Some((tokio::fs::File::open(&path).await?, size)))
@@ -182,13 +250,19 @@ impl ArtifactWriter {
         }
         let target = self.target;
         let dir = self.dir;
+        let usage = self.usage.clone();
+        let written = self.written;
         tokio::task::spawn_blocking(move || -> io::Result<()> {
+            let new = !target.exists();
             #[cfg(unix)]
             {
                 use std::os::unix::fs::PermissionsExt;
                 std::fs::set_permissions(&temp_path, std::fs::Permissions::from_mode(0o755))?;
             }
             temp_path.persist(&target).map_err(|e| e.error)?;
+            if new {
+                usage.add(written);
+            }
             std::fs::File::open(&dir)?.sync_all()
         })
         .await

@@ -25,6 +25,15 @@ pub enum ApiError {
     Unauthorized(String),
     #[error("{0}")]
     Artifact(#[from] ArtifactError),
+    /// Not now, but soon: a binary that failed its hash is being built again.
+    #[error("{0}")]
+    BeingRebuilt(String),
+    /// Not now, but soon: the leader is recovering (its catalog is reopened).
+    #[error("{0}")]
+    Unavailable(String),
+    /// The leader's disk is full: nothing is lost, nothing new is stored.
+    #[error("{0}")]
+    DiskFull(String),
     #[error("{0}")]
     Internal(String),
 }
@@ -33,6 +42,12 @@ impl From<CatalogError> for ApiError {
     fn from(error: CatalogError) -> Self {
         match error {
             CatalogError::Refused(refused) => ApiError::Conflict(refused.to_string()),
+            full if full.is_disk_full() => ApiError::DiskFull(format!(
+                "the leader's disk is full, so the catalog could not record this ({full}); nothing already stored was lost: free space in its data directory and try again"
+            )),
+            io if io.is_io() => ApiError::Unavailable(format!(
+                "the leader's catalog had an I/O error ({io}) and is reopened: try again"
+            )),
             other => ApiError::Internal(other.to_string()),
         }
     }
@@ -48,6 +63,9 @@ impl ApiError {
             ApiError::Unauthorized(_) => "unauthorized",
             ApiError::Artifact(ArtifactError::DiskFull) => "disk_full",
             ApiError::Artifact(_) => "artifact",
+            ApiError::BeingRebuilt(_) => "being_rebuilt",
+            ApiError::Unavailable(_) => "unavailable",
+            ApiError::DiskFull(_) => "disk_full",
             ApiError::Internal(_) => "internal",
         }
     }
@@ -65,6 +83,8 @@ impl ApiError {
                 ArtifactError::DiskFull => StatusCode::INSUFFICIENT_STORAGE,
                 ArtifactError::Corrupt { .. } | ArtifactError::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
             },
+            ApiError::Unavailable(_) | ApiError::BeingRebuilt(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::DiskFull(_) => StatusCode::INSUFFICIENT_STORAGE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -78,9 +98,12 @@ impl ApiError {
             ApiError::Artifact(error) => match error {
                 ArtifactError::InvalidSha(_) | ArtifactError::TooLarge { .. } => tonic::Code::InvalidArgument,
                 ArtifactError::Mismatch { .. } | ArtifactError::SizeMismatch { .. } => tonic::Code::DataLoss,
-                ArtifactError::DiskFull => tonic::Code::ResourceExhausted,
+                // The worker waits and tries again (within its upload budget): space
+                // may be freed, and the watermarks make room on their own.
+                ArtifactError::DiskFull => tonic::Code::Unavailable,
                 ArtifactError::Corrupt { .. } | ArtifactError::Io(_) => tonic::Code::Internal,
             },
+            ApiError::Unavailable(_) | ApiError::BeingRebuilt(_) | ApiError::DiskFull(_) => tonic::Code::Unavailable,
             ApiError::Internal(_) => tonic::Code::Internal,
         }
     }
@@ -107,10 +130,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_full_disk_is_507_and_a_permanent_grpc_code() {
+    fn a_full_disk_is_507_and_a_transient_grpc_code() {
         let full = ApiError::from(ArtifactError::from(std::io::Error::from_raw_os_error(nix::libc::ENOSPC)));
         assert_eq!(full.http_status(), StatusCode::INSUFFICIENT_STORAGE);
-        assert_eq!(full.grpc_code(), tonic::Code::ResourceExhausted);
+        assert_eq!(full.grpc_code(), tonic::Code::Unavailable, "a worker waits for space and tries again");
         assert!(full.to_string().contains("disk is full"), "{full}");
         let mismatch = ApiError::from(ArtifactError::Mismatch { declared: "a".into(), actual: "b".into() });
         assert_eq!(mismatch.grpc_code(), tonic::Code::DataLoss);
@@ -139,12 +162,15 @@ mod tests {
             ),
             (ApiError::Artifact(ArtifactError::SizeMismatch { declared: 1, received: 2 }), Disposition::Damaged),
             (ApiError::Artifact(ArtifactError::TooLarge { size: 2, limit: 1 }), Disposition::Permanent),
-            (ApiError::Artifact(ArtifactError::DiskFull), Disposition::Permanent),
+            (ApiError::Artifact(ArtifactError::DiskFull), Disposition::Transient),
+            (ApiError::DiskFull("full".into()), Disposition::Transient),
             (
                 ApiError::Artifact(ArtifactError::Corrupt { sha256: "a".into(), actual: "b".into() }),
                 Disposition::Transient,
             ),
             (ApiError::Artifact(ArtifactError::Io(io())), Disposition::Transient),
+            (ApiError::Unavailable("reopening".into()), Disposition::Transient),
+            (ApiError::BeingRebuilt("being rebuilt".into()), Disposition::Transient),
             (ApiError::Internal("i".into()), Disposition::Transient),
         ];
         for (error, meant) in &cases {
@@ -155,6 +181,9 @@ mod tests {
                 | ApiError::NotFound(_)
                 | ApiError::Conflict(_)
                 | ApiError::Unauthorized(_)
+                | ApiError::Unavailable(_)
+                | ApiError::BeingRebuilt(_)
+                | ApiError::DiskFull(_)
                 | ApiError::Internal(_) => {}
                 ApiError::Artifact(a) => match a {
                     ArtifactError::InvalidSha(_)

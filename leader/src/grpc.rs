@@ -73,6 +73,8 @@ impl ClusterService {
             sandbox: request.sandbox,
             sandbox_unavailable: request.sandbox_unavailable,
             depset: request.depset,
+            disk_used_percent: request.disk_used_percent,
+            disk_critical: request.disk_critical,
         };
         let current = request.current.map(ClaimKey::from);
         let cancel_current = self.state.heartbeat(member_id, report, current).await?;

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 /// What a member said in its last heartbeat.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct MemberReport {
     pub workers: u32,
     pub version: String,
@@ -26,6 +26,10 @@ pub struct MemberReport {
     pub sandbox_unavailable: bool,
     /// The fingerprint of its dependency set.
     pub depset: String,
+    /// How full its build root's volume is, in percent.
+    pub disk_used_percent: f64,
+    /// Its volume is above the critical watermark (why, in words): it takes no work.
+    pub disk_critical: String,
 }
 
 /// The last report of every member that has reported since the leader started.
@@ -80,6 +84,8 @@ pub struct MemberHealth {
     pub sandbox: Option<String>,
     /// The fingerprint of its dependency set.
     pub depset: Option<String>,
+    /// How full its build root's volume is, in percent.
+    pub disk_used_percent: Option<f64>,
 }
 
 /// The body of `/cluster_healthz`.
@@ -151,6 +157,7 @@ pub fn cluster_health(
                 cache: None,
                 sandbox: None,
                 depset: None,
+                disk_used_percent: None,
             },
             Some((at, report)) => {
                 let age = now.saturating_duration_since(*at);
@@ -172,6 +179,7 @@ pub fn cluster_health(
                     report.preparing.then(|| "preparing its build root (the dependency set)".to_owned()),
                     (!report.cache_healthy).then(|| format!("cache store: {}", report.cache_message)),
                     report.sandbox_unavailable.then(|| report.sandbox.clone()),
+                    (!report.disk_critical.is_empty()).then(|| report.disk_critical.clone()),
                 ]
                 .into_iter()
                 .flatten()
@@ -186,6 +194,7 @@ pub fn cluster_health(
                     cache: Some(report.cache_message.clone()),
                     sandbox: Some(report.sandbox.clone()),
                     depset: Some(report.depset.clone()),
+                    disk_used_percent: Some(report.disk_used_percent),
                 }
             }
         })
@@ -223,6 +232,8 @@ mod tests {
             sandbox: "sandbox: on".into(),
             sandbox_unavailable: false,
             depset: "set".into(),
+            disk_used_percent: 40.0,
+            disk_critical: String::new(),
         }
     }
 

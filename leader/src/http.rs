@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -16,6 +16,7 @@ pub use kiln_core::api::SHA256_HEADER;
 use kiln_core::api::{Change, PipelineRecord, Status, SubmitRequest, SubmitResponse};
 use kiln_core::program::{MAX_PROGRAM_BYTES, ProgramFile};
 
+use crate::catalog::{DEFAULT_PAGE, MAX_PAGE, PageQuery};
 use crate::error::ApiError;
 use crate::grpc::{ClusterService, check_token};
 use crate::service::LeaderState;
@@ -101,8 +102,8 @@ async fn metrics(State(state): State<Arc<LeaderState>>, headers: HeaderMap) -> R
     if state.config.protect_metrics && !authorized(&state, &headers) {
         return Ok(unauthorized());
     }
-    let records = state.list().await?;
-    let text = state.metrics.render(&records, &state.cluster_health());
+    let counts = state.counts().await?;
+    let text = state.metrics.render(&counts, state.artifacts.usage(), state.data_disk_used(), &state.cluster_health());
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response())
 }
 
@@ -127,9 +128,90 @@ async fn submit(State(state): State<Arc<LeaderState>>, body: axum::body::Bytes) 
     Ok((status, Json(SubmitResponse { change: submitted.change, pipeline: submitted.record.to_api() })).into_response())
 }
 
-async fn list_pipelines(State(state): State<Arc<LeaderState>>) -> Result<Json<Vec<PipelineRecord>>, ApiError> {
-    Ok(Json(state.list().await?.iter().map(PipelineRecord::from).collect()))
+/// `GET /v0/pipelines?limit=&after=&status=&name=`: the query of one page.
+#[derive(Debug, Default, serde::Deserialize)]
+struct ListQuery {
+    limit: Option<String>,
+    after: Option<String>,
+    status: Option<String>,
+    name: Option<String>,
 }
+
+impl ListQuery {
+    fn parse(&self) -> Result<PageQuery, ApiError> {
+        let number = |what: &str, value: &Option<String>| -> Result<Option<u64>, ApiError> {
+            value
+                .as_deref()
+                .map(|v| v.parse::<u64>())
+                .transpose()
+                .map_err(|_| ApiError::BadRequest(format!("{what} must be a whole number, got {value:?}")))
+        };
+        let limit = number("limit", &self.limit)?.unwrap_or(DEFAULT_PAGE as u64);
+        if limit == 0 || limit > MAX_PAGE as u64 {
+            return Err(ApiError::BadRequest(format!(
+                "limit must be between 1 and {MAX_PAGE} (got {limit}); follow the Link header for the next page"
+            )));
+        }
+        let status = match self.status.as_deref() {
+            None => None,
+            Some(name) => Some(Status::ALL.into_iter().find(|s| s.as_str() == name).ok_or_else(|| {
+                let known: Vec<&str> = Status::ALL.iter().map(|s| s.as_str()).collect();
+                ApiError::BadRequest(format!("status {name:?} is not a status: one of {}", known.join(", ")))
+            })?),
+        };
+        Ok(PageQuery {
+            after: number("after", &self.after)?.unwrap_or(0),
+            limit: limit as usize,
+            status,
+            name_prefix: self.name.clone().filter(|n| !n.is_empty()),
+        })
+    }
+}
+
+/// Percent-encodes everything but unreserved characters, for a query value.
+fn query_value(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// One page of pipelines in id order; a `Link: <...>; rel="next"` header names the
+/// next page while there is one (RFC 8288, as GitHub's API pages).
+async fn list_pipelines(
+    State(state): State<Arc<LeaderState>>,
+    Query(query): Query<ListQuery>,
+) -> Result<Response, ApiError> {
+    let page_query = query.parse()?;
+    let page = state.page(page_query.clone()).await?;
+    let records: Vec<PipelineRecord> = page.records.iter().map(PipelineRecord::from).collect();
+    let mut response = Json(records).into_response();
+    if let Some(after) = page.next_after {
+        let mut next = format!("/v0/pipelines?after={after}&limit={}", page_query.limit);
+        if let Some(status) = page_query.status {
+            next.push_str(&format!("&status={status}"));
+        }
+        if let Some(name) = &page_query.name_prefix {
+            next.push_str(&format!("&name={}", query_value(name)));
+        }
+        if let Ok(value) = format!("<{next}>; rel=\"next\"").parse() {
+            response.headers_mut().insert(header::LINK, value);
+        }
+    }
+    if !page.unreadable.is_empty() {
+        let ids: Vec<String> = page.unreadable.iter().map(u64::to_string).collect();
+        if let Ok(value) = ids.join(",").parse() {
+            response.headers_mut().insert(UNREADABLE_HEADER, value);
+        }
+    }
+    Ok(response)
+}
+
+/// Names the records of a page that could not be read (and were left out).
+pub const UNREADABLE_HEADER: &str = "x-kiln-unreadable";
 
 async fn get_pipeline(
     State(state): State<Arc<LeaderState>>,
@@ -159,18 +241,7 @@ async fn pipeline_log(State(state): State<Arc<LeaderState>>, Path(key): Path<Str
 
 async fn pipeline_binary(State(state): State<Arc<LeaderState>>, Path(key): Path<String>) -> Result<Response, ApiError> {
     let record = state.find(&key).await?;
-    let sha = match (&record.status, &record.binary_sha256) {
-        (Status::Success, Some(sha)) => sha.clone(),
-        _ => {
-            return Err(ApiError::Conflict(format!(
-                "pipeline {} version {} has no binary: its status is {}",
-                record.id, record.version, record.status
-            )));
-        }
-    };
-    let (file, size) = state.artifacts.open_verified(&sha).await?.ok_or_else(|| {
-        ApiError::NotFound(format!("the artifact {sha} of pipeline {} is missing from the leader's store", record.id))
-    })?;
+    let (sha, file, size) = state.open_binary(&record).await?;
     let body = Body::from_stream(tokio_util::io::ReaderStream::with_capacity(file, kiln_proto::UPLOAD_CHUNK_BYTES));
     Ok((
         [

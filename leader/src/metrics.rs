@@ -1,6 +1,7 @@
 //! Prometheus metrics of the leader (`GET /metrics`). Counters and histograms move as
-//! reports arrive; gauges (pipelines by status, queue depth, member health) are set
-//! from the catalog and the heartbeats at each scrape, so they are never stale.
+//! reports arrive; gauges (pipelines by status, queue depth, member health, what is
+//! stored) are set at each scrape from the catalog's counters, the artifact store's
+//! and the heartbeats: never stale, and never a scan of the catalog.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -9,6 +10,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use crate::catalog::Counts;
 use crate::health::ClusterHealth;
 use crate::rules::Pipeline;
 use kiln_core::api::Status;
@@ -23,6 +25,11 @@ struct OrdinalLabel {
     ordinal: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: String,
+}
+
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
@@ -35,6 +42,11 @@ pub struct Metrics {
     pipelines: Family<StatusLabel, Gauge>,
     queue_depth: Family<OrdinalLabel, Gauge>,
     member_healthy: Family<OrdinalLabel, Gauge>,
+    stored_objects: Family<KindLabel, Gauge>,
+    stored_bytes: Family<KindLabel, Gauge>,
+    unreferenced: Family<KindLabel, Gauge>,
+    disk_used: Family<OrdinalLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    data_disk_used: Gauge<f64, std::sync::atomic::AtomicU64>,
 }
 
 impl Default for Metrics {
@@ -69,8 +81,39 @@ impl Metrics {
             "1 when the member is healthy, as in /cluster_healthz",
             member_healthy.clone(),
         );
+        let stored_objects = Family::<KindLabel, Gauge>::default();
+        registry.register("stored_objects", "Sources and artifacts the leader stores, by kind", stored_objects.clone());
+        let stored_bytes = Family::<KindLabel, Gauge>::default();
+        registry.register(
+            "stored_bytes",
+            "Bytes of the sources and artifacts the leader stores, by kind",
+            stored_bytes.clone(),
+        );
+        let unreferenced = Family::<KindLabel, Gauge>::default();
+        registry.register(
+            "unreferenced_objects",
+            "Stored sources and artifacts no pipeline version references, removed after the retention, by kind",
+            unreferenced.clone(),
+        );
+        let disk_used = Family::<OrdinalLabel, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+        registry.register(
+            "disk_used_percent",
+            "How full each member's build-root volume is, in percent, from its heartbeats",
+            disk_used.clone(),
+        );
+        let data_disk_used = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register(
+            "leader_data_disk_used_percent",
+            "How full the leader's data volume (catalog and artifacts) is, in percent",
+            data_disk_used.clone(),
+        );
         Metrics {
             registry,
+            disk_used,
+            data_disk_used,
+            stored_objects,
+            stored_bytes,
+            unreferenced,
             builds_finished,
             build_seconds,
             upload_seconds,
@@ -101,20 +144,39 @@ impl Metrics {
         }
     }
 
-    /// The Prometheus text exposition, with gauges taken from `records` and `health`.
-    pub fn render(&self, records: &[Pipeline], health: &ClusterHealth) -> String {
+    /// The Prometheus text exposition, with gauges from the catalog's `counts`, the
+    /// artifact store's `artifacts` (count, bytes) and `health`.
+    pub fn render(
+        &self,
+        counts: &Counts,
+        artifacts: (u64, u64),
+        data_disk_used: Option<f64>,
+        health: &ClusterHealth,
+    ) -> String {
         self.pipelines.clear();
-        for status in Status::ALL {
-            let count = records.iter().filter(|r| r.status == status).count();
-            self.pipelines.get_or_create(&StatusLabel { status: status.to_string() }).set(count as i64);
+        for (status, count) in &counts.by_status {
+            self.pipelines.get_or_create(&StatusLabel { status: status.to_string() }).set(*count as i64);
         }
         self.queue_depth.clear();
         self.member_healthy.clear();
+        self.disk_used.clear();
         for member in &health.members {
             let label = OrdinalLabel { ordinal: member.ordinal.to_string() };
-            let depth = records.iter().filter(|r| r.status == Status::Pending && r.worker == member.ordinal).count();
+            let depth = counts.pending_by_ordinal.get(&member.ordinal).copied().unwrap_or(0);
             self.queue_depth.get_or_create(&label).set(depth as i64);
             self.member_healthy.get_or_create(&label).set(i64::from(member.healthy));
+            if let Some(used) = member.disk_used_percent {
+                self.disk_used.get_or_create(&label).set(used);
+            }
+        }
+        self.data_disk_used.set(data_disk_used.unwrap_or(0.0));
+        let kind = |kind: &str| KindLabel { kind: kind.to_owned() };
+        self.stored_objects.get_or_create(&kind("source")).set(counts.sources as i64);
+        self.stored_bytes.get_or_create(&kind("source")).set(counts.source_bytes as i64);
+        self.stored_objects.get_or_create(&kind("artifact")).set(artifacts.0 as i64);
+        self.stored_bytes.get_or_create(&kind("artifact")).set(artifacts.1 as i64);
+        for (name, count) in &counts.unreferenced {
+            self.unreferenced.get_or_create(&kind(name)).set(*count as i64);
         }
         let mut text = String::new();
         // Writing into a String cannot fail.

@@ -49,7 +49,17 @@ pub struct Pipeline {
     /// with (the leader's; a member with another gets no work).
     #[serde(default)]
     pub depset: Option<String>,
+    /// Why the current version is being built again although it had succeeded
+    /// (its artifact failed its hash): a download answers "being rebuilt".
+    #[serde(default)]
+    pub rebuilding: Option<String>,
+    /// What happened to the pipeline, oldest first, at most [`HISTORY_LEN`] events.
+    #[serde(default)]
+    pub history: Vec<api::HistoryEvent>,
 }
+
+/// Events a record keeps; older ones are dropped first.
+pub const HISTORY_LEN: usize = 32;
 
 /// A binary received under a claim.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -119,6 +129,8 @@ impl From<&Pipeline> for api::PipelineRecord {
             upload_ms: p.upload_ms,
             upload_retries: p.upload_retries,
             depset: p.depset.clone(),
+            rebuilding: p.rebuilding.clone(),
+            history: p.history.clone(),
         }
     }
 }
@@ -148,7 +160,17 @@ impl Pipeline {
             upload_retries: 0,
             uploaded: None,
             depset: None,
+            rebuilding: None,
+            history: vec![api::HistoryEvent { at_ms: now_ms, event: "submitted: version 1".into() }],
         }
+    }
+
+    /// Adds `event` to the history, dropping the oldest beyond [`HISTORY_LEN`].
+    pub fn note(&mut self, at_ms: u64, event: String) {
+        if self.history.len() >= HISTORY_LEN {
+            self.history.drain(..=self.history.len() - HISTORY_LEN);
+        }
+        self.history.push(api::HistoryEvent { at_ms, event });
     }
 
     pub fn to_api(&self) -> api::PipelineRecord {
@@ -160,13 +182,28 @@ impl Pipeline {
         self.version += 1;
         self.source_sha256 = source_sha256;
         self.reset_build(now_ms);
+        self.note(now_ms, format!("submitted: version {}", self.version));
     }
 
-    /// Back to `pending` for the same version (a retry, or its worker restarted).
-    pub fn requeue(&mut self, now_ms: u64) {
+    /// Back to `pending` for the same version and ordinal (a retry, its worker
+    /// restarted, its lease ran out), with the reason in the history.
+    pub fn requeue(&mut self, now_ms: u64, reason: &str) {
+        let from = self.status;
         self.status = Status::Pending;
         self.started_at_ms = None;
         self.updated_at_ms = now_ms;
+        self.note(now_ms, format!("back to pending from {from} (attempt {}): {reason}", self.attempt));
+    }
+
+    /// The stored binary failed its hash: build this version again. Until then a
+    /// download says it is being rebuilt.
+    pub fn rebuild(&mut self, now_ms: u64, reason: String) {
+        self.requeue(now_ms, &reason);
+        self.binary_sha256 = None;
+        self.binary_size = None;
+        self.finished_at_ms = None;
+        self.uploaded = None;
+        self.rebuilding = Some(reason);
     }
 
     fn reset_build(&mut self, now_ms: u64) {
@@ -184,6 +221,7 @@ impl Pipeline {
         self.upload_ms = None;
         self.upload_retries = 0;
         self.uploaded = None;
+        self.rebuilding = None;
     }
 
     /// Hands the pipeline to its worker: the claim that worker must quote.
@@ -193,6 +231,7 @@ impl Pipeline {
         self.uploaded = None;
         self.started_at_ms = Some(now_ms);
         self.updated_at_ms = now_ms;
+        self.note(now_ms, format!("claimed by ordinal {} (attempt {})", self.worker, self.attempt));
         self.claim_key()
     }
 
@@ -257,12 +296,25 @@ impl Pipeline {
     }
 
     fn finish(&mut self, figures: Figures, now_ms: u64) {
+        self.rebuilding = None;
+        let ended = match &self.error {
+            Some(error) => format!("{} (attempt {}): {}", self.status, self.attempt, first_line(error)),
+            None => format!("{} (attempt {})", self.status, self.attempt),
+        };
+        self.note(now_ms, ended);
         self.finished_at_ms = Some(now_ms);
         self.compile_ms = Some(figures.compile_ms);
         self.upload_ms = Some(figures.upload_ms);
         self.upload_retries = figures.upload_retries;
         self.cache = Some(figures.cache);
     }
+}
+
+/// The first line of `text`, at most 200 bytes: enough for a history event.
+fn first_line(text: &str) -> &str {
+    let line = text.lines().next().unwrap_or_default();
+    let end = (0..=line.len().min(200)).rev().find(|&i| line.is_char_boundary(i)).unwrap_or(0);
+    &line[..end]
 }
 
 #[cfg(test)]
@@ -306,13 +358,28 @@ pub(crate) mod tests {
     fn a_new_version_or_a_requeue_makes_old_claims_stale() {
         let mut r = record(2);
         let first = r.claim(1);
-        r.requeue(2);
+        r.requeue(2, "a test");
         let second = r.claim(3);
         assert_eq!(second.attempt, 2);
         assert!(matches!(r.apply(&first, success(), 4), Err(ReportRefused::StaleClaim { .. })));
         r.new_version("t".into(), 5);
         assert_eq!((r.version, r.status, r.attempt), (2, Status::Pending, 0));
         assert!(matches!(r.apply(&second, success(), 6), Err(ReportRefused::StaleClaim { .. })));
+    }
+
+    #[test]
+    fn the_history_keeps_the_latest_events_and_says_why() {
+        let mut r = record(5);
+        let claim = r.claim(1);
+        r.requeue(2, "its lease ran out");
+        assert!(r.history.last().unwrap().event.contains("its lease ran out"), "{:?}", r.history);
+        for t in 0..100 {
+            r.note(t, format!("event {t}"));
+        }
+        assert_eq!(r.history.len(), HISTORY_LEN);
+        assert_eq!(r.history.last().unwrap().event, "event 99");
+        let _ = claim;
+        assert_eq!(first_line("é".repeat(300).as_str()).len(), 200);
     }
 
     #[test]

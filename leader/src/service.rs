@@ -2,8 +2,9 @@
 //! request, call one of these, and encode the answer. Blocking catalog work runs on
 //! tokio's blocking pool.
 
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 pub use kiln_core::cluster::MemberId;
@@ -13,12 +14,12 @@ use kiln_core::scaling::{ScalingDetected, ScalingGuard};
 use tokio::sync::watch;
 
 use crate::artifacts::ArtifactStore;
-use crate::catalog::{Catalog, Submitted};
+use crate::catalog::{Catalog, Counts, Page, PageQuery, Submitted};
 use crate::error::ApiError;
 use crate::health::{ClusterHealth, Expected, MemberReport, Members, cluster_health};
 use crate::metrics::Metrics;
 use crate::rules::{ClaimKey, Pipeline, Report};
-use kiln_core::api::Change;
+use kiln_core::api::{Change, Status};
 
 /// How the leader is set up.
 #[derive(Debug, Clone)]
@@ -41,6 +42,14 @@ pub struct LeaderConfig {
     /// The dependency set programs are validated against; members with another
     /// get no work.
     pub depset: Arc<DepSet>,
+    /// How long a source or artifact no pipeline version references is kept.
+    pub retention: Duration,
+    /// A claim its member has not reported (in a heartbeat, a report or an upload)
+    /// for this long goes back to `pending` for the same ordinal.
+    pub claim_lease: Duration,
+    /// Above the critical watermark of its data volume, the leader hands out no
+    /// work and reports it in `/healthz` and `/cluster_healthz`.
+    pub watermarks: kiln_core::disk::Watermarks,
 }
 
 #[derive(Debug)]
@@ -56,6 +65,9 @@ pub struct LeaderState {
     /// When this leader started: until a heartbeat window has passed, a member it
     /// has not heard from yet counts as alive (it may be about to report).
     started: Instant,
+    /// When each claim in flight was last reported by its member. A claim the
+    /// leader has not seen yet (after its own restart) starts a full lease.
+    leases: Mutex<HashMap<ClaimKey, Instant>>,
 }
 
 pub fn now_ms() -> u64 {
@@ -68,10 +80,16 @@ impl LeaderState {
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("creating the leader's data directory {}", config.data_dir.display()))?;
         let catalog_path = config.data_dir.join("catalog.redb");
-        let catalog =
-            Catalog::open(&catalog_path).with_context(|| format!("opening the catalog {}", catalog_path.display()))?;
+        let catalog = Catalog::open(&catalog_path, now_ms())
+            .with_context(|| format!("opening the catalog {}", catalog_path.display()))?;
         let artifacts = ArtifactStore::open(&config.data_dir.join("artifacts"), config.max_artifact_bytes)
             .context("opening the artifact store")?;
+        // Files no record knows (a crash between upload and record, a catalog
+        // restored from a backup) are collected like any other after the retention.
+        let adopted = catalog.adopt_artifacts(&artifacts.stored()?, now_ms()).context("scheduling stray artifacts")?;
+        if adopted > 0 {
+            tracing::info!(artifacts = adopted, "artifacts no pipeline references: removed after the retention");
+        }
         Ok(LeaderState {
             config,
             catalog: Arc::new(catalog),
@@ -81,6 +99,7 @@ impl LeaderState {
             work: watch::Sender::new(0),
             metrics: Metrics::new(),
             started: Instant::now(),
+            leases: Mutex::new(HashMap::new()),
         })
     }
 
@@ -90,7 +109,7 @@ impl LeaderState {
         F: FnOnce(&Catalog) -> Result<T, crate::catalog::CatalogError> + Send + 'static,
     {
         let catalog = self.catalog.clone();
-        tokio::task::spawn_blocking(move || f(&catalog))
+        tokio::task::spawn_blocking(move || catalog.after(f(&catalog)))
             .await
             .map_err(|e| ApiError::Internal(format!("catalog task failed: {e}")))?
             .map_err(ApiError::from)
@@ -130,8 +149,14 @@ impl LeaderState {
         Ok(submitted)
     }
 
-    pub async fn list(&self) -> Result<Vec<Pipeline>, ApiError> {
-        self.catalog(|c| c.list()).await
+    /// A page of the pipelines, in id order.
+    pub async fn page(&self, query: PageQuery) -> Result<Page, ApiError> {
+        self.catalog(move |c| c.page(&query)).await
+    }
+
+    /// The catalog's counters, for `/metrics`.
+    pub async fn counts(&self) -> Result<Counts, ApiError> {
+        self.catalog(|c| c.counts()).await
     }
 
     /// Finds a pipeline by id, or by name when `key` is not a number.
@@ -155,8 +180,12 @@ impl LeaderState {
     pub async fn delete(&self, key: &str) -> Result<Pipeline, ApiError> {
         let record = self.find(key).await?;
         let id = record.id;
-        self.catalog(move |c| c.delete(id)).await?;
-        tracing::info!(pipeline = %record.name, id, version = record.version, "pipeline deleted");
+        self.catalog(move |c| c.delete(id, now_ms())).await?;
+        tracing::info!(
+            pipeline = %record.name, id, version = record.version,
+            retention_s = self.config.retention.as_secs(),
+            "pipeline deleted: its source and binary go after the retention unless another pipeline uses them"
+        );
         Ok(record)
     }
 
@@ -257,7 +286,92 @@ impl LeaderState {
         self.members.record(member.ordinal, report, Instant::now());
         match current {
             None => Ok(false),
-            Some(claim) => Ok(!self.catalog(move |c| c.is_current(&claim)).await?),
+            Some(claim) => {
+                let current = self.catalog(move |c| c.is_current(&claim)).await?;
+                if current {
+                    self.renew_lease(claim);
+                }
+                Ok(!current)
+            }
+        }
+    }
+
+    /// The member holding `claim` just showed it is working on it.
+    fn renew_lease(&self, claim: ClaimKey) {
+        self.leases.lock().unwrap_or_else(|p| p.into_inner()).insert(claim, Instant::now());
+    }
+
+    /// Puts back to `pending` every claim whose member has not reported it for
+    /// longer than the lease: a worker that hangs, or was cut off, does not hold
+    /// its ordinal's queue. The requeued pipelines stay with their ordinal.
+    pub async fn expire_leases(&self) -> Result<usize, ApiError> {
+        let in_flight = self.catalog(|c| c.in_flight()).await?;
+        let lease = self.config.claim_lease;
+        let now = Instant::now();
+        let expired: Vec<(ClaimKey, u32)> = {
+            let mut leases = self.leases.lock().unwrap_or_else(|p| p.into_inner());
+            let live: HashSet<ClaimKey> = in_flight.iter().map(|(claim, _)| *claim).collect();
+            leases.retain(|claim, _| live.contains(claim));
+            in_flight
+                .into_iter()
+                .filter(|(claim, _)| now.duration_since(*leases.entry(*claim).or_insert(now)) > lease)
+                .collect()
+        };
+        let mut requeued = 0;
+        for (claim, ordinal) in expired {
+            let reason = format!(
+                "ordinal {ordinal} did not report this build for longer than the claim lease ({})",
+                humantime::format_duration(lease)
+            );
+            if let Some(record) = self.catalog(move |c| c.requeue_claim(&claim, &reason, now_ms())).await? {
+                tracing::warn!(
+                    pipeline = %record.name, id = record.id, version = record.version, ordinal,
+                    attempt = record.attempt, "claim lease ran out: the pipeline is pending again"
+                );
+                requeued += 1;
+            }
+            self.leases.lock().unwrap_or_else(|p| p.into_inner()).remove(&claim);
+        }
+        if requeued > 0 {
+            self.wake_workers();
+        }
+        Ok(requeued)
+    }
+
+    /// Removes the sources and artifacts no pipeline version has referenced for the
+    /// retention.
+    pub async fn collect(&self) -> Result<crate::catalog::Collected, ApiError> {
+        let retention = u64::try_from(self.config.retention.as_millis()).unwrap_or(u64::MAX);
+        let artifacts = self.artifacts.clone();
+        let collected = self.catalog(move |c| c.collect(now_ms(), retention, |sha| artifacts.remove(sha))).await?;
+        if collected != crate::catalog::Collected::default() {
+            tracing::info!(
+                sources = collected.sources,
+                artifacts = collected.artifacts,
+                "unreferenced files collected"
+            );
+        }
+        Ok(collected)
+    }
+
+    /// The leader's housekeeping until `shutdown`: claim leases and collection, each
+    /// on a period a fraction of its setting.
+    pub async fn maintain(self: Arc<Self>, shutdown: tokio_util::sync::CancellationToken) {
+        let period = |of: Duration, max: Duration| (of / 4).clamp(Duration::from_millis(100), max);
+        let mut leases = tokio::time::interval(period(self.config.claim_lease, Duration::from_secs(5)));
+        let mut collection = tokio::time::interval(period(self.config.retention, Duration::from_secs(60)));
+        for timer in [&mut leases, &mut collection] {
+            timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        }
+        loop {
+            let done = tokio::select! {
+                () = shutdown.cancelled() => return,
+                _ = leases.tick() => self.expire_leases().await.map(|_| ()),
+                _ = collection.tick() => self.collect().await.map(|_| ()),
+            };
+            if let Err(e) = done {
+                tracing::warn!(error = %e, "leader housekeeping failed; trying again");
+            }
         }
     }
 
@@ -284,12 +398,23 @@ impl LeaderState {
         }
         let mut wakeups = self.work.subscribe();
         loop {
+            if let Some(full) = self.data_disk_critical() {
+                // Nothing built now could be stored: look again in a moment.
+                tracing::debug!(ordinal = member.ordinal, "{full}");
+                let again = (tokio::time::Instant::now() + Duration::from_secs(1)).min(deadline);
+                tokio::time::sleep_until(again).await;
+                if again == deadline {
+                    return Ok(None);
+                }
+                continue;
+            }
             // Mark the current generation seen before looking, so a submission that
             // lands after the look still wakes us.
             wakeups.borrow_and_update();
-            let (ordinal, workers) = (member.ordinal, self.config.workers);
+            let ordinal = member.ordinal;
             let set = leader_set.clone();
-            if let Some((record, source)) = self.catalog(move |c| c.claim(ordinal, workers, &set, now_ms())).await? {
+            if let Some((record, source)) = self.catalog(move |c| c.claim(ordinal, &set, now_ms())).await? {
+                self.renew_lease(record.claim_key());
                 tracing::info!(pipeline = %record.name, id = record.id, version = record.version, ordinal, attempt = record.attempt, "pipeline claimed");
                 return Ok(Some((record, source)));
             }
@@ -314,6 +439,7 @@ impl LeaderState {
             return Err(ApiError::NotFound(format!("the leader holds no artifact {binary_sha256}: upload it first")));
         }
         let holder = (member.ordinal, member.incarnation);
+        self.renew_lease(claim);
         let record =
             self.catalog(move |c| c.report(&claim, holder, report, log.as_deref(), now_ms())).await.inspect_err(
                 |e| tracing::warn!(ordinal = member.ordinal, id = claim.pipeline_id, error = %e, "report refused"),
@@ -335,15 +461,62 @@ impl LeaderState {
     /// `member` holds the claim.
     pub async fn uploaded(&self, member: MemberId, claim: ClaimKey, sha256: String, size: u64) -> Result<(), ApiError> {
         let holder = (member.ordinal, member.incarnation);
-        self.catalog(move |c| c.record_upload(&claim, holder, &sha256, size)).await.inspect_err(
-            |e| tracing::warn!(ordinal = member.ordinal, id = claim.pipeline_id, error = %e, "upload refused"),
-        )
+        self.renew_lease(claim);
+        let artifacts = self.artifacts.clone();
+        self.catalog(move |c| c.record_upload(&claim, holder, &sha256, size, || artifacts.contains(&sha256), now_ms()))
+            .await
+            .inspect_err(
+                |e| tracing::warn!(ordinal = member.ordinal, id = claim.pipeline_id, error = %e, "upload refused"),
+            )
     }
 
     /// Checks, before receiving its bytes, that `member` holds `claim`.
     pub async fn holds(&self, member: MemberId, claim: ClaimKey) -> Result<(), ApiError> {
         let holder = (member.ordinal, member.incarnation);
-        self.catalog(move |c| c.check_holds(&claim, holder)).await
+        self.catalog(move |c| c.check_holds(&claim, holder)).await?;
+        self.renew_lease(claim);
+        Ok(())
+    }
+
+    /// Opens the binary of a pipeline that succeeded, verified against its hash.
+    /// A binary that fails it is removed and every pipeline that used it goes back
+    /// to be rebuilt: the answer says so (503, "being rebuilt"), never a 404.
+    pub async fn open_binary(&self, record: &Pipeline) -> Result<(String, tokio::fs::File, u64), ApiError> {
+        let being_rebuilt = |why: &str| {
+            ApiError::BeingRebuilt(format!(
+                "pipeline {} version {} is being rebuilt ({why}): ask again when `kiln status` shows it success",
+                record.id, record.version
+            ))
+        };
+        let sha = match (&record.status, &record.binary_sha256) {
+            (Status::Success, Some(sha)) => sha.clone(),
+            (status, _) if !status.finished() && record.rebuilding.is_some() => {
+                return Err(being_rebuilt(record.rebuilding.as_deref().unwrap_or_default()));
+            }
+            _ => {
+                return Err(ApiError::Conflict(format!(
+                    "pipeline {} version {} has no binary: its status is {}",
+                    record.id, record.version, record.status
+                )));
+            }
+        };
+        let lost = match self.artifacts.open_verified(&sha).await {
+            Ok(Some((file, size))) => return Ok((sha, file, size)),
+            Ok(None) => format!("its stored binary {sha} was missing"),
+            Err(crate::artifacts::ArtifactError::Corrupt { actual, .. }) => {
+                format!("its stored binary {sha} failed its hash (the bytes hash to {actual}) and was removed")
+            }
+            Err(other) => return Err(other.into()),
+        };
+        let rebuilt = {
+            let (sha, lost) = (sha.clone(), lost.clone());
+            self.catalog(move |c| c.artifact_lost(&sha, &lost, now_ms())).await?
+        };
+        for r in &rebuilt {
+            tracing::error!(pipeline = %r.name, id = r.id, version = r.version, ordinal = r.worker, sha256 = %sha, "stored binary lost: rebuilding");
+        }
+        self.wake_workers();
+        Err(being_rebuilt(&lost))
     }
 
     pub fn cluster_health(&self) -> ClusterHealth {
@@ -368,12 +541,40 @@ impl LeaderState {
                 member.healthy = false;
             }
         }
+        if let Some(full) = self.data_disk_critical()
+            && let Some(leader) = health.members.iter_mut().find(|m| m.ordinal == 0)
+        {
+            leader.message = if leader.healthy { full } else { format!("{}; {full}", leader.message) };
+            leader.healthy = false;
+        }
         health.all_healthy = health.members.iter().all(|m| m.healthy);
         health
     }
 
-    /// A cheap check that this process can serve: the catalog answers.
+    /// A cheap check that this process can serve: the catalog answers and its
+    /// data volume is below the critical watermark.
     pub async fn self_check(&self) -> Result<(), ApiError> {
+        if let Some(full) = self.data_disk_critical() {
+            return Err(ApiError::DiskFull(full));
+        }
         self.catalog(|c| c.get(0)).await.map(|_| ())
+    }
+
+    /// How full the leader's data volume is, in percent.
+    pub fn data_disk_used(&self) -> Option<f64> {
+        kiln_core::disk::used_percent(&self.config.data_dir).ok()
+    }
+
+    /// The leader's data volume above the critical watermark, in words.
+    fn data_disk_critical(&self) -> Option<String> {
+        let used = self.data_disk_used()?;
+        let marks = self.config.watermarks;
+        (marks.pressure(used) == kiln_core::disk::Pressure::Critical).then(|| {
+            format!(
+                "the leader's data volume is {used:.0}% full (critical watermark {:.0}%): no work is handed out until space is freed in {}",
+                marks.critical,
+                self.config.data_dir.display()
+            )
+        })
     }
 }

@@ -4,35 +4,52 @@
 //! atomic: a pipeline version is handed to at most one worker at a time, and nothing
 //! is lost across a restart of the leader.
 //!
-//! **Invariant:** a pipeline is `compiling` or `uploading` only while the incarnation
-//! of its worker that claimed it may still be running. When a member comes back with
-//! a new incarnation, its in-flight pipelines go back to `pending`.
+//! Every record is written through [`tables::Books::put`], which moves the indexes,
+//! the counters and the reference counts with it; so a claim, a page of the list
+//! and `/metrics` cost O(log n) or O(page), never a scan of the catalog.
+//!
+//! **Invariants:** a pipeline is `compiling` or `uploading` only while the
+//! incarnation of its worker that claimed it may still be running (a new
+//! incarnation, or a lease that ran out, puts it back to `pending`). A source or
+//! artifact is removed only when no record has pointed at it for the retention,
+//! decided inside a write transaction, so a submission or upload that references it
+//! meanwhile keeps it (see [`Catalog::collect`]). An unreadable record is named in
+//! the log and skipped; it never blocks the others.
 
+mod tables;
+
+use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{RwLock, RwLockReadGuard};
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable};
 
 use kiln_core::api::{Change, Status};
 use kiln_core::program::ProgramFile;
 
 use crate::records::{self, RecordError};
 use crate::rules::{ClaimKey, Pipeline, Report, ReportRefused, assigned_ordinal};
+pub use tables::Kind;
+use tables::{
+    Books, COUNTS, LOGS, MEMBERS, META, NAMES, PIPELINES, SOURCES, SOURCES_BYTES, SOURCES_COUNT, STATUS_IDS,
+    UNREFERENCED, pending_count_key, status_code, status_count_key,
+};
 
-const PIPELINES: TableDefinition<u64, &[u8]> = TableDefinition::new("pipelines");
-const NAMES: TableDefinition<&str, u64> = TableDefinition::new("names");
-const SOURCES: TableDefinition<&str, &[u8]> = TableDefinition::new("sources");
-const LOGS: TableDefinition<u64, &str> = TableDefinition::new("logs");
-const MEMBERS: TableDefinition<u32, u64> = TableDefinition::new("member_incarnations");
-const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const NEXT_ID: &str = "next_pipeline_id";
-/// The schema of every record in the database (see `records.rs`); absent in a
-/// database written by Kiln 0.1 (schema 0).
+/// The layout of the database; absent in a database written by Kiln 0.1 (0).
 const SCHEMA_KEY: &str = "schema_version";
+/// 1: records in versioned envelopes. 2: indexes, counters and reference counts.
+pub const CATALOG_SCHEMA: u64 = 2;
 
 /// Longest build log kept; longer logs keep their beginning and end. Workers cap
 /// their logs first (`--max-log-bytes`, at most half the message limit); this is
 /// the leader's own bound on what any caller sends.
 pub const MAX_LOG_BYTES: usize = kiln_proto::MAX_MESSAGE_BYTES / 2 + 64 * 1024;
+
+/// Page sizes of the list API.
+pub const DEFAULT_PAGE: usize = 500;
+pub const MAX_PAGE: usize = 5000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
@@ -40,8 +57,10 @@ pub enum CatalogError {
     Database(#[from] redb::Error),
     #[error("catalog record {what} is unreadable: {error}")]
     Corrupt { what: String, error: RecordError },
-    #[error("the catalog {0}")]
-    Newer(RecordError),
+    #[error(
+        "the catalog was written by a newer Kiln (catalog schema {found}; this one reads up to {CATALOG_SCHEMA}): run that version, or restore a backup"
+    )]
+    Newer { found: u64 },
     #[error(transparent)]
     Refused(#[from] ReportRefused),
 }
@@ -61,13 +80,76 @@ pub struct Submitted {
     pub change: Change,
 }
 
-#[derive(Debug)]
-pub struct Catalog {
-    db: Database,
+/// What the list API asks for: ids after `after`, at most `limit`, optionally of
+/// one status and with names starting with `name_prefix`.
+#[derive(Debug, Clone, Default)]
+pub struct PageQuery {
+    pub after: u64,
+    pub limit: usize,
+    pub status: Option<Status>,
+    pub name_prefix: Option<String>,
 }
 
-fn encode(record: &Pipeline) -> Vec<u8> {
-    records::encode_pipeline(record)
+/// A page of the list: its records in id order, the `after` of the next page when
+/// there is one, and the ids of records that could not be read (skipped).
+#[derive(Debug, Default)]
+pub struct Page {
+    pub records: Vec<Pipeline>,
+    pub next_after: Option<u64>,
+    pub unreadable: Vec<u64>,
+}
+
+/// The counters `/metrics` shows, kept with the records.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Counts {
+    pub by_status: BTreeMap<Status, u64>,
+    pub pending_by_ordinal: BTreeMap<u32, u64>,
+    pub sources: u64,
+    pub source_bytes: u64,
+    /// Sources and artifacts no record points at, waiting for the retention.
+    pub unreferenced: BTreeMap<&'static str, u64>,
+}
+
+/// What one collection removed.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Collected {
+    pub sources: u64,
+    pub artifacts: u64,
+}
+
+/// The database, reopened after an I/O error: redb refuses every operation after
+/// one (a full disk, say) until it is opened again, and the leader must not need a
+/// restart for that.
+#[derive(Debug)]
+pub struct Catalog {
+    path: std::path::PathBuf,
+    db: RwLock<Option<Database>>,
+    /// An operation failed with an I/O error: reopen before the next one.
+    broken: AtomicBool,
+}
+
+/// The open database, for one operation.
+struct Db<'a>(RwLockReadGuard<'a, Option<Database>>);
+
+impl std::ops::Deref for Db<'_> {
+    type Target = Database;
+    fn deref(&self) -> &Database {
+        // `Catalog::db` makes a `Db` only over an open database.
+        self.0.as_ref().expect("an open database")
+    }
+}
+
+impl CatalogError {
+    /// An I/O error of the database's file (a full disk, a failed write): the
+    /// database must be reopened before it is used again.
+    pub fn is_io(&self) -> bool {
+        matches!(self, CatalogError::Database(redb::Error::Io(_) | redb::Error::PreviousIo))
+    }
+
+    /// The disk under the catalog is full.
+    pub fn is_disk_full(&self) -> bool {
+        matches!(self, CatalogError::Database(redb::Error::Io(e)) if kiln_core::disk::is_full(e))
+    }
 }
 
 fn decode(id: u64, bytes: &[u8]) -> Result<Pipeline, CatalogError> {
@@ -93,31 +175,78 @@ fn truncate_log(log: &str) -> String {
     )
 }
 
+/// The record `id` as stored, or None.
+fn load(pipelines: &impl ReadableTable<u64, &'static [u8]>, id: u64) -> Result<Option<Pipeline>, CatalogError> {
+    let bytes = pipelines.get(id)?.map(|v| v.value().to_vec());
+    bytes.map(|bytes| decode(id, &bytes)).transpose()
+}
+
 impl Catalog {
-    pub fn open(path: &Path) -> Result<Catalog, CatalogError> {
+    /// Opens (or creates) the catalog, bringing a database of an earlier schema up
+    /// to this one in the opening transaction: all of it or none.
+    pub fn open(path: &Path, now_ms: u64) -> Result<Catalog, CatalogError> {
         let db = Database::create(path)?;
+        Catalog::upgrade(&db, now_ms)?;
+        Ok(Catalog { path: path.to_owned(), db: RwLock::new(Some(db)), broken: AtomicBool::new(false) })
+    }
+
+    /// The database for one operation, reopened first if the last one failed
+    /// with an I/O error.
+    fn db(&self) -> Result<Db<'_>, CatalogError> {
+        let reopen = self.broken.load(Ordering::SeqCst) || self.db.read().unwrap_or_else(|p| p.into_inner()).is_none();
+        if reopen {
+            let mut slot = self.db.write().unwrap_or_else(|p| p.into_inner());
+            if self.broken.swap(false, Ordering::SeqCst) || slot.is_none() {
+                // The old handle goes first: it holds the file's lock.
+                drop(slot.take());
+                let db = Database::create(&self.path)?;
+                tracing::info!(catalog = %self.path.display(), "catalog reopened after an I/O error");
+                *slot = Some(db);
+            }
+        }
+        let guard = self.db.read().unwrap_or_else(|p| p.into_inner());
+        if guard.is_none() {
+            return Err(corrupt("database".into(), "it could not be reopened after an I/O error; retrying"));
+        }
+        Ok(Db(guard))
+    }
+
+    /// Notes how an operation ended: after an I/O error the database is reopened
+    /// before the next one (redb refuses everything after one until then).
+    pub fn after<T>(&self, result: Result<T, CatalogError>) -> Result<T, CatalogError> {
+        if let Err(e) = &result
+            && e.is_io()
+        {
+            tracing::warn!(error = %e, "catalog I/O error: the database is reopened before its next use");
+            self.broken.store(true, Ordering::SeqCst);
+        }
+        result
+    }
+
+    fn upgrade(db: &Database, now_ms: u64) -> Result<(), CatalogError> {
         let txn = db.begin_write()?;
         {
             txn.open_table(PIPELINES)?;
-            txn.open_table(NAMES)?;
             txn.open_table(SOURCES)?;
+            txn.open_table(NAMES)?;
             txn.open_table(LOGS)?;
             txn.open_table(MEMBERS)?;
-            let mut meta = txn.open_table(META)?;
-            let schema = meta.get(SCHEMA_KEY)?.map(|v| v.value());
+            drop(Books::open(&txn)?);
+            let schema = txn.open_table(META)?.get(SCHEMA_KEY)?.map(|v| v.value());
             match schema {
-                Some(found) if found > u64::from(records::SCHEMA) => {
-                    return Err(CatalogError::Newer(RecordError::Newer { found: found as u32 }));
-                }
-                Some(_) => {}
-                None => {
-                    migrate_from_schema_zero(&txn)?;
-                    meta.insert(SCHEMA_KEY, u64::from(records::SCHEMA))?;
+                Some(found) if found > CATALOG_SCHEMA => return Err(CatalogError::Newer { found }),
+                Some(CATALOG_SCHEMA) => {}
+                found => {
+                    if found.is_none() {
+                        migrate_from_schema_zero(&txn)?;
+                    }
+                    tables::rebuild(&txn, now_ms)?;
+                    txn.open_table(META)?.insert(SCHEMA_KEY, CATALOG_SCHEMA)?;
                 }
             }
         }
         txn.commit()?;
-        Ok(Catalog { db })
+        Ok(())
     }
 
     /// Creates a pipeline, or a new version of it when its source changed. The same
@@ -130,48 +259,49 @@ impl Catalog {
         workers: u32,
         now_ms: u64,
     ) -> Result<Submitted, CatalogError> {
-        let txn = self.db.begin_write()?;
+        let db = self.db()?;
+        let txn = db.begin_write()?;
         let submitted = {
-            let mut pipelines = txn.open_table(PIPELINES)?;
+            let mut books = Books::open(&txn)?;
             let mut names = txn.open_table(NAMES)?;
             let mut sources = txn.open_table(SOURCES)?;
             let mut meta = txn.open_table(META)?;
             let existing = names.get(name)?.map(|id| id.value());
-            let submitted = match existing {
+            let (old, submitted) = match existing {
                 Some(id) => {
-                    let bytes = pipelines.get(id)?.map(|v| v.value().to_vec());
-                    let mut record = match bytes {
-                        Some(bytes) => decode(id, &bytes)?,
-                        None => {
-                            return Err(corrupt(format!("pipeline {id}"), "its name is taken but it has no record"));
-                        }
+                    let Some(old) = load(&books.pipelines, id)? else {
+                        return Err(corrupt(format!("pipeline {id}"), "its name is taken but it has no record"));
                     };
+                    let mut record = old.clone();
                     let change = if record.source_sha256 != source_sha256 {
                         record.new_version(source_sha256.to_owned(), now_ms);
                         record.worker = assigned_ordinal(id, workers);
                         Change::Updated
                     } else if record.status == Status::SystemError {
                         record.error = None;
-                        record.requeue(now_ms);
+                        record.requeue(now_ms, "submitted again after a system error");
                         Change::Updated
                     } else {
                         Change::Unchanged
                     };
-                    Submitted { record, change }
+                    (Some(old), Submitted { record, change })
                 }
                 None => {
                     let id = meta.get(NEXT_ID)?.map(|v| v.value()).unwrap_or(1);
                     meta.insert(NEXT_ID, id + 1)?;
                     names.insert(name, id)?;
                     let record = Pipeline::new(id, name, source_sha256, workers, now_ms);
-                    Submitted { record, change: Change::Created }
+                    (None, Submitted { record, change: Change::Created })
                 }
             };
             if submitted.change != Change::Unchanged {
                 if sources.get(source_sha256)?.is_none() {
-                    sources.insert(source_sha256, records::encode_source(files).as_slice())?;
+                    let bytes = records::encode_source(files);
+                    sources.insert(source_sha256, bytes.as_slice())?;
+                    books.add(SOURCES_COUNT, 1)?;
+                    books.add(SOURCES_BYTES, bytes.len() as i64)?;
                 }
-                pipelines.insert(submitted.record.id, encode(&submitted.record).as_slice())?;
+                books.put(old.as_ref(), Some(&submitted.record), now_ms)?;
             }
             submitted
         };
@@ -180,52 +310,130 @@ impl Catalog {
     }
 
     pub fn get(&self, id: u64) -> Result<Option<Pipeline>, CatalogError> {
-        let txn = self.db.begin_read()?;
-        let table = txn.open_table(PIPELINES)?;
-        let value = table.get(id)?;
-        value.map(|v| decode(id, v.value())).transpose()
+        let db = self.db()?;
+        let txn = db.begin_read()?;
+        load(&txn.open_table(PIPELINES)?, id)
     }
 
     pub fn id_of(&self, name: &str) -> Result<Option<u64>, CatalogError> {
-        let txn = self.db.begin_read()?;
+        let db = self.db()?;
+        let txn = db.begin_read()?;
         let table = txn.open_table(NAMES)?;
         Ok(table.get(name)?.map(|v| v.value()))
     }
 
-    pub fn list(&self) -> Result<Vec<Pipeline>, CatalogError> {
-        let txn = self.db.begin_read()?;
-        let table = txn.open_table(PIPELINES)?;
-        let mut records = Vec::new();
-        for entry in table.iter()? {
-            let (id, bytes) = entry?;
-            records.push(decode(id.value(), bytes.value())?);
+    /// One page of the list, in id order. Costs O(limit · log n) without filters or
+    /// with a status, O(matches) with a name prefix. An unreadable record is
+    /// skipped and named in the page (and the log), never an error.
+    pub fn page(&self, query: &PageQuery) -> Result<Page, CatalogError> {
+        let limit = query.limit.clamp(1, MAX_PAGE);
+        let after = query.after;
+        let db = self.db()?;
+        let txn = db.begin_read()?;
+        let pipelines = txn.open_table(PIPELINES)?;
+        // Candidate ids in ascending order, from the narrowest index the query allows.
+        let candidates: Box<dyn Iterator<Item = Result<u64, CatalogError>>> = match (&query.name_prefix, query.status) {
+            (Some(prefix), _) => {
+                let names = txn.open_table(NAMES)?;
+                let mut ids = Vec::new();
+                for entry in names.range(prefix.as_str()..)? {
+                    let (name, id) = entry?;
+                    if !name.value().starts_with(prefix.as_str()) {
+                        break;
+                    }
+                    if id.value() > after {
+                        ids.push(id.value());
+                    }
+                }
+                ids.sort_unstable();
+                Box::new(ids.into_iter().map(Ok))
+            }
+            (None, Some(status)) => {
+                let code = status_code(status);
+                let index = txn.open_table(STATUS_IDS)?;
+                let range = index.range((code, after.saturating_add(1))..=(code, u64::MAX))?;
+                Box::new(range.map(|entry| Ok(entry?.0.value().1)))
+            }
+            (None, None) => Box::new(pipelines.range(after.saturating_add(1)..)?.map(|entry| Ok(entry?.0.value()))),
+        };
+        let mut page = Page::default();
+        for id in candidates {
+            let id = id?;
+            if page.records.len() == limit {
+                page.next_after = page.records.last().map(|r| r.id);
+                break;
+            }
+            let Some(bytes) = pipelines.get(id)?.map(|v| v.value().to_vec()) else { continue };
+            match decode(id, &bytes) {
+                Ok(record) => {
+                    if query.status.is_none_or(|s| s == record.status) {
+                        page.records.push(record);
+                    }
+                }
+                Err(error) => {
+                    tracing::error!(id, %error, "catalog record unreadable: skipped in the list");
+                    page.unreadable.push(id);
+                }
+            }
         }
-        Ok(records)
+        Ok(page)
+    }
+
+    /// The counters of `/metrics`, read from the catalog's own books: no scan.
+    pub fn counts(&self) -> Result<Counts, CatalogError> {
+        let db = self.db()?;
+        let txn = db.begin_read()?;
+        let counts = txn.open_table(COUNTS)?;
+        let get = |key: &str| -> Result<u64, CatalogError> { Ok(counts.get(key)?.map(|v| v.value()).unwrap_or(0)) };
+        let mut out = Counts::default();
+        for status in Status::ALL {
+            out.by_status.insert(status, get(&status_count_key(status))?);
+        }
+        for entry in counts.range("pending/".."pending0")? {
+            let (key, value) = entry?;
+            if let Some(ordinal) = key.value().strip_prefix("pending/").and_then(|o| o.parse().ok()) {
+                out.pending_by_ordinal.insert(ordinal, value.value());
+            }
+        }
+        out.sources = get(SOURCES_COUNT)?;
+        out.source_bytes = get(SOURCES_BYTES)?;
+        let unreferenced = txn.open_table(UNREFERENCED)?;
+        for kind in [Kind::Source, Kind::Artifact] {
+            let code = kind as u8;
+            let n = unreferenced.range((code, "")..(code + 1, ""))?.count() as u64;
+            out.unreferenced.insert(kind.as_str(), n);
+        }
+        Ok(out)
     }
 
     pub fn source(&self, source_sha256: &str) -> Result<Option<Vec<ProgramFile>>, CatalogError> {
-        let txn = self.db.begin_read()?;
+        let db = self.db()?;
+        let txn = db.begin_read()?;
         let table = txn.open_table(SOURCES)?;
         let value = table.get(source_sha256)?;
         value.map(|v| decode_source(source_sha256, v.value())).transpose()
     }
 
     pub fn log(&self, id: u64) -> Result<Option<String>, CatalogError> {
-        let txn = self.db.begin_read()?;
+        let db = self.db()?;
+        let txn = db.begin_read()?;
         let table = txn.open_table(LOGS)?;
         Ok(table.get(id)?.map(|v| v.value().to_owned()))
     }
 
-    /// Removes a pipeline and its log. Its source stays (other pipelines may share
-    /// it); its id is never reused.
-    pub fn delete(&self, id: u64) -> Result<Option<Pipeline>, CatalogError> {
-        let txn = self.db.begin_write()?;
+    /// Removes a pipeline and its log. Its source and artifact are released: the
+    /// collector removes them after the retention unless another record points at
+    /// them. Its id is never reused.
+    pub fn delete(&self, id: u64, now_ms: u64) -> Result<Option<Pipeline>, CatalogError> {
+        let db = self.db()?;
+        let txn = db.begin_write()?;
         let removed = {
-            let mut pipelines = txn.open_table(PIPELINES)?;
+            let mut books = Books::open(&txn)?;
             let mut names = txn.open_table(NAMES)?;
             let mut logs = txn.open_table(LOGS)?;
-            let removed = pipelines.remove(id)?.map(|v| decode(id, v.value())).transpose()?;
+            let removed = load(&books.pipelines, id)?;
             if let Some(record) = &removed {
+                books.put(Some(record), None, now_ms)?;
                 names.remove(record.name.as_str())?;
                 logs.remove(id)?;
             }
@@ -235,44 +443,47 @@ impl Catalog {
         Ok(removed)
     }
 
-    /// Hands the oldest pending pipeline of `ordinal` to it, with its source.
+    /// Hands the oldest pending pipeline of `ordinal` to it, with its source: the
+    /// first entry of the `(ordinal, pending)` index, O(log n). An unreadable record
+    /// found there is taken out of the queue (and named in the log), not handed out.
     pub fn claim(
         &self,
         ordinal: u32,
-        workers: u32,
         depset: &str,
         now_ms: u64,
     ) -> Result<Option<(Pipeline, Vec<ProgramFile>)>, CatalogError> {
-        let txn = self.db.begin_write()?;
+        let pending = status_code(Status::Pending);
+        let db = self.db()?;
+        let txn = db.begin_write()?;
         let claimed = {
-            let mut pipelines = txn.open_table(PIPELINES)?;
+            let mut books = Books::open(&txn)?;
             let sources = txn.open_table(SOURCES)?;
-            let mut found = None;
-            for entry in pipelines.iter()? {
-                let (id, bytes) = entry?;
-                let id = id.value();
-                if assigned_ordinal(id, workers) != ordinal {
-                    continue;
-                }
-                let record = decode(id, bytes.value())?;
-                if record.status == Status::Pending {
-                    found = Some(record);
-                    break;
-                }
-            }
-            match found {
-                None => None,
-                Some(mut record) => {
-                    record.worker = ordinal;
-                    record.claim(now_ms);
-                    record.depset = Some(depset.to_owned());
-                    let source = match sources.get(record.source_sha256.as_str())? {
-                        Some(bytes) => decode_source(&record.source_sha256, bytes.value())?,
-                        None => return Err(corrupt(format!("pipeline {}", record.id), "its source is missing")),
-                    };
-                    pipelines.insert(record.id, encode(&record).as_slice())?;
-                    Some((record, source))
-                }
+            loop {
+                let first = match books.by_status.range((ordinal, pending, 0)..=(ordinal, pending, u64::MAX))?.next() {
+                    Some(entry) => Some(entry?.0.value().2),
+                    None => None,
+                };
+                let Some(id) = first else { break None };
+                let record = match load(&books.pipelines, id) {
+                    Ok(Some(record)) => record,
+                    Ok(None) | Err(_) => {
+                        tracing::error!(id, ordinal, "catalog record unreadable or missing: taken out of the queue");
+                        books.by_status.remove((ordinal, pending, id))?;
+                        books.status_ids.remove((pending, id))?;
+                        books.add(&status_count_key(Status::Pending), -1)?;
+                        books.add(&pending_count_key(ordinal), -1)?;
+                        continue;
+                    }
+                };
+                let mut claimed = record.clone();
+                claimed.claim(now_ms);
+                claimed.depset = Some(depset.to_owned());
+                let source = match sources.get(claimed.source_sha256.as_str())? {
+                    Some(bytes) => decode_source(&claimed.source_sha256, bytes.value())?,
+                    None => return Err(corrupt(format!("pipeline {}", claimed.id), "its source is missing")),
+                };
+                books.put(Some(&record), Some(&claimed), now_ms)?;
+                break Some((claimed, source));
             }
         };
         txn.commit()?;
@@ -289,24 +500,16 @@ impl Catalog {
         log: Option<&str>,
         now_ms: u64,
     ) -> Result<Pipeline, CatalogError> {
-        let txn = self.db.begin_write()?;
+        let db = self.db()?;
+        let txn = db.begin_write()?;
         let record = {
-            let mut pipelines = txn.open_table(PIPELINES)?;
+            let mut books = Books::open(&txn)?;
             let mut logs = txn.open_table(LOGS)?;
             let members = txn.open_table(MEMBERS)?;
-            check_holder(&pipelines, &members, claim, member)?;
-            let bytes = pipelines.get(claim.pipeline_id)?.map(|v| v.value().to_vec());
-            let Some(bytes) = bytes else {
-                return Err(ReportRefused::StaleClaim {
-                    pipeline_id: claim.pipeline_id,
-                    version: claim.version,
-                    attempt: claim.attempt,
-                }
-                .into());
-            };
-            let mut record = decode(claim.pipeline_id, &bytes)?;
+            let old = check_holder(&books.pipelines, &members, claim, member)?;
+            let mut record = old.clone();
             record.apply(claim, report, now_ms)?;
-            pipelines.insert(record.id, encode(&record).as_slice())?;
+            books.put(Some(&old), Some(&record), now_ms)?;
             if let Some(log) = log {
                 logs.insert(record.id, truncate_log(log).as_str())?;
             }
@@ -317,21 +520,31 @@ impl Catalog {
     }
 
     /// Records that the binary `sha256` of `size` bytes (as the leader measured it)
-    /// arrived under `claim`, from `member` (ordinal, incarnation), which must hold it.
+    /// arrived under `claim`, from `member` (ordinal, incarnation), which must hold
+    /// it. `stored` says, inside this transaction, whether the file is in place: a
+    /// collection that removed it in between makes this an error, and the worker
+    /// uploads again.
     pub fn record_upload(
         &self,
         claim: &ClaimKey,
         member: (u32, u64),
         sha256: &str,
         size: u64,
+        stored: impl FnOnce() -> bool,
+        now_ms: u64,
     ) -> Result<(), CatalogError> {
-        let txn = self.db.begin_write()?;
+        let db = self.db()?;
+        let txn = db.begin_write()?;
         {
-            let mut pipelines = txn.open_table(PIPELINES)?;
+            let mut books = Books::open(&txn)?;
             let members = txn.open_table(MEMBERS)?;
-            let mut record = check_holder(&pipelines, &members, claim, member)?;
+            let old = check_holder(&books.pipelines, &members, claim, member)?;
+            if !stored() {
+                return Err(corrupt(format!("artifact {sha256}"), "it was removed before its upload was recorded"));
+            }
+            let mut record = old.clone();
             record.uploaded = Some(crate::rules::Uploaded { attempt: claim.attempt, sha256: sha256.to_owned(), size });
-            pipelines.insert(record.id, encode(&record).as_slice())?;
+            books.put(Some(&old), Some(&record), now_ms)?;
         }
         txn.commit()?;
         Ok(())
@@ -339,7 +552,8 @@ impl Catalog {
 
     /// Whether `member` (ordinal, incarnation) holds `claim` now.
     pub fn check_holds(&self, claim: &ClaimKey, member: (u32, u64)) -> Result<(), CatalogError> {
-        let txn = self.db.begin_read()?;
+        let db = self.db()?;
+        let txn = db.begin_read()?;
         check_holder(&txn.open_table(PIPELINES)?, &txn.open_table(MEMBERS)?, claim, member).map(|_| ())
     }
 
@@ -350,7 +564,8 @@ impl Catalog {
 
     /// The incarnation the catalog knows for `ordinal`.
     pub fn incarnation_of(&self, ordinal: u32) -> Result<Option<u64>, CatalogError> {
-        let txn = self.db.begin_read()?;
+        let db = self.db()?;
+        let txn = db.begin_read()?;
         Ok(txn.open_table(MEMBERS)?.get(ordinal)?.map(|v| v.value()))
     }
 
@@ -359,35 +574,184 @@ impl Catalog {
     /// returned.
     pub fn member_seen(&self, ordinal: u32, incarnation: u64, now_ms: u64) -> Result<Vec<u64>, CatalogError> {
         {
-            let txn = self.db.begin_read()?;
+            let db = self.db()?;
+            let txn = db.begin_read()?;
             let members = txn.open_table(MEMBERS)?;
             if members.get(ordinal)?.map(|v| v.value()) == Some(incarnation) {
                 return Ok(Vec::new());
             }
         }
-        let txn = self.db.begin_write()?;
+        let db = self.db()?;
+        let txn = db.begin_write()?;
         let requeued = {
             let mut members = txn.open_table(MEMBERS)?;
-            let mut pipelines = txn.open_table(PIPELINES)?;
+            let mut books = Books::open(&txn)?;
             members.insert(ordinal, incarnation)?;
             let mut stranded = Vec::new();
-            for entry in pipelines.iter()? {
-                let (id, bytes) = entry?;
-                let record = decode(id.value(), bytes.value())?;
-                if record.status.in_flight() && record.worker == ordinal {
-                    stranded.push(record);
+            for status in [Status::Compiling, Status::Uploading] {
+                let code = status_code(status);
+                for entry in books.by_status.range((ordinal, code, 0)..=(ordinal, code, u64::MAX))? {
+                    stranded.push(entry?.0.value().2);
                 }
             }
             let mut requeued = Vec::new();
-            for mut record in stranded {
-                record.requeue(now_ms);
-                pipelines.insert(record.id, encode(&record).as_slice())?;
-                requeued.push(record.id);
+            for id in stranded {
+                let Some(old) = load(&books.pipelines, id)? else { continue };
+                let mut record = old.clone();
+                record.requeue(now_ms, &format!("its worker restarted (ordinal {ordinal} has a new incarnation)"));
+                books.put(Some(&old), Some(&record), now_ms)?;
+                requeued.push(id);
             }
             requeued
         };
         txn.commit()?;
         Ok(requeued)
+    }
+
+    /// The claims in flight (`compiling` or `uploading`), with their ordinal.
+    pub fn in_flight(&self) -> Result<Vec<(ClaimKey, u32)>, CatalogError> {
+        let db = self.db()?;
+        let txn = db.begin_read()?;
+        let index = txn.open_table(STATUS_IDS)?;
+        let pipelines = txn.open_table(PIPELINES)?;
+        let mut claims = Vec::new();
+        for status in [Status::Compiling, Status::Uploading] {
+            let code = status_code(status);
+            for entry in index.range((code, 0)..=(code, u64::MAX))? {
+                let id = entry?.0.value().1;
+                match load(&pipelines, id) {
+                    Ok(Some(record)) => claims.push((record.claim_key(), record.worker)),
+                    Ok(None) => {}
+                    Err(error) => tracing::error!(id, %error, "catalog record unreadable: its lease is not watched"),
+                }
+            }
+        }
+        Ok(claims)
+    }
+
+    /// Puts `claim` back to `pending` for the same ordinal if it is still current,
+    /// with `reason` in its history; returns the record when it did.
+    pub fn requeue_claim(&self, claim: &ClaimKey, reason: &str, now_ms: u64) -> Result<Option<Pipeline>, CatalogError> {
+        let db = self.db()?;
+        let txn = db.begin_write()?;
+        let requeued = {
+            let mut books = Books::open(&txn)?;
+            match load(&books.pipelines, claim.pipeline_id)? {
+                Some(old) if old.is_current(claim) => {
+                    let mut record = old.clone();
+                    record.requeue(now_ms, reason);
+                    books.put(Some(&old), Some(&record), now_ms)?;
+                    Some(record)
+                }
+                _ => None,
+            }
+        };
+        txn.commit()?;
+        Ok(requeued)
+    }
+
+    /// The artifact `sha256` failed its hash and was removed: every pipeline whose
+    /// binary it was goes back to `pending` (rebuilt), with the reason recorded.
+    pub fn artifact_lost(&self, sha256: &str, reason: &str, now_ms: u64) -> Result<Vec<Pipeline>, CatalogError> {
+        let db = self.db()?;
+        let txn = db.begin_write()?;
+        let rebuilt = {
+            let mut books = Books::open(&txn)?;
+            let mut ids = Vec::new();
+            for entry in books.by_artifact.range((sha256, 0)..=(sha256, u64::MAX))? {
+                ids.push(entry?.0.value().1);
+            }
+            let mut rebuilt = Vec::new();
+            for id in ids {
+                let Some(old) = load(&books.pipelines, id)? else { continue };
+                let mut record = old.clone();
+                record.rebuild(now_ms, reason.to_owned());
+                books.put(Some(&old), Some(&record), now_ms)?;
+                rebuilt.push(record);
+            }
+            rebuilt
+        };
+        txn.commit()?;
+        Ok(rebuilt)
+    }
+
+    /// Schedules for collection every artifact in `stored` that no record points at
+    /// and that is not scheduled yet: files a crash, an old version or a hand left.
+    pub fn adopt_artifacts(&self, stored: &[String], now_ms: u64) -> Result<usize, CatalogError> {
+        let db = self.db()?;
+        let txn = db.begin_write()?;
+        let mut adopted = 0;
+        {
+            let mut books = Books::open(&txn)?;
+            let code = Kind::Artifact as u8;
+            for sha in stored {
+                if !books.referenced(Kind::Artifact, sha)? && books.unreferenced.get((code, sha.as_str()))?.is_none() {
+                    books.unreferenced.insert((code, sha.as_str()), now_ms)?;
+                    adopted += 1;
+                }
+            }
+        }
+        txn.commit()?;
+        Ok(adopted)
+    }
+
+    /// Removes the sources and artifacts no record has pointed at since
+    /// `now_ms - retention_ms`. Decided and done inside one write transaction:
+    /// a submission or an upload recorded before it keeps what it references (it
+    /// is no longer unreferenced), and one after it stores its source again or
+    /// finds its artifact gone and uploads again. `remove_artifact` deletes a file;
+    /// one it fails to delete stays scheduled.
+    pub fn collect(
+        &self,
+        now_ms: u64,
+        retention_ms: u64,
+        mut remove_artifact: impl FnMut(&str) -> std::io::Result<()>,
+    ) -> Result<Collected, CatalogError> {
+        let cutoff = now_ms.saturating_sub(retention_ms);
+        let db = self.db()?;
+        let txn = db.begin_write()?;
+        let mut collected = Collected::default();
+        {
+            let mut books = Books::open(&txn)?;
+            let mut sources = txn.open_table(SOURCES)?;
+            let mut due = Vec::new();
+            for entry in books.unreferenced.iter()? {
+                let (key, since) = entry?;
+                let (code, sha) = key.value();
+                if since.value() <= cutoff {
+                    due.push((code, sha.to_owned()));
+                }
+            }
+            for (code, sha) in due {
+                let kind = Kind::from_code(code);
+                if kind.is_none() || books.referenced(kind.unwrap_or(Kind::Source), &sha)? {
+                    books.unreferenced.remove((code, sha.as_str()))?;
+                    continue;
+                }
+                match kind {
+                    Some(Kind::Source) => {
+                        if let Some(bytes) = sources.remove(sha.as_str())? {
+                            let size = bytes.value().len() as i64;
+                            drop(bytes);
+                            books.add(SOURCES_COUNT, -1)?;
+                            books.add(SOURCES_BYTES, -size)?;
+                            collected.sources += 1;
+                        }
+                    }
+                    Some(Kind::Artifact) => match remove_artifact(&sha) {
+                        Ok(()) => collected.artifacts += 1,
+                        Err(error) => {
+                            tracing::warn!(sha256 = %sha, %error, "could not remove an unreferenced artifact; trying again later");
+                            continue;
+                        }
+                    },
+                    None => {}
+                }
+                books.unreferenced.remove((code, sha.as_str()))?;
+            }
+        }
+        txn.commit()?;
+        Ok(collected)
     }
 }
 
@@ -396,7 +760,7 @@ fn decode_source(sha: &str, bytes: &[u8]) -> Result<Vec<ProgramFile>, CatalogErr
 }
 
 /// Rewrites a database of Kiln 0.1 (bare pipeline JSON, protobuf sources) in the
-/// current schema, inside the opening transaction: all of it or none.
+/// current record format, inside the opening transaction: all of it or none.
 fn migrate_from_schema_zero(txn: &redb::WriteTransaction) -> Result<(), CatalogError> {
     let mut sources = txn.open_table(SOURCES)?;
     let legacy: Vec<(String, Vec<u8>)> = sources
@@ -412,14 +776,10 @@ fn migrate_from_schema_zero(txn: &redb::WriteTransaction) -> Result<(), CatalogE
     let legacy: Vec<(u64, Vec<u8>)> =
         pipelines.iter()?.map(|entry| entry.map(|(k, v)| (k.value(), v.value().to_vec()))).collect::<Result<_, _>>()?;
     if !legacy.is_empty() {
-        tracing::info!(
-            pipelines = legacy.len(),
-            schema = records::SCHEMA,
-            "rewriting the catalog in the current schema"
-        );
+        tracing::info!(pipelines = legacy.len(), "rewriting a Kiln 0.1 catalog in the current record format");
     }
     for (id, bytes) in legacy {
-        pipelines.insert(id, encode(&decode(id, &bytes)?).as_slice())?;
+        pipelines.insert(id, records::encode_pipeline(&decode(id, &bytes)?).as_slice())?;
     }
     Ok(())
 }
@@ -435,10 +795,9 @@ fn check_holder(
 ) -> Result<Pipeline, CatalogError> {
     let stale =
         || ReportRefused::StaleClaim { pipeline_id: claim.pipeline_id, version: claim.version, attempt: claim.attempt };
-    let Some(bytes) = pipelines.get(claim.pipeline_id)?.map(|v| v.value().to_vec()) else {
+    let Some(record) = load(pipelines, claim.pipeline_id)? else {
         return Err(stale().into());
     };
-    let record = decode(claim.pipeline_id, &bytes)?;
     if !record.is_current(claim) {
         return Err(stale().into());
     }
@@ -461,7 +820,7 @@ mod tests {
 
     fn catalog() -> (tempfile::TempDir, Catalog) {
         let dir = tempfile::tempdir().unwrap();
-        let catalog = Catalog::open(&dir.path().join("catalog.redb")).unwrap();
+        let catalog = Catalog::open(&dir.path().join("catalog.redb"), 0).unwrap();
         (dir, catalog)
     }
 
@@ -476,7 +835,7 @@ mod tests {
         assert_eq!((same.change, same.record.version), (Change::Unchanged, 1));
         let next = c.submit("a", "s3", &src("src3"), 3, 4).unwrap();
         assert_eq!((next.change, next.record.id, next.record.version), (Change::Updated, 1, 2));
-        c.delete(2).unwrap();
+        c.delete(2, 5).unwrap();
         assert_eq!(c.submit("c", "s4", &src("x"), 3, 5).unwrap().record.id, 3, "ids are never reused");
     }
 
@@ -486,12 +845,12 @@ mod tests {
         for name in ["a", "b", "c", "d"] {
             c.submit(name, name, &src(name), 3, 0).unwrap();
         }
-        let (first, source) = c.claim(1, 3, "set", 1).unwrap().unwrap();
+        let (first, source) = c.claim(1, "set", 1).unwrap().unwrap();
         assert_eq!((first.id, source), (1, src("a")));
-        let (second, _) = c.claim(1, 3, "set", 1).unwrap().unwrap();
+        let (second, _) = c.claim(1, "set", 1).unwrap().unwrap();
         assert_eq!(second.id, 4);
-        assert!(c.claim(1, 3, "set", 1).unwrap().is_none(), "nothing is handed out twice");
-        assert_eq!(c.claim(0, 3, "set", 1).unwrap().unwrap().0.id, 3);
+        assert!(c.claim(1, "set", 1).unwrap().is_none(), "nothing is handed out twice");
+        assert_eq!(c.claim(0, "set", 1).unwrap().unwrap().0.id, 3);
     }
 
     #[test]
@@ -499,10 +858,10 @@ mod tests {
         let (dir, c) = catalog();
         c.submit("a", "s", &src("x"), 2, 0).unwrap();
         assert!(c.member_seen(1, 111, 0).unwrap().is_empty());
-        let (record, _) = c.claim(1, 2, "set", 1).unwrap().unwrap();
+        let (record, _) = c.claim(1, "set", 1).unwrap().unwrap();
         let old_claim = record.claim_key();
         drop(c);
-        let c = Catalog::open(&dir.path().join("catalog.redb")).unwrap();
+        let c = Catalog::open(&dir.path().join("catalog.redb"), 0).unwrap();
         assert!(
             c.member_seen(1, 111, 2).unwrap().is_empty(),
             "the same incarnation keeps its work across a leader restart"
@@ -512,14 +871,14 @@ mod tests {
         assert_eq!(c.get(1).unwrap().unwrap().status, Status::Pending);
         let refused = c.report(&old_claim, (1, 111), Report::Compiling, None, 4);
         assert!(matches!(refused, Err(CatalogError::Refused(ReportRefused::StaleClaim { .. }))));
-        let (again, _) = c.claim(1, 2, "set", 5).unwrap().unwrap();
+        let (again, _) = c.claim(1, "set", 5).unwrap().unwrap();
         assert_eq!(again.attempt, 2);
         let figures = Figures { cache: CacheFigures::default(), ..Figures::default() };
         // Not from another ordinal, nor from the incarnation that restarted away.
         for stranger in [(0, 222), (1, 111)] {
             let refused = c.report(&again.claim_key(), stranger, Report::Compiling, None, 6);
             assert!(matches!(refused, Err(CatalogError::Refused(ReportRefused::NotTheHolder { .. }))), "{stranger:?}");
-            let refused = c.record_upload(&again.claim_key(), stranger, &"a".repeat(64), 1);
+            let refused = c.record_upload(&again.claim_key(), stranger, &"a".repeat(64), 1, || true, 6);
             assert!(matches!(refused, Err(CatalogError::Refused(ReportRefused::NotTheHolder { .. }))), "{stranger:?}");
         }
         // Success names only what was uploaded under this claim.
@@ -527,7 +886,7 @@ mod tests {
             |sha: &str| Report::Success { binary_sha256: sha.into(), binary_size: 99, figures: figures.clone() };
         let refused = c.report(&again.claim_key(), (1, 222), success(&"b".repeat(64)), None, 6);
         assert!(matches!(refused, Err(CatalogError::Refused(ReportRefused::NotUploaded { .. }))));
-        c.record_upload(&again.claim_key(), (1, 222), &"c".repeat(64), 7).unwrap();
+        c.record_upload(&again.claim_key(), (1, 222), &"c".repeat(64), 7, || true, 6).unwrap();
         let refused = c.report(&again.claim_key(), (1, 222), success(&"b".repeat(64)), None, 6);
         assert!(matches!(refused, Err(CatalogError::Refused(ReportRefused::NotUploaded { .. }))), "another binary");
         let done = c
@@ -574,13 +933,13 @@ mod tests {
             }
             txn.commit().unwrap();
         }
-        let c = Catalog::open(&path).unwrap();
+        let c = Catalog::open(&path, 0).unwrap();
         assert_eq!(c.get(1).unwrap().unwrap(), pipeline);
         assert_eq!(c.source("s").unwrap().unwrap(), src("old"));
-        let (claimed, source) = c.claim(1, 3, "set", 5).unwrap().unwrap();
+        let (claimed, source) = c.claim(1, "set", 5).unwrap().unwrap();
         assert_eq!((claimed.id, source), (1, src("old")));
         drop(c);
-        let c = Catalog::open(&path).unwrap();
+        let c = Catalog::open(&path, 0).unwrap();
         assert_eq!(c.get(1).unwrap().unwrap().status, Status::Compiling, "a second open changes nothing");
     }
 
@@ -588,12 +947,199 @@ mod tests {
     fn a_catalog_from_a_newer_kiln_is_refused_in_words() {
         let (dir, c) = catalog();
         {
-            let txn = c.db.begin_write().unwrap();
+            let txn = c.db().unwrap().begin_write().unwrap();
             txn.open_table(META).unwrap().insert(SCHEMA_KEY, 99).unwrap();
             txn.commit().unwrap();
         }
         drop(c);
-        let error = Catalog::open(&dir.path().join("catalog.redb")).unwrap_err().to_string();
-        assert!(error.contains("newer Kiln (schema 99"), "{error}");
+        let error = Catalog::open(&dir.path().join("catalog.redb"), 0).unwrap_err().to_string();
+        assert!(error.contains("newer Kiln (catalog schema 99"), "{error}");
+    }
+
+    /// Takes pipeline `name` (on `ordinal` of `workers`) through a build that
+    /// uploads `sha`, as a worker would.
+    fn build(c: &Catalog, ordinal: u32, sha: &str, now: u64) -> Pipeline {
+        c.member_seen(ordinal, 7, now).unwrap();
+        let (record, _) = c.claim(ordinal, "set", now).unwrap().expect("something to claim");
+        let claim = record.claim_key();
+        c.record_upload(&claim, (ordinal, 7), sha, 10, || true, now).unwrap();
+        let success = Report::Success { binary_sha256: sha.into(), binary_size: 10, figures: Figures::default() };
+        c.report(&claim, (ordinal, 7), success, Some("built"), now).unwrap()
+    }
+
+    /// What the counters say, checked against a scan of every record.
+    fn assert_counts_match_a_scan(c: &Catalog) {
+        let counts = c.counts().unwrap();
+        let all = c.page(&PageQuery { limit: MAX_PAGE, ..PageQuery::default() }).unwrap().records;
+        for status in Status::ALL {
+            let scanned = all.iter().filter(|r| r.status == status).count() as u64;
+            assert_eq!(counts.by_status[&status], scanned, "{status}");
+        }
+        for ordinal in 0..3 {
+            let scanned = all.iter().filter(|r| r.status == Status::Pending && r.worker == ordinal).count() as u64;
+            assert_eq!(counts.pending_by_ordinal.get(&ordinal).copied().unwrap_or(0), scanned, "ordinal {ordinal}");
+        }
+    }
+
+    #[test]
+    fn pages_follow_ids_and_filter_by_status_and_name() {
+        let (_dir, c) = catalog();
+        for i in 1..=10 {
+            let name = if i % 2 == 0 { format!("even-{i}") } else { format!("odd-{i}") };
+            c.submit(&name, &format!("s{i}"), &src(&name), 3, i).unwrap();
+        }
+        let first = c.page(&PageQuery { limit: 4, ..PageQuery::default() }).unwrap();
+        assert_eq!(first.records.iter().map(|r| r.id).collect::<Vec<_>>(), [1, 2, 3, 4]);
+        assert_eq!(first.next_after, Some(4));
+        let last = c.page(&PageQuery { after: 8, limit: 4, ..PageQuery::default() }).unwrap();
+        assert_eq!(last.records.iter().map(|r| r.id).collect::<Vec<_>>(), [9, 10]);
+        assert_eq!(last.next_after, None, "no page after the last");
+
+        build(&c, 1, &"a".repeat(64), 20);
+        let pending = c.page(&PageQuery { limit: 100, status: Some(Status::Pending), ..PageQuery::default() }).unwrap();
+        assert_eq!(pending.records.len(), 9);
+        let done = c.page(&PageQuery { limit: 100, status: Some(Status::Success), ..PageQuery::default() }).unwrap();
+        assert_eq!(done.records.iter().map(|r| r.id).collect::<Vec<_>>(), [1]);
+        let even = c.page(&PageQuery { limit: 2, name_prefix: Some("even-".into()), ..PageQuery::default() }).unwrap();
+        assert_eq!(even.records.iter().map(|r| r.id).collect::<Vec<_>>(), [2, 4]);
+        assert_eq!(even.next_after, Some(4));
+        let odd_pending =
+            PageQuery { limit: 100, status: Some(Status::Pending), name_prefix: Some("odd".into()), after: 0 };
+        assert_eq!(c.page(&odd_pending).unwrap().records.iter().map(|r| r.id).collect::<Vec<_>>(), [3, 5, 7, 9]);
+    }
+
+    #[test]
+    fn counters_move_with_every_write() {
+        let (_dir, c) = catalog();
+        for i in 1..=9 {
+            c.submit(&format!("p{i}"), &format!("s{i}"), &src("x"), 3, i).unwrap();
+        }
+        assert_counts_match_a_scan(&c);
+        build(&c, 1, &"a".repeat(64), 10);
+        c.member_seen(2, 1, 11).unwrap();
+        c.claim(2, "set", 11).unwrap().unwrap();
+        assert_counts_match_a_scan(&c);
+        c.member_seen(2, 2, 12).unwrap();
+        c.delete(3, 13).unwrap();
+        c.submit("p4", "changed", &src("y"), 3, 14).unwrap();
+        assert_counts_match_a_scan(&c);
+        let counts = c.counts().unwrap();
+        assert_eq!((counts.sources, counts.unreferenced["source"]), (10, 2), "s3 (deleted) and s4 (replaced) wait");
+    }
+
+    #[test]
+    fn an_unreadable_record_is_skipped_and_blocks_nothing() {
+        let (_dir, c) = catalog();
+        for i in 1..=4 {
+            c.submit(&format!("p{i}"), &format!("s{i}"), &src("x"), 1, i).unwrap();
+        }
+        {
+            let txn = c.db().unwrap().begin_write().unwrap();
+            txn.open_table(PIPELINES).unwrap().insert(2, b"{not json".as_slice()).unwrap();
+            txn.commit().unwrap();
+        }
+        let page = c.page(&PageQuery { limit: 10, ..PageQuery::default() }).unwrap();
+        assert_eq!(page.records.iter().map(|r| r.id).collect::<Vec<_>>(), [1, 3, 4]);
+        assert_eq!(page.unreadable, [2]);
+        assert_eq!(c.claim(0, "set", 5).unwrap().unwrap().0.id, 1);
+        assert_eq!(c.claim(0, "set", 5).unwrap().unwrap().0.id, 3, "the unreadable record is passed over");
+        assert_eq!(c.claim(0, "set", 5).unwrap().unwrap().0.id, 4);
+        assert!(c.claim(0, "set", 5).unwrap().is_none());
+        assert!(matches!(c.get(2), Err(CatalogError::Corrupt { .. })), "asked for by id, it is an error naming it");
+    }
+
+    #[test]
+    fn unreferenced_files_go_after_the_retention_and_shared_ones_stay() {
+        let (_dir, c) = catalog();
+        let sha = "b".repeat(64);
+        c.submit("one", "s-shared", &src("same"), 1, 0).unwrap();
+        build(&c, 0, &sha, 1);
+        c.submit("two", "s-shared", &src("same"), 1, 2).unwrap();
+        build(&c, 0, &sha, 3);
+        c.delete(1, 100).unwrap();
+        let mut removed = Vec::new();
+        let mut remove = |sha: &str| {
+            removed.push(sha.to_owned());
+            Ok(())
+        };
+        let collected = c.collect(10_000, 1000, &mut remove).unwrap();
+        assert_eq!(collected, Collected::default(), "pipeline two still uses the source and the artifact");
+        c.delete(2, 200).unwrap();
+        assert_eq!(c.collect(1000, 1000, |_| panic!("too early")).unwrap(), Collected::default());
+        let collected = c.collect(1200, 1000, &mut remove).unwrap();
+        assert_eq!(collected, Collected { sources: 1, artifacts: 1 });
+        assert_eq!(removed, std::slice::from_ref(&sha));
+        assert!(c.source("s-shared").unwrap().is_none());
+        assert_eq!(c.counts().unwrap().sources, 0);
+
+        // A file that fails to go stays scheduled; one referenced again is kept.
+        c.adopt_artifacts(&["c".repeat(64)], 300).unwrap();
+        let failed = c.collect(2000, 1000, |_| Err(std::io::Error::other("busy"))).unwrap();
+        assert_eq!(failed.artifacts, 0);
+        assert_eq!(c.counts().unwrap().unreferenced["artifact"], 1);
+        c.submit("three", "s3", &src("3"), 1, 2100).unwrap();
+        build(&c, 0, &"c".repeat(64), 2100);
+        assert_eq!(c.collect(9000, 1000, |_| panic!("it is referenced")).unwrap(), Collected::default());
+    }
+
+    #[test]
+    fn a_lost_artifact_sends_every_pipeline_using_it_back_to_be_rebuilt() {
+        let (_dir, c) = catalog();
+        let sha = "d".repeat(64);
+        for (i, name) in ["a", "b"].into_iter().enumerate() {
+            c.submit(name, "same", &src("same"), 1, i as u64).unwrap();
+            build(&c, 0, &sha, i as u64);
+        }
+        let rebuilt = c.artifact_lost(&sha, "its bytes failed their hash", 50).unwrap();
+        assert_eq!(rebuilt.len(), 2);
+        for record in rebuilt {
+            assert_eq!((record.status, record.binary_sha256.as_deref()), (Status::Pending, None));
+            assert!(record.rebuilding.as_deref().is_some_and(|r| r.contains("failed their hash")));
+            assert!(record.history.last().unwrap().event.contains("failed their hash"));
+        }
+        let again = build(&c, 0, &"e".repeat(64), 60);
+        assert_eq!((again.attempt, again.rebuilding), (2, None), "attempt numbers show the rebuild");
+    }
+
+    #[test]
+    fn a_claim_whose_lease_ran_out_goes_back_to_its_ordinal() {
+        let (_dir, c) = catalog();
+        c.submit("a", "s", &src("x"), 2, 0).unwrap();
+        c.member_seen(1, 9, 0).unwrap();
+        let (record, _) = c.claim(1, "set", 1).unwrap().unwrap();
+        assert_eq!(c.in_flight().unwrap(), vec![(record.claim_key(), 1)]);
+        let requeued = c.requeue_claim(&record.claim_key(), "its lease ran out", 2).unwrap().unwrap();
+        assert_eq!((requeued.status, requeued.worker), (Status::Pending, 1));
+        assert!(c.requeue_claim(&record.claim_key(), "again", 3).unwrap().is_none(), "only a current claim");
+        assert_eq!(c.claim(1, "set", 4).unwrap().unwrap().0.attempt, 2);
+    }
+
+    /// A catalog written by Kiln before the indexes (catalog schema 1, the code of
+    /// commit 7eea469): it opens, every record reads, and the books built from it
+    /// agree with the records.
+    #[test]
+    fn the_previous_schemas_catalog_opens_and_serves_every_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("catalog.redb");
+        std::fs::copy(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/catalog-schema-1.redb"), &path).unwrap();
+        let expected: serde_json::Value =
+            serde_json::from_str(include_str!("../../tests/fixtures/catalog-schema-1.json")).unwrap();
+        let c = Catalog::open(&path, 1_000).unwrap();
+        let all = c.page(&PageQuery { limit: MAX_PAGE, ..PageQuery::default() }).unwrap();
+        assert!(all.unreadable.is_empty());
+        let expected = expected.as_array().unwrap();
+        assert_eq!(all.records.len(), expected.len());
+        for (record, want) in all.records.iter().zip(expected) {
+            assert_eq!(serde_json::to_value(record.to_api()).unwrap()["status"], want["status"]);
+            assert_eq!(record.id, want["id"].as_u64().unwrap());
+            assert_eq!(record.name, want["name"].as_str().unwrap());
+            assert_eq!(record.binary_sha256.as_deref(), want["binary_sha256"].as_str());
+            assert!(c.source(&record.source_sha256).unwrap().is_some(), "the source of {} reads", record.name);
+        }
+        assert_counts_match_a_scan(&c);
+        // The queue works from the built index: the first pending id of ordinal 1.
+        let pending = all.records.iter().find(|r| r.status == Status::Pending && r.worker == 1).map(|r| r.id);
+        c.member_seen(1, 77, 2_000).unwrap();
+        assert_eq!(c.claim(1, "set", 2_000).unwrap().map(|(r, _)| r.id), pending);
     }
 }

@@ -1,0 +1,255 @@
+//! The catalog's tables, and the one place that writes a pipeline record: [`Books::put`]
+//! keeps every index, counter and reference count in step with the records, in the
+//! same transaction, so they can never disagree with what is stored.
+//!
+//! - `by_status` `(ordinal, status, id)`: a claim takes the first pending id of its
+//!   ordinal in O(log n); the leases walk the in-flight ones.
+//! - `status_ids` `(status, id)`: the list API's status filter, in id order.
+//! - `by_artifact` `(sha256, id)`: the pipelines whose binary is that artifact,
+//!   all rebuilt when it fails its hash.
+//! - `counts`: pipelines by status, pending ones by ordinal, stored sources and
+//!   their bytes: what `/metrics` reads, never a scan.
+//! - `refs` `(kind, sha256)` and `unreferenced` `(kind, sha256) → since`: how many
+//!   records point at each source and artifact; one that drops to none is
+//!   scheduled for collection after the retention (see `collect` in `mod.rs`).
+
+use redb::{ReadableTable, Table, TableDefinition, WriteTransaction};
+
+use kiln_core::api::Status;
+
+use super::CatalogError;
+use crate::records;
+use crate::rules::Pipeline;
+
+pub const PIPELINES: TableDefinition<u64, &[u8]> = TableDefinition::new("pipelines");
+pub const NAMES: TableDefinition<&str, u64> = TableDefinition::new("names");
+pub const SOURCES: TableDefinition<&str, &[u8]> = TableDefinition::new("sources");
+pub const LOGS: TableDefinition<u64, &str> = TableDefinition::new("logs");
+pub const MEMBERS: TableDefinition<u32, u64> = TableDefinition::new("member_incarnations");
+pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+pub const BY_STATUS: TableDefinition<(u32, u8, u64), ()> = TableDefinition::new("by_ordinal_status_id");
+pub const STATUS_IDS: TableDefinition<(u8, u64), ()> = TableDefinition::new("by_status_id");
+pub const BY_ARTIFACT: TableDefinition<(&str, u64), ()> = TableDefinition::new("by_artifact_id");
+pub const COUNTS: TableDefinition<&str, u64> = TableDefinition::new("counts");
+pub const REFS: TableDefinition<(u8, &str), u64> = TableDefinition::new("refs");
+pub const UNREFERENCED: TableDefinition<(u8, &str), u64> = TableDefinition::new("unreferenced_since_ms");
+
+/// What a reference points at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    Source = 0,
+    Artifact = 1,
+}
+
+impl Kind {
+    pub fn from_code(code: u8) -> Option<Kind> {
+        match code {
+            0 => Some(Kind::Source),
+            1 => Some(Kind::Artifact),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Source => "source",
+            Kind::Artifact => "artifact",
+        }
+    }
+}
+
+/// A status as the indexes store it: its place in [`Status::ALL`].
+pub fn status_code(status: Status) -> u8 {
+    Status::ALL.iter().position(|s| *s == status).unwrap_or(0) as u8
+}
+
+pub fn status_count_key(status: Status) -> String {
+    format!("status/{status}")
+}
+
+pub fn pending_count_key(ordinal: u32) -> String {
+    format!("pending/{ordinal}")
+}
+
+pub const SOURCES_COUNT: &str = "sources/count";
+pub const SOURCES_BYTES: &str = "sources/bytes";
+
+/// The sources and artifacts a record points at.
+fn references(record: &Pipeline) -> Vec<(Kind, &str)> {
+    let mut refs = vec![(Kind::Source, record.source_sha256.as_str())];
+    if let Some(sha) = &record.binary_sha256 {
+        refs.push((Kind::Artifact, sha.as_str()));
+    }
+    // An upload under the current claim is referenced until the build ends: the
+    // collector never takes an artifact a `success` is about to name.
+    if let Some(uploaded) = &record.uploaded
+        && record.binary_sha256.as_deref() != Some(uploaded.sha256.as_str())
+    {
+        refs.push((Kind::Artifact, uploaded.sha256.as_str()));
+    }
+    refs
+}
+
+/// The tables a write touches, open in one write transaction.
+pub struct Books<'t> {
+    pub pipelines: Table<'t, u64, &'static [u8]>,
+    pub by_status: Table<'t, (u32, u8, u64), ()>,
+    pub status_ids: Table<'t, (u8, u64), ()>,
+    pub by_artifact: Table<'t, (&'static str, u64), ()>,
+    pub counts: Table<'t, &'static str, u64>,
+    pub refs: Table<'t, (u8, &'static str), u64>,
+    pub unreferenced: Table<'t, (u8, &'static str), u64>,
+}
+
+impl<'t> Books<'t> {
+    pub fn open(txn: &'t WriteTransaction) -> Result<Books<'t>, CatalogError> {
+        Ok(Books {
+            pipelines: txn.open_table(PIPELINES)?,
+            by_status: txn.open_table(BY_STATUS)?,
+            status_ids: txn.open_table(STATUS_IDS)?,
+            by_artifact: txn.open_table(BY_ARTIFACT)?,
+            counts: txn.open_table(COUNTS)?,
+            refs: txn.open_table(REFS)?,
+            unreferenced: txn.open_table(UNREFERENCED)?,
+        })
+    }
+
+    /// Stores `new` (None: removes the record) in place of `old` (None: there was
+    /// none), and moves every index, counter and reference with it.
+    pub fn put(&mut self, old: Option<&Pipeline>, new: Option<&Pipeline>, now_ms: u64) -> Result<(), CatalogError> {
+        if let Some(old) = old {
+            self.unindex(old)?;
+        }
+        match new {
+            Some(new) => {
+                self.pipelines.insert(new.id, records::encode_pipeline(new).as_slice())?;
+                self.index(new)?;
+            }
+            None => {
+                if let Some(old) = old {
+                    self.pipelines.remove(old.id)?;
+                }
+            }
+        }
+        let before: Vec<(Kind, &str)> = old.map(references).unwrap_or_default();
+        let after: Vec<(Kind, &str)> = new.map(references).unwrap_or_default();
+        for gone in before.iter().filter(|r| !after.contains(r)) {
+            self.release(gone.0, gone.1, now_ms)?;
+        }
+        for added in after.iter().filter(|r| !before.contains(r)) {
+            self.reference(added.0, added.1)?;
+        }
+        Ok(())
+    }
+
+    fn index(&mut self, record: &Pipeline) -> Result<(), CatalogError> {
+        let code = status_code(record.status);
+        self.by_status.insert((record.worker, code, record.id), ())?;
+        self.status_ids.insert((code, record.id), ())?;
+        if let Some(sha) = &record.binary_sha256 {
+            self.by_artifact.insert((sha.as_str(), record.id), ())?;
+        }
+        self.add(&status_count_key(record.status), 1)?;
+        if record.status == Status::Pending {
+            self.add(&pending_count_key(record.worker), 1)?;
+        }
+        Ok(())
+    }
+
+    fn unindex(&mut self, record: &Pipeline) -> Result<(), CatalogError> {
+        let code = status_code(record.status);
+        self.by_status.remove((record.worker, code, record.id))?;
+        self.status_ids.remove((code, record.id))?;
+        if let Some(sha) = &record.binary_sha256 {
+            self.by_artifact.remove((sha.as_str(), record.id))?;
+        }
+        self.add(&status_count_key(record.status), -1)?;
+        if record.status == Status::Pending {
+            self.add(&pending_count_key(record.worker), -1)?;
+        }
+        Ok(())
+    }
+
+    /// Moves counter `key` by `delta` (never below zero).
+    pub fn add(&mut self, key: &str, delta: i64) -> Result<(), CatalogError> {
+        let now = self.counts.get(key)?.map(|v| v.value()).unwrap_or(0);
+        let next = now.saturating_add_signed(delta);
+        if next == 0 {
+            self.counts.remove(key)?;
+        } else {
+            self.counts.insert(key, next)?;
+        }
+        Ok(())
+    }
+
+    /// One more record points at `sha`: it is no longer up for collection.
+    pub fn reference(&mut self, kind: Kind, sha: &str) -> Result<(), CatalogError> {
+        let count = self.refs.get((kind as u8, sha))?.map(|v| v.value()).unwrap_or(0);
+        self.refs.insert((kind as u8, sha), count + 1)?;
+        if count == 0 {
+            self.unreferenced.remove((kind as u8, sha))?;
+        }
+        Ok(())
+    }
+
+    /// One record fewer points at `sha`; at none, it is scheduled for collection.
+    pub fn release(&mut self, kind: Kind, sha: &str, now_ms: u64) -> Result<(), CatalogError> {
+        let count = self.refs.get((kind as u8, sha))?.map(|v| v.value()).unwrap_or(0);
+        if count <= 1 {
+            self.refs.remove((kind as u8, sha))?;
+            self.unreferenced.insert((kind as u8, sha), now_ms)?;
+        } else {
+            self.refs.insert((kind as u8, sha), count - 1)?;
+        }
+        Ok(())
+    }
+
+    /// Whether any record points at `sha`.
+    pub fn referenced(&self, kind: Kind, sha: &str) -> Result<bool, CatalogError> {
+        Ok(self.refs.get((kind as u8, sha))?.is_some())
+    }
+}
+
+/// Rebuilds every index, counter and reference from the records (a catalog of an
+/// earlier schema, which had none). Unreadable records are left out, named in the
+/// log; sources no record points at are scheduled for collection from `now_ms`.
+pub fn rebuild(txn: &WriteTransaction, now_ms: u64) -> Result<(), CatalogError> {
+    txn.delete_table(BY_STATUS)?;
+    txn.delete_table(STATUS_IDS)?;
+    txn.delete_table(BY_ARTIFACT)?;
+    txn.delete_table(COUNTS)?;
+    txn.delete_table(REFS)?;
+    txn.delete_table(UNREFERENCED)?;
+    let records: Vec<(u64, Vec<u8>)> = {
+        let pipelines = txn.open_table(PIPELINES)?;
+        pipelines.iter()?.map(|entry| entry.map(|(k, v)| (k.value(), v.value().to_vec()))).collect::<Result<_, _>>()?
+    };
+    let mut books = Books::open(txn)?;
+    let mut indexed = 0usize;
+    for (id, bytes) in &records {
+        match records::decode_pipeline(bytes) {
+            Ok(record) => {
+                books.index(&record)?;
+                for (kind, sha) in references(&record) {
+                    books.reference(kind, sha)?;
+                }
+                indexed += 1;
+            }
+            Err(error) => tracing::error!(id, %error, "catalog record unreadable: left out of the indexes"),
+        }
+    }
+    let sources = txn.open_table(SOURCES)?;
+    let (mut count, mut bytes) = (0u64, 0u64);
+    for entry in sources.iter()? {
+        let (sha, value) = entry?;
+        count += 1;
+        bytes += value.value().len() as u64;
+        if !books.referenced(Kind::Source, sha.value())? {
+            books.unreferenced.insert((Kind::Source as u8, sha.value()), now_ms)?;
+        }
+    }
+    books.counts.insert(SOURCES_COUNT, count)?;
+    books.counts.insert(SOURCES_BYTES, bytes)?;
+    tracing::info!(pipelines = indexed, sources = count, "catalog indexes built");
+    Ok(())
+}
