@@ -109,7 +109,7 @@ impl LeaderState {
         F: FnOnce(&Catalog) -> Result<T, crate::catalog::CatalogError> + Send + 'static,
     {
         let catalog = self.catalog.clone();
-        tokio::task::spawn_blocking(move || catalog.after(f(&catalog)))
+        tokio::task::spawn_blocking(move || f(&catalog))
             .await
             .map_err(|e| ApiError::Internal(format!("catalog task failed: {e}")))?
             .map_err(ApiError::from)

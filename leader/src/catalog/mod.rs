@@ -211,9 +211,29 @@ impl Catalog {
         Ok(Db(guard))
     }
 
+    /// One read transaction.
+    fn read<T>(&self, f: impl FnOnce(&redb::ReadTransaction) -> Result<T, CatalogError>) -> Result<T, CatalogError> {
+        let db = self.db()?;
+        let result = db.begin_read().map_err(CatalogError::from).and_then(|txn| f(&txn));
+        self.after(result)
+    }
+
+    /// One write transaction, committed when `f` succeeds (dropped, so aborted,
+    /// when it fails).
+    fn write<T>(&self, f: impl FnOnce(&redb::WriteTransaction) -> Result<T, CatalogError>) -> Result<T, CatalogError> {
+        let db = self.db()?;
+        let result = (|| {
+            let txn = db.begin_write()?;
+            let value = f(&txn)?;
+            txn.commit()?;
+            Ok(value)
+        })();
+        self.after(result)
+    }
+
     /// Notes how an operation ended: after an I/O error the database is reopened
     /// before the next one (redb refuses everything after one until then).
-    pub fn after<T>(&self, result: Result<T, CatalogError>) -> Result<T, CatalogError> {
+    fn after<T>(&self, result: Result<T, CatalogError>) -> Result<T, CatalogError> {
         if let Err(e) = &result
             && e.is_io()
         {
@@ -259,10 +279,8 @@ impl Catalog {
         workers: u32,
         now_ms: u64,
     ) -> Result<Submitted, CatalogError> {
-        let db = self.db()?;
-        let txn = db.begin_write()?;
-        let submitted = {
-            let mut books = Books::open(&txn)?;
+        self.write(|txn| {
+            let mut books = Books::open(txn)?;
             let mut names = txn.open_table(NAMES)?;
             let mut sources = txn.open_table(SOURCES)?;
             let mut meta = txn.open_table(META)?;
@@ -303,23 +321,19 @@ impl Catalog {
                 }
                 books.put(old.as_ref(), Some(&submitted.record), now_ms)?;
             }
-            submitted
-        };
-        txn.commit()?;
-        Ok(submitted)
+            Ok(submitted)
+        })
     }
 
     pub fn get(&self, id: u64) -> Result<Option<Pipeline>, CatalogError> {
-        let db = self.db()?;
-        let txn = db.begin_read()?;
-        load(&txn.open_table(PIPELINES)?, id)
+        self.read(|txn| load(&txn.open_table(PIPELINES)?, id))
     }
 
     pub fn id_of(&self, name: &str) -> Result<Option<u64>, CatalogError> {
-        let db = self.db()?;
-        let txn = db.begin_read()?;
-        let table = txn.open_table(NAMES)?;
-        Ok(table.get(name)?.map(|v| v.value()))
+        self.read(|txn| {
+            let table = txn.open_table(NAMES)?;
+            Ok(table.get(name)?.map(|v| v.value()))
+        })
     }
 
     /// One page of the list, in id order. Costs O(limit · log n) without filters or
@@ -328,107 +342,108 @@ impl Catalog {
     pub fn page(&self, query: &PageQuery) -> Result<Page, CatalogError> {
         let limit = query.limit.clamp(1, MAX_PAGE);
         let after = query.after;
-        let db = self.db()?;
-        let txn = db.begin_read()?;
-        let pipelines = txn.open_table(PIPELINES)?;
-        // Candidate ids in ascending order, from the narrowest index the query allows.
-        let candidates: Box<dyn Iterator<Item = Result<u64, CatalogError>>> = match (&query.name_prefix, query.status) {
-            (Some(prefix), _) => {
-                let names = txn.open_table(NAMES)?;
-                let mut ids = Vec::new();
-                for entry in names.range(prefix.as_str()..)? {
-                    let (name, id) = entry?;
-                    if !name.value().starts_with(prefix.as_str()) {
-                        break;
+        self.read(|txn| {
+            let pipelines = txn.open_table(PIPELINES)?;
+            // Candidate ids in ascending order, from the narrowest index the query allows.
+            let candidates: Box<dyn Iterator<Item = Result<u64, CatalogError>>> =
+                match (&query.name_prefix, query.status) {
+                    (Some(prefix), _) => {
+                        let names = txn.open_table(NAMES)?;
+                        let mut ids = Vec::new();
+                        for entry in names.range(prefix.as_str()..)? {
+                            let (name, id) = entry?;
+                            if !name.value().starts_with(prefix.as_str()) {
+                                break;
+                            }
+                            if id.value() > after {
+                                ids.push(id.value());
+                            }
+                        }
+                        ids.sort_unstable();
+                        Box::new(ids.into_iter().map(Ok))
                     }
-                    if id.value() > after {
-                        ids.push(id.value());
+                    (None, Some(status)) => {
+                        let code = status_code(status);
+                        let index = txn.open_table(STATUS_IDS)?;
+                        let range = index.range((code, after.saturating_add(1))..=(code, u64::MAX))?;
+                        Box::new(range.map(|entry| Ok(entry?.0.value().1)))
+                    }
+                    (None, None) => {
+                        Box::new(pipelines.range(after.saturating_add(1)..)?.map(|entry| Ok(entry?.0.value())))
+                    }
+                };
+            let mut page = Page::default();
+            for id in candidates {
+                let id = id?;
+                if page.records.len() == limit {
+                    page.next_after = page.records.last().map(|r| r.id);
+                    break;
+                }
+                let Some(bytes) = pipelines.get(id)?.map(|v| v.value().to_vec()) else { continue };
+                match decode(id, &bytes) {
+                    Ok(record) => {
+                        if query.status.is_none_or(|s| s == record.status) {
+                            page.records.push(record);
+                        }
+                    }
+                    Err(error) => {
+                        tracing::error!(id, %error, "catalog record unreadable: skipped in the list");
+                        page.unreadable.push(id);
                     }
                 }
-                ids.sort_unstable();
-                Box::new(ids.into_iter().map(Ok))
             }
-            (None, Some(status)) => {
-                let code = status_code(status);
-                let index = txn.open_table(STATUS_IDS)?;
-                let range = index.range((code, after.saturating_add(1))..=(code, u64::MAX))?;
-                Box::new(range.map(|entry| Ok(entry?.0.value().1)))
-            }
-            (None, None) => Box::new(pipelines.range(after.saturating_add(1)..)?.map(|entry| Ok(entry?.0.value()))),
-        };
-        let mut page = Page::default();
-        for id in candidates {
-            let id = id?;
-            if page.records.len() == limit {
-                page.next_after = page.records.last().map(|r| r.id);
-                break;
-            }
-            let Some(bytes) = pipelines.get(id)?.map(|v| v.value().to_vec()) else { continue };
-            match decode(id, &bytes) {
-                Ok(record) => {
-                    if query.status.is_none_or(|s| s == record.status) {
-                        page.records.push(record);
-                    }
-                }
-                Err(error) => {
-                    tracing::error!(id, %error, "catalog record unreadable: skipped in the list");
-                    page.unreadable.push(id);
-                }
-            }
-        }
-        Ok(page)
+            Ok(page)
+        })
     }
 
     /// The counters of `/metrics`, read from the catalog's own books: no scan.
     pub fn counts(&self) -> Result<Counts, CatalogError> {
-        let db = self.db()?;
-        let txn = db.begin_read()?;
-        let counts = txn.open_table(COUNTS)?;
-        let get = |key: &str| -> Result<u64, CatalogError> { Ok(counts.get(key)?.map(|v| v.value()).unwrap_or(0)) };
-        let mut out = Counts::default();
-        for status in Status::ALL {
-            out.by_status.insert(status, get(&status_count_key(status))?);
-        }
-        for entry in counts.range("pending/".."pending0")? {
-            let (key, value) = entry?;
-            if let Some(ordinal) = key.value().strip_prefix("pending/").and_then(|o| o.parse().ok()) {
-                out.pending_by_ordinal.insert(ordinal, value.value());
+        self.read(|txn| {
+            let counts = txn.open_table(COUNTS)?;
+            let get = |key: &str| -> Result<u64, CatalogError> { Ok(counts.get(key)?.map(|v| v.value()).unwrap_or(0)) };
+            let mut out = Counts::default();
+            for status in Status::ALL {
+                out.by_status.insert(status, get(&status_count_key(status))?);
             }
-        }
-        out.sources = get(SOURCES_COUNT)?;
-        out.source_bytes = get(SOURCES_BYTES)?;
-        let unreferenced = txn.open_table(UNREFERENCED)?;
-        for kind in [Kind::Source, Kind::Artifact] {
-            let code = kind as u8;
-            let n = unreferenced.range((code, "")..(code + 1, ""))?.count() as u64;
-            out.unreferenced.insert(kind.as_str(), n);
-        }
-        Ok(out)
+            for entry in counts.range("pending/".."pending0")? {
+                let (key, value) = entry?;
+                if let Some(ordinal) = key.value().strip_prefix("pending/").and_then(|o| o.parse().ok()) {
+                    out.pending_by_ordinal.insert(ordinal, value.value());
+                }
+            }
+            out.sources = get(SOURCES_COUNT)?;
+            out.source_bytes = get(SOURCES_BYTES)?;
+            let unreferenced = txn.open_table(UNREFERENCED)?;
+            for kind in [Kind::Source, Kind::Artifact] {
+                let code = kind as u8;
+                let n = unreferenced.range((code, "")..(code + 1, ""))?.count() as u64;
+                out.unreferenced.insert(kind.as_str(), n);
+            }
+            Ok(out)
+        })
     }
 
     pub fn source(&self, source_sha256: &str) -> Result<Option<Vec<ProgramFile>>, CatalogError> {
-        let db = self.db()?;
-        let txn = db.begin_read()?;
-        let table = txn.open_table(SOURCES)?;
-        let value = table.get(source_sha256)?;
-        value.map(|v| decode_source(source_sha256, v.value())).transpose()
+        self.read(|txn| {
+            let table = txn.open_table(SOURCES)?;
+            let value = table.get(source_sha256)?;
+            value.map(|v| decode_source(source_sha256, v.value())).transpose()
+        })
     }
 
     pub fn log(&self, id: u64) -> Result<Option<String>, CatalogError> {
-        let db = self.db()?;
-        let txn = db.begin_read()?;
-        let table = txn.open_table(LOGS)?;
-        Ok(table.get(id)?.map(|v| v.value().to_owned()))
+        self.read(|txn| {
+            let table = txn.open_table(LOGS)?;
+            Ok(table.get(id)?.map(|v| v.value().to_owned()))
+        })
     }
 
     /// Removes a pipeline and its log. Its source and artifact are released: the
     /// collector removes them after the retention unless another record points at
     /// them. Its id is never reused.
     pub fn delete(&self, id: u64, now_ms: u64) -> Result<Option<Pipeline>, CatalogError> {
-        let db = self.db()?;
-        let txn = db.begin_write()?;
-        let removed = {
-            let mut books = Books::open(&txn)?;
+        self.write(|txn| {
+            let mut books = Books::open(txn)?;
             let mut names = txn.open_table(NAMES)?;
             let mut logs = txn.open_table(LOGS)?;
             let removed = load(&books.pipelines, id)?;
@@ -437,10 +452,8 @@ impl Catalog {
                 names.remove(record.name.as_str())?;
                 logs.remove(id)?;
             }
-            removed
-        };
-        txn.commit()?;
-        Ok(removed)
+            Ok(removed)
+        })
     }
 
     /// Hands the oldest pending pipeline of `ordinal` to it, with its source: the
@@ -453,12 +466,10 @@ impl Catalog {
         now_ms: u64,
     ) -> Result<Option<(Pipeline, Vec<ProgramFile>)>, CatalogError> {
         let pending = status_code(Status::Pending);
-        let db = self.db()?;
-        let txn = db.begin_write()?;
-        let claimed = {
-            let mut books = Books::open(&txn)?;
+        self.write(|txn| {
+            let mut books = Books::open(txn)?;
             let sources = txn.open_table(SOURCES)?;
-            loop {
+            let claimed = loop {
                 let first = match books.by_status.range((ordinal, pending, 0)..=(ordinal, pending, u64::MAX))?.next() {
                     Some(entry) => Some(entry?.0.value().2),
                     None => None,
@@ -484,10 +495,9 @@ impl Catalog {
                 };
                 books.put(Some(&record), Some(&claimed), now_ms)?;
                 break Some((claimed, source));
-            }
-        };
-        txn.commit()?;
-        Ok(claimed)
+            };
+            Ok(claimed)
+        })
     }
 
     /// Applies a worker's report to the pipeline it claimed, and keeps the build log
@@ -500,10 +510,8 @@ impl Catalog {
         log: Option<&str>,
         now_ms: u64,
     ) -> Result<Pipeline, CatalogError> {
-        let db = self.db()?;
-        let txn = db.begin_write()?;
-        let record = {
-            let mut books = Books::open(&txn)?;
+        self.write(|txn| {
+            let mut books = Books::open(txn)?;
             let mut logs = txn.open_table(LOGS)?;
             let members = txn.open_table(MEMBERS)?;
             let old = check_holder(&books.pipelines, &members, claim, member)?;
@@ -513,10 +521,8 @@ impl Catalog {
             if let Some(log) = log {
                 logs.insert(record.id, truncate_log(log).as_str())?;
             }
-            record
-        };
-        txn.commit()?;
-        Ok(record)
+            Ok(record)
+        })
     }
 
     /// Records that the binary `sha256` of `size` bytes (as the leader measured it)
@@ -533,28 +539,26 @@ impl Catalog {
         stored: impl FnOnce() -> bool,
         now_ms: u64,
     ) -> Result<(), CatalogError> {
-        let db = self.db()?;
-        let txn = db.begin_write()?;
-        {
-            let mut books = Books::open(&txn)?;
-            let members = txn.open_table(MEMBERS)?;
-            let old = check_holder(&books.pipelines, &members, claim, member)?;
-            if !stored() {
-                return Err(corrupt(format!("artifact {sha256}"), "it was removed before its upload was recorded"));
+        self.write(|txn| {
+            {
+                let mut books = Books::open(txn)?;
+                let members = txn.open_table(MEMBERS)?;
+                let old = check_holder(&books.pipelines, &members, claim, member)?;
+                if !stored() {
+                    return Err(corrupt(format!("artifact {sha256}"), "it was removed before its upload was recorded"));
+                }
+                let mut record = old.clone();
+                record.uploaded =
+                    Some(crate::rules::Uploaded { attempt: claim.attempt, sha256: sha256.to_owned(), size });
+                books.put(Some(&old), Some(&record), now_ms)?;
             }
-            let mut record = old.clone();
-            record.uploaded = Some(crate::rules::Uploaded { attempt: claim.attempt, sha256: sha256.to_owned(), size });
-            books.put(Some(&old), Some(&record), now_ms)?;
-        }
-        txn.commit()?;
-        Ok(())
+            Ok(())
+        })
     }
 
     /// Whether `member` (ordinal, incarnation) holds `claim` now.
     pub fn check_holds(&self, claim: &ClaimKey, member: (u32, u64)) -> Result<(), CatalogError> {
-        let db = self.db()?;
-        let txn = db.begin_read()?;
-        check_holder(&txn.open_table(PIPELINES)?, &txn.open_table(MEMBERS)?, claim, member).map(|_| ())
+        self.read(|txn| check_holder(&txn.open_table(PIPELINES)?, &txn.open_table(MEMBERS)?, claim, member).map(|_| ()))
     }
 
     /// Whether a worker's claim is still the build the catalog waits for.
@@ -564,28 +568,19 @@ impl Catalog {
 
     /// The incarnation the catalog knows for `ordinal`.
     pub fn incarnation_of(&self, ordinal: u32) -> Result<Option<u64>, CatalogError> {
-        let db = self.db()?;
-        let txn = db.begin_read()?;
-        Ok(txn.open_table(MEMBERS)?.get(ordinal)?.map(|v| v.value()))
+        self.read(|txn| Ok(txn.open_table(MEMBERS)?.get(ordinal)?.map(|v| v.value())))
     }
 
     /// Records that member `ordinal` runs as `incarnation`. When that is new, the
     /// pipelines its previous incarnation held go back to `pending`; their ids are
     /// returned.
     pub fn member_seen(&self, ordinal: u32, incarnation: u64, now_ms: u64) -> Result<Vec<u64>, CatalogError> {
-        {
-            let db = self.db()?;
-            let txn = db.begin_read()?;
-            let members = txn.open_table(MEMBERS)?;
-            if members.get(ordinal)?.map(|v| v.value()) == Some(incarnation) {
-                return Ok(Vec::new());
-            }
+        if self.incarnation_of(ordinal)? == Some(incarnation) {
+            return Ok(Vec::new());
         }
-        let db = self.db()?;
-        let txn = db.begin_write()?;
-        let requeued = {
+        self.write(|txn| {
             let mut members = txn.open_table(MEMBERS)?;
-            let mut books = Books::open(&txn)?;
+            let mut books = Books::open(txn)?;
             members.insert(ordinal, incarnation)?;
             let mut stranded = Vec::new();
             for status in [Status::Compiling, Status::Uploading] {
@@ -602,41 +597,39 @@ impl Catalog {
                 books.put(Some(&old), Some(&record), now_ms)?;
                 requeued.push(id);
             }
-            requeued
-        };
-        txn.commit()?;
-        Ok(requeued)
+            Ok(requeued)
+        })
     }
 
     /// The claims in flight (`compiling` or `uploading`), with their ordinal.
     pub fn in_flight(&self) -> Result<Vec<(ClaimKey, u32)>, CatalogError> {
-        let db = self.db()?;
-        let txn = db.begin_read()?;
-        let index = txn.open_table(STATUS_IDS)?;
-        let pipelines = txn.open_table(PIPELINES)?;
-        let mut claims = Vec::new();
-        for status in [Status::Compiling, Status::Uploading] {
-            let code = status_code(status);
-            for entry in index.range((code, 0)..=(code, u64::MAX))? {
-                let id = entry?.0.value().1;
-                match load(&pipelines, id) {
-                    Ok(Some(record)) => claims.push((record.claim_key(), record.worker)),
-                    Ok(None) => {}
-                    Err(error) => tracing::error!(id, %error, "catalog record unreadable: its lease is not watched"),
+        self.read(|txn| {
+            let index = txn.open_table(STATUS_IDS)?;
+            let pipelines = txn.open_table(PIPELINES)?;
+            let mut claims = Vec::new();
+            for status in [Status::Compiling, Status::Uploading] {
+                let code = status_code(status);
+                for entry in index.range((code, 0)..=(code, u64::MAX))? {
+                    let id = entry?.0.value().1;
+                    match load(&pipelines, id) {
+                        Ok(Some(record)) => claims.push((record.claim_key(), record.worker)),
+                        Ok(None) => {}
+                        Err(error) => {
+                            tracing::error!(id, %error, "catalog record unreadable: its lease is not watched")
+                        }
+                    }
                 }
             }
-        }
-        Ok(claims)
+            Ok(claims)
+        })
     }
 
     /// Puts `claim` back to `pending` for the same ordinal if it is still current,
     /// with `reason` in its history; returns the record when it did.
     pub fn requeue_claim(&self, claim: &ClaimKey, reason: &str, now_ms: u64) -> Result<Option<Pipeline>, CatalogError> {
-        let db = self.db()?;
-        let txn = db.begin_write()?;
-        let requeued = {
-            let mut books = Books::open(&txn)?;
-            match load(&books.pipelines, claim.pipeline_id)? {
+        self.write(|txn| {
+            let mut books = Books::open(txn)?;
+            let requeued = match load(&books.pipelines, claim.pipeline_id)? {
                 Some(old) if old.is_current(claim) => {
                     let mut record = old.clone();
                     record.requeue(now_ms, reason);
@@ -644,19 +637,16 @@ impl Catalog {
                     Some(record)
                 }
                 _ => None,
-            }
-        };
-        txn.commit()?;
-        Ok(requeued)
+            };
+            Ok(requeued)
+        })
     }
 
     /// The artifact `sha256` failed its hash and was removed: every pipeline whose
     /// binary it was goes back to `pending` (rebuilt), with the reason recorded.
     pub fn artifact_lost(&self, sha256: &str, reason: &str, now_ms: u64) -> Result<Vec<Pipeline>, CatalogError> {
-        let db = self.db()?;
-        let txn = db.begin_write()?;
-        let rebuilt = {
-            let mut books = Books::open(&txn)?;
+        self.write(|txn| {
+            let mut books = Books::open(txn)?;
             let mut ids = Vec::new();
             for entry in books.by_artifact.range((sha256, 0)..=(sha256, u64::MAX))? {
                 ids.push(entry?.0.value().1);
@@ -669,30 +659,29 @@ impl Catalog {
                 books.put(Some(&old), Some(&record), now_ms)?;
                 rebuilt.push(record);
             }
-            rebuilt
-        };
-        txn.commit()?;
-        Ok(rebuilt)
+            Ok(rebuilt)
+        })
     }
 
     /// Schedules for collection every artifact in `stored` that no record points at
     /// and that is not scheduled yet: files a crash, an old version or a hand left.
     pub fn adopt_artifacts(&self, stored: &[String], now_ms: u64) -> Result<usize, CatalogError> {
-        let db = self.db()?;
-        let txn = db.begin_write()?;
-        let mut adopted = 0;
-        {
-            let mut books = Books::open(&txn)?;
-            let code = Kind::Artifact as u8;
-            for sha in stored {
-                if !books.referenced(Kind::Artifact, sha)? && books.unreferenced.get((code, sha.as_str()))?.is_none() {
-                    books.unreferenced.insert((code, sha.as_str()), now_ms)?;
-                    adopted += 1;
+        self.write(|txn| {
+            let mut adopted = 0;
+            {
+                let mut books = Books::open(txn)?;
+                let code = Kind::Artifact as u8;
+                for sha in stored {
+                    if !books.referenced(Kind::Artifact, sha)?
+                        && books.unreferenced.get((code, sha.as_str()))?.is_none()
+                    {
+                        books.unreferenced.insert((code, sha.as_str()), now_ms)?;
+                        adopted += 1;
+                    }
                 }
             }
-        }
-        txn.commit()?;
-        Ok(adopted)
+            Ok(adopted)
+        })
     }
 
     /// Removes the sources and artifacts no record has pointed at since
@@ -708,11 +697,10 @@ impl Catalog {
         mut remove_artifact: impl FnMut(&str) -> std::io::Result<()>,
     ) -> Result<Collected, CatalogError> {
         let cutoff = now_ms.saturating_sub(retention_ms);
-        let db = self.db()?;
-        let txn = db.begin_write()?;
+        self.write(|txn| {
         let mut collected = Collected::default();
         {
-            let mut books = Books::open(&txn)?;
+            let mut books = Books::open(txn)?;
             let mut sources = txn.open_table(SOURCES)?;
             let mut due = Vec::new();
             for entry in books.unreferenced.iter()? {
@@ -750,8 +738,8 @@ impl Catalog {
                 books.unreferenced.remove((code, sha.as_str()))?;
             }
         }
-        txn.commit()?;
         Ok(collected)
+        })
     }
 }
 
