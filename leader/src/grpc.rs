@@ -73,8 +73,14 @@ impl ClusterService {
             sandbox: request.sandbox,
             sandbox_unavailable: request.sandbox_unavailable,
             depset: request.depset,
-            disk_used_percent: request.disk_used_percent,
-            disk_critical: request.disk_critical,
+            // What a member says of its disk is shown, so it is bounded: a percentage,
+            // and a sentence.
+            disk_used_percent: if request.disk_used_percent.is_finite() {
+                request.disk_used_percent.clamp(0.0, 100.0)
+            } else {
+                0.0
+            },
+            disk_critical: crate::health::bounded_text(request.disk_critical),
         };
         let current = request.current.map(ClaimKey::from);
         let cancel_current = self.state.heartbeat(member_id, report, current).await?;

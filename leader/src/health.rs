@@ -209,6 +209,19 @@ pub fn cluster_health(
     }
 }
 
+/// The most of a member's own words (its disk state) that health shows.
+pub const MAX_MEMBER_TEXT: usize = 512;
+
+/// `text` cut to [`MAX_MEMBER_TEXT`] bytes on a character boundary.
+pub fn bounded_text(mut text: String) -> String {
+    if text.len() > MAX_MEMBER_TEXT {
+        let end = (0..=MAX_MEMBER_TEXT).rev().find(|&i| text.is_char_boundary(i)).unwrap_or(0);
+        text.truncate(end);
+        text.push_str(" [...]");
+    }
+    text
+}
+
 fn short(fingerprint: &str) -> &str {
     if fingerprint.is_empty() { "(none)" } else { &fingerprint[..fingerprint.len().min(12)] }
 }
@@ -235,6 +248,13 @@ mod tests {
             disk_used_percent: 40.0,
             disk_critical: String::new(),
         }
+    }
+
+    #[test]
+    fn a_members_words_are_bounded() {
+        let long = bounded_text("é".repeat(10_000));
+        assert!(long.len() <= MAX_MEMBER_TEXT + 6 && long.ends_with("[...]"), "{}", long.len());
+        assert_eq!(bounded_text("full".into()), "full");
     }
 
     #[test]

@@ -287,7 +287,14 @@ impl LeaderState {
         match current {
             None => Ok(false),
             Some(claim) => {
-                let current = self.catalog(move |c| c.is_current(&claim)).await?;
+                // Only the holder's heartbeat renews a lease: another member naming
+                // someone else's build is told to drop it, and renews nothing.
+                let holder = (member.ordinal, member.incarnation);
+                let current = match self.catalog(move |c| c.check_holds(&claim, holder)).await {
+                    Ok(()) => true,
+                    Err(ApiError::Conflict(_)) => false,
+                    Err(other) => return Err(other),
+                };
                 if current {
                     self.renew_lease(claim);
                 }
