@@ -801,12 +801,40 @@ struct Collected {
     executable: Option<PathBuf>,
     /// cargo's line when a build script of the program failed.
     build_script_failed: Option<String>,
+    /// The manifests of the program's crates cargo has finished (fresh or built).
+    crates_done: std::collections::HashSet<String>,
+}
+
+/// How far a build has come: the program's crates cargo has finished, of all of
+/// them. Written as cargo's messages arrive, read by the heartbeat.
+#[derive(Debug, Default)]
+pub struct BuildProgress {
+    done: std::sync::atomic::AtomicU32,
+    total: std::sync::atomic::AtomicU32,
+}
+
+impl BuildProgress {
+    pub fn start(&self, total: usize) {
+        self.done.store(0, std::sync::atomic::Ordering::Relaxed);
+        self.total.store(u32::try_from(total).unwrap_or(u32::MAX), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn set_done(&self, done: usize) {
+        self.done.store(u32::try_from(done).unwrap_or(u32::MAX), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// (crates done, crates to build).
+    pub fn get(&self) -> (u32, u32) {
+        (self.done.load(std::sync::atomic::Ordering::Relaxed), self.total.load(std::sync::atomic::Ordering::Relaxed))
+    }
 }
 
 /// Longest summary of one error taken from the program's output.
 const MAX_ERROR_SUMMARY_BYTES: usize = 1024;
 
 fn collect_json_line(collected: &mut Collected, line: &str, binary_manifest: &Path) {
+    // The program's crates sit in `<build root>/src/`, beside the binary's.
+    let program_dir = binary_manifest.parent().and_then(Path::parent).unwrap_or(binary_manifest);
     let Ok(message) = serde_json::from_str::<serde_json::Value>(line) else {
         collected.log.push_line(line);
         return;
@@ -837,6 +865,14 @@ fn collect_json_line(collected: &mut Collected, line: &str, binary_manifest: &Pa
             if is_binary && manifest == Some(binary_manifest) {
                 collected.executable = message["executable"].as_str().map(PathBuf::from);
             }
+            let build_script =
+                message["target"]["kind"].as_array().is_some_and(|k| k.iter().any(|k| k == "custom-build"));
+            if let Some(manifest) = manifest
+                && !build_script
+                && manifest.starts_with(program_dir)
+            {
+                collected.crates_done.insert(manifest.display().to_string());
+            }
         }
         _ => {}
     }
@@ -851,8 +887,10 @@ pub async fn build(
     layout: &Layout,
     pipeline: u64,
     cancel: &CancellationToken,
+    progress: &Arc<BuildProgress>,
 ) -> anyhow::Result<BuildOutcome> {
     let started = Instant::now();
+    progress.start(layout.crates.len());
     let root = settings.build_root.clone();
     let (layout_owned, set) = (layout.clone(), settings.depset.clone());
     tokio::task::spawn_blocking(move || write_layout(&root, &layout_owned, &set)).await??;
@@ -882,7 +920,7 @@ pub async fn build(
     let mut child = command.args(args).spawn().context("starting cargo: is it on PATH?")?;
     let collected =
         Arc::new(Mutex::new(Collected { log: CappedLog::new(settings.max_log_bytes), ..Collected::default() }));
-    let readers = read_output(&mut child, &collected, binary_manifest);
+    let readers = read_output(&mut child, &collected, binary_manifest, progress.clone());
     let status = match wait_or_stop(&mut child, cancel, settings.timeout).await? {
         Some(status) => status,
         None => return Ok(BuildOutcome::Cancelled),
@@ -906,6 +944,7 @@ fn read_output(
     child: &mut tokio::process::Child,
     collected: &Arc<Mutex<Collected>>,
     binary_manifest: PathBuf,
+    progress: Arc<BuildProgress>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     // Both pipes are taken right after spawning with `Stdio::piped()`.
     let stdout = child.stdout.take().expect("stdout is piped");
@@ -917,6 +956,7 @@ fn read_output(
             while let Ok(Some(line)) = lines.next_line().await {
                 let mut c = collected.lock().unwrap_or_else(|p| p.into_inner());
                 collect_json_line(&mut c, &line, &binary_manifest);
+                progress.set_done(c.crates_done.len());
             }
         })
     };
@@ -1122,6 +1162,13 @@ mod tests {
         collect_json_line(&mut c, other, manifest);
         assert_eq!(c.errors, vec!["error[E0425]: cannot find value `x` in this scope at src/main.rs:3"]);
         assert_eq!(c.executable, Some(PathBuf::from("/b/target/release/app")));
+        // Progress counts the program's crates once each, not build scripts nor the set's.
+        let script = r#"{"reason":"compiler-artifact","manifest_path":"/b/src/ops-1/Cargo.toml","target":{"kind":["custom-build"]}}"#;
+        collect_json_line(&mut c, script, manifest);
+        collect_json_line(&mut c, other, manifest);
+        let set = r#"{"reason":"compiler-artifact","manifest_path":"/b/depset/vendor/itoa/Cargo.toml","target":{"kind":["lib"]}}"#;
+        collect_json_line(&mut c, set, manifest);
+        assert_eq!(c.crates_done.len(), 2, "{:?}", c.crates_done);
         assert!(c.log.finish().contains("error[E0425]"));
     }
 }

@@ -65,6 +65,8 @@ struct Shared {
     sandbox: Mutex<(String, bool)>,
     /// The build root's volume, as the last look before a claim found it.
     disk: Mutex<DiskState>,
+    /// How far the build in hand has come.
+    progress: Arc<builder::BuildProgress>,
 }
 
 impl Shared {
@@ -322,6 +324,10 @@ async fn heartbeat_loop(
             depset: depset.clone(),
             disk_used_percent: disk.used_percent,
             disk_critical: disk.critical.unwrap_or_default(),
+            progress: current.as_ref().map(|_| {
+                let (crates_done, crates_total) = shared.progress.get();
+                pb::BuildProgress { crates_done, crates_total }
+            }),
         });
         request.set_timeout(interval.max(Duration::from_secs(5)));
         match client.heartbeat(request).await {
@@ -484,6 +490,7 @@ impl Worker {
     async fn handle(&mut self, assignment: pb::Assignment, shutdown: &CancellationToken) {
         let Some(claim) = assignment.claim else { return };
         let cancel = shutdown.child_token();
+        self.shared.progress.start(0);
         *self.shared.current.lock().unwrap_or_else(|p| p.into_inner()) = Some((claim, cancel.clone()));
         let span = tracing::info_span!("build", pipeline = %assignment.name, id = claim.pipeline_id, version = claim.version, ordinal = self.member.ordinal);
         let final_report = tracing::Instrument::instrument(
@@ -531,7 +538,8 @@ impl Worker {
         };
         let mut cache = self.start_cache_run().await;
         let pipeline = assignment.claim.map_or(0, |c| c.pipeline_id);
-        let outcome = builder::build(&self.config.build, &cache.wrapper, &layout, pipeline, cancel).await;
+        let outcome =
+            builder::build(&self.config.build, &cache.wrapper, &layout, pipeline, cancel, &self.shared.progress).await;
         let cache_section = self.finish_cache_run(&mut cache.figures, &layout).await;
         let figures = |elapsed: Duration, cache: CacheFigures| Figures {
             compile_ms: elapsed.as_millis() as u64,

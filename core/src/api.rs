@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 pub const SHA256_HEADER: &str = "x-kiln-sha256";
 
 /// Where a pipeline is in its life. `pending → compiling → uploading → success`, or
-/// one of the two error statuses.
+/// one of the two error statuses, or `cancelled` (`kiln cancel`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
@@ -21,16 +21,20 @@ pub enum Status {
     Success,
     CompileError,
     SystemError,
+    Cancelled,
 }
 
 impl Status {
-    pub const ALL: [Status; 6] = [
+    /// Every status. The catalog's indexes store a status as its position here, so
+    /// a new status goes at the end.
+    pub const ALL: [Status; 7] = [
         Status::Pending,
         Status::Compiling,
         Status::Uploading,
         Status::Success,
         Status::CompileError,
         Status::SystemError,
+        Status::Cancelled,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -41,6 +45,7 @@ impl Status {
             Status::Success => "success",
             Status::CompileError => "compile_error",
             Status::SystemError => "system_error",
+            Status::Cancelled => "cancelled",
         }
     }
 
@@ -51,7 +56,12 @@ impl Status {
 
     /// The build has ended, one way or the other.
     pub fn finished(self) -> bool {
-        matches!(self, Status::Success | Status::CompileError | Status::SystemError)
+        matches!(self, Status::Success | Status::CompileError | Status::SystemError | Status::Cancelled)
+    }
+
+    /// A user may stop it: it waits for a worker or is being built.
+    pub fn cancellable(self) -> bool {
+        matches!(self, Status::Pending | Status::Compiling | Status::Uploading)
     }
 }
 
@@ -127,6 +137,32 @@ pub struct PipelineRecord {
     /// end of each build), oldest first; the latest events only.
     #[serde(default)]
     pub history: Vec<HistoryEvent>,
+    /// While compiling: crates done / crates to build, as its worker last reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<Progress>,
+}
+
+/// How far a build has come: the program's crates cargo has finished, of all the
+/// program's crates (its operators and its binary).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Progress {
+    pub crates_done: u32,
+    pub crates_total: u32,
+}
+
+impl Progress {
+    /// Done as a share of the total, 0 to 100.
+    pub fn percent(self) -> u32 {
+        (u64::from(self.crates_done.min(self.crates_total)) * 100)
+            .checked_div(u64::from(self.crates_total))
+            .map_or(0, |p| p as u32)
+    }
+}
+
+impl std::fmt::Display for Progress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{} crates", self.crates_done, self.crates_total)
+    }
 }
 
 /// One event of a pipeline's history.
@@ -181,6 +217,26 @@ pub struct SubmitFile {
 pub struct SubmitResponse {
     pub change: Change,
     pub pipeline: PipelineRecord,
+}
+
+/// What a CI job needs to share the farm's compile cache, as `GET /v0/cache-settings`
+/// answers it (`kiln ci-env --leader`). Never credentials.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+pub struct CacheSettings {
+    /// The S3 bucket of the shared cache; none when each member has a local cache
+    /// (then a CI job cannot share it).
+    pub bucket: Option<String>,
+    pub region: String,
+    pub key_prefix: String,
+    pub endpoint: Option<String>,
+    pub use_ssl: bool,
+    pub server_side_encryption: bool,
+    /// The absolute path every member builds in; a CI job builds there too.
+    pub build_root: String,
+    /// The cargo profile of the farm's builds.
+    pub profile: String,
+    /// The fingerprint of the farm's dependency set.
+    pub depset: String,
 }
 
 /// The body of every error answer of the API.

@@ -22,10 +22,10 @@ pub struct CacheArgs {
     /// The S3 bucket of the shared compile cache.
     #[arg(long = "sccache-bucket", env = "KILN_SCCACHE_BUCKET")]
     pub bucket: Option<String>,
-    #[arg(long = "sccache-region", env = "KILN_SCCACHE_REGION", default_value = "us-east-1")]
+    #[arg(long = "sccache-region", env = "KILN_SCCACHE_REGION", default_value = DEFAULT_REGION)]
     pub region: String,
     /// Prepended to every cache object's key.
-    #[arg(long = "sccache-key-prefix", env = "KILN_SCCACHE_KEY_PREFIX", default_value = "sccache")]
+    #[arg(long = "sccache-key-prefix", env = "KILN_SCCACHE_KEY_PREFIX", default_value = DEFAULT_KEY_PREFIX)]
     pub key_prefix: String,
     /// `host:port` of an S3-compatible server (MinIO, Garage...); AWS when left out.
     #[arg(long = "sccache-endpoint", env = "KILN_SCCACHE_ENDPOINT")]
@@ -154,33 +154,105 @@ pub struct CiEnvArgs {
     #[command(flatten)]
     pub cache: CacheArgs,
     /// The farm's build root (the same absolute path as on the workers).
-    #[arg(long, env = "KILN_BUILD_ROOT", default_value = "/var/lib/kiln/build")]
+    #[arg(long, env = "KILN_BUILD_ROOT", default_value = DEFAULT_BUILD_ROOT)]
     pub build_root: PathBuf,
     /// The farm's dependency set (`--depset` of its members), whose fingerprint the
     /// job's build must match; the built-in one without it.
     #[arg(long, env = "KILN_DEPSET")]
     pub depset: Option<PathBuf>,
+    /// Ask this farm's leader for its settings (bucket, region, endpoint, key
+    /// prefix, SSL and SSE, build root, profile, dependency set); flags given here
+    /// (any value other than the default) still override them.
+    #[arg(long = "leader", env = "KILN_CI_LEADER")]
+    pub leader: Option<String>,
+    /// The API token for --leader (or KILN_API_TOKEN; `kiln up`'s own is found by itself).
+    #[arg(long, env = "KILN_API_TOKEN", hide_env_values = true, conflicts_with = "api_token_file")]
+    pub api_token: Option<String>,
+    #[arg(long, env = "KILN_API_TOKEN_FILE")]
+    pub api_token_file: Option<PathBuf>,
+    #[arg(long, env = "KILN_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// The cargo profile (from the farm with --leader).
+    #[arg(long, env = "KILN_BUILD_PROFILE", default_value = DEFAULT_PROFILE)]
+    pub profile: String,
+}
+
+const DEFAULT_REGION: &str = "us-east-1";
+const DEFAULT_KEY_PREFIX: &str = "sccache";
+const DEFAULT_BUILD_ROOT: &str = "/var/lib/kiln/build";
+const DEFAULT_PROFILE: &str = "release";
+
+impl CiEnvArgs {
+    /// The farm's settings with this command's own on top: a flag left at its
+    /// default takes the farm's value, any other value wins.
+    fn over(&self, farm: kiln_core::api::CacheSettings) -> (CacheArgs, PathBuf, String) {
+        let mine = &self.cache;
+        let cache = CacheArgs {
+            bucket: mine.bucket.clone().or(farm.bucket),
+            region: if mine.region != DEFAULT_REGION { mine.region.clone() } else { farm.region },
+            key_prefix: if mine.key_prefix != DEFAULT_KEY_PREFIX { mine.key_prefix.clone() } else { farm.key_prefix },
+            endpoint: mine.endpoint.clone().or(farm.endpoint),
+            use_ssl: mine.use_ssl || farm.use_ssl,
+            server_side_encryption: mine.server_side_encryption || farm.server_side_encryption,
+            credentials_dir: mine.credentials_dir.clone(),
+            read_only: mine.read_only,
+        };
+        let build_root = if self.build_root != Path::new(DEFAULT_BUILD_ROOT) {
+            self.build_root.clone()
+        } else {
+            PathBuf::from(farm.build_root)
+        };
+        let profile = if self.profile != DEFAULT_PROFILE { self.profile.clone() } else { farm.profile };
+        (cache, build_root, profile)
+    }
 }
 
 fn shell_quote(value: &str) -> String {
     format!("'{}'", value.replace('\'', r"'\''"))
 }
 
-/// `kiln ci-env`: what a CI job exports to share the farm's compile cache. Secrets
-/// are named, never printed.
-pub fn ci_env(args: CiEnvArgs) -> anyhow::Result<ExitCode> {
-    let Some(bucket) = &args.cache.bucket else {
-        bail!("kiln ci-env shares the farm's S3 cache: give --sccache-bucket (or KILN_SCCACHE_BUCKET)");
+/// `kiln ci-env`: what a CI job exports to share the farm's compile cache, from the
+/// flags or, with `--leader`, from the farm itself. Secrets are named, never printed.
+pub async fn ci_env(args: CiEnvArgs) -> anyhow::Result<ExitCode> {
+    let (cache, build_root, profile, fingerprint, source) = match &args.leader {
+        Some(url) => {
+            let leader = crate::LeaderArgs {
+                url: url.clone(),
+                api_token: args.api_token.clone(),
+                api_token_file: args.api_token_file.clone(),
+                tls_ca: args.tls_ca.clone(),
+            };
+            let farm = crate::client::Client::new(&leader)?
+                .cache_settings()
+                .await
+                .with_context(|| format!("asking the farm at {url} for its cache settings"))?;
+            let fingerprint = match &args.depset {
+                Some(dir) => crate::load_depset(Some(dir))?.fingerprint().to_owned(),
+                None => farm.depset.clone(),
+            };
+            let (cache, build_root, profile) = args.over(farm);
+            (cache, build_root, profile, fingerprint, format!("the farm at {url}"))
+        }
+        None => {
+            let fingerprint = crate::load_depset(args.depset.as_deref())?.fingerprint().to_owned();
+            (args.cache.clone(), args.build_root.clone(), args.profile.clone(), fingerprint, "flags".to_owned())
+        }
     };
-    let settings = args.cache.settings(bucket, S3Credentials::Anonymous);
-    println!("# The environment a CI job sets to share the Kiln farm's compile cache.");
-    println!("# Lay the program out with `kiln layout DIR` and build in {}.", args.build_root.display());
+    let Some(bucket) = &cache.bucket else {
+        bail!(
+            "kiln ci-env shares the farm's S3 cache, but {source} names no bucket: give --sccache-bucket (or KILN_SCCACHE_BUCKET); a farm with a local cache per member cannot be shared"
+        );
+    };
+    let settings = cache.settings(bucket, S3Credentials::Anonymous);
+    println!("# The environment a CI job sets to share the Kiln farm's compile cache (settings from {source}).");
+    println!("# Lay the program out with `kiln layout DIR` and build in {}.", build_root.display());
     println!("# sccache hashes every CARGO_* variable: set no other CARGO_* variable in the job.");
     let mut lines = vec![
         ("RUSTC_WRAPPER".to_owned(), "sccache".to_owned()),
-        ("CARGO_TARGET_DIR".to_owned(), args.build_root.join("target").display().to_string()),
-        ("KILN_BUILD_ROOT".to_owned(), args.build_root.display().to_string()),
-        ("KILN_DEPSET_FINGERPRINT".to_owned(), crate::load_depset(args.depset.as_deref())?.fingerprint().to_owned()),
+        ("CARGO_TARGET_DIR".to_owned(), build_root.join("target").display().to_string()),
+        ("KILN_BUILD_ROOT".to_owned(), build_root.display().to_string()),
+        ("KILN_BUILD_PROFILE".to_owned(), profile),
+        ("KILN_DEPSET_FINGERPRINT".to_owned(), fingerprint),
     ];
     lines.extend(kiln_compiler_worker::builder::FARM_CARGO_ENV.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
     lines.extend(
@@ -193,7 +265,7 @@ pub fn ci_env(args: CiEnvArgs) -> anyhow::Result<ExitCode> {
         println!("export {key}={}", shell_quote(&value));
     }
     println!("# Credentials: give the job AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY from the CI's secret store");
-    if !args.cache.read_only {
+    if !cache.read_only {
         println!("# (untrusted jobs: pass --sccache-read-only so they read hits but never write)");
     }
     Ok(ExitCode::SUCCESS)
@@ -203,7 +275,7 @@ pub fn ci_env(args: CiEnvArgs) -> anyhow::Result<ExitCode> {
 pub struct LayoutArgs {
     /// A program directory.
     pub dir: PathBuf,
-    #[arg(long, env = "KILN_BUILD_ROOT", default_value = "/var/lib/kiln/build")]
+    #[arg(long, env = "KILN_BUILD_ROOT", default_value = DEFAULT_BUILD_ROOT)]
     pub build_root: PathBuf,
     #[arg(long, env = "KILN_BUILD_PROFILE", default_value = "release")]
     pub profile: String,

@@ -155,6 +155,17 @@ impl Client {
         }
     }
 
+    pub async fn cancel(&self, key: &str) -> anyhow::Result<PipelineRecord> {
+        let response = self.send(self.request(reqwest::Method::POST, &format!("/v0/pipelines/{key}/cancel"))).await?;
+        response.json().await.context("reading the leader's answer")
+    }
+
+    /// What a CI job needs to share the farm's cache.
+    pub async fn cache_settings(&self) -> anyhow::Result<kiln_core::api::CacheSettings> {
+        let response = self.send(self.request(reqwest::Method::GET, "/v0/cache-settings")).await?;
+        response.json().await.context("reading the leader's cache settings")
+    }
+
     pub async fn log(&self, key: &str) -> anyhow::Result<String> {
         let response = self.send(self.request(reqwest::Method::GET, &format!("/v0/pipelines/{key}/log"))).await?;
         response.text().await.context("reading the log")

@@ -1,4 +1,4 @@
-//! The client commands: `submit`, `status`, `logs`, `download`.
+//! The client commands: `submit`, `status`, `logs`, `download`, `cancel`.
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -53,6 +53,14 @@ pub struct LogsArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct CancelArgs {
+    /// A pipeline id or name.
+    pub pipeline: String,
+    #[command(flatten)]
+    pub leader: LeaderArgs,
+}
+
+#[derive(Debug, Args)]
 pub struct DownloadArgs {
     /// A pipeline id or name.
     pub pipeline: String,
@@ -88,8 +96,19 @@ fn progress_style() -> indicatif::ProgressStyle {
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner())
 }
 
+/// `[######----] 3/5 crates`: a build's progress as text, the same on a terminal
+/// and in a log.
+pub fn progress_bar(progress: kiln_core::api::Progress) -> String {
+    const WIDTH: usize = 10;
+    let filled = (progress.percent() as usize * WIDTH).div_ceil(100).min(WIDTH);
+    format!("[{}{}] {progress}", "#".repeat(filled), "-".repeat(WIDTH - filled))
+}
+
 fn describe(p: &PipelineRecord) -> String {
     let mut text = format!("{} (worker {})", p.status, p.worker);
+    if let Some(progress) = p.progress.filter(|_| p.status == Status::Compiling) {
+        text.push_str(&format!(" {}", progress_bar(progress)));
+    }
     if let Some(ms) = p.compile_ms.filter(|_| p.status.finished() || p.status == Status::Uploading) {
         text.push_str(&format!(", compiled in {:.1}s", ms as f64 / 1000.0));
     }
@@ -122,7 +141,7 @@ pub async fn wait_for(
         bars.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
     let deadline = tokio::time::Instant::now() + timeout;
-    let mut last: Vec<Option<(Status, u64)>> = vec![None; pipelines.len()];
+    let mut last: Vec<Option<(Status, u64, Option<kiln_core::api::Progress>)>> = vec![None; pipelines.len()];
     let mut records: Vec<Option<PipelineRecord>> = vec![None; pipelines.len()];
     loop {
         for (i, p) in pipelines.iter().enumerate() {
@@ -133,8 +152,8 @@ pub async fn wait_for(
             if now.version != p.version {
                 bail!("pipeline {} changed to version {} while waiting for version {}", p.name, now.version, p.version);
             }
-            if last[i] != Some((now.status, now.attempt)) {
-                last[i] = Some((now.status, now.attempt));
+            if last[i] != Some((now.status, now.attempt, now.progress)) {
+                last[i] = Some((now.status, now.attempt, now.progress));
                 lines[i].set_message(describe(&now));
                 if !terminal {
                     eprintln!("{:<20} {}", now.name, describe(&now));
@@ -200,7 +219,10 @@ pub fn print_table(records: &[PipelineRecord]) {
             None => "-".to_owned(),
         };
         let binary = r.binary_sha256.as_deref().map(|s| &s[..12]).unwrap_or("-");
-        let error = r.error.as_deref().unwrap_or("").lines().next().unwrap_or("");
+        let mut error = r.error.as_deref().unwrap_or("").lines().next().unwrap_or("").to_owned();
+        if let Some(progress) = r.progress.filter(|_| r.status == Status::Compiling) {
+            error = progress_bar(progress);
+        }
         println!(
             "{:>4}  {:<20} {:>3}  {:<13} {:>6}  {:<13} {:<12} {error}",
             r.id,
@@ -229,6 +251,17 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
     } else {
         print_table(&records);
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `kiln cancel`: the build stops; the pipeline ends `cancelled`.
+pub async fn cancel(args: CancelArgs) -> anyhow::Result<ExitCode> {
+    let client = Client::new(&args.leader)?;
+    let record = client.cancel(&args.pipeline).await?;
+    println!(
+        "{} (id {}, version {}) cancelled; its worker stops the build at its next heartbeat. `kiln submit` builds it again",
+        record.name, record.id, record.version
+    );
     Ok(ExitCode::SUCCESS)
 }
 

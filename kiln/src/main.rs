@@ -26,6 +26,8 @@ enum Command {
     Status(commands::StatusArgs),
     /// Show a pipeline's build log and diagnostics.
     Logs(commands::LogsArgs),
+    /// Stop a build in flight (or waiting): the pipeline ends `cancelled`.
+    Cancel(commands::CancelArgs),
     /// Fetch a pipeline's binary and verify its SHA-256.
     Download(commands::DownloadArgs),
     /// Run a built pipeline as H host processes plus a coordinator on loopback
@@ -143,10 +145,11 @@ async fn run(command: Command) -> std::process::ExitCode {
         Command::Submit(args) => commands::submit(args).await,
         Command::Status(args) => commands::status(args).await,
         Command::Logs(args) => commands::logs(args).await,
+        Command::Cancel(args) => commands::cancel(args).await,
         Command::Download(args) => commands::download(args).await,
         Command::Launch(args) => launch::launch(args).await,
         Command::Coordinator(args) => launch::coordinator(args).await,
-        Command::CiEnv(args) => cache::ci_env(args),
+        Command::CiEnv(args) => cache::ci_env(args).await,
         Command::Layout(args) => cache::layout(args),
         Command::Cache(args) => cache::cache(args).await,
         Command::Prepare(args) => kiln::prepare(args).await,

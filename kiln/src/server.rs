@@ -434,6 +434,17 @@ impl MemberConfig {
                 retention: args.retention,
                 claim_lease: args.claim_lease,
                 watermarks,
+                cache_settings: kiln_core::api::CacheSettings {
+                    bucket: args.cache.bucket.clone(),
+                    region: args.cache.region.clone(),
+                    key_prefix: args.cache.key_prefix.clone(),
+                    endpoint: args.cache.endpoint.clone(),
+                    use_ssl: args.cache.use_ssl,
+                    server_side_encryption: args.cache.server_side_encryption,
+                    build_root: args.build_root.display().to_string(),
+                    profile: args.profile.clone(),
+                    depset: facts.depset.fingerprint().to_owned(),
+                },
             };
             (config, args.listen)
         });

@@ -42,6 +42,7 @@ impl From<CatalogError> for ApiError {
     fn from(error: CatalogError) -> Self {
         match error {
             CatalogError::Refused(refused) => ApiError::Conflict(refused.to_string()),
+            CatalogError::NotCancellable(ended) => ApiError::Conflict(ended.to_string()),
             full if full.is_disk_full() => ApiError::DiskFull(format!(
                 "the leader's disk is full, so the catalog could not record this ({full}); nothing already stored was lost: free space in its data directory and try again"
             )),

@@ -8,6 +8,8 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use kiln_core::api::Progress;
+use kiln_core::cluster::ClaimKey;
 use serde::Serialize;
 
 /// What a member said in its last heartbeat.
@@ -30,6 +32,8 @@ pub struct MemberReport {
     pub disk_used_percent: f64,
     /// Its volume is above the critical watermark (why, in words): it takes no work.
     pub disk_critical: String,
+    /// The build it has in hand and how far it has come.
+    pub building: Option<(ClaimKey, Progress)>,
 }
 
 /// The last report of every member that has reported since the leader started.
@@ -59,6 +63,13 @@ impl Members {
         self.lock().insert(ordinal, (at, report));
     }
 
+    /// The progress `ordinal` last reported for `claim`, if it is building it.
+    pub fn progress_of(&self, ordinal: u32, claim: ClaimKey) -> Option<Progress> {
+        let reports = self.lock();
+        let (_, report) = reports.get(&ordinal)?;
+        report.building.filter(|(held, _)| *held == claim).map(|(_, progress)| progress)
+    }
+
     pub fn snapshot(&self) -> HashMap<u32, (Instant, MemberReport)> {
         self.lock().clone()
     }
@@ -86,6 +97,18 @@ pub struct MemberHealth {
     pub depset: Option<String>,
     /// How full its build root's volume is, in percent.
     pub disk_used_percent: Option<f64>,
+    /// The build it said it has in hand, and how far it has come.
+    pub building: Option<Building>,
+}
+
+/// A build in a member's hands, as its last heartbeat described it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Building {
+    pub pipeline_id: u64,
+    pub version: u64,
+    pub attempt: u64,
+    pub crates_done: u32,
+    pub crates_total: u32,
 }
 
 /// The body of `/cluster_healthz`.
@@ -158,6 +181,7 @@ pub fn cluster_health(
                 sandbox: None,
                 depset: None,
                 disk_used_percent: None,
+                building: None,
             },
             Some((at, report)) => {
                 let age = now.saturating_duration_since(*at);
@@ -195,6 +219,13 @@ pub fn cluster_health(
                     sandbox: Some(report.sandbox.clone()),
                     depset: Some(report.depset.clone()),
                     disk_used_percent: Some(report.disk_used_percent),
+                    building: report.building.map(|(claim, progress)| Building {
+                        pipeline_id: claim.pipeline_id,
+                        version: claim.version,
+                        attempt: claim.attempt,
+                        crates_done: progress.crates_done,
+                        crates_total: progress.crates_total,
+                    }),
                 }
             }
         })
@@ -247,6 +278,7 @@ mod tests {
             depset: "set".into(),
             disk_used_percent: 40.0,
             disk_critical: String::new(),
+            building: None,
         }
     }
 

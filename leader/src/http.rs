@@ -34,6 +34,8 @@ pub fn router(state: Arc<LeaderState>) -> Router {
         .route("/v0/pipelines/{key}", get(get_pipeline).delete(delete_pipeline))
         .route("/v0/pipelines/{key}/log", get(pipeline_log))
         .route("/v0/pipelines/{key}/binary", get(pipeline_binary))
+        .route("/v0/pipelines/{key}/cancel", axum::routing::post(cancel_pipeline))
+        .route("/v0/cache-settings", get(cache_settings))
         // Base64 makes a program a third larger; leave room for the JSON around it.
         .layer(DefaultBodyLimit::max((MAX_PROGRAM_BYTES as usize) * 3 / 2 + 64 * 1024))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_api_token));
@@ -125,7 +127,8 @@ async fn submit(State(state): State<Arc<LeaderState>>, body: axum::body::Bytes) 
         .collect::<Result<Vec<_>, ApiError>>()?;
     let submitted = state.submit(request.name, files).await?;
     let status = if submitted.change == Change::Created { StatusCode::CREATED } else { StatusCode::OK };
-    Ok((status, Json(SubmitResponse { change: submitted.change, pipeline: submitted.record.to_api() })).into_response())
+    Ok((status, Json(SubmitResponse { change: submitted.change, pipeline: state.shown(&submitted.record) }))
+        .into_response())
 }
 
 /// `GET /v0/pipelines?limit=&after=&status=&name=`: the query of one page.
@@ -187,7 +190,7 @@ async fn list_pipelines(
 ) -> Result<Response, ApiError> {
     let page_query = query.parse()?;
     let page = state.page(page_query.clone()).await?;
-    let records: Vec<PipelineRecord> = page.records.iter().map(PipelineRecord::from).collect();
+    let records: Vec<PipelineRecord> = page.records.iter().map(|r| state.shown(r)).collect();
     let mut response = Json(records).into_response();
     if let Some(after) = page.next_after {
         let mut next = format!("/v0/pipelines?after={after}&limit={}", page_query.limit);
@@ -217,7 +220,20 @@ async fn get_pipeline(
     State(state): State<Arc<LeaderState>>,
     Path(key): Path<String>,
 ) -> Result<Json<PipelineRecord>, ApiError> {
-    Ok(Json(state.find(&key).await?.to_api()))
+    Ok(Json(state.shown(&state.find(&key).await?)))
+}
+
+/// `POST /v0/pipelines/{key}/cancel`: the build stops; the record ends `cancelled`.
+async fn cancel_pipeline(
+    State(state): State<Arc<LeaderState>>,
+    Path(key): Path<String>,
+) -> Result<Json<PipelineRecord>, ApiError> {
+    Ok(Json(state.cancel(&key).await?.to_api()))
+}
+
+/// `GET /v0/cache-settings`: what a CI job needs to share the farm's cache.
+async fn cache_settings(State(state): State<Arc<LeaderState>>) -> Json<kiln_core::api::CacheSettings> {
+    Json(state.config.cache_settings.clone())
 }
 
 async fn delete_pipeline(

@@ -39,6 +39,10 @@ pub struct Metrics {
     upload_retries: Counter,
     cache_hits: Counter,
     cache_misses: Counter,
+    cache_hit_read_seconds: Counter<f64, std::sync::atomic::AtomicU64>,
+    cache_miss_compile_seconds: Counter<f64, std::sync::atomic::AtomicU64>,
+    crates_done: Family<OrdinalLabel, Gauge>,
+    crates_total: Family<OrdinalLabel, Gauge>,
     pipelines: Family<StatusLabel, Gauge>,
     queue_depth: Family<OrdinalLabel, Gauge>,
     member_healthy: Family<OrdinalLabel, Gauge>,
@@ -71,6 +75,30 @@ impl Metrics {
         registry.register("cache_hits", "sccache hits of finished builds", cache_hits.clone());
         let cache_misses = Counter::default();
         registry.register("cache_misses", "sccache misses of finished builds", cache_misses.clone());
+        let cache_hit_read_seconds = Counter::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register(
+            "cache_hit_read_seconds",
+            "Time sccache spent serving hits from the store, in finished builds",
+            cache_hit_read_seconds.clone(),
+        );
+        let cache_miss_compile_seconds = Counter::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register(
+            "cache_miss_compile_seconds",
+            "Time sccache spent compiling misses, in finished builds",
+            cache_miss_compile_seconds.clone(),
+        );
+        let crates_done = Family::<OrdinalLabel, Gauge>::default();
+        registry.register(
+            "build_crates_done",
+            "The program's crates finished by the build in flight on each ordinal",
+            crates_done.clone(),
+        );
+        let crates_total = Family::<OrdinalLabel, Gauge>::default();
+        registry.register(
+            "build_crates_total",
+            "The program's crates the build in flight on each ordinal has to build",
+            crates_total.clone(),
+        );
         let pipelines = Family::<StatusLabel, Gauge>::default();
         registry.register("pipelines", "Pipelines in the catalog, by status", pipelines.clone());
         let queue_depth = Family::<OrdinalLabel, Gauge>::default();
@@ -120,6 +148,10 @@ impl Metrics {
             upload_retries,
             cache_hits,
             cache_misses,
+            cache_hit_read_seconds,
+            cache_miss_compile_seconds,
+            crates_done,
+            crates_total,
             pipelines,
             queue_depth,
             member_healthy,
@@ -141,6 +173,8 @@ impl Metrics {
         if let Some(cache) = &record.cache {
             self.cache_hits.inc_by(cache.hits);
             self.cache_misses.inc_by(cache.misses);
+            self.cache_hit_read_seconds.inc_by(cache.hit_read_ms as f64 / 1000.0);
+            self.cache_miss_compile_seconds.inc_by(cache.miss_compile_ms as f64 / 1000.0);
         }
     }
 
@@ -160,6 +194,8 @@ impl Metrics {
         self.queue_depth.clear();
         self.member_healthy.clear();
         self.disk_used.clear();
+        self.crates_done.clear();
+        self.crates_total.clear();
         for member in &health.members {
             let label = OrdinalLabel { ordinal: member.ordinal.to_string() };
             let depth = counts.pending_by_ordinal.get(&member.ordinal).copied().unwrap_or(0);
@@ -168,6 +204,9 @@ impl Metrics {
             if let Some(used) = member.disk_used_percent {
                 self.disk_used.get_or_create(&label).set(used);
             }
+            let building = member.building.map_or((0, 0), |b| (b.crates_done, b.crates_total));
+            self.crates_done.get_or_create(&label).set(i64::from(building.0));
+            self.crates_total.get_or_create(&label).set(i64::from(building.1));
         }
         self.data_disk_used.set(data_disk_used.unwrap_or(0.0));
         let kind = |kind: &str| KindLabel { kind: kind.to_owned() };

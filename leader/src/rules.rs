@@ -94,6 +94,17 @@ pub enum ReportRefused {
     NotUploaded { id: u64, named: String, uploaded: String },
 }
 
+/// Why a cancellation was refused: the build has already ended.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "pipeline {id} version {version} has already ended ({status}): there is nothing to cancel; submit it again to rebuild"
+)]
+pub struct NotCancellable {
+    pub id: u64,
+    pub version: u64,
+    pub status: Status,
+}
+
 impl Report {
     pub fn status(&self) -> Status {
         match self {
@@ -131,6 +142,7 @@ impl From<&Pipeline> for api::PipelineRecord {
             depset: p.depset.clone(),
             rebuilding: p.rebuilding.clone(),
             history: p.history.clone(),
+            progress: None,
         }
     }
 }
@@ -222,6 +234,24 @@ impl Pipeline {
         self.upload_retries = 0;
         self.uploaded = None;
         self.rebuilding = None;
+    }
+
+    /// Stops the pipeline where it is, pending or in flight: it ends `cancelled`.
+    /// Its worker's claim is no longer current, so the worker's next heartbeat is
+    /// told to drop the build (and every report of it is refused).
+    pub fn cancel(&mut self, now_ms: u64, why: &str) -> Result<(), NotCancellable> {
+        if !self.status.cancellable() {
+            return Err(NotCancellable { id: self.id, version: self.version, status: self.status });
+        }
+        let from = self.status;
+        self.status = Status::Cancelled;
+        self.error = Some(format!("cancelled {why}"));
+        self.finished_at_ms = Some(now_ms);
+        self.updated_at_ms = now_ms;
+        self.uploaded = None;
+        self.rebuilding = None;
+        self.note(now_ms, format!("cancelled while {from} (attempt {}): {why}", self.attempt));
+        Ok(())
     }
 
     /// Hands the pipeline to its worker: the claim that worker must quote.
@@ -380,6 +410,21 @@ pub(crate) mod tests {
         assert_eq!(r.history.last().unwrap().event, "event 99");
         let _ = claim;
         assert_eq!(first_line("é".repeat(300).as_str()).len(), 200);
+    }
+
+    #[test]
+    fn a_cancelled_build_takes_no_more_reports_and_an_ended_one_cannot_be_cancelled() {
+        let mut r = record(6);
+        let claim = r.claim(1);
+        r.cancel(2, "by the API").unwrap();
+        assert_eq!(r.status, Status::Cancelled);
+        assert!(r.status.finished());
+        assert!(matches!(r.apply(&claim, success(), 3), Err(ReportRefused::StaleClaim { .. })));
+        let again = r.cancel(4, "by the API").unwrap_err();
+        assert!(again.to_string().contains("already ended (cancelled)"), "{again}");
+        let mut pending = record(7);
+        pending.cancel(1, "by the API").unwrap();
+        assert!(pending.history.last().unwrap().event.contains("cancelled while pending"));
     }
 
     #[test]

@@ -50,6 +50,8 @@ pub struct LeaderConfig {
     /// Above the critical watermark of its data volume, the leader hands out no
     /// work and reports it in `/healthz` and `/cluster_healthz`.
     pub watermarks: kiln_core::disk::Watermarks,
+    /// What a CI job needs to share the farm's cache (`GET /v0/cache-settings`).
+    pub cache_settings: kiln_core::api::CacheSettings,
 }
 
 #[derive(Debug)]
@@ -187,6 +189,33 @@ impl LeaderState {
             "pipeline deleted: its source and binary go after the retention unless another pipeline uses them"
         );
         Ok(record)
+    }
+
+    /// Stops a pipeline's build (`kiln cancel`): it ends `cancelled` at once; its
+    /// worker learns it at its next heartbeat and kills the build.
+    pub async fn cancel(&self, key: &str) -> Result<Pipeline, ApiError> {
+        let found = self.find(key).await?;
+        let id = found.id;
+        let record = self
+            .catalog(move |c| c.cancel(id, "by the API (kiln cancel)", now_ms()))
+            .await?
+            .ok_or_else(|| ApiError::NotFound(format!("no pipeline {key:?}: `kiln status` lists them")))?;
+        self.metrics.build_finished(&record);
+        tracing::info!(
+            pipeline = %record.name, id, version = record.version, ordinal = record.worker,
+            attempt = record.attempt, "build cancelled"
+        );
+        Ok(record)
+    }
+
+    /// The API's view of a record: the catalog's, with the progress its worker last
+    /// reported while it compiles.
+    pub fn shown(&self, record: &Pipeline) -> kiln_core::api::PipelineRecord {
+        let mut shown = record.to_api();
+        if record.status == kiln_core::api::Status::Compiling {
+            shown.progress = self.members.progress_of(record.worker, record.claim_key());
+        }
+        shown
     }
 
     pub async fn log(&self, key: &str) -> Result<(Pipeline, Option<String>), ApiError> {

@@ -63,6 +63,8 @@ pub enum CatalogError {
     Newer { found: u64 },
     #[error(transparent)]
     Refused(#[from] ReportRefused),
+    #[error(transparent)]
+    NotCancellable(#[from] crate::rules::NotCancellable),
 }
 
 macro_rules! impl_from_redb {
@@ -295,9 +297,11 @@ impl Catalog {
                         record.new_version(source_sha256.to_owned(), now_ms);
                         record.worker = assigned_ordinal(id, workers);
                         Change::Updated
-                    } else if record.status == Status::SystemError {
+                    } else if matches!(record.status, Status::SystemError | Status::Cancelled) {
+                        let reason = format!("submitted again after it ended {}", record.status);
                         record.error = None;
-                        record.requeue(now_ms, "submitted again after a system error");
+                        record.finished_at_ms = None;
+                        record.requeue(now_ms, &reason);
                         Change::Updated
                     } else {
                         Change::Unchanged
@@ -453,6 +457,19 @@ impl Catalog {
                 logs.remove(id)?;
             }
             Ok(removed)
+        })
+    }
+
+    /// Cancels pipeline `id`'s current version (see [`Pipeline::cancel`]); None when
+    /// there is no such pipeline.
+    pub fn cancel(&self, id: u64, why: &str, now_ms: u64) -> Result<Option<Pipeline>, CatalogError> {
+        self.write(|txn| {
+            let mut books = Books::open(txn)?;
+            let Some(old) = load(&books.pipelines, id)? else { return Ok(None) };
+            let mut record = old.clone();
+            record.cancel(now_ms, why)?;
+            books.put(Some(&old), Some(&record), now_ms)?;
+            Ok(Some(record))
         })
     }
 
