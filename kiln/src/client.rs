@@ -186,8 +186,9 @@ impl Client {
 
     /// `GET /cluster_healthz`: whether all members are healthy, and the body.
     pub async fn cluster_health(&self) -> anyhow::Result<(bool, serde_json::Value)> {
+        // With the token when there is one: the members' cache state is shown then.
         let response =
-            self.http.get(format!("{}/cluster_healthz", self.base)).send().await.map_err(|e| self.unreachable(&e))?;
+            self.request(reqwest::Method::GET, "/cluster_healthz").send().await.map_err(|e| self.unreachable(&e))?;
         let healthy = response.status().is_success();
         Ok((healthy, response.json().await.context("reading /cluster_healthz")?))
     }

@@ -216,6 +216,7 @@ fn specs(
             env,
             working_dir: Some(dirs.dir),
             memory_limit: memory_per_host,
+            log: None,
         });
     }
     let coordinator_dir = run_dir.join("coordinator");
@@ -234,6 +235,7 @@ fn specs(
         env: member_env(deployment_id),
         working_dir: Some(coordinator_dir),
         memory_limit: None,
+        log: None,
     });
     Ok(specs)
 }
@@ -364,10 +366,10 @@ async fn run(args: &LaunchArgs, hosts: u32, run_dir: &Path) -> anyhow::Result<Ex
             () = shutdown.cancelled() => break Ok(ExitCode::from(130)),
             event = supervisor.next_event() => match event {
                 Some(Event::Started { member, pid }) => tracing::debug!(%member, pid, "member started"),
-                Some(Event::Restarting { member, exit, after }) => {
+                Some(Event::Restarting { member, exit, after, .. }) => {
                     say(format!("{member} exited ({exit}): coordinated restart, starting it again in {}ms", after.as_millis()));
                 }
-                Some(Event::Fatal { member, reason }) => {
+                Some(Event::Fatal { member, reason, .. }) => {
                     break Err(anyhow::anyhow!("{member} failed ({reason}); every member of deployment {deployment_id} was stopped"));
                 }
                 None => break Err(anyhow::anyhow!("every member ended")),

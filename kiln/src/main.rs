@@ -110,6 +110,9 @@ fn main() -> std::process::ExitCode {
         return sandbox_init(args);
     }
     init_tracing(&cli.log_format);
+    if let Command::Up(args) = &mut cli.command {
+        args.log_format = cli.log_format.clone();
+    }
     if let Command::Server(args) = &mut cli.command
         && let Some(source) = args.build_root_source.clone()
     {

@@ -2,6 +2,12 @@
 //! supervised child processes with StatefulSet-style hostnames
 //! (`kiln-compiler-server-<i>`); a member that dies is restarted, as Kubernetes
 //! would; Ctrl-C or SIGTERM stops them all.
+//!
+//! The terminal stays quiet: the URLs, one line per member when it is ready, the
+//! builds' progress and the final table. Each member's log goes to
+//! `<data-dir>/logs/member-<n>.log` (rotated), streamed only with `--verbose`, and
+//! a member that exits has its last lines shown. A member that keeps failing before
+//! it was ever ready stops the farm with its error: waiting cannot fix it.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -10,7 +16,10 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Args;
-use kiln_process::supervisor::{Event, MemberSpec, RestartPolicy, Supervisor};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use kiln_process::supervisor::{Event, MemberLog, MemberSpec, RestartPolicy, Supervisor};
 
 use crate::client::Client;
 use crate::server::ServerArgs;
@@ -52,10 +61,20 @@ pub struct UpArgs {
     /// if any failed.
     #[arg(long, requires = "submit")]
     pub once: bool,
+    /// Stream every member's log on the terminal too (prefixed `member-<n> | `);
+    /// without it they are only in <data-dir>/logs/member-<n>.log.
+    #[arg(long, short, env = "KILN_VERBOSE")]
+    pub verbose: bool,
     /// Further `kiln server` options for every member, e.g. `--upload-budget=10m`.
     #[arg(last = true)]
     pub server_args: Vec<OsString>,
+    /// The log format the members write (`kiln --log-format`), set by `main`.
+    #[arg(skip)]
+    pub log_format: String,
 }
+
+/// How many exits in a row, before a member was ever ready, stop the farm.
+pub const CRASH_LOOP_EXITS: u32 = 3;
 
 /// The farm's cluster token's file, made with a random token on first use.
 fn cluster_token_file(data_dir: &Path) -> anyhow::Result<PathBuf> {
@@ -126,16 +145,26 @@ fn member_specs(args: &UpArgs, data_dir: &Path, token_file: &Path) -> anyhow::Re
                 cache: args.cache.clone(),
                 ..base.clone()
             };
+            let mut env = member.secret_env();
+            if !args.log_format.is_empty() {
+                env.push(("KILN_LOG_FORMAT".into(), args.log_format.clone().into()));
+            }
             Ok(MemberSpec {
                 name: format!("member-{ordinal}"),
                 program: program.clone(),
-                env: member.secret_env(),
+                env,
                 args: member.to_args(),
                 working_dir: None,
                 memory_limit: None,
+                log: Some(MemberLog { path: member_log(data_dir, ordinal), echo: args.verbose }),
             })
         })
         .collect()
+}
+
+/// Where member `ordinal`'s log goes.
+pub fn member_log(data_dir: &Path, ordinal: u32) -> PathBuf {
+    data_dir.join("logs").join(format!("member-{ordinal}.log"))
 }
 
 /// A member's refusal to build (it cannot make its sandbox), from /cluster_healthz.
@@ -146,7 +175,9 @@ fn refusal(health: &serde_json::Value) -> Option<String> {
     })
 }
 
-async fn wait_until_healthy(client: &Client, workers: u32) -> anyhow::Result<()> {
+/// Waits for every member to be healthy, with a line for each as it gets there;
+/// `ready` names the members that have been ready at least once.
+async fn wait_until_healthy(client: &Client, workers: u32, ready: &Mutex<HashSet<String>>) -> anyhow::Result<()> {
     let mut last_report = tokio::time::Instant::now();
     loop {
         let health = client.cluster_health().await;
@@ -155,6 +186,19 @@ async fn wait_until_healthy(client: &Client, workers: u32) -> anyhow::Result<()>
             && let Some(why) = refusal(body)
         {
             bail!("{why}");
+        }
+        if let Ok((_, body)) = &health {
+            for member in body["members"].as_array().into_iter().flatten().filter(|m| m["healthy"] == true) {
+                let name = format!("member-{}", member["ordinal"]);
+                if ready.lock().unwrap_or_else(|p| p.into_inner()).insert(name.clone()) {
+                    let role = if member["ordinal"] == 0 { "leader and worker" } else { "worker" };
+                    eprintln!(
+                        "kiln up: {name} ready ({role}; {}; cache: {})",
+                        member["sandbox"].as_str().unwrap_or("sandbox: unknown"),
+                        member["cache"].as_str().unwrap_or("unknown")
+                    );
+                }
+            }
         }
         match health {
             Ok((true, _)) => return Ok(()),
@@ -175,6 +219,14 @@ async fn wait_until_healthy(client: &Client, workers: u32) -> anyhow::Result<()>
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+}
+
+/// A member's last lines, indented, for an error or a restart notice.
+fn shown_lines(lines: &[String]) -> String {
+    if lines.is_empty() {
+        return "    (it wrote nothing)".to_owned();
+    }
+    lines.iter().map(|line| format!("    {line}")).collect::<Vec<_>>().join("\n")
 }
 
 pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
@@ -207,14 +259,28 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         },
         Duration::from_secs(10),
     );
-    eprintln!("kiln up: {} members, leader at {} (state in {})", args.workers, leader.url, data_dir.display());
+    eprintln!("kiln up: starting {} members; leader at {}", args.workers, leader.url);
+    match &leader.api_token_file {
+        Some(file) => {
+            eprintln!("kiln up: status page at {}/ (sign in with the API token in {})", leader.url, file.display())
+        }
+        None => eprintln!("kiln up: status page at {}/", leader.url),
+    }
+    eprintln!(
+        "kiln up: member logs in {}{}",
+        data_dir.join("logs").display(),
+        if args.verbose { " (and here, --verbose)" } else { " (--verbose shows them here)" }
+    );
+    let ready: Arc<Mutex<HashSet<String>>> = Arc::default();
+    let mut exits_before_ready: HashMap<String, u32> = HashMap::new();
 
     let job = {
         let client = client.clone();
         let dirs = args.submit.clone();
         let workers = args.workers;
+        let ready = ready.clone();
         async move {
-            wait_until_healthy(&client, workers).await?;
+            wait_until_healthy(&client, workers, &ready).await?;
             eprintln!("kiln up: farm ready, {workers} members healthy. Submit with: kiln submit DIR --wait");
             if dirs.is_empty() {
                 return std::future::pending().await;
@@ -240,10 +306,30 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
             }
             event = supervisor.next_event() => match event {
                 Some(Event::Started { member, pid }) => tracing::debug!(%member, pid, "member started"),
-                Some(Event::Restarting { member, exit, after }) => {
-                    eprintln!("kiln up: {member} exited ({exit}); restarting it in {:.1}s", after.as_secs_f64());
+                Some(Event::Restarting { member, exit, after, last_lines }) => {
+                    let was_ready = ready.lock().unwrap_or_else(|p| p.into_inner()).contains(&member);
+                    let log = member_log(&data_dir, member.trim_start_matches("member-").parse().unwrap_or(0));
+                    if !was_ready {
+                        let exits = exits_before_ready.entry(member.clone()).or_default();
+                        *exits += 1;
+                        if *exits >= CRASH_LOOP_EXITS {
+                            break Err(anyhow::anyhow!(
+                                "{member} failed {exits} times in a row before it was ever ready ({exit}), so the farm is stopped: restarting it cannot help.\n{}\nIts whole log is in {}",
+                                shown_lines(&last_lines),
+                                log.display()
+                            ));
+                        }
+                    }
+                    eprintln!(
+                        "kiln up: {member} exited ({exit}); restarting it in {:.1}s. Its last lines ({}):\n{}",
+                        after.as_secs_f64(),
+                        log.display(),
+                        shown_lines(&last_lines)
+                    );
                 }
-                Some(Event::Fatal { member, reason }) => break Err(anyhow::anyhow!("{member} cannot run: {reason}")),
+                Some(Event::Fatal { member, reason, last_lines }) => {
+                    break Err(anyhow::anyhow!("{member} cannot run: {reason}\n{}", shown_lines(&last_lines)));
+                }
                 None => break Err(anyhow::anyhow!("every member ended")),
             },
         }

@@ -2,7 +2,9 @@
 //! up`, and (later) the hosts of a multihost launch.
 //!
 //! Each member runs in its own process group and dies with its parent; its output is
-//! prefixed with its name (`member-2 | ...`); when it exits, the [`RestartPolicy`]
+//! prefixed with its name (`member-2 | ...`) on the terminal, or written to its own
+//! rotated log file (and shown only with `echo`, or in the last lines an exit
+//! carries); when it exits, the [`RestartPolicy`]
 //! decides between a restart after a backoff and a fatal error; [`Supervisor::stop`]
 //! sends SIGTERM to every group, waits for a grace period, then SIGKILLs what is left.
 //!
@@ -10,7 +12,9 @@
 //! the parent-death signal is tied to the thread that forked, and those threads live
 //! as long as the runtime (blocking-pool threads do not, so never spawn from there).
 
+use std::collections::VecDeque;
 use std::ffi::OsString;
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
@@ -34,7 +38,23 @@ pub struct MemberSpec {
     pub working_dir: Option<PathBuf>,
     /// The most heap (RLIMIT_DATA) the member may use, in bytes.
     pub memory_limit: Option<u64>,
+    /// Where its output goes: its own log file instead of the terminal.
+    pub log: Option<MemberLog>,
 }
+
+/// A member's own log file, rotated at [`LOG_ROTATE_BYTES`] with [`LOG_FILES_KEPT`]
+/// older files (`member-1.log.1`, ...).
+#[derive(Debug, Clone)]
+pub struct MemberLog {
+    pub path: PathBuf,
+    /// Also show each line on the terminal, prefixed (`--verbose`).
+    pub echo: bool,
+}
+
+pub const LOG_ROTATE_BYTES: usize = 10 * 1024 * 1024;
+pub const LOG_FILES_KEPT: usize = 3;
+/// How many of a member's last lines an exit event carries.
+pub const TAIL_LINES: usize = 20;
 
 /// What happens when a member exits while the supervisor is not stopping.
 #[derive(Debug, Clone, Copy)]
@@ -59,11 +79,14 @@ pub enum Event {
         member: String,
         exit: String,
         after: Duration,
+        /// Its last lines of output before it exited, oldest first.
+        last_lines: Vec<String>,
     },
     /// The member exited for good; the owner decides what to do with the others.
     Fatal {
         member: String,
         reason: String,
+        last_lines: Vec<String>,
     },
 }
 
@@ -91,17 +114,72 @@ fn describe_exit(status: std::process::ExitStatus) -> String {
     }
 }
 
-fn forward_lines<R: AsyncRead + Unpin + Send + 'static>(name: String, reader: R, to_stderr: bool) {
+/// Where one member's lines go: the terminal or its log file, and its tail.
+struct Output {
+    name: String,
+    file: Option<Mutex<file_rotate::FileRotate<file_rotate::suffix::AppendCount>>>,
+    echo: bool,
+    tail: Mutex<VecDeque<String>>,
+}
+
+impl Output {
+    fn new(spec: &MemberSpec) -> Output {
+        let file = spec.log.as_ref().map(|log| {
+            if let Some(dir) = log.path.parent() {
+                let _ = std::fs::create_dir_all(dir);
+            }
+            Mutex::new(file_rotate::FileRotate::new(
+                &log.path,
+                file_rotate::suffix::AppendCount::new(LOG_FILES_KEPT),
+                file_rotate::ContentLimit::BytesSurpassed(LOG_ROTATE_BYTES),
+                file_rotate::compression::Compression::None,
+                Some({
+                    use std::os::unix::fs::OpenOptionsExt;
+                    let mut options = std::fs::OpenOptions::new();
+                    options.read(true).create(true).append(true).mode(0o600);
+                    options
+                }),
+            ))
+        });
+        Output { name: spec.name.clone(), echo: spec.log.as_ref().is_none_or(|l| l.echo), file, tail: Mutex::default() }
+    }
+
+    fn line(&self, line: &str, to_stderr: bool) {
+        if let Some(file) = &self.file {
+            let mut file = file.lock().unwrap_or_else(|p| p.into_inner());
+            // A full disk must not stop the member: its lines are then only in the tail.
+            let _ = writeln!(file, "{line}").and_then(|()| file.flush());
+        }
+        if self.echo {
+            if to_stderr {
+                eprintln!("{} | {line}", self.name);
+            } else {
+                println!("{} | {line}", self.name);
+            }
+        }
+        let mut tail = self.tail.lock().unwrap_or_else(|p| p.into_inner());
+        if tail.len() == TAIL_LINES {
+            tail.pop_front();
+        }
+        tail.push_back(line.to_owned());
+    }
+
+    fn take_tail(&self) -> Vec<String> {
+        self.tail.lock().unwrap_or_else(|p| p.into_inner()).drain(..).collect()
+    }
+}
+
+fn forward_lines<R: AsyncRead + Unpin + Send + 'static>(
+    output: Arc<Output>,
+    reader: R,
+    to_stderr: bool,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut lines = BufReader::new(reader).lines();
         while let Ok(Some(line)) = lines.next_line().await {
-            if to_stderr {
-                eprintln!("{name} | {line}");
-            } else {
-                println!("{name} | {line}");
-            }
+            output.line(&line, to_stderr);
         }
-    });
+    })
 }
 
 impl Supervisor {
@@ -234,12 +312,13 @@ async fn supervise(
 ) {
     let set_pid = |pid: Option<u32>| pids.lock().unwrap_or_else(|p| p.into_inner())[index].1 = pid;
     let mut restarts = Restarts::new(policy);
+    let output = Arc::new(Output::new(&spec));
     loop {
         let mut child = match command(&spec).spawn() {
             Ok(child) => child,
             Err(e) => {
                 let reason = format!("could not start {}: {e}", spec.program.display());
-                let _ = events.send(Event::Fatal { member: spec.name.clone(), reason });
+                let _ = events.send(Event::Fatal { member: spec.name.clone(), reason, last_lines: Vec::new() });
                 return;
             }
         };
@@ -248,11 +327,12 @@ async fn supervise(
         set_pid(Some(pid));
         let started = Instant::now();
         let _ = events.send(Event::Started { member: spec.name.clone(), pid });
+        let mut readers = Vec::new();
         if let Some(out) = child.stdout.take() {
-            forward_lines(spec.name.clone(), out, false);
+            readers.push(forward_lines(output.clone(), out, false));
         }
         if let Some(err) = child.stderr.take() {
-            forward_lines(spec.name.clone(), err, true);
+            readers.push(forward_lines(output.clone(), err, true));
         }
 
         let status = tokio::select! {
@@ -274,6 +354,10 @@ async fn supervise(
         // already belong to an unrelated process (pids wrap at 32768 on small
         // machines). Its own children die with it (parent-death signal).
         set_pid(None);
+        // Its last words are in the pipes still: read them before telling why it ended
+        // (bounded: a grandchild may hold a pipe open).
+        let _ = tokio::time::timeout(Duration::from_secs(2), futures_join(readers)).await;
+        let last_lines = output.take_tail();
         let code = status.as_ref().ok().and_then(|s| s.code());
         let exit = match status {
             Ok(status) => describe_exit(status),
@@ -281,17 +365,23 @@ async fn supervise(
         };
         match restarts.after_exit(code, exit.clone(), started.elapsed()) {
             Ok(after) => {
-                let _ = events.send(Event::Restarting { member: spec.name.clone(), exit, after });
+                let _ = events.send(Event::Restarting { member: spec.name.clone(), exit, after, last_lines });
                 tokio::select! {
                     () = tokio::time::sleep(after) => {}
                     () = stop.cancelled() => return,
                 }
             }
             Err(reason) => {
-                let _ = events.send(Event::Fatal { member: spec.name.clone(), reason });
+                let _ = events.send(Event::Fatal { member: spec.name.clone(), reason, last_lines });
                 return;
             }
         }
+    }
+}
+
+async fn futures_join(handles: Vec<tokio::task::JoinHandle<()>>) {
+    for handle in handles {
+        let _ = handle.await;
     }
 }
 
@@ -307,6 +397,7 @@ mod tests {
             env: Vec::new(),
             working_dir: None,
             memory_limit: None,
+            log: None,
         }
     }
 
@@ -331,7 +422,7 @@ mod tests {
                     assert_eq!(member, "host-0");
                     restarts += 1;
                 }
-                Event::Fatal { member, reason } => fatal.push((member, reason)),
+                Event::Fatal { member, reason, .. } => fatal.push((member, reason)),
                 Event::Started { .. } => {}
             }
         }
@@ -369,5 +460,36 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(40)).await;
         }
         assert!(!group_alive, "the member's process group is gone");
+    }
+
+    #[tokio::test]
+    async fn a_logged_member_writes_its_file_and_an_exit_carries_its_last_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("logs/member-1.log");
+        let mut spec =
+            shell("member-1", "for i in $(seq 1 30); do echo line $i; done; echo 'error: no rustc' >&2; exit 3");
+        spec.log = Some(MemberLog { path: path.clone(), echo: false });
+        let policy = RestartPolicy::OnExitCode {
+            code: 55,
+            backoff: Duration::from_millis(10),
+            max_restarts: 1,
+            window: Duration::from_secs(60),
+        };
+        let mut supervisor = Supervisor::start(vec![spec], policy, Duration::from_secs(1));
+        let last_lines = loop {
+            match supervisor.next_event().await.unwrap() {
+                Event::Fatal { last_lines, reason, .. } => {
+                    assert_eq!(reason, "exit code 3");
+                    break last_lines;
+                }
+                Event::Started { .. } => {}
+                other => panic!("unexpected {other:?}"),
+            }
+        };
+        assert_eq!(last_lines.len(), TAIL_LINES, "{last_lines:?}");
+        assert!(last_lines.contains(&"error: no rustc".to_owned()), "{last_lines:?}");
+        assert!(last_lines.contains(&"line 30".to_owned()), "{last_lines:?}");
+        let written = std::fs::read_to_string(&path).unwrap();
+        assert!(written.starts_with("line 1\n") && written.contains("error: no rustc"), "{written}");
     }
 }
