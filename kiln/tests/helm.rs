@@ -8,6 +8,9 @@
 
 mod common;
 
+use std::collections::BTreeSet;
+
+use common::dashboard::{dashboard, dashboard_metric_names, dashboard_panels};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
@@ -74,7 +77,7 @@ fn env_value(statefulset: &Value, name: &str) -> Option<Value> {
     env_of(statefulset).into_iter().find(|e| e["name"] == name)
 }
 
-const VALUE_SETS: [(&str, &[&str]); 7] = [
+const VALUE_SETS: [(&str, &[&str]); 8] = [
     ("defaults", &[]),
     (
         "parallel-s3-secret",
@@ -107,10 +110,46 @@ const VALUE_SETS: [(&str, &[&str]); 7] = [
             "depset.volume.persistentVolumeClaim.readOnly=true",
         ],
     ),
+    // Issue 15, point 6: every value of a chart ready for production at once.
+    (
+        "production",
+        &[
+            "parallelCompilation.enabled=true",
+            "parallelCompilation.replicas=3",
+            "resources.requests.cpu=4",
+            "resources.requests.memory=12Gi",
+            "resources.requests.ephemeral-storage=4Gi",
+            "resources.limits.cpu=7500m",
+            "resources.limits.memory=24Gi",
+            "resources.limits.ephemeral-storage=20Gi",
+            "startupProbe.periodSeconds=15",
+            "startupProbe.failureThreshold=240",
+            "startupProbe.timeoutSeconds=3",
+            "podDisruptionBudget.minAvailable=2",
+            "podDisruptionBudget.unhealthyPodEvictionPolicy=IfHealthyBudget",
+            "metrics.serviceMonitor.enabled=true",
+            "metrics.serviceMonitor.interval=15s",
+            "metrics.serviceMonitor.scrapeTimeout=5s",
+            "metrics.serviceMonitor.labels.release=prometheus",
+            "metrics.grafanaDashboard.enabled=true",
+            "metrics.grafanaDashboard.labelKey=dashboards",
+            "metrics.grafanaDashboard.labelValue=kiln",
+            "metrics.grafanaDashboard.annotations.grafana_folder=Kiln",
+            "metrics.grafanaDashboard.namespace=monitoring",
+            "apiToken.protectMetrics=true",
+            "tls.enabled=true",
+            "tls.secretName=kiln-leader-tls",
+        ],
+    ),
 ];
 
+/// Kinds defined by CRDs (the Prometheus Operator's), which kubernetes-validate has no
+/// schema for: it warns and skips them, and the tests check their shape themselves.
+const CRD_KINDS: [&str; 1] = ["ServiceMonitor"];
+
 /// `helm lint` passes and every value set renders (1), and every rendered set passes
-/// `kubernetes-validate --strict` (2).
+/// `kubernetes-validate --strict` (2): every object of a built-in kind is validated,
+/// and only the CRD kinds are skipped.
 #[test]
 fn the_chart_lints_renders_and_validates() {
     let lint = Command::new(helm()).arg("lint").arg(chart()).output().unwrap();
@@ -119,10 +158,16 @@ fn the_chart_lints_renders_and_validates() {
     for (name, sets) in VALUE_SETS {
         let yaml = render(sets).unwrap_or_else(|e| panic!("{name} renders: {e}"));
         let file = dir.path().join(format!("{name}.yaml"));
-        std::fs::write(&file, yaml).unwrap();
+        std::fs::write(&file, &yaml).unwrap();
         let validate =
             Command::new("python3").args(["-m", "kubernetes_validate", "--strict"]).arg(&file).output().unwrap();
-        assert!(validate.status.success(), "{name} passes kubernetes-validate --strict: {}", text(&validate));
+        let output = text(&validate);
+        assert!(validate.status.success(), "{name} passes kubernetes-validate --strict: {output}");
+        let built_in = documents(&yaml).iter().filter(|d| !CRD_KINDS.iter().any(|kind| d["kind"] == *kind)).count();
+        assert_eq!(output.matches("passed for resource").count(), built_in, "{name}: each object validated: {output}");
+        for skipped in output.lines().filter(|line| line.contains("Couldn't find schema")) {
+            assert!(CRD_KINDS.iter().any(|kind| skipped.contains(&format!("kind {kind} "))), "{name}: {skipped}");
+        }
     }
 }
 
@@ -287,6 +332,184 @@ fn each_value_set_produces_what_it_says() {
     assert_eq!(env_value(sts, "KILN_WORKERS").unwrap()["value"], "1");
 }
 
+/// Whether every label of a selector's `matchLabels` (at least one) is among `labels`.
+fn selects(match_labels: &Value, labels: &Value) -> bool {
+    match_labels.as_object().is_some_and(|m| !m.is_empty() && m.iter().all(|(k, v)| labels[k.as_str()] == *v))
+}
+
+/// Issue 15, point 6: a chart ready for production. The defaults request resources
+/// sized for compiling, give the first start 30 minutes, and keep a
+/// PodDisruptionBudget; the ServiceMonitor and the dashboard come only when asked,
+/// and every value says what it asks.
+#[test]
+fn production_values_produce_what_they_say() {
+    let defaults = documents(&render(&[]).unwrap());
+    let sts = find(&defaults, "StatefulSet", "kiln-compiler-server");
+    let container = &sts["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(
+        container["resources"],
+        serde_json::json!({
+            "requests": {"cpu": "2", "memory": "4Gi", "ephemeral-storage": "2Gi"},
+            "limits": {"memory": "8Gi", "ephemeral-storage": "10Gi"}
+        }),
+        "sized for compiling, no CPU limit"
+    );
+    let startup = &container["startupProbe"];
+    assert_eq!(startup["httpGet"], container["livenessProbe"]["httpGet"], "the liveness probe's endpoint");
+    assert_eq!(startup["httpGet"]["path"], "/healthz");
+    let window = startup["periodSeconds"].as_u64().unwrap() * startup["failureThreshold"].as_u64().unwrap();
+    assert!(window >= 30 * 60, "a first start gets 30 minutes: {startup}");
+    let budget = find(&defaults, "PodDisruptionBudget", "kiln-compiler-server");
+    assert_eq!(budget["apiVersion"], "policy/v1");
+    assert_eq!(budget["spec"]["maxUnavailable"], 1);
+    assert!(budget["spec"].get("minAvailable").is_none(), "{budget}");
+    assert_eq!(budget["spec"]["selector"], sts["spec"]["selector"], "it covers the members");
+    assert!(selects(&budget["spec"]["selector"]["matchLabels"], &sts["spec"]["template"]["metadata"]["labels"]));
+    assert!(!defaults.iter().any(|d| d["kind"] == "ServiceMonitor"), "no ServiceMonitor unless asked");
+    assert!(!defaults.iter().any(|d| d["kind"] == "ConfigMap"), "no dashboard unless asked");
+
+    let production = documents(&render(VALUE_SETS[7].1).unwrap());
+    let sts = find(&production, "StatefulSet", "kiln-compiler-server");
+    let pod_labels = &sts["spec"]["template"]["metadata"]["labels"];
+    let container = &sts["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(
+        container["resources"],
+        serde_json::json!({
+            "requests": {"cpu": 4, "memory": "12Gi", "ephemeral-storage": "4Gi"},
+            "limits": {"cpu": "7500m", "memory": "24Gi", "ephemeral-storage": "20Gi"}
+        })
+    );
+    let startup = &container["startupProbe"];
+    assert_eq!(
+        (&startup["periodSeconds"], &startup["failureThreshold"], &startup["timeoutSeconds"]),
+        (&Value::from(15), &Value::from(240), &Value::from(3))
+    );
+    assert_eq!(startup["httpGet"]["scheme"], "HTTPS", "TLS reaches the startup probe too");
+
+    let budget = find(&production, "PodDisruptionBudget", "kiln-compiler-server");
+    assert_eq!(budget["spec"]["minAvailable"], 2, "minAvailable, when set, is used");
+    assert!(budget["spec"].get("maxUnavailable").is_none(), "not both: {budget}");
+    assert_eq!(budget["spec"]["unhealthyPodEvictionPolicy"], "IfHealthyBudget");
+    assert!(selects(&budget["spec"]["selector"]["matchLabels"], pod_labels), "{budget}");
+
+    // The ServiceMonitor scrapes /metrics through the Service of the leader, the only
+    // member that serves it, and not the headless Service of every member.
+    let monitor = find(&production, "ServiceMonitor", "kiln-compiler-server");
+    assert_eq!(monitor["apiVersion"], "monitoring.coreos.com/v1");
+    assert_eq!(monitor["metadata"]["labels"]["release"], "prometheus");
+    let selector = &monitor["spec"]["selector"]["matchLabels"];
+    let leader = find(&production, "Service", "kiln-leader");
+    assert!(selects(selector, &leader["metadata"]["labels"]), "{selector} selects {leader}");
+    let headless = find(&production, "Service", "kiln-compiler-server");
+    assert!(!selects(selector, &headless["metadata"]["labels"]), "{selector} must not select {headless}");
+    let endpoints = monitor["spec"]["endpoints"].as_array().unwrap();
+    assert_eq!(endpoints.len(), 1, "{monitor}");
+    let endpoint = &endpoints[0];
+    assert_eq!(endpoint["path"], "/metrics");
+    assert!(leader["spec"]["ports"].as_array().unwrap().iter().any(|p| p["name"] == endpoint["port"]), "{endpoint}");
+    assert_eq!((&endpoint["interval"], &endpoint["scrapeTimeout"]), (&Value::from("15s"), &Value::from("5s")));
+    assert_eq!(endpoint["scheme"], "https");
+    assert_eq!(endpoint["tlsConfig"]["serverName"], "kiln-leader.farm.svc", "the name the certificate holds");
+    assert_eq!(endpoint["tlsConfig"]["ca"]["secret"], serde_json::json!({"name": "kiln-leader-tls", "key": "ca.crt"}));
+    assert_eq!(
+        endpoint["authorization"],
+        serde_json::json!({"type": "Bearer", "credentials": {"name": "kiln-api-token", "key": "token"}}),
+        "a protected /metrics is scraped with the API token"
+    );
+
+    let dashboard_map = find(&production, "ConfigMap", "kiln-dashboard");
+    assert_eq!(dashboard_map["metadata"]["namespace"], "monitoring", "where the sidecar looks");
+    assert_eq!(dashboard_map["metadata"]["labels"]["dashboards"], "kiln");
+    assert_eq!(dashboard_map["metadata"]["annotations"]["grafana_folder"], "Kiln");
+    let shipped: Value = serde_json::from_str(dashboard_map["data"]["kiln.json"].as_str().unwrap()).unwrap();
+    assert_eq!(shipped, dashboard(), "the chart's dashboards/kiln.json, whole");
+
+    // Alone, without TLS or a protected /metrics: plain http, no credentials; and the
+    // sidecar's conventional label.
+    let plain =
+        documents(&render(&["metrics.serviceMonitor.enabled=true", "metrics.grafanaDashboard.enabled=true"]).unwrap());
+    let endpoint = &find(&plain, "ServiceMonitor", "kiln-compiler-server")["spec"]["endpoints"][0];
+    assert_eq!(endpoint["scheme"], "http");
+    assert!(endpoint.get("tlsConfig").is_none() && endpoint.get("authorization").is_none(), "{endpoint}");
+    let dashboard_map = find(&plain, "ConfigMap", "kiln-dashboard");
+    assert_eq!(dashboard_map["metadata"]["labels"]["grafana_dashboard"], "1");
+    assert!(dashboard_map["metadata"].get("namespace").is_none(), "the release's namespace");
+
+    let off = documents(&render(&["podDisruptionBudget.enabled=false", "startupProbe.enabled=false"]).unwrap());
+    assert!(!off.iter().any(|d| d["kind"] == "PodDisruptionBudget"));
+    let container = &find(&off, "StatefulSet", "kiln-compiler-server")["spec"]["template"]["spec"]["containers"][0];
+    assert!(container.get("startupProbe").is_none());
+}
+
+/// Issue 15, point 6: the dashboard parses, has its panels, queries through its
+/// Prometheus datasource variable, and uses only metrics the leader exports.
+#[test]
+fn the_dashboard_has_its_panels_and_uses_only_exported_metrics() {
+    let json = dashboard();
+    assert_eq!(json["uid"], "kiln");
+    let variables = json["templating"]["list"].as_array().unwrap();
+    let datasource = variables.iter().find(|v| v["name"] == "datasource").expect("a datasource variable");
+    assert_eq!((&datasource["type"], &datasource["query"]), (&Value::from("datasource"), &Value::from("prometheus")));
+
+    let panels = dashboard_panels(&json);
+    let titles: BTreeSet<&str> = panels.iter().filter_map(|p| p["title"].as_str()).collect();
+    for title in [
+        "Builds finished by status",
+        "Pipelines by status",
+        "Build duration",
+        "Upload duration",
+        "Queue depth per ordinal",
+        "Cache hit rate by count",
+        "Cache hit rate by time",
+        "Member health",
+        "Disk use per member",
+        "Leader data volume use",
+        "Build progress of builds in flight",
+    ] {
+        assert!(titles.contains(title), "no panel {title:?} in {titles:?}");
+    }
+    for panel in panels.iter().filter(|p| p["type"] != "row") {
+        let targets = panel["targets"].as_array().unwrap_or_else(|| panic!("{} has no targets", panel["title"]));
+        assert!(!targets.is_empty(), "{}", panel["title"]);
+        for target in targets {
+            assert_eq!(target["datasource"]["uid"], "${datasource}", "{}", panel["title"]);
+            assert!(target["expr"].as_str().is_some_and(|e| e.contains("kiln_")), "{}: {target}", panel["title"]);
+        }
+    }
+
+    // That each of these is in a real scrape is checked by the cache test, on a farm
+    // that built something (`kiln/tests/cache.rs`).
+    let names = dashboard_metric_names(&json);
+    for used in [
+        "kiln_builds_finished_total",
+        "kiln_build_duration_seconds_bucket",
+        "kiln_upload_duration_seconds_bucket",
+        "kiln_queue_depth",
+        "kiln_cache_hits_total",
+        "kiln_cache_misses_total",
+        "kiln_cache_hit_read_seconds_total",
+        "kiln_cache_miss_compile_seconds_total",
+        "kiln_member_healthy",
+        "kiln_disk_used_percent",
+        "kiln_leader_data_disk_used_percent",
+        "kiln_build_crates_done",
+        "kiln_build_crates_total",
+    ] {
+        assert!(names.contains(used), "the dashboard shows {used}: {names:?}");
+    }
+
+    // The helper itself: nested rows, templating, and no name taken from inside a word.
+    let sample = serde_json::json!({
+        "panels": [
+            {"type": "row", "panels": [{"targets": [{"expr": "sum(rate(kiln_a_total[5m])) / xkiln_b + kiln_"}]}]},
+            {"targets": [{"expr": "histogram_quantile(0.9, kiln_c_seconds_bucket{job=~\"$job\"})"}]}
+        ],
+        "templating": {"list": [{"query": {"query": "label_values(kiln_d, job)"}}, {"query": "kiln_e"}]}
+    });
+    let expected = ["kiln_a_total", "kiln_c_seconds_bucket", "kiln_d", "kiln_e"].map(String::from);
+    assert_eq!(dashboard_metric_names(&sample), BTreeSet::from(expected));
+}
+
 /// 4. Wrong values are refused by the schema, with the value named.
 #[test]
 fn wrong_values_are_refused_by_the_schema() {
@@ -297,6 +520,12 @@ fn wrong_values_are_refused_by_the_schema() {
         (&["parallelCompilation.sccache.s3.useSSL=maybe"][..], "useSSL"),
         (&["tls.enabled=true"][..], "secretName"),
         (&["depset.path=relative/set"][..], "path"),
+        (&["resources.requests.memory=lots"][..], "memory"),
+        (&["resources.request.cpu=2"][..], "request"),
+        (&["startupProbe.failureThreshold=0"][..], "failureThreshold"),
+        (&["podDisruptionBudget.maxUnavailable=most"][..], "maxUnavailable"),
+        (&["metrics.serviceMonitor.interval=often"][..], "interval"),
+        (&["metrics.grafanaDashboard.labelValue=not/a/label"][..], "labelValue"),
     ] {
         let error = render(sets).expect_err(&format!("{sets:?} is refused"));
         assert!(error.contains("schema") && error.contains(expected), "{sets:?}: {error}");

@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod dashboard;
+
 use std::ffi::OsString;
 use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};
