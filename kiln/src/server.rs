@@ -445,6 +445,7 @@ impl MemberConfig {
                     profile: args.profile.clone(),
                     depset: facts.depset.fingerprint().to_owned(),
                 },
+                serves_tls: args.tls.server().is_some(),
             };
             (config, args.listen)
         });

@@ -94,13 +94,9 @@ async fn what_one_worker_compiled_is_a_hit_for_the_others_and_for_ci() {
         .unwrap();
     assert_eq!(again["cache"]["misses"], 0, "every cacheable crate hit after the wipe: {again}\n{again_log}");
 
-    // 3. A CI job: the farm's environment, the farm's layout, a plain cargo build.
-    let ci_env = Command::new(KILN)
-        .arg("ci-env")
-        .args(s3.flags(S3_BUCKET, S3_SECRET_KEY))
-        .arg(format!("--build-root={}", shared_build_root().display()))
-        .output()
-        .unwrap();
+    // 3. A CI job: the farm's environment, asked of the farm itself (issue 15), the
+    // farm's layout, a plain cargo build.
+    let ci_env = Command::new(KILN).arg("ci-env").arg(format!("--leader={}", farm.url())).output().unwrap();
     assert!(ci_env.status.success(), "{}", text(&ci_env));
     let exports = String::from_utf8(ci_env.stdout).unwrap();
     assert!(!exports.contains(S3_SECRET_KEY), "ci-env never prints a secret");
@@ -111,7 +107,25 @@ async fn what_one_worker_compiled_is_a_hit_for_the_others_and_for_ci() {
         .map(|(k, v)| (k.to_owned(), v.trim_matches('\'').to_owned()))
         .collect();
     assert_eq!(env["RUSTC_WRAPPER"], "sccache");
-    assert_eq!(env["SCCACHE_BUCKET"], S3_BUCKET);
+    assert_eq!(env["SCCACHE_BUCKET"], S3_BUCKET, "the farm's bucket");
+    assert!(env["SCCACHE_ENDPOINT"].contains(&s3.endpoint()), "the farm's endpoint: {exports}");
+    assert_eq!(env["KILN_BUILD_ROOT"], shared_build_root().display().to_string(), "the farm's build root");
+    assert_eq!(env["KILN_BUILD_PROFILE"], "dev", "the farm's profile");
+    let (_, settings) = farm.get_json("/v0/cache-settings").await;
+    assert_eq!(env["KILN_DEPSET_FINGERPRINT"], settings["depset"].as_str().unwrap(), "the farm's dependency set");
+    // The local flags still win.
+    let overridden = Command::new(KILN)
+        .args(["ci-env", &format!("--leader={}", farm.url()), "--profile=release", "--sccache-key-prefix=ci-only"])
+        .output()
+        .unwrap();
+    let overridden = String::from_utf8(overridden.stdout).unwrap();
+    assert!(overridden.contains("export KILN_BUILD_PROFILE='release'"), "{overridden}");
+    assert!(overridden.contains("ci-only"), "{overridden}");
+    // A leader that is not there: a clear error, not a half environment.
+    let nowhere =
+        Command::new(KILN).args(["ci-env", &format!("--leader=http://127.0.0.1:{}", free_port())]).output().unwrap();
+    assert!(!nowhere.status.success() && nowhere.stdout.is_empty(), "{}", text(&nowhere));
+    assert!(text(&nowhere).contains("asking the farm at"), "{}", text(&nowhere));
     env.insert("RUSTC_WRAPPER".into(), common::sccache().display().to_string());
     env.insert("SCCACHE_SERVER_PORT".into(), free_port().to_string());
     env.insert("AWS_ACCESS_KEY_ID".into(), S3_ACCESS_KEY.into());
@@ -119,8 +133,8 @@ async fn what_one_worker_compiled_is_a_hit_for_the_others_and_for_ci() {
     let ci_root = farm.dir.path().join("ci-build");
     let script = format!(
         "set -e; mount --make-rprivate /; mkdir -p {src} {root}; mount --bind {src} {root}; \
-         {kiln} layout {program} --build-root {root} --profile dev; cd {root}; \
-         cargo build --offline --profile dev -p kiln-depset -p hello; {sccache} --show-stats --stats-format=json > {src}/stats.json; {sccache} --stop-server",
+         {kiln} layout {program}; cd {root}; \
+         cargo build --offline --profile \"$KILN_BUILD_PROFILE\" -p kiln-depset -p hello; {sccache} --show-stats --stats-format=json > {src}/stats.json; {sccache} --stop-server",
         src = ci_root.display(),
         root = shared_build_root().display(),
         kiln = KILN,
@@ -141,6 +155,14 @@ async fn what_one_worker_compiled_is_a_hit_for_the_others_and_for_ci() {
     let hits: u64 =
         stats["stats"]["cache_hits"]["counts"].as_object().unwrap().values().filter_map(|v| v.as_u64()).sum();
     assert!(hits >= 1, "the CI build hit what the farm stored: {stats}");
+
+    // Issue 15, shown 5: every metric the chart's Grafana dashboard queries is in a
+    // real scrape of this farm, which built with a shared cache.
+    let exposition = farm.http.get(format!("{}/metrics", farm.url())).send().await.unwrap().text().await.unwrap();
+    let scraped = common::dashboard::scraped_metric_names(&exposition);
+    let wanted = common::dashboard::dashboard_metric_names(&common::dashboard::dashboard());
+    let missing: Vec<&String> = wanted.iter().filter(|name| !scraped.contains(*name)).collect();
+    assert!(missing.is_empty(), "the dashboard queries metrics /metrics does not have: {missing:?}\n{exposition}");
 }
 
 /// 4. A bad bucket, bad credentials, an unreachable endpoint: a clear startup error

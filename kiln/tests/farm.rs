@@ -119,6 +119,48 @@ async fn a_local_farm_builds_every_example_on_its_ordinal() {
     assert!(stopped.success(), "kiln up stops cleanly on SIGTERM: {stopped}");
     let left = processes_mentioning(data_dir.to_str().unwrap());
     assert!(left.is_empty(), "no member process is left behind: {left:?}");
+
+    // Issue 15: a quiet terminal (here a pipe): the URLs and a line per member, no
+    // member log line; the members' logs are in their files.
+    let said = up.output();
+    assert!(said.contains(&format!("leader at http://127.0.0.1:{port}")), "the leader's URL: {said}");
+    assert!(said.contains(&format!("status page at http://127.0.0.1:{port}/")), "the page's URL: {said}");
+    for n in 0..3 {
+        assert!(said.contains(&format!("kiln up: member-{n} ready")), "member-{n}'s ready line: {said}");
+        let log = std::fs::read_to_string(data_dir.join(format!("logs/member-{n}.log"))).unwrap();
+        assert!(log.contains("INFO"), "member-{n}'s log is in its file");
+    }
+    let member_lines: Vec<&str> =
+        said.lines().filter(|l| l.starts_with("member-") || l.contains(" INFO ") || l.contains("\"level\"")).collect();
+    assert!(member_lines.is_empty(), "no member log line on the terminal: {member_lines:#?}");
+}
+
+/// Issue 15, point 4: a member that fails the same way before it was ever ready
+/// stops `kiln up` with its error and a non-zero exit, rather than a restart loop.
+#[tokio::test(flavor = "multi_thread")]
+async fn kiln_up_gives_up_on_a_crash_loop() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join(".kiln");
+    let up_args: Vec<String> = vec![
+        "up".into(),
+        "--workers=2".into(),
+        format!("--data-dir={}", data_dir.display()),
+        format!("--port={}", free_port()),
+        "--profile=dev".into(),
+        format!("--depset-cache={}", common::depset_cache().display()),
+        "--".into(),
+        "--sccache=off".into(),
+        "--depset=/nonexistent/depset.toml".into(),
+    ];
+    let mut up = spawn_kiln("kiln-up", dir.path(), &up_args);
+    let status = up.wait_exit(Duration::from_secs(120)).expect("kiln up gives up by itself");
+    assert!(!status.success(), "and exits non-zero: {status}");
+    let said = up.output();
+    assert!(said.contains("times in a row before it was ever ready"), "it says why it stopped: {said}");
+    assert!(said.contains("/nonexistent/depset.toml"), "with the member's own error: {said}");
+    assert!(said.contains("logs/member-"), "and where its whole log is: {said}");
+    let left = processes_mentioning(data_dir.to_str().unwrap());
+    assert!(left.is_empty(), "no member process is left behind: {left:?}");
 }
 
 /// 2. A compile error ends `compile_error` with rustc's message; a bad program is

@@ -23,6 +23,9 @@ pub enum ApiError {
     Conflict(String),
     #[error("{0}")]
     Unauthorized(String),
+    /// Signed in, but this request may not do this (a form from another site).
+    #[error("{0}")]
+    Forbidden(String),
     #[error("{0}")]
     Artifact(#[from] ArtifactError),
     /// Not now, but soon: a binary that failed its hash is being built again.
@@ -62,6 +65,7 @@ impl ApiError {
             ApiError::NotFound(_) => "not_found",
             ApiError::Conflict(_) => "conflict",
             ApiError::Unauthorized(_) => "unauthorized",
+            ApiError::Forbidden(_) => "forbidden",
             ApiError::Artifact(ArtifactError::DiskFull) => "disk_full",
             ApiError::Artifact(_) => "artifact",
             ApiError::BeingRebuilt(_) => "being_rebuilt",
@@ -77,6 +81,7 @@ impl ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::Artifact(error) => match error {
                 ArtifactError::InvalidSha(_) => StatusCode::BAD_REQUEST,
                 ArtifactError::Mismatch { .. } | ArtifactError::SizeMismatch { .. } => StatusCode::UNPROCESSABLE_ENTITY,
@@ -96,6 +101,7 @@ impl ApiError {
             ApiError::NotFound(_) => tonic::Code::NotFound,
             ApiError::Conflict(_) => tonic::Code::FailedPrecondition,
             ApiError::Unauthorized(_) => tonic::Code::Unauthenticated,
+            ApiError::Forbidden(_) => tonic::Code::PermissionDenied,
             ApiError::Artifact(error) => match error {
                 ArtifactError::InvalidSha(_) | ArtifactError::TooLarge { .. } => tonic::Code::InvalidArgument,
                 ArtifactError::Mismatch { .. } | ArtifactError::SizeMismatch { .. } => tonic::Code::DataLoss,
@@ -153,6 +159,7 @@ mod tests {
             (ApiError::NotFound("no artifact: upload it first".into()), Disposition::Transient),
             (ApiError::Conflict("stale claim".into()), Disposition::Stale),
             (ApiError::Unauthorized("token".into()), Disposition::Permanent),
+            (ApiError::Forbidden("form".into()), Disposition::Permanent),
             (
                 ApiError::Artifact(ArtifactError::InvalidSha(kiln_core::digest::InvalidDigest("x".into()))),
                 Disposition::Permanent,
@@ -182,6 +189,7 @@ mod tests {
                 | ApiError::NotFound(_)
                 | ApiError::Conflict(_)
                 | ApiError::Unauthorized(_)
+                | ApiError::Forbidden(_)
                 | ApiError::Unavailable(_)
                 | ApiError::BeingRebuilt(_)
                 | ApiError::DiskFull(_)

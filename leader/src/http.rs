@@ -19,6 +19,7 @@ use kiln_core::program::{MAX_PROGRAM_BYTES, ProgramFile};
 use crate::catalog::{DEFAULT_PAGE, MAX_PAGE, PageQuery};
 use crate::error::ApiError;
 use crate::grpc::{ClusterService, check_token};
+use crate::page;
 use crate::service::LeaderState;
 
 /// The whole router: HTTP API and gRPC service.
@@ -40,7 +41,21 @@ pub fn router(state: Arc<LeaderState>) -> Router {
         .layer(DefaultBodyLimit::max((MAX_PROGRAM_BYTES as usize) * 3 / 2 + 64 * 1024))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_api_token));
 
+    // The status page checks the token (or its session) itself: an unsigned
+    // visitor gets the sign-in form rather than a JSON error.
+    let ui = Router::new()
+        .route("/", get(page::farm))
+        .route("/ui/live/farm", get(page::farm_live))
+        .route("/ui/pipelines/{key}", get(page::pipeline))
+        .route("/ui/live/pipelines/{key}", get(page::pipeline_live))
+        .route("/ui/pipelines/{key}/cancel", axum::routing::post(page::cancel))
+        .route("/ui/login", axum::routing::post(page::login))
+        .route("/ui/logout", axum::routing::post(page::logout))
+        .route("/ui/app.css", get(page::css))
+        .route("/ui/app.js", get(page::js));
+
     Router::new()
+        .merge(ui)
         .route("/healthz", get(healthz))
         .route("/cluster_healthz", get(cluster_healthz))
         .route("/metrics", get(metrics))
@@ -52,6 +67,11 @@ pub fn router(state: Arc<LeaderState>) -> Router {
 /// Whether the request carries the API token (always, when the API is open).
 fn authorized(state: &LeaderState, headers: &HeaderMap) -> bool {
     let Some(expected) = &state.config.api_token else { return true };
+    bearer_matches(headers, expected)
+}
+
+/// Whether `headers` carry `Authorization: Bearer <expected>`.
+pub(crate) fn bearer_matches(headers: &HeaderMap, expected: &str) -> bool {
     let presented =
         headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
     presented.is_some_and(|presented| kiln_core::digest::same_secret(presented, expected))
@@ -73,7 +93,11 @@ async fn require_api_token(
     request: axum::extract::Request,
     next: Next,
 ) -> Response {
-    if !authorized(&state, &headers) {
+    // The page's session cookie reads (the page links to logs and binaries); only
+    // the token itself changes anything, so another site cannot submit or delete
+    // through a signed-in browser.
+    let reads = request.method() == axum::http::Method::GET || request.method() == axum::http::Method::HEAD;
+    if !authorized(&state, &headers) && !(reads && page::signed_in(&state, &headers)) {
         return unauthorized();
     }
     next.run(request).await
@@ -172,7 +196,7 @@ impl ListQuery {
 }
 
 /// Percent-encodes everything but unreserved characters, for a query value.
-fn query_value(value: &str) -> String {
+pub(crate) fn query_value(value: &str) -> String {
     value
         .bytes()
         .map(|b| match b {

@@ -13,6 +13,7 @@ pub mod grpc;
 pub mod health;
 pub mod http;
 pub mod metrics;
+pub mod page;
 pub mod records;
 pub mod rules;
 pub mod service;

@@ -52,6 +52,8 @@ pub struct LeaderConfig {
     pub watermarks: kiln_core::disk::Watermarks,
     /// What a CI job needs to share the farm's cache (`GET /v0/cache-settings`).
     pub cache_settings: kiln_core::api::CacheSettings,
+    /// The leader answers over TLS: the page's session cookie is then `Secure`.
+    pub serves_tls: bool,
 }
 
 #[derive(Debug)]
