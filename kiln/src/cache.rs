@@ -153,16 +153,17 @@ impl CacheArgs {
 pub struct CiEnvArgs {
     #[command(flatten)]
     pub cache: CacheArgs,
-    /// The farm's build root (the same absolute path as on the workers).
-    #[arg(long, env = "KILN_BUILD_ROOT", default_value = DEFAULT_BUILD_ROOT)]
-    pub build_root: PathBuf,
+    /// The farm's build root (the same absolute path as on the workers); from the
+    /// farm with --leader, else /var/lib/kiln/build.
+    #[arg(long, env = "KILN_BUILD_ROOT")]
+    pub build_root: Option<PathBuf>,
     /// The farm's dependency set (`--depset` of its members), whose fingerprint the
     /// job's build must match; the built-in one without it.
     #[arg(long, env = "KILN_DEPSET")]
     pub depset: Option<PathBuf>,
     /// Ask this farm's leader for its settings (bucket, region, endpoint, key
     /// prefix, SSL and SSE, build root, profile, dependency set); flags given here
-    /// (any value other than the default) still override them.
+    /// still override them (region and key prefix when not at their defaults).
     #[arg(long = "leader", env = "KILN_CI_LEADER")]
     pub leader: Option<String>,
     /// The API token for --leader (or KILN_API_TOKEN; `kiln up`'s own is found by itself).
@@ -172,9 +173,9 @@ pub struct CiEnvArgs {
     pub api_token_file: Option<PathBuf>,
     #[arg(long, env = "KILN_TLS_CA")]
     pub tls_ca: Option<PathBuf>,
-    /// The cargo profile (from the farm with --leader).
-    #[arg(long, env = "KILN_BUILD_PROFILE", default_value = DEFAULT_PROFILE)]
-    pub profile: String,
+    /// The cargo profile; from the farm with --leader, else release.
+    #[arg(long, env = "KILN_BUILD_PROFILE")]
+    pub profile: Option<String>,
 }
 
 const DEFAULT_REGION: &str = "us-east-1";
@@ -183,8 +184,9 @@ const DEFAULT_BUILD_ROOT: &str = "/var/lib/kiln/build";
 const DEFAULT_PROFILE: &str = "release";
 
 impl CiEnvArgs {
-    /// The farm's settings with this command's own on top: a flag left at its
-    /// default takes the farm's value, any other value wins.
+    /// The farm's settings with this command's own on top: a flag given wins. The
+    /// cache flags shared with other commands have defaults, so a region or key
+    /// prefix wins only when it differs from its default.
     fn over(&self, farm: kiln_core::api::CacheSettings) -> (CacheArgs, PathBuf, String) {
         let mine = &self.cache;
         let cache = CacheArgs {
@@ -197,12 +199,8 @@ impl CiEnvArgs {
             credentials_dir: mine.credentials_dir.clone(),
             read_only: mine.read_only,
         };
-        let build_root = if self.build_root != Path::new(DEFAULT_BUILD_ROOT) {
-            self.build_root.clone()
-        } else {
-            PathBuf::from(farm.build_root)
-        };
-        let profile = if self.profile != DEFAULT_PROFILE { self.profile.clone() } else { farm.profile };
+        let build_root = self.build_root.clone().unwrap_or_else(|| PathBuf::from(farm.build_root));
+        let profile = self.profile.clone().unwrap_or(farm.profile);
         (cache, build_root, profile)
     }
 }
@@ -235,7 +233,13 @@ pub async fn ci_env(args: CiEnvArgs) -> anyhow::Result<ExitCode> {
         }
         None => {
             let fingerprint = crate::load_depset(args.depset.as_deref())?.fingerprint().to_owned();
-            (args.cache.clone(), args.build_root.clone(), args.profile.clone(), fingerprint, "flags".to_owned())
+            (
+                args.cache.clone(),
+                args.build_root.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_BUILD_ROOT)),
+                args.profile.clone().unwrap_or_else(|| DEFAULT_PROFILE.to_owned()),
+                fingerprint,
+                "flags".to_owned(),
+            )
         }
     };
     let Some(bucket) = &cache.bucket else {
