@@ -132,8 +132,7 @@ async fn a_local_farm_builds_every_example_on_its_ordinal() {
         assert!(log.contains("INFO"), "member-{n}'s log is in its file");
         logged.extend(log.lines().filter(|l| !l.trim().is_empty()).map(str::to_owned));
     }
-    let member_lines: Vec<&str> =
-        said.lines().filter(|l| l.starts_with("member-") || logged.contains(*l)).collect();
+    let member_lines: Vec<&str> = said.lines().filter(|l| l.starts_with("member-") || logged.contains(*l)).collect();
     assert!(member_lines.is_empty(), "no member log line on the terminal: {member_lines:#?}");
 }
 
