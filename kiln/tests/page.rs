@@ -220,6 +220,20 @@ async fn the_status_page_shows_the_farm_live_and_only_to_token_holders() {
     assert_eq!(write.status(), 401, "the session reads; only the token changes anything");
     let read = http.get(format!("{url}/v0/pipelines/hello/log")).header("cookie", &session).send().await.unwrap();
     assert_eq!(read.status(), 200, "the page's links to logs work with the session");
+    // Hostile filters and keys: shown as text, or refused in words.
+    let filtered = http
+        .get(format!("{url}/?name=%3Cscript%3Ealert(1)%3C%2Fscript%3E&status=%22%3E%3Cb%3E"))
+        .bearer_auth(API_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(filtered.status(), 200);
+    let body = filtered.text().await.unwrap();
+    assert!(!body.contains("<script>alert") && body.contains("&lt;script&gt;alert(1)"), "escaped: {body}");
+    let missing = http.get(format!("{url}/ui/pipelines/%3Cscript%3E")).bearer_auth(API_TOKEN).send().await.unwrap();
+    assert_eq!(missing.status(), 404);
+    let said = missing.text().await.unwrap();
+    assert!(!said.contains("<script>") && said.contains("&lt;script&gt;"), "the key is named, as text: {said}");
     let still = leader(&farm).pipeline("hello").await;
     assert_eq!(still.status, Status::Success, "nothing was lost: {still:?}");
 }

@@ -204,14 +204,25 @@ pub async fn farm(
     if !signed_in(&state, &headers) {
         return login_page(None);
     }
-    match farm_part(&state, &filters).await {
-        Ok(live) => {
-            let body = html! {
-                main #live data-src={ "/ui/live/farm" (filters.query()) } aria-live="polite" { (live) }
-            };
-            respond(StatusCode::OK, page("Farm", session_cookie(&headers).is_some(), body))
+    let part = farm_part(&state, &filters).await.map(|live| ("Farm".to_owned(), live));
+    answer(&headers, part, Some(format!("/ui/live/farm{}", filters.query())))
+}
+
+/// The whole page around a live part (`src`: the live part's own address), or,
+/// without `src`, the live part alone (what the page's script fetches).
+fn answer(headers: &HeaderMap, part: Result<(String, Markup), ApiError>, src: Option<String>) -> Response {
+    match (part, src) {
+        (Err(e), None) => e.into_response(),
+        // For a person, in words on a page (escaped like everything else).
+        (Err(e), Some(_)) => {
+            let body = html! { main { p.error role="alert" { (e) } p { a href="/" { "Back to the farm" } } } };
+            respond(e.http_status(), page("Not shown", session_cookie(headers).is_some(), body))
         }
-        Err(e) => e.into_response(),
+        (Ok((_, live)), None) => respond(StatusCode::OK, live),
+        (Ok((title, live)), Some(src)) => {
+            let body = html! { main #live data-src=(src) aria-live="polite" { (live) } };
+            respond(StatusCode::OK, page(&title, session_cookie(headers).is_some(), body))
+        }
     }
 }
 
@@ -224,10 +235,7 @@ pub async fn farm_live(
     if !signed_in(&state, &headers) {
         return StatusCode::UNAUTHORIZED.into_response();
     }
-    match farm_part(&state, &filters).await {
-        Ok(live) => respond(StatusCode::OK, live),
-        Err(e) => e.into_response(),
-    }
+    answer(&headers, farm_part(&state, &filters).await.map(|live| (String::new(), live)), None)
 }
 
 async fn farm_part(state: &LeaderState, filters: &Filters) -> Result<Markup, ApiError> {
@@ -388,15 +396,7 @@ pub async fn pipeline(State(state): State<Arc<LeaderState>>, headers: HeaderMap,
         return login_page(None);
     }
     let form = form_token(state.config.api_token.as_deref().unwrap_or(""));
-    match pipeline_part(&state, &key, &form).await {
-        Ok((name, live)) => {
-            let body = html! {
-                main #live data-src={ "/ui/live/pipelines/" (key_path(&key)) } aria-live="polite" { (live) }
-            };
-            respond(StatusCode::OK, page(&name, session_cookie(&headers).is_some(), body))
-        }
-        Err(e) => e.into_response(),
-    }
+    answer(&headers, pipeline_part(&state, &key, &form).await, Some(format!("/ui/live/pipelines/{}", key_path(&key))))
 }
 
 /// `GET /ui/live/pipelines/{key}`: the live part of a pipeline's page.
@@ -409,10 +409,7 @@ pub async fn pipeline_live(
         return StatusCode::UNAUTHORIZED.into_response();
     }
     let form = form_token(state.config.api_token.as_deref().unwrap_or(""));
-    match pipeline_part(&state, &key, &form).await {
-        Ok((_, live)) => respond(StatusCode::OK, live),
-        Err(e) => e.into_response(),
-    }
+    answer(&headers, pipeline_part(&state, &key, &form).await, None)
 }
 
 /// A key as a path segment: ids and pipeline names are plain, anything else is
