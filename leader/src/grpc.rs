@@ -81,14 +81,9 @@ impl ClusterService {
                 0.0
             },
             disk_critical: crate::health::bounded_text(request.disk_critical),
-            // Shown as given, so bounded: never more done than to build.
             building: request.current.map(|claim| {
                 let progress = request.progress.unwrap_or_default();
-                let crates_total = progress.crates_total;
-                (
-                    ClaimKey::from(claim),
-                    kiln_core::api::Progress { crates_done: progress.crates_done.min(crates_total), crates_total },
-                )
+                (ClaimKey::from(claim), crate::health::bounded_progress(progress.crates_done, progress.crates_total))
             }),
         };
         let current = request.current.map(ClaimKey::from);

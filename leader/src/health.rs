@@ -243,6 +243,12 @@ pub fn cluster_health(
 /// The most of a member's own words (its disk state) that health shows.
 pub const MAX_MEMBER_TEXT: usize = 512;
 
+/// A member's build progress as shown: as given, except never more done than to
+/// build (a hostile or confused member cannot show 7/5 or overflow a bar).
+pub fn bounded_progress(crates_done: u32, crates_total: u32) -> Progress {
+    Progress { crates_done: crates_done.min(crates_total), crates_total }
+}
+
 /// `text` cut to [`MAX_MEMBER_TEXT`] bytes on a character boundary.
 pub fn bounded_text(mut text: String) -> String {
     if text.len() > MAX_MEMBER_TEXT {
@@ -287,6 +293,13 @@ mod tests {
         let long = bounded_text("é".repeat(10_000));
         assert!(long.len() <= MAX_MEMBER_TEXT + 6 && long.ends_with("[...]"), "{}", long.len());
         assert_eq!(bounded_text("full".into()), "full");
+        let hostile = bounded_progress(u32::MAX, 5);
+        assert_eq!((hostile.crates_done, hostile.crates_total), (5, 5));
+        assert_eq!(hostile.percent(), 100);
+        let nothing = bounded_progress(3, 0);
+        assert_eq!((nothing.crates_done, nothing.percent()), (0, 0), "no division by zero");
+        let honest = bounded_progress(2, 5);
+        assert_eq!((honest.crates_done, honest.crates_total), (2, 5));
     }
 
     #[test]
