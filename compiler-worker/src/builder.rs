@@ -480,14 +480,50 @@ fn write_workspace(root: &Path, members: &[String], set: &DepSet) -> std::io::Re
     write_if_changed(&root.join("Cargo.lock"), set.lockfile())
 }
 
-/// The identity of a prebuilt dependency set: the set, the profile, the compiler and,
-/// for a vendored set, the build root.
-async fn depset_key(settings: &BuildSettings) -> anyhow::Result<String> {
+/// `rustc -vV` as builds see it: the compiler's version, commit, host target and LLVM.
+async fn rustc_version() -> anyhow::Result<Vec<u8>> {
     let rustc = clean_command("rustc")
         .arg("-vV")
         .output()
         .await
         .context("running `rustc -vV`: is the Rust toolchain on PATH?")?;
+    if !rustc.status.success() {
+        bail!("`rustc -vV` failed ({}): {}", rustc.status, String::from_utf8_lossy(&rustc.stderr).trim());
+    }
+    Ok(rustc.stdout)
+}
+
+/// What decides a binary besides its source and its dependency set, as one
+/// SHA-256 (64 hex digits): the compiler (`rustc -vV`, which names the target),
+/// the profile, the build root and cargo's home (paths end up in the binary, in
+/// panic messages and debug information), and the environment cargo runs with.
+/// Members that agree on it build the same bytes from the same program; it keys
+/// the leader's binary cache (ARCHITECTURE.md, "Reproducible builds").
+pub async fn settings_fingerprint(settings: &BuildSettings) -> anyhow::Result<String> {
+    let rustc = rustc_version().await?;
+    let cargo_home = std::env::var_os("CARGO_HOME")
+        .or_else(|| std::env::var_os("HOME").map(|home| Path::new(&home).join(".cargo").into_os_string()))
+        .unwrap_or_default();
+    let environment: String = FARM_CARGO_ENV.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
+    let mut hasher = Sha256::new();
+    let parts: [&[u8]; 5] = [
+        &rustc,
+        settings.profile.as_bytes(),
+        settings.build_root.as_os_str().as_encoded_bytes(),
+        cargo_home.as_encoded_bytes(),
+        environment.as_bytes(),
+    ];
+    for part in parts {
+        hasher.update((part.len() as u64).to_le_bytes());
+        hasher.update(part);
+    }
+    Ok(hex::encode(hasher.finalize()))
+}
+
+/// The identity of a prebuilt dependency set: the set, the profile, the compiler and,
+/// for a vendored set, the build root.
+async fn depset_key(settings: &BuildSettings) -> anyhow::Result<String> {
+    let rustc = rustc_version().await?;
     let mut hasher = Sha256::new();
     // The fingerprint covers every file of the set written into a build root. A
     // vendored set's sources sit inside the build root, and cargo fingerprints
@@ -498,7 +534,7 @@ async fn depset_key(settings: &BuildSettings) -> anyhow::Result<String> {
         Origin::Embedded => Vec::new(),
         Origin::Directory(_) => settings.build_root.as_os_str().as_encoded_bytes().to_vec(),
     };
-    let parts = [settings.depset.fingerprint().as_bytes(), settings.profile.as_bytes(), &rustc.stdout, &at];
+    let parts = [settings.depset.fingerprint().as_bytes(), settings.profile.as_bytes(), &rustc, &at];
     for part in parts {
         hasher.update((part.len() as u64).to_le_bytes());
         hasher.update(part);
@@ -918,6 +954,7 @@ pub async fn build(
         None => cargo_command(settings, wrapper),
     };
     let mut child = command.args(args).spawn().context("starting cargo: is it on PATH?")?;
+    let spawned = started.elapsed();
     let collected =
         Arc::new(Mutex::new(Collected { log: CappedLog::new(settings.max_log_bytes), ..Collected::default() }));
     let readers = read_output(&mut child, &collected, binary_manifest, progress.clone());
@@ -931,9 +968,13 @@ pub async fn build(
     let _ = tokio::time::timeout(Duration::from_secs(10), futures::future::join_all(readers)).await;
     let collected = std::mem::take(&mut *collected.lock().unwrap_or_else(|p| p.into_inner()));
     let elapsed = started.elapsed();
-    tracing::debug!(
+    // Where a build's fixed cost goes (benches/RESULTS.md, comparison 1): laying
+    // the crates out, making the sandbox (target/ renewed, the lock file copied),
+    // and cargo itself.
+    tracing::info!(
         layout_ms = laid_out.as_millis() as u64,
-        cargo_ms = (elapsed - laid_out).as_millis() as u64,
+        setup_ms = (spawned - laid_out).as_millis() as u64,
+        cargo_ms = (elapsed - spawned).as_millis() as u64,
         "cargo finished"
     );
     outcome(status, collected, elapsed, &binary.package, &settings.limits)

@@ -22,9 +22,19 @@
 //! Objects live in the configured store: the S3 bucket, or for a local store the
 //! directory `<sccache-dir>/gateway/`, written through a temporary file and a
 //! rename so that members sharing the directory never see half an object.
+//!
+//! **What a hit saved.** The gateway sees each compilation of a miss from both
+//! ends: the build's server asks for the entry and is told it does not exist
+//! (the compile starts), then stores it (the compile has ended). It stores that
+//! interval with the entry (S3 user metadata `kiln-compile-ms`; for a local store,
+//! a file of the same key under `<sccache-dir>/gateway-costs/`, outside what
+//! builds can name), so any worker that later reads the entry as a hit knows the
+//! compile time it saved. [`Gateway::take_savings`] gives one build's sum.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use anyhow::Context;
 use axum::body::{Body, Bytes};
@@ -50,10 +60,27 @@ const MAX_CONCURRENT: usize = 4;
 /// The bucket name a sandbox's sccache uses for a local store.
 const LOCAL_BUCKET: &str = "kiln-local-cache";
 
+/// The user metadata (S3) under which an entry's compile cost is stored.
+const COST_METADATA: &str = "kiln-compile-ms";
+
+/// The most misses whose compile start is remembered at once: a build that asks
+/// for endless keys it never stores costs the worker a bounded map.
+const MAX_MISSES_REMEMBERED: usize = 100_000;
+
+/// The longest compile a cost may record (a build's own time limit is shorter).
+const MAX_COST_MS: u64 = 24 * 3600 * 1000;
+
 #[derive(Debug)]
 enum Backend {
-    S3 { client: aws_sdk_s3::Client, settings: S3Settings },
-    Local { dir: PathBuf },
+    S3 {
+        client: aws_sdk_s3::Client,
+        settings: S3Settings,
+    },
+    /// Objects in `dir`, their compile costs in `costs` (same relative keys).
+    Local {
+        dir: PathBuf,
+        costs: PathBuf,
+    },
 }
 
 #[derive(Debug)]
@@ -64,6 +91,62 @@ struct Gate {
     /// `prefix/` (empty for the whole bucket): every key must start with it.
     prefix: String,
     read_only: bool,
+    ledger: Mutex<Ledger>,
+}
+
+/// What the cache saved the build in hand, as the gateway saw it pass.
+#[derive(Debug, Default)]
+struct Ledger {
+    /// Keys asked for and not found, with when: a compile of each started then.
+    missed: HashMap<String, Instant>,
+    savings: Savings,
+}
+
+/// The compile time one build's hits saved: the sum of the costs recorded with
+/// the entries it read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Savings {
+    pub saved_ms: u64,
+    /// Hits read with a recorded cost.
+    pub hits_with_cost: u64,
+    /// Hits read with none (an entry stored before costs were recorded, or by a
+    /// member with `--sandbox=off`).
+    pub hits_without_cost: u64,
+}
+
+impl Ledger {
+    fn missed(&mut self, key: &str) {
+        if self.missed.len() < MAX_MISSES_REMEMBERED && !self.missed.contains_key(key) {
+            self.missed.insert(key.to_owned(), Instant::now());
+        }
+    }
+
+    /// The compile time of the entry being stored, if its miss was seen.
+    fn stored(&mut self, key: &str) -> Option<u64> {
+        let started = self.missed.remove(key)?;
+        Some((started.elapsed().as_millis() as u64).min(MAX_COST_MS))
+    }
+
+    fn hit(&mut self, cost_ms: Option<u64>) {
+        match cost_ms {
+            Some(ms) => {
+                self.savings.saved_ms = self.savings.saved_ms.saturating_add(ms.min(MAX_COST_MS));
+                self.savings.hits_with_cost += 1;
+            }
+            None => self.savings.hits_without_cost += 1,
+        }
+    }
+}
+
+impl Gate {
+    fn ledger(&self) -> std::sync::MutexGuard<'_, Ledger> {
+        self.ledger.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A recorded cost, as stored: decimal milliseconds. Anything else is no cost.
+fn parse_cost(text: &str) -> Option<u64> {
+    text.trim().parse::<u64>().ok().map(|ms| ms.min(MAX_COST_MS))
 }
 
 /// The running gateway. Dropping it stops it.
@@ -94,17 +177,18 @@ impl Gateway {
                 settings.read_only,
             ),
             CacheStore::LocalDisk { dir } => {
+                let costs = dir.join("gateway-costs");
                 let dir = dir.join("gateway");
                 std::fs::create_dir_all(dir.join(".incoming"))
                     .with_context(|| format!("creating the local cache directory {}", dir.display()))?;
-                (Backend::Local { dir }, LOCAL_BUCKET.to_owned(), "us-east-1".to_owned(), String::new(), false)
+                (Backend::Local { dir, costs }, LOCAL_BUCKET.to_owned(), "us-east-1".to_owned(), String::new(), false)
             }
         };
         let prefix = match key_prefix.trim_end_matches('/') {
             "" => String::new(),
             p => format!("{p}/"),
         };
-        let gate = Arc::new(Gate { backend, bucket, prefix, read_only });
+        let gate = Arc::new(Gate { backend, bucket, prefix, read_only, ledger: Mutex::default() });
         if let Some(dir) = socket.parent() {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
@@ -126,6 +210,14 @@ impl Gateway {
 
     pub fn socket(&self) -> &Path {
         &self.socket
+    }
+
+    /// What the hits read since the last call saved, and forgets the misses seen:
+    /// called before a build (to start afresh) and after it (its figures).
+    pub fn take_savings(&self) -> Savings {
+        let mut ledger = self.gate.ledger();
+        ledger.missed.clear();
+        std::mem::take(&mut ledger.savings)
     }
 
     /// The settings of a build's own sccache server: the gateway, as the sandbox
@@ -254,21 +346,25 @@ fn parse_range(range: &str, total: u64) -> Option<(u64, u64)> {
 impl Gate {
     async fn get(&self, key: &str, range: Option<&str>, with_body: bool) -> anyhow::Result<Response> {
         match &self.backend {
-            Backend::Local { dir } => {
+            Backend::Local { dir, costs } => {
                 let path = dir.join(key);
                 let data = match with_body {
                     true => match tokio::fs::read(&path).await {
                         Ok(data) => Some(data),
-                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(answer(None, false)),
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(self.not_found(key)),
                         Err(e) => return Err(e.into()),
                     },
                     false => None,
                 };
                 let metadata = match tokio::fs::metadata(&path).await {
                     Ok(m) => m,
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(answer(None, false)),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(self.not_found(key)),
                     Err(e) => return Err(e.into()),
                 };
+                if with_body && range.is_none() {
+                    let cost = tokio::fs::read_to_string(costs.join(key)).await.ok().and_then(|t| parse_cost(&t));
+                    self.ledger().hit(cost);
+                }
                 let total = data.as_ref().map_or(metadata.len(), |d| d.len() as u64);
                 let modified = metadata.modified()?;
                 let (start, length) = match range.map(|r| parse_range(r, total)) {
@@ -288,7 +384,7 @@ impl Gate {
                             Ok(answer(Some(Found { length, total: length, start: 0, modified, body: None }), false))
                         }
                         Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 404) => {
-                            Ok(answer(None, false))
+                            Ok(self.not_found(key))
                         }
                         Err(e) => Err(anyhow::Error::new(e).context("HEAD in the store")),
                     };
@@ -296,6 +392,10 @@ impl Gate {
                 let request = client.get_object().bucket(&settings.bucket).key(key).set_range(range.map(str::to_owned));
                 match request.send().await {
                     Ok(object) => {
+                        if range.is_none() {
+                            let cost = object.metadata().and_then(|m| m.get(COST_METADATA)).and_then(|t| parse_cost(t));
+                            self.ledger().hit(cost);
+                        }
                         let modified = modified_of(object.last_modified());
                         let length = object.content_length().unwrap_or(0).max(0) as u64;
                         let (start, total) =
@@ -304,23 +404,36 @@ impl Gate {
                         let body = Some(Body::from(data.into_bytes()));
                         Ok(answer(Some(Found { length, total, start, modified, body }), range.is_some()))
                     }
-                    Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 404) => Ok(answer(None, false)),
+                    Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 404) => Ok(self.not_found(key)),
                     Err(e) => Err(anyhow::Error::new(e).context("GET from the store")),
                 }
             }
         }
     }
 
+    /// The answer to an object that does not exist: the build will compile it.
+    fn not_found(&self, key: &str) -> Response {
+        self.ledger().missed(key);
+        answer(None, false)
+    }
+
     async fn put(&self, key: &str, body: Bytes) -> anyhow::Result<Response> {
         let stored = || StatusCode::OK.into_response();
+        let cost = self.ledger().stored(key);
         match &self.backend {
-            Backend::Local { dir } => {
+            Backend::Local { dir, costs } => {
                 let path = dir.join(key);
                 if tokio::fs::try_exists(&path).await? {
                     return Ok(stored());
                 }
-                let dir = dir.clone();
+                let (dir, cost_path) = (dir.clone(), costs.join(key));
                 tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+                    // The cost first: an entry readable without its cost would
+                    // count as a hit with none.
+                    if let Some(ms) = cost {
+                        std::fs::create_dir_all(cost_path.parent().unwrap_or(&dir))?;
+                        std::fs::write(&cost_path, ms.to_string())?;
+                    }
                     let incoming = tempfile::NamedTempFile::new_in(dir.join(".incoming"))?;
                     std::fs::write(incoming.path(), &body)?;
                     std::fs::create_dir_all(path.parent().unwrap_or(&dir))?;
@@ -341,6 +454,9 @@ impl Gate {
                     Err(e) => return Err(anyhow::Error::new(e).context("HEAD in the store before a write")),
                 }
                 let mut put = client.put_object().bucket(&settings.bucket).key(key).body(body.into());
+                if let Some(ms) = cost {
+                    put = put.metadata(COST_METADATA, ms.to_string());
+                }
                 if settings.server_side_encryption {
                     put = put.server_side_encryption(aws_sdk_s3::types::ServerSideEncryption::Aes256);
                 }
@@ -368,11 +484,39 @@ mod tests {
 
     fn gate(prefix: &str) -> Gate {
         Gate {
-            backend: Backend::Local { dir: PathBuf::from("/nonexistent") },
+            backend: Backend::Local { dir: PathBuf::from("/nonexistent"), costs: PathBuf::from("/nonexistent") },
             bucket: "cache".into(),
             prefix: prefix.into(),
             read_only: false,
+            ledger: Mutex::default(),
         }
+    }
+
+    #[test]
+    fn the_ledger_times_a_miss_until_it_is_stored_and_sums_what_hits_saved() {
+        let mut ledger = Ledger::default();
+        assert_eq!(ledger.stored("never-missed"), None, "an entry stored without a miss has no cost");
+        ledger.missed("k");
+        let first = ledger.missed["k"];
+        ledger.missed("k");
+        assert_eq!(ledger.missed["k"], first, "the compile started at the first miss");
+        assert!(ledger.stored("k").is_some());
+        assert_eq!(ledger.stored("k"), None, "a cost is taken once");
+        for cost in [Some(1500), None, Some(u64::MAX)] {
+            ledger.hit(cost);
+        }
+        assert_eq!(
+            ledger.savings,
+            Savings { saved_ms: 1500 + MAX_COST_MS, hits_with_cost: 2, hits_without_cost: 1 },
+            "a hostile cost counts at most a day"
+        );
+        for i in 0..MAX_MISSES_REMEMBERED + 10 {
+            ledger.missed(&i.to_string());
+        }
+        assert_eq!(ledger.missed.len(), MAX_MISSES_REMEMBERED, "a flood of misses is bounded");
+        assert_eq!(parse_cost(" 42\n"), Some(42));
+        assert_eq!(parse_cost("-1"), None);
+        assert_eq!(parse_cost("<script>"), None);
     }
 
     fn key(gate: &Gate, uri: &str) -> Option<String> {

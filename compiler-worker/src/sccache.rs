@@ -31,6 +31,11 @@ pub struct SccacheStats {
     /// Time spent serving hits from the store, and compiling misses.
     pub hit_read_ms: u64,
     pub miss_compile_ms: u64,
+    /// Compile time the hits saved (what those compilations cost as misses, as
+    /// the cache gateway recorded it with each entry), and the hits whose entry
+    /// had no recorded cost (all of them when builds do not pass the gateway).
+    pub saved_ms: u64,
+    pub hits_without_cost: u64,
     /// Why sccache did not cache some calls, with counts ("crate-type (bin)": 1).
     pub not_cached: Vec<(String, u64)>,
 }
@@ -59,16 +64,30 @@ impl CompileCache {
                 s.zero_stats().await?;
                 Ok(s.wrapper())
             }
-            // The statistics file is made afresh by the builder for every build.
-            CompileCache::Sandboxed(s) => Ok(s.wrapper()),
+            // The statistics file is made afresh by the builder for every build;
+            // the gateway's savings start from nothing.
+            CompileCache::Sandboxed(s) => {
+                s.gateway.take_savings();
+                Ok(s.wrapper())
+            }
         }
     }
 
     /// This build's figures.
     pub async fn after_build(&self) -> anyhow::Result<SccacheStats> {
         match self {
-            CompileCache::Server(s) => s.stats().await,
-            CompileCache::Sandboxed(s) => s.stats(),
+            CompileCache::Server(s) => {
+                let mut stats = s.stats().await?;
+                stats.hits_without_cost = stats.hits;
+                Ok(stats)
+            }
+            CompileCache::Sandboxed(s) => {
+                let savings = s.gateway.take_savings();
+                let mut stats = s.stats()?;
+                stats.saved_ms = savings.saved_ms;
+                stats.hits_without_cost = stats.hits.saturating_sub(savings.hits_with_cost);
+                Ok(stats)
+            }
         }
     }
 
@@ -207,6 +226,7 @@ pub fn parse_stats(json: &str) -> anyhow::Result<SccacheStats> {
             .as_object()
             .map(|m| m.iter().filter_map(|(k, v)| Some((k.clone(), v.as_u64()?))).collect())
             .unwrap_or_default(),
+        ..SccacheStats::default()
     })
 }
 

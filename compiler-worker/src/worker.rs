@@ -82,6 +82,10 @@ struct Worker {
     shared: Arc<Shared>,
     sccache: Option<CompileCache>,
     cache_note: String,
+    /// What decides a binary besides its program and dependency set
+    /// ([`builder::settings_fingerprint`]): sent with each success, it keys the
+    /// leader's binary cache.
+    build_settings: String,
 }
 
 /// Runs the worker until `shutdown` is cancelled. Scaling is reported through `guard`.
@@ -143,7 +147,8 @@ pub async fn run(config: WorkerConfig, guard: ScalingGuard, shutdown: Cancellati
     shared.preparing.store(false, std::sync::atomic::Ordering::SeqCst);
     tracing::info!(ordinal, leader = %config.leader_url, "worker ready");
 
-    let mut worker = Worker { config, member, client, shared, sccache, cache_note };
+    let build_settings = builder::settings_fingerprint(&config.build).await?;
+    let mut worker = Worker { config, member, client, shared, sccache, cache_note, build_settings };
     let result = worker.claim_loop(&shutdown).await;
     if let Some(sccache) = &worker.sccache {
         sccache.stop().await;
@@ -282,6 +287,15 @@ fn cache_log(build_root: &std::path::Path, layout: &Layout, stats: &sccache::Scc
         stats.store_errors,
         build_root.display()
     );
+    text.push_str(&format!(
+        "compile time saved by hits {} ms: {} % of this build's compile time came from the cache",
+        stats.saved_ms,
+        CacheFigures::percent_from_cache(stats.saved_ms, stats.miss_compile_ms)
+    ));
+    if stats.hits_without_cost > 0 {
+        text.push_str(&format!(" ({} hits have no recorded cost and are not counted)", stats.hits_without_cost));
+    }
+    text.push('\n');
     for (reason, count) in &stats.not_cached {
         text.push_str(&format!("not cached: {reason} x{count}\n"));
     }
@@ -602,6 +616,9 @@ impl Worker {
                 cache.non_cacheable = stats.non_cacheable;
                 cache.hit_read_ms = stats.hit_read_ms;
                 cache.miss_compile_ms = stats.miss_compile_ms;
+                cache.saved_ms = stats.saved_ms;
+                cache.hits_without_cost = stats.hits_without_cost;
+                cache.time_from_cache_percent = CacheFigures::percent_from_cache(stats.saved_ms, stats.miss_compile_ms);
                 if stats.store_errors > 0 {
                     cache.note = format!(
                         "the cache store failed {} times during this build; those crates were compiled without the cache",
@@ -660,6 +677,7 @@ impl Worker {
         success.binary_sha256 = sha256.clone();
         success.binary_size = size;
         success.log = log.clone();
+        success.build_settings = self.build_settings.clone();
         let shipment = Shipment {
             member: self.member.clone(),
             claim,

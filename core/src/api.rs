@@ -84,8 +84,17 @@ pub struct CacheFigures {
     /// Time sccache spent compiling misses (and writing them to the store).
     #[serde(default)]
     pub miss_compile_ms: u64,
-    /// The share of the build's compiler-call time that the cache served, in percent:
-    /// `hit_read_ms / (hit_read_ms + miss_compile_ms)`; 0 with no calls.
+    /// Compile time the hits saved: what each of those compilations cost when it
+    /// was a miss (on whichever worker), as recorded with its cache entry.
+    #[serde(default)]
+    pub saved_ms: u64,
+    /// Hits whose entry has no recorded cost, so they are not in `saved_ms`
+    /// (entries stored before costs were recorded, or by a member with
+    /// `--sandbox=off`, whose cache does not pass the gateway).
+    #[serde(default)]
+    pub hits_without_cost: u64,
+    /// The share of the build's compile time that the cache served, in percent:
+    /// `saved_ms / (saved_ms + miss_compile_ms)`; 0 with nothing compiled.
     #[serde(default)]
     pub time_from_cache_percent: u32,
     /// Why the cache was not used, or anything odd about it.
@@ -94,9 +103,12 @@ pub struct CacheFigures {
 }
 
 impl CacheFigures {
-    /// `hit_read_ms` as a percentage of all compiler-call time.
-    pub fn percent_from_cache(hit_read_ms: u64, miss_compile_ms: u64) -> u32 {
-        (hit_read_ms * 100).checked_div(hit_read_ms + miss_compile_ms).map_or(0, |p| p as u32)
+    /// The compile time the cache served (`saved_ms`) as a percentage of the
+    /// compile time the build would have taken without it (`saved_ms` plus the
+    /// time spent compiling misses).
+    pub fn percent_from_cache(saved_ms: u64, miss_compile_ms: u64) -> u32 {
+        let whole = u128::from(saved_ms) + u128::from(miss_compile_ms);
+        (u128::from(saved_ms) * 100).checked_div(whole).map_or(0, |p| p as u32)
     }
 }
 
@@ -140,6 +152,20 @@ pub struct PipelineRecord {
     /// While compiling: crates done / crates to build, as its worker last reported.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress: Option<Progress>,
+    /// Set when this version's binary came from the leader's binary cache: the
+    /// same source, dependency set and build settings were built before, by the
+    /// pipeline version named here, so nothing was built.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub binary_cache_hit: Option<BinaryCacheHit>,
+}
+
+/// Where a binary served from the binary cache was built.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BinaryCacheHit {
+    pub pipeline_id: u64,
+    pub version: u64,
+    /// The compile time of that build: what this submission did not spend.
+    pub saved_ms: u64,
 }
 
 /// How far a build has come: the program's crates cargo has finished, of all the
@@ -251,6 +277,14 @@ pub struct ErrorBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_share_from_cache_is_saved_time_over_the_time_without_the_cache() {
+        assert_eq!(CacheFigures::percent_from_cache(0, 0), 0);
+        assert_eq!(CacheFigures::percent_from_cache(29_000, 6_400), 81);
+        assert_eq!(CacheFigures::percent_from_cache(5, 0), 100);
+        assert_eq!(CacheFigures::percent_from_cache(u64::MAX, u64::MAX), 50, "no overflow on hostile figures");
+    }
 
     #[test]
     fn statuses_read_as_they_are_written() {

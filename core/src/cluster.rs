@@ -72,7 +72,9 @@ impl From<pb::CacheFigures> for CacheFigures {
             non_cacheable: c.non_cacheable,
             hit_read_ms: c.hit_read_ms,
             miss_compile_ms: c.miss_compile_ms,
-            time_from_cache_percent: CacheFigures::percent_from_cache(c.hit_read_ms, c.miss_compile_ms),
+            saved_ms: c.saved_ms,
+            hits_without_cost: c.hits_without_cost,
+            time_from_cache_percent: CacheFigures::percent_from_cache(c.saved_ms, c.miss_compile_ms),
             note: c.note,
         }
     }
@@ -88,6 +90,8 @@ impl From<CacheFigures> for pb::CacheFigures {
             note: c.note,
             hit_read_ms: c.hit_read_ms,
             miss_compile_ms: c.miss_compile_ms,
+            saved_ms: c.saved_ms,
+            hits_without_cost: c.hits_without_cost,
         }
     }
 }
@@ -153,7 +157,9 @@ mod tests {
                 non_cacheable: 2,
                 hit_read_ms: 30,
                 miss_compile_ms: 70,
-                time_from_cache_percent: 30,
+                saved_ms: 280,
+                hits_without_cost: 1,
+                time_from_cache_percent: 80,
                 note: "n".into(),
             },
         };

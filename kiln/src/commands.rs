@@ -85,7 +85,15 @@ pub async fn submit_dirs(client: &Client, dirs: &[PathBuf], name: Option<&str>) 
         let files = read_program(dir)?;
         let answer = client.submit(&name, files).await.with_context(|| format!("submitting {}", dir.display()))?;
         let p = &answer.pipeline;
-        println!("{:<8} {} (id {}, version {}, worker {})", answer.change, p.name, p.id, p.version, p.worker);
+        match &p.binary_cache_hit {
+            Some(hit) => println!(
+                "{:<8} {} (id {}, version {}): success from the binary cache, built before as pipeline {} version {}",
+                answer.change, p.name, p.id, p.version, hit.pipeline_id, hit.version
+            ),
+            None => {
+                println!("{:<8} {} (id {}, version {}, worker {})", answer.change, p.name, p.id, p.version, p.worker)
+            }
+        }
         submitted.push(answer.pipeline);
     }
     Ok(submitted)
@@ -114,6 +122,16 @@ fn describe(p: &PipelineRecord) -> String {
     }
     if let Some(cache) = p.cache.as_ref().filter(|c| c.enabled) {
         text.push_str(&format!(", cache {} hits / {} misses", cache.hits, cache.misses));
+        if cache.saved_ms > 0 {
+            text.push_str(&format!(
+                " ({:.1}s of compile saved, {} %)",
+                cache.saved_ms as f64 / 1000.0,
+                cache.time_from_cache_percent
+            ));
+        }
+    }
+    if let Some(hit) = &p.binary_cache_hit {
+        text.push_str(&format!(", from the binary cache (pipeline {} version {})", hit.pipeline_id, hit.version));
     }
     text
 }

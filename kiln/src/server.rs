@@ -144,6 +144,11 @@ pub struct ServerArgs {
     /// /cluster_healthz.
     #[arg(long, env = "KILN_SANDBOX", default_value = "auto", value_parser = ["auto", "off"])]
     pub sandbox: String,
+    /// `on`: a submission whose source, dependency set and build settings were
+    /// built before is served that binary at once, without a build (the leader's
+    /// binary cache); `off`: every submission is built.
+    #[arg(long, env = "KILN_BINARY_CACHE", default_value = "on", value_parser = ["on", "off"])]
+    pub binary_cache: String,
     /// The bubblewrap binary the sandbox is made with.
     #[arg(long, env = "KILN_SANDBOX_BWRAP", default_value = "bwrap")]
     pub sandbox_bwrap: PathBuf,
@@ -446,6 +451,8 @@ impl MemberConfig {
                     depset: facts.depset.fingerprint().to_owned(),
                 },
                 serves_tls: args.tls.server().is_some(),
+                // Filled in by `run` from the leader's own worker's build settings.
+                binary_cache: None,
             };
             (config, args.listen)
         });
@@ -650,6 +657,11 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
             let file = args.data_dir.join("api-token");
             leader.api_token = Some(crate::secret_file(&file)?);
             tracing::info!(file = %file.display(), "the /v0 API wants the token kept in this file");
+        }
+        if args.binary_cache == "on" {
+            let settings = kiln_compiler_worker::builder::settings_fingerprint(&config.worker.build).await?;
+            tracing::info!(build_settings = %settings, "binary cache on: a program built before with these settings is served without a build");
+            leader.binary_cache = Some(settings);
         }
     }
     let identity = config.identity.clone();

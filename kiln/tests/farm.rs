@@ -543,8 +543,16 @@ async fn builds_through_sccache_record_its_figures() {
     let record = farm.pipeline("hello").await;
     assert_eq!(record["version"], 2);
     assert!(record["cache"]["hits"].as_u64().unwrap() >= 1, "the unchanged operator is a hit: {record}");
+    // The local store keeps each entry's compile cost too (beside it, where no
+    // build can name it), so the hit says what it saved.
+    assert!(record["cache"]["saved_ms"].as_u64().unwrap() > 0, "{record}");
+    assert_eq!(record["cache"]["hits_without_cost"], 0, "{record}");
     let metrics = farm.http.get(format!("{}/metrics", farm.url())).send().await.unwrap().text().await.unwrap();
     assert!(metrics.lines().any(|l| l.starts_with("kiln_cache_hits_total") && !l.ends_with(" 0")), "{metrics}");
+    assert!(
+        metrics.lines().any(|l| l.starts_with("kiln_cache_saved_seconds_total") && !l.ends_with(" 0.0")),
+        "{metrics}"
+    );
 }
 
 /// Issue 12, test 2: a client with the cluster token, but not the member's own
@@ -606,6 +614,20 @@ async fn a_stolen_cluster_token_cannot_hijack_a_members_claims() {
         let refused = client.report_status(with_token(report, TOKEN)).await.unwrap_err();
         assert_eq!(refused.code(), tonic::Code::FailedPrecondition, "{refused:?}");
     }
+    // A success whose build settings are not a fingerprint (they key the binary
+    // cache) is refused before anything else is looked at.
+    let report = kiln_proto::StatusReport {
+        member: Some(thief.clone()),
+        claim: Some(claim),
+        status: kiln_proto::BuildStatus::Success as i32,
+        binary_sha256: other_sha.clone(),
+        binary_size: 1,
+        build_settings: "../../<script>".into(),
+        ..Default::default()
+    };
+    let refused = client.report_status(with_token(report, TOKEN)).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+    assert!(refused.message().contains("build_settings must be empty or a SHA-256"), "{}", refused.message());
     let chunks = vec![
         kiln_proto::UploadChunk {
             part: Some(Part::Header(kiln_proto::UploadHeader {

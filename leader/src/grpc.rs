@@ -122,10 +122,16 @@ impl ClusterService {
             }
             BuildStatus::Success => {
                 crate::artifacts::validate_sha(&r.binary_sha256).map_err(ApiError::from)?;
+                if !r.build_settings.is_empty() && kiln_core::digest::validate(&r.build_settings).is_err() {
+                    return Err(Status::invalid_argument(
+                        "build_settings must be empty or a SHA-256 in 64 lowercase hex digits",
+                    ));
+                }
                 Report::Success {
                     binary_sha256: r.binary_sha256,
                     binary_size: r.binary_size,
                     figures: r.figures.into(),
+                    build_settings: r.build_settings,
                 }
             }
             BuildStatus::CompileError => Report::CompileError { error: r.error, figures: r.figures.into() },

@@ -41,6 +41,9 @@ pub struct Metrics {
     cache_misses: Counter,
     cache_hit_read_seconds: Counter<f64, std::sync::atomic::AtomicU64>,
     cache_miss_compile_seconds: Counter<f64, std::sync::atomic::AtomicU64>,
+    cache_saved_seconds: Counter<f64, std::sync::atomic::AtomicU64>,
+    binary_cache_hits: Counter,
+    binary_cache_saved_seconds: Counter<f64, std::sync::atomic::AtomicU64>,
     crates_done: Family<OrdinalLabel, Gauge>,
     crates_total: Family<OrdinalLabel, Gauge>,
     pipelines: Family<StatusLabel, Gauge>,
@@ -86,6 +89,24 @@ impl Metrics {
             "cache_miss_compile_seconds",
             "Time sccache spent compiling misses, in finished builds",
             cache_miss_compile_seconds.clone(),
+        );
+        let cache_saved_seconds = Counter::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register(
+            "cache_saved_seconds",
+            "Compile time the compile cache's hits saved in finished builds (what those compilations cost as misses)",
+            cache_saved_seconds.clone(),
+        );
+        let binary_cache_hits = Counter::default();
+        registry.register(
+            "binary_cache_hits",
+            "Submissions served a binary built before (same source, dependency set and build settings), without a build",
+            binary_cache_hits.clone(),
+        );
+        let binary_cache_saved_seconds = Counter::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register(
+            "binary_cache_saved_seconds",
+            "Build time the binary cache's hits saved (the compile time of the build that made each binary)",
+            binary_cache_saved_seconds.clone(),
         );
         let crates_done = Family::<OrdinalLabel, Gauge>::default();
         registry.register(
@@ -150,6 +171,9 @@ impl Metrics {
             cache_misses,
             cache_hit_read_seconds,
             cache_miss_compile_seconds,
+            cache_saved_seconds,
+            binary_cache_hits,
+            binary_cache_saved_seconds,
             crates_done,
             crates_total,
             pipelines,
@@ -175,7 +199,14 @@ impl Metrics {
             self.cache_misses.inc_by(cache.misses);
             self.cache_hit_read_seconds.inc_by(cache.hit_read_ms as f64 / 1000.0);
             self.cache_miss_compile_seconds.inc_by(cache.miss_compile_ms as f64 / 1000.0);
+            self.cache_saved_seconds.inc_by(cache.saved_ms as f64 / 1000.0);
         }
+    }
+
+    /// Counts a submission served from the binary cache, which saved `saved_ms`.
+    pub fn binary_cache_hit(&self, saved_ms: u64) {
+        self.binary_cache_hits.inc();
+        self.binary_cache_saved_seconds.inc_by(saved_ms as f64 / 1000.0);
     }
 
     /// The Prometheus text exposition, with gauges from the catalog's `counts`, the

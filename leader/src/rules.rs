@@ -56,6 +56,39 @@ pub struct Pipeline {
     /// What happened to the pipeline, oldest first, at most [`HISTORY_LEN`] events.
     #[serde(default)]
     pub history: Vec<api::HistoryEvent>,
+    /// For a `success`: the binary cache's key of this build ([`binary_key`]), when
+    /// its worker said what it was built with. The catalog indexes the binary by it.
+    #[serde(default)]
+    pub binary_key: Option<String>,
+    /// This version's binary came from the binary cache, built by that version.
+    #[serde(default)]
+    pub binary_cache_hit: Option<api::BinaryCacheHit>,
+}
+
+/// The binary cache's key: everything that decides a binary. The program's source
+/// checksum, the dependency set's fingerprint, and the build settings fingerprint
+/// a worker reports (toolchain `rustc -vV`, which names the target, the profile,
+/// the build root, cargo's home). Each part is length-prefixed, so no two
+/// different triples hash alike.
+pub fn binary_key(source_sha256: &str, depset: &str, build_settings: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    for part in [source_sha256, depset, build_settings] {
+        hasher.update((part.len() as u64).to_le_bytes());
+        hasher.update(part.as_bytes());
+    }
+    hex::encode(hasher.finalize())
+}
+
+/// A binary the binary cache holds: what a submission of the same key is served.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CachedBinary {
+    pub sha256: String,
+    pub size: u64,
+    pub pipeline_id: u64,
+    pub version: u64,
+    /// That build's compile time.
+    pub compile_ms: u64,
 }
 
 /// Events a record keeps; older ones are dropped first.
@@ -73,10 +106,26 @@ pub struct Uploaded {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Report {
     Compiling,
-    Uploading { compile_ms: u64, cache: CacheFigures },
-    Success { binary_sha256: String, binary_size: u64, figures: Figures },
-    CompileError { error: String, figures: Figures },
-    SystemError { error: String, figures: Figures },
+    Uploading {
+        compile_ms: u64,
+        cache: CacheFigures,
+    },
+    /// `build_settings`: the worker's build settings fingerprint (empty: the
+    /// binary is not offered to the binary cache).
+    Success {
+        binary_sha256: String,
+        binary_size: u64,
+        figures: Figures,
+        build_settings: String,
+    },
+    CompileError {
+        error: String,
+        figures: Figures,
+    },
+    SystemError {
+        error: String,
+        figures: Figures,
+    },
 }
 
 /// Why a report was refused.
@@ -143,6 +192,7 @@ impl From<&Pipeline> for api::PipelineRecord {
             rebuilding: p.rebuilding.clone(),
             history: p.history.clone(),
             progress: None,
+            binary_cache_hit: p.binary_cache_hit.clone(),
         }
     }
 }
@@ -174,6 +224,8 @@ impl Pipeline {
             depset: None,
             rebuilding: None,
             history: vec![api::HistoryEvent { at_ms: now_ms, event: "submitted: version 1".into() }],
+            binary_key: None,
+            binary_cache_hit: None,
         }
     }
 
@@ -215,6 +267,8 @@ impl Pipeline {
         self.binary_size = None;
         self.finished_at_ms = None;
         self.uploaded = None;
+        self.binary_key = None;
+        self.binary_cache_hit = None;
         self.rebuilding = Some(reason);
     }
 
@@ -234,6 +288,36 @@ impl Pipeline {
         self.upload_retries = 0;
         self.uploaded = None;
         self.rebuilding = None;
+        self.binary_key = None;
+        self.binary_cache_hit = None;
+    }
+
+    /// This version is served `cached` from the binary cache under `key`: it ends
+    /// `success` at once, without a claim or a build.
+    pub fn serve_cached(&mut self, key: String, depset: &str, cached: &CachedBinary, now_ms: u64) {
+        self.status = Status::Success;
+        self.binary_sha256 = Some(cached.sha256.clone());
+        self.binary_size = Some(cached.size);
+        self.error = None;
+        self.depset = Some(depset.to_owned());
+        self.started_at_ms = Some(now_ms);
+        self.finished_at_ms = Some(now_ms);
+        self.updated_at_ms = now_ms;
+        self.compile_ms = Some(0);
+        self.upload_ms = Some(0);
+        self.binary_key = Some(key);
+        self.binary_cache_hit = Some(api::BinaryCacheHit {
+            pipeline_id: cached.pipeline_id,
+            version: cached.version,
+            saved_ms: cached.compile_ms,
+        });
+        self.note(
+            now_ms,
+            format!(
+                "success from the binary cache: built before as pipeline {} version {} ({} ms of build saved)",
+                cached.pipeline_id, cached.version, cached.compile_ms
+            ),
+        );
     }
 
     /// Stops the pipeline where it is, pending or in flight: it ends `cancelled`.
@@ -310,11 +394,15 @@ impl Pipeline {
                 self.compile_ms = Some(compile_ms);
                 self.cache = Some(cache);
             }
-            Report::Success { binary_sha256, figures, .. } => {
+            Report::Success { binary_sha256, figures, build_settings, .. } => {
                 // The size is the leader's own measure, from the upload.
                 let size = self.uploaded.as_ref().map_or(0, |u| u.size);
                 self.binary_sha256 = Some(binary_sha256);
                 self.binary_size = Some(size);
+                self.binary_key = match (&self.depset, build_settings.is_empty()) {
+                    (Some(depset), false) => Some(binary_key(&self.source_sha256, depset, &build_settings)),
+                    _ => None,
+                };
                 self.finish(figures, now_ms);
             }
             Report::CompileError { error, figures } | Report::SystemError { error, figures } => {
@@ -356,7 +444,12 @@ pub(crate) mod tests {
     }
 
     fn success() -> Report {
-        Report::Success { binary_sha256: "ab".into(), binary_size: 3, figures: Figures::default() }
+        Report::Success {
+            binary_sha256: "ab".into(),
+            binary_size: 3,
+            figures: Figures::default(),
+            build_settings: "settings".into(),
+        }
     }
 
     #[test]
@@ -425,6 +518,24 @@ pub(crate) mod tests {
         let mut pending = record(7);
         pending.cancel(1, "by the API").unwrap();
         assert!(pending.history.last().unwrap().event.contains("cancelled while pending"));
+    }
+
+    #[test]
+    fn a_success_is_keyed_by_source_depset_and_settings_and_a_new_version_forgets_the_key() {
+        let mut r = record(8);
+        r.depset = Some("set".into());
+        let claim = r.claim(1);
+        r.uploaded = Some(Uploaded { attempt: claim.attempt, sha256: "ab".into(), size: 7 });
+        r.apply(&claim, success(), 2).unwrap();
+        assert_eq!(r.binary_key.as_deref(), Some(binary_key("s", "set", "settings").as_str()));
+        assert_ne!(binary_key("s", "set", "settings"), binary_key("s", "sets", "ettings"), "parts cannot run together");
+        r.new_version("t".into(), 3);
+        assert_eq!((r.binary_key.as_ref(), r.binary_cache_hit.as_ref()), (None, None));
+        let cached = CachedBinary { sha256: "cd".into(), size: 9, pipeline_id: 8, version: 1, compile_ms: 500 };
+        r.serve_cached("k".into(), "set", &cached, 4);
+        assert_eq!((r.status, r.binary_sha256.as_deref(), r.binary_size), (Status::Success, Some("cd"), Some(9)));
+        assert_eq!(r.binary_cache_hit.as_ref().map(|h| (h.pipeline_id, h.saved_ms)), Some((8, 500)));
+        assert!(r.history.last().unwrap().event.contains("binary cache"), "{:?}", r.history);
     }
 
     #[test]

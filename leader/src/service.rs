@@ -54,6 +54,11 @@ pub struct LeaderConfig {
     pub cache_settings: kiln_core::api::CacheSettings,
     /// The leader answers over TLS: the page's session cookie is then `Secure`.
     pub serves_tls: bool,
+    /// The binary cache: the build settings fingerprint of this farm's members
+    /// (the leader's own worker's, see `kiln_compiler_worker::builder::settings_fingerprint`).
+    /// A submission whose source, dependency set and these settings were built
+    /// before is served that binary at once. None: the cache is off.
+    pub binary_cache: Option<String>,
 }
 
 #[derive(Debug)]
@@ -135,15 +140,31 @@ impl LeaderState {
         .await
         .map_err(|e| ApiError::Internal(format!("validation task failed: {e}")))??;
         let workers = self.config.workers;
+        let cache =
+            self.config.binary_cache.clone().map(|settings| (self.config.depset.fingerprint().to_owned(), settings));
         let submitted = {
             let name = name.clone();
             let sha = sha.clone();
-            self.catalog(move |c| c.submit(&name, &sha, &files, workers, now_ms())).await?
+            self.catalog(move |c| {
+                let cache = cache.as_ref().map(|(depset, settings)| (depset.as_str(), settings.as_str()));
+                c.submit(&name, &sha, &files, workers, cache, now_ms())
+            })
+            .await?
         };
         let r = &submitted.record;
         match submitted.change {
             Change::Unchanged => {
                 tracing::info!(pipeline = %r.name, id = r.id, version = r.version, "submitted again, unchanged")
+            }
+            _ if r.binary_cache_hit.is_some() => {
+                let hit =
+                    r.binary_cache_hit.as_ref().map(|h| (h.pipeline_id, h.version, h.saved_ms)).unwrap_or_default();
+                self.metrics.binary_cache_hit(hit.2);
+                tracing::info!(
+                    pipeline = %r.name, id = r.id, version = r.version, source_sha256 = %sha,
+                    binary_sha256 = r.binary_sha256.as_deref().unwrap_or(""), built_by = hit.0,
+                    built_version = hit.1, saved_ms = hit.2, "success from the binary cache: nothing to build"
+                );
             }
             change => {
                 tracing::info!(pipeline = %r.name, id = r.id, version = r.version, ordinal = r.worker, source_sha256 = %sha, ?change, "pipeline pending");

@@ -273,12 +273,16 @@ impl Catalog {
 
     /// Creates a pipeline, or a new version of it when its source changed. The same
     /// source again changes nothing, except that a `system_error` is retried.
+    /// Stores a submission. With `binary_cache` (the farm's dependency set and
+    /// build settings fingerprints), a new version whose binary the cache holds
+    /// ends `success` at once, served that binary, and `binary_cache_hit` says so.
     pub fn submit(
         &self,
         name: &str,
         source_sha256: &str,
         files: &[ProgramFile],
         workers: u32,
+        binary_cache: Option<(&str, &str)>,
         now_ms: u64,
     ) -> Result<Submitted, CatalogError> {
         self.write(|txn| {
@@ -316,12 +320,25 @@ impl Catalog {
                     (None, Submitted { record, change: Change::Created })
                 }
             };
+            let mut submitted = submitted;
             if submitted.change != Change::Unchanged {
                 if sources.get(source_sha256)?.is_none() {
                     let bytes = records::encode_source(files);
                     sources.insert(source_sha256, bytes.as_slice())?;
                     books.add(SOURCES_COUNT, 1)?;
                     books.add(SOURCES_BYTES, bytes.len() as i64)?;
+                }
+                if let Some((depset, settings)) = binary_cache {
+                    let key = crate::rules::binary_key(source_sha256, depset, settings);
+                    if let Some(cached) = books.cached_binary(&key)? {
+                        let record = &mut submitted.record;
+                        record.serve_cached(key, depset, &cached, now_ms);
+                        let log = format!(
+                            "binary cache hit: the same source ({source_sha256}), dependency set ({depset}) and build settings ({settings}) were built as pipeline {} version {}; its binary {} is served without a build ({} ms of build saved).\n",
+                            cached.pipeline_id, cached.version, cached.sha256, cached.compile_ms
+                        );
+                        txn.open_table(LOGS)?.insert(record.id, log.as_str())?;
+                    }
                 }
                 books.put(old.as_ref(), Some(&submitted.record), now_ms)?;
             }
@@ -676,6 +693,8 @@ impl Catalog {
                 books.put(Some(&old), Some(&record), now_ms)?;
                 rebuilt.push(record);
             }
+            // Never served again from the cache: its rebuild enters it anew.
+            books.forget_binary(sha256)?;
             Ok(rebuilt)
         })
     }
@@ -832,23 +851,23 @@ mod tests {
     #[test]
     fn ids_grow_and_versions_follow_the_source() {
         let (_dir, c) = catalog();
-        let a = c.submit("a", "s1", &src("src"), 3, 1).unwrap();
-        let b = c.submit("b", "s2", &src("src2"), 3, 2).unwrap();
+        let a = c.submit("a", "s1", &src("src"), 3, None, 1).unwrap();
+        let b = c.submit("b", "s2", &src("src2"), 3, None, 2).unwrap();
         assert_eq!((a.record.id, b.record.id), (1, 2));
         assert_eq!((a.change, a.record.worker), (Change::Created, 1));
-        let same = c.submit("a", "s1", &src("src"), 3, 3).unwrap();
+        let same = c.submit("a", "s1", &src("src"), 3, None, 3).unwrap();
         assert_eq!((same.change, same.record.version), (Change::Unchanged, 1));
-        let next = c.submit("a", "s3", &src("src3"), 3, 4).unwrap();
+        let next = c.submit("a", "s3", &src("src3"), 3, None, 4).unwrap();
         assert_eq!((next.change, next.record.id, next.record.version), (Change::Updated, 1, 2));
         c.delete(2, 5).unwrap();
-        assert_eq!(c.submit("c", "s4", &src("x"), 3, 5).unwrap().record.id, 3, "ids are never reused");
+        assert_eq!(c.submit("c", "s4", &src("x"), 3, None, 5).unwrap().record.id, 3, "ids are never reused");
     }
 
     #[test]
     fn claims_are_exclusive_and_by_ordinal() {
         let (_dir, c) = catalog();
         for name in ["a", "b", "c", "d"] {
-            c.submit(name, name, &src(name), 3, 0).unwrap();
+            c.submit(name, name, &src(name), 3, None, 0).unwrap();
         }
         let (first, source) = c.claim(1, "set", 1).unwrap().unwrap();
         assert_eq!((first.id, source), (1, src("a")));
@@ -861,7 +880,7 @@ mod tests {
     #[test]
     fn a_restarted_member_gets_its_work_back_and_old_reports_are_refused() {
         let (dir, c) = catalog();
-        c.submit("a", "s", &src("x"), 2, 0).unwrap();
+        c.submit("a", "s", &src("x"), 2, None, 0).unwrap();
         assert!(c.member_seen(1, 111, 0).unwrap().is_empty());
         let (record, _) = c.claim(1, "set", 1).unwrap().unwrap();
         let old_claim = record.claim_key();
@@ -887,8 +906,12 @@ mod tests {
             assert!(matches!(refused, Err(CatalogError::Refused(ReportRefused::NotTheHolder { .. }))), "{stranger:?}");
         }
         // Success names only what was uploaded under this claim.
-        let success =
-            |sha: &str| Report::Success { binary_sha256: sha.into(), binary_size: 99, figures: figures.clone() };
+        let success = |sha: &str| Report::Success {
+            binary_sha256: sha.into(),
+            binary_size: 99,
+            figures: figures.clone(),
+            build_settings: String::new(),
+        };
         let refused = c.report(&again.claim_key(), (1, 222), success(&"b".repeat(64)), None, 6);
         assert!(matches!(refused, Err(CatalogError::Refused(ReportRefused::NotUploaded { .. }))));
         c.record_upload(&again.claim_key(), (1, 222), &"c".repeat(64), 7, || true, 6).unwrap();
@@ -968,8 +991,65 @@ mod tests {
         let (record, _) = c.claim(ordinal, "set", now).unwrap().expect("something to claim");
         let claim = record.claim_key();
         c.record_upload(&claim, (ordinal, 7), sha, 10, || true, now).unwrap();
-        let success = Report::Success { binary_sha256: sha.into(), binary_size: 10, figures: Figures::default() };
+        let success = Report::Success {
+            binary_sha256: sha.into(),
+            binary_size: 10,
+            figures: Figures { compile_ms: 900, ..Figures::default() },
+            build_settings: SETTINGS.into(),
+        };
         c.report(&claim, (ordinal, 7), success, Some("built"), now).unwrap()
+    }
+
+    const SETTINGS: &str = "settings-of-the-farm";
+
+    #[test]
+    fn a_known_binary_is_served_at_once_while_it_is_stored_and_never_after_it_is_lost() {
+        let (_dir, c) = catalog();
+        let farm = Some(("set", SETTINGS));
+        let sha = "a".repeat(64);
+        let first = c.submit("first", "s", &src("same"), 1, farm, 0).unwrap();
+        assert_eq!(first.record.status, Status::Pending, "nothing is known yet");
+        build(&c, 0, &sha, 1);
+
+        // The same source under another name: success at once, no claim.
+        let again = c.submit("again", "s", &src("same"), 1, farm, 2).unwrap().record;
+        assert_eq!(
+            (again.status, again.binary_sha256.as_deref(), again.attempt),
+            (Status::Success, Some(sha.as_str()), 0)
+        );
+        let hit = again.binary_cache_hit.as_ref().expect("recorded as a binary cache hit");
+        assert_eq!((hit.pipeline_id, hit.version, hit.saved_ms), (1, 1, 900));
+        assert!(c.log(again.id).unwrap().unwrap().contains("binary cache hit"));
+        assert!(c.claim(0, "set", 3).unwrap().is_none(), "nothing to build");
+
+        // Other settings, another set, another source: built.
+        for (name, source, farm) in [
+            ("toolchain", "s", Some(("set", "other-settings"))),
+            ("depset", "s", Some(("other-set", SETTINGS))),
+            ("source", "t", farm),
+            ("off", "s", None),
+        ] {
+            let r = c.submit(name, source, &src(source), 1, farm, 4).unwrap().record;
+            assert_eq!((r.status, r.binary_cache_hit), (Status::Pending, None), "{name}");
+            c.delete(r.id, 4).unwrap();
+        }
+
+        // Still served while unreferenced but not collected; not once collected.
+        for id in [1, 2] {
+            c.delete(id, 10).unwrap();
+        }
+        let kept = c.submit("kept", "s", &src("same"), 1, farm, 11).unwrap().record;
+        assert_eq!(kept.status, Status::Success, "the artifact is still stored");
+        c.delete(kept.id, 12).unwrap();
+        c.collect(10_000, 1000, |_| Ok(())).unwrap();
+        let collected = c.submit("collected", "s", &src("same"), 1, farm, 10_001).unwrap().record;
+        assert_eq!(collected.status, Status::Pending, "its artifact is gone: built again");
+
+        // A binary that failed its hash is never served again.
+        build(&c, 0, &"b".repeat(64), 10_002);
+        c.artifact_lost(&"b".repeat(64), "its bytes failed their hash", 10_003).unwrap();
+        let lost = c.submit("lost", "s", &src("same"), 1, farm, 10_004).unwrap().record;
+        assert_eq!(lost.status, Status::Pending, "a lost binary is not served");
     }
 
     /// What the counters say, checked against a scan of every record.
@@ -991,7 +1071,7 @@ mod tests {
         let (_dir, c) = catalog();
         for i in 1..=10 {
             let name = if i % 2 == 0 { format!("even-{i}") } else { format!("odd-{i}") };
-            c.submit(&name, &format!("s{i}"), &src(&name), 3, i).unwrap();
+            c.submit(&name, &format!("s{i}"), &src(&name), 3, None, i).unwrap();
         }
         let first = c.page(&PageQuery { limit: 4, ..PageQuery::default() }).unwrap();
         assert_eq!(first.records.iter().map(|r| r.id).collect::<Vec<_>>(), [1, 2, 3, 4]);
@@ -1017,7 +1097,7 @@ mod tests {
     fn counters_move_with_every_write() {
         let (_dir, c) = catalog();
         for i in 1..=9 {
-            c.submit(&format!("p{i}"), &format!("s{i}"), &src("x"), 3, i).unwrap();
+            c.submit(&format!("p{i}"), &format!("s{i}"), &src("x"), 3, None, i).unwrap();
         }
         assert_counts_match_a_scan(&c);
         build(&c, 1, &"a".repeat(64), 10);
@@ -1026,7 +1106,7 @@ mod tests {
         assert_counts_match_a_scan(&c);
         c.member_seen(2, 2, 12).unwrap();
         c.delete(3, 13).unwrap();
-        c.submit("p4", "changed", &src("y"), 3, 14).unwrap();
+        c.submit("p4", "changed", &src("y"), 3, None, 14).unwrap();
         assert_counts_match_a_scan(&c);
         let counts = c.counts().unwrap();
         assert_eq!((counts.sources, counts.unreferenced["source"]), (10, 2), "s3 (deleted) and s4 (replaced) wait");
@@ -1036,7 +1116,7 @@ mod tests {
     fn an_unreadable_record_is_skipped_and_blocks_nothing() {
         let (_dir, c) = catalog();
         for i in 1..=4 {
-            c.submit(&format!("p{i}"), &format!("s{i}"), &src("x"), 1, i).unwrap();
+            c.submit(&format!("p{i}"), &format!("s{i}"), &src("x"), 1, None, i).unwrap();
         }
         {
             let txn = c.db().unwrap().begin_write().unwrap();
@@ -1057,9 +1137,9 @@ mod tests {
     fn unreferenced_files_go_after_the_retention_and_shared_ones_stay() {
         let (_dir, c) = catalog();
         let sha = "b".repeat(64);
-        c.submit("one", "s-shared", &src("same"), 1, 0).unwrap();
+        c.submit("one", "s-shared", &src("same"), 1, None, 0).unwrap();
         build(&c, 0, &sha, 1);
-        c.submit("two", "s-shared", &src("same"), 1, 2).unwrap();
+        c.submit("two", "s-shared", &src("same"), 1, None, 2).unwrap();
         build(&c, 0, &sha, 3);
         c.delete(1, 100).unwrap();
         let mut removed = Vec::new();
@@ -1082,7 +1162,7 @@ mod tests {
         let failed = c.collect(2000, 1000, |_| Err(std::io::Error::other("busy"))).unwrap();
         assert_eq!(failed.artifacts, 0);
         assert_eq!(c.counts().unwrap().unreferenced["artifact"], 1);
-        c.submit("three", "s3", &src("3"), 1, 2100).unwrap();
+        c.submit("three", "s3", &src("3"), 1, None, 2100).unwrap();
         build(&c, 0, &"c".repeat(64), 2100);
         assert_eq!(c.collect(9000, 1000, |_| panic!("it is referenced")).unwrap(), Collected::default());
     }
@@ -1092,7 +1172,7 @@ mod tests {
         let (_dir, c) = catalog();
         let sha = "d".repeat(64);
         for (i, name) in ["a", "b"].into_iter().enumerate() {
-            c.submit(name, "same", &src("same"), 1, i as u64).unwrap();
+            c.submit(name, "same", &src("same"), 1, None, i as u64).unwrap();
             build(&c, 0, &sha, i as u64);
         }
         let rebuilt = c.artifact_lost(&sha, "its bytes failed their hash", 50).unwrap();
@@ -1109,7 +1189,7 @@ mod tests {
     #[test]
     fn a_claim_whose_lease_ran_out_goes_back_to_its_ordinal() {
         let (_dir, c) = catalog();
-        c.submit("a", "s", &src("x"), 2, 0).unwrap();
+        c.submit("a", "s", &src("x"), 2, None, 0).unwrap();
         c.member_seen(1, 9, 0).unwrap();
         let (record, _) = c.claim(1, "set", 1).unwrap().unwrap();
         assert_eq!(c.in_flight().unwrap(), vec![(record.claim_key(), 1)]);

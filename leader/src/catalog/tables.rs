@@ -12,6 +12,10 @@
 //! - `refs` `(kind, sha256)` and `unreferenced` `(kind, sha256) → since`: how many
 //!   records point at each source and artifact; one that drops to none is
 //!   scheduled for collection after the retention (see `collect` in `mod.rs`).
+//! - `binaries` `binary key → CachedBinary` (JSON): the binary cache. Every
+//!   `success` whose worker said what it built with is indexed under its key
+//!   ([`crate::rules::binary_key`]); an entry is only served while its artifact is
+//!   stored (referenced, or unreferenced and not yet collected).
 
 use redb::{ReadableTable, Table, TableDefinition, WriteTransaction};
 
@@ -19,7 +23,7 @@ use kiln_core::api::Status;
 
 use super::CatalogError;
 use crate::records;
-use crate::rules::Pipeline;
+use crate::rules::{CachedBinary, Pipeline};
 
 pub const PIPELINES: TableDefinition<u64, &[u8]> = TableDefinition::new("pipelines");
 pub const NAMES: TableDefinition<&str, u64> = TableDefinition::new("names");
@@ -33,6 +37,7 @@ pub const BY_ARTIFACT: TableDefinition<(&str, u64), ()> = TableDefinition::new("
 pub const COUNTS: TableDefinition<&str, u64> = TableDefinition::new("counts");
 pub const REFS: TableDefinition<(u8, &str), u64> = TableDefinition::new("refs");
 pub const UNREFERENCED: TableDefinition<(u8, &str), u64> = TableDefinition::new("unreferenced_since_ms");
+pub const BINARIES: TableDefinition<&str, &[u8]> = TableDefinition::new("binary_cache");
 
 /// What a reference points at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -99,6 +104,7 @@ pub struct Books<'t> {
     pub counts: Table<'t, &'static str, u64>,
     pub refs: Table<'t, (u8, &'static str), u64>,
     pub unreferenced: Table<'t, (u8, &'static str), u64>,
+    pub binaries: Table<'t, &'static str, &'static [u8]>,
 }
 
 impl<'t> Books<'t> {
@@ -111,6 +117,7 @@ impl<'t> Books<'t> {
             counts: txn.open_table(COUNTS)?,
             refs: txn.open_table(REFS)?,
             unreferenced: txn.open_table(UNREFERENCED)?,
+            binaries: txn.open_table(BINARIES)?,
         })
     }
 
@@ -124,6 +131,7 @@ impl<'t> Books<'t> {
             Some(new) => {
                 self.pipelines.insert(new.id, records::encode_pipeline(new).as_slice())?;
                 self.index(new)?;
+                self.offer_binary(new)?;
             }
             None => {
                 if let Some(old) = old {
@@ -140,6 +148,64 @@ impl<'t> Books<'t> {
             self.reference(added.0, added.1)?;
         }
         Ok(())
+    }
+
+    /// A build that succeeded, with its key, enters the binary cache (replacing an
+    /// entry of the same key: the latest build of it wins).
+    fn offer_binary(&mut self, record: &Pipeline) -> Result<(), CatalogError> {
+        let (Status::Success, Some(key), Some(sha256), None) =
+            (record.status, &record.binary_key, &record.binary_sha256, &record.binary_cache_hit)
+        else {
+            return Ok(());
+        };
+        let cached = CachedBinary {
+            sha256: sha256.clone(),
+            size: record.binary_size.unwrap_or(0),
+            pipeline_id: record.id,
+            version: record.version,
+            compile_ms: record.compile_ms.unwrap_or(0),
+        };
+        let bytes = serde_json::to_vec(&cached)
+            .map_err(|e| super::corrupt(format!("binary cache entry {key}"), &e.to_string()))?;
+        self.binaries.insert(key.as_str(), bytes.as_slice())?;
+        Ok(())
+    }
+
+    /// The binary cache's entry for `key`, if its artifact is still stored. An
+    /// entry whose artifact was collected is removed (and is a miss).
+    pub fn cached_binary(&mut self, key: &str) -> Result<Option<CachedBinary>, CatalogError> {
+        let Some(bytes) = self.binaries.get(key)?.map(|v| v.value().to_vec()) else { return Ok(None) };
+        let cached = match serde_json::from_slice::<CachedBinary>(&bytes) {
+            Ok(cached) => cached,
+            Err(error) => {
+                tracing::error!(key, %error, "binary cache entry unreadable: removed, the program is built");
+                self.binaries.remove(key)?;
+                return Ok(None);
+            }
+        };
+        let stored = self.referenced(Kind::Artifact, &cached.sha256)?
+            || self.unreferenced.get((Kind::Artifact as u8, cached.sha256.as_str()))?.is_some();
+        if !stored {
+            self.binaries.remove(key)?;
+            return Ok(None);
+        }
+        Ok(Some(cached))
+    }
+
+    /// Removes every binary cache entry that serves `sha256` (its artifact failed
+    /// its hash). A scan, for a rare event.
+    pub fn forget_binary(&mut self, sha256: &str) -> Result<usize, CatalogError> {
+        let mut gone = Vec::new();
+        for entry in self.binaries.iter()? {
+            let (key, value) = entry?;
+            if serde_json::from_slice::<CachedBinary>(value.value()).is_ok_and(|c| c.sha256 == sha256) {
+                gone.push(key.value().to_owned());
+            }
+        }
+        for key in &gone {
+            self.binaries.remove(key.as_str())?;
+        }
+        Ok(gone.len())
     }
 
     fn index(&mut self, record: &Pipeline) -> Result<(), CatalogError> {

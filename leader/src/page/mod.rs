@@ -344,13 +344,18 @@ fn status_cell(r: &PipelineRecord) -> Markup {
 
 fn cache_cell(r: &PipelineRecord) -> Markup {
     html! {
-        @match &r.cache {
-            Some(c) if c.enabled => {
-                (c.hits) " hits / " (c.misses) " misses"
-                @if c.hit_read_ms + c.miss_compile_ms > 0 { br; span.muted { (c.time_from_cache_percent) " % of compile time from cache" } }
+        @match (&r.binary_cache_hit, &r.cache) {
+            (Some(hit), _) => {
+                "binary cache" br; span.muted { "built as pipeline " (hit.pipeline_id) " v" (hit.version) ", " (format!("{:.1}", hit.saved_ms as f64 / 1000.0)) " s saved" }
             }
-            Some(_) => span.muted { "off" },
-            None => span.muted { "–" },
+            (None, Some(c)) if c.enabled => {
+                (c.hits) " hits / " (c.misses) " misses"
+                @if c.saved_ms + c.miss_compile_ms > 0 {
+                    br; span.muted { (format!("{:.1}", c.saved_ms as f64 / 1000.0)) " s saved, " (c.time_from_cache_percent) " % of compile time from cache" }
+                }
+            }
+            (None, Some(_)) => span.muted { "off" },
+            (None, None) => span.muted { "–" },
         }
     }
 }
