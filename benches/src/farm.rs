@@ -41,7 +41,8 @@ impl Farm {
     ) -> anyhow::Result<Farm> {
         // The first farm of a run builds the dependency set in release.
         let inner = kiln_testkit::Farm::start_all(
-            testkit_setup(setup, &setup.depset_cache, "warn"),
+            // The builder's `cargo finished` lines are comparison 1's trace.
+            testkit_setup(setup, &setup.depset_cache, "warn,kiln_compiler_worker::builder=info"),
             workers,
             shared_build_root,
             extra,
@@ -91,7 +92,12 @@ impl Farm {
 
     /// Submits the program in `dir` as `name` through the REST API; returns its id.
     pub async fn submit(&self, name: &str, dir: &Path) -> anyhow::Result<u64> {
-        Ok(self.inner.leader().submit_dir(name, dir).await?.id)
+        Ok(self.submit_record(name, dir).await?.id)
+    }
+
+    /// Submits the program in `dir` as `name`; returns the record the answer holds.
+    pub async fn submit_record(&self, name: &str, dir: &Path) -> anyhow::Result<kiln_core::api::PipelineRecord> {
+        self.inner.leader().submit_dir(name, dir).await
     }
 
     /// Waits until pipeline `id` has finished, and returns its record; a build that

@@ -9,6 +9,7 @@
 //! Run it through `scripts/bench` (which builds Kiln in release first).
 
 mod farm;
+mod large;
 mod measures;
 mod member_start;
 mod programs;
@@ -40,6 +41,14 @@ struct Args {
     /// Only these comparisons (e.g. `--only 1,5`).
     #[arg(long, value_delimiter = ',')]
     only: Vec<u32>,
+    /// The large program's operator crates (comparisons 11 to 14); default 40,
+    /// or 8 with --quick.
+    #[arg(long)]
+    large_operators: Option<usize>,
+    /// The large program's views per operator crate; default 32 (about 40,000
+    /// lines with 40 operators), or 8 with --quick.
+    #[arg(long)]
+    large_functions: Option<usize>,
     /// Write the table into this file (between its table markers).
     #[arg(long)]
     results: Option<PathBuf>,
@@ -96,6 +105,12 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let wanted = |n: u32| args.only.is_empty() || args.only.contains(&n);
     let rounds = if args.quick { 3 } else { 7 };
+    let default_shape =
+        if args.quick { programs::SqlShape { operators: 8, functions: 8 } } else { programs::SqlShape::LARGE };
+    let shape = programs::SqlShape {
+        operators: args.large_operators.unwrap_or(default_shape.operators),
+        functions: args.large_functions.unwrap_or(default_shape.functions),
+    };
     let setup = farm::Setup {
         kiln: args.kiln.canonicalize().with_context(|| format!("no kiln binary at {}", args.kiln.display()))?,
         depset_cache: args.depset_cache.clone(),
@@ -118,16 +133,39 @@ async fn main() -> anyhow::Result<()> {
         say("2. time to start (100 submissions)");
         rows.push(measures::time_to_start(&one, work.path(), 100).await?);
     }
+    if wanted(11) {
+        say(&format!(
+            "11. large program ({} operators × {} views), farm vs plain cargo",
+            shape.operators, shape.functions
+        ));
+        rows.push(large::large_vs_cargo(&setup, &one, work.path(), shape, if args.quick { 2 } else { 3 }).await?);
+    }
+    if wanted(14) {
+        say("14. peak memory of a large build");
+        rows.push(large::large_memory(&one, work.path(), shape).await?);
+    }
+    if wanted(15) {
+        say("15. binary cache: a known program under a new name");
+        rows.push(large::binary_cache(&one, work.path(), if args.quick { 20 } else { 50 }).await?);
+    }
     if wanted(3) {
         say("3. cache across workers (sccache on a local S3-compatible store)");
         rows.push(measures::cache_across_workers(&setup, work.path(), rounds).await?);
     }
-    if wanted(4) || wanted(6) {
+    if wanted(12) {
+        say("12. large program across workers, warm vs cold store (sccache on a local S3-compatible store)");
+        rows.push(large::large_across_workers(&setup, work.path(), shape, if args.quick { 1 } else { 3 }).await?);
+    }
+    if wanted(4) || wanted(6) || wanted(13) {
         say("starting a 2-worker farm");
         let two = farm::Farm::start(&setup, 2, None, &off).await?;
         if wanted(4) {
             say("4. scale-out (8 pipelines, 1 vs 2 workers)");
             rows.push(measures::scale_out(&one, &two, work.path(), rounds).await?);
+        }
+        if wanted(13) {
+            say("13. eight large programs, 1 vs 2 workers");
+            rows.push(large::large_scale_out(&one, &two, work.path(), shape, 1).await?);
         }
         if wanted(6) {
             say("6. health probe under 200 requests/s");
@@ -136,7 +174,10 @@ async fn main() -> anyhow::Result<()> {
     }
     if wanted(5) {
         say("5. upload of 512 MiB, leader vs raw loopback copy");
-        rows.push(measures::upload_throughput(&one, work.path(), rounds, 512).await?);
+        // The disk's own noise is large (ARCHITECTURE.md): enough rounds to tell it
+        // from the path's cost.
+        let upload_rounds = if args.quick { rounds } else { 3 * rounds };
+        rows.push(measures::upload_throughput(&one, work.path(), upload_rounds, 512).await?);
     }
     if wanted(7) {
         say("7. multihost start, kiln launch --hosts 4");
@@ -149,12 +190,14 @@ async fn main() -> anyhow::Result<()> {
     if wanted(9) {
         say("9. new member ready, dependency set of about 100 crates, cold vs warm store");
         // Each round builds the set twice in release: a few minutes.
-        let rounds = if args.quick { 2 } else { 3 };
+        let rounds = if args.quick { 1 } else { 3 };
         rows.push(member_start::member_start(&setup, &args.sets, work.path(), rounds).await?);
     }
     if wanted(10) {
         say("10. catalog at scale: the real leader, 256 simulated members, 1,000 vs 100,000 pipelines");
-        rows.push(scale::catalog_at_scale(&setup, 100_000, args.quick, &say).await?);
+        // Filling the catalog to 100,000 takes minutes: --quick stops at 20,000.
+        let large = if args.quick { 20_000 } else { 100_000 };
+        rows.push(scale::catalog_at_scale(&setup, large, args.quick, &say).await?);
     }
     rows.sort_by_key(|r| r.number);
 

@@ -1,0 +1,278 @@
+//! Comparisons 11 to 15: programs of the size users build (issue 16). A
+//! generated SQL-shaped program (`programs::write_sql`: a schema crate and K
+//! operator crates of F views each, about 40,000 lines by default) through the
+//! farm against plain cargo, across workers through the shared cache, eight at
+//! once on one and two workers; the memory a large build takes; and the binary
+//! cache's answer to a program built before.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+
+use crate::farm::{Farm, S3, Setup};
+use crate::measures::{ms, plain_cargo, submit_on};
+use crate::programs::{self, SqlShape};
+use crate::stats::{Row, median, percentile};
+
+/// A number no earlier run used: every round writes operators nobody compiled.
+fn fresh(round: u64, side: u64) -> u64 {
+    1_000_000 * u64::from(std::process::id()) + 100 * round + side
+}
+
+fn shape_text(shape: SqlShape, lines: usize) -> String {
+    format!("{} operator crates × {} views, {} lines", shape.operators, shape.functions, lines)
+}
+
+/// Comparison 11: the large program through a 1-worker farm (submission to
+/// success) against a plain `cargo build` of it in the same build root; both
+/// compile every crate of the program (new operators each time; the dependency
+/// set prebuilt for both), same profile, no compile cache.
+pub async fn large_vs_cargo(
+    setup: &Setup,
+    farm: &Farm,
+    work: &Path,
+    shape: SqlShape,
+    rounds: usize,
+) -> anyhow::Result<Row> {
+    let root = farm.build_root(0);
+    let work = work.join("large-vs-cargo");
+    let (mut through_farm, mut plain) = (Vec::new(), Vec::new());
+    let mut lines = 0;
+    for round in 0..rounds as u64 {
+        for side in [round % 2, (round + 1) % 2] {
+            let variant = fresh(round, side);
+            let (dir, n) = programs::write_sql(&work, "large", variant, shape, variant, |_| variant)?;
+            lines = n;
+            if side == 0 {
+                let id = farm.submit("large", &dir).await?;
+                let record = farm.wait_success(id).await?;
+                through_farm.push((ms(&record, "finished_at_ms")? - ms(&record, "submitted_at_ms")?) as f64);
+            } else {
+                plain.push(plain_cargo(setup, &root, &dir, "large")?);
+            }
+        }
+    }
+    let (farm_ms, plain_ms) = (median(&through_farm), median(&plain));
+    let ratio = farm_ms / plain_ms;
+    Ok(Row {
+        number: 11,
+        what: "large program, farm vs cargo".into(),
+        measured: format!(
+            "{}: farm {:.1} s vs cargo {:.1} s: ratio {ratio:.3}",
+            shape_text(shape, lines),
+            farm_ms / 1000.0,
+            plain_ms / 1000.0
+        ),
+        goal: "ratio ≤ 1.02".into(),
+        met: Some(ratio <= 1.02),
+    })
+}
+
+/// Resident memory, in KiB, of `pid` and of every process below it.
+fn memory_below(pid: i32) -> (u64, u64, u64) {
+    let page_kib = procfs::page_size() / 1024;
+    let Ok(all) = procfs::process::all_processes() else { return (0, 0, 0) };
+    let stats: Vec<procfs::process::Stat> = all.filter_map(|p| p.ok()?.stat().ok()).collect();
+    let mut below = vec![pid];
+    let mut grew = true;
+    while grew {
+        grew = false;
+        for s in &stats {
+            if below.contains(&s.ppid) && !below.contains(&s.pid) {
+                below.push(s.pid);
+                grew = true;
+            }
+        }
+    }
+    let rss = |p: i32| stats.iter().find(|s| s.pid == p).map_or(0, |s| s.rss * page_kib);
+    let children: Vec<u64> = below[1..].iter().map(|&p| rss(p)).collect();
+    (rss(pid), children.iter().sum(), children.iter().copied().max().unwrap_or(0))
+}
+
+/// Comparison 14: the peak memory of the member (`kiln server`: leader and
+/// worker in one process) and of the build's processes below it (bubblewrap,
+/// cargo, rustc, build scripts) while it builds the large program, sampled every
+/// 100 ms (a build of its own, after comparison 11, so no timed build is sampled).
+pub async fn large_memory(farm: &Farm, work: &Path, shape: SqlShape) -> anyhow::Result<Row> {
+    let variant = fresh(99, 0);
+    let (dir, lines) = programs::write_sql(&work.join("large-memory"), "memory", variant, shape, variant, |_| variant)?;
+    let pid = farm.leader_pid() as i32;
+    let sampling = tokio_util::sync::CancellationToken::new();
+    let sampler = {
+        let sampling = sampling.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut peak = (0, 0, 0);
+            while !sampling.is_cancelled() {
+                let now = memory_below(pid);
+                peak = (peak.0.max(now.0), peak.1.max(now.1), peak.2.max(now.2));
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            peak
+        })
+    };
+    let id = farm.submit("memory", &dir).await?;
+    let built = farm.wait_success(id).await;
+    sampling.cancel();
+    let (member, build, largest) = sampler.await?;
+    let built = built?;
+    let seconds = (ms(&built, "finished_at_ms")? - ms(&built, "submitted_at_ms")?) as f64 / 1000.0;
+    let mib = |kib: u64| kib as f64 / 1024.0;
+    Ok(Row {
+        number: 14,
+        what: "peak memory of a large build".into(),
+        measured: format!(
+            "{} (built in {seconds:.0} s): member process {:.0} MiB; its build's processes {:.0} MiB together, the largest one {:.0} MiB",
+            shape_text(shape, lines),
+            mib(member),
+            mib(build),
+            mib(largest)
+        ),
+        goal: "reported (sizes the chart's requests and limits)".into(),
+        met: None,
+    })
+}
+
+/// Comparison 12: the second program (all but two operators shared with the
+/// first) on worker 1, after the first on worker 0, through sccache on a real
+/// S3-compatible store; against the second program with operators nobody
+/// compiled ("cold"). Hit rates of the warm build by count and by compile time
+/// (the compile time its hits saved, as recorded when each was a miss, over that
+/// plus what it compiled).
+pub async fn large_across_workers(setup: &Setup, work: &Path, shape: SqlShape, rounds: usize) -> anyhow::Result<Row> {
+    if !nix::unistd::geteuid().is_root() {
+        return Ok(Row::skipped(12, "large program across workers", "needs root for the members' private mounts"));
+    }
+    let s3_dir = tempfile::Builder::new().prefix("kiln-bench-s3-").tempdir()?;
+    let s3 = S3::start(s3_dir.path())?;
+    let root = std::path::PathBuf::from("/tmp/kiln-bench-build-root-large");
+    let farm = Farm::start(setup, 2, Some(root), &s3.member_flags()?).await?;
+    let work = work.join("large-across");
+    let changed = 2;
+    let (mut ratios, mut by_count, mut by_time, mut cold_walls, mut warm_walls) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut lines = 0;
+    for round in 0..rounds as u64 {
+        let (cold_base, warm_base) = (fresh(round, 0), fresh(round, 1));
+        let (cold_dir, n) = programs::write_sql(&work, "second", cold_base, shape, cold_base, |_| cold_base)?;
+        lines = n;
+        let id = submit_on(&farm, &work, 2, 1, &format!("second-cold-{round}"), &cold_dir).await?;
+        let cold = farm.wait_success(id).await?;
+
+        let (a_dir, _) = programs::write_sql(&work, "first", warm_base, shape, warm_base, |_| warm_base)?;
+        let id = submit_on(&farm, &work, 2, 0, &format!("first-{round}"), &a_dir).await?;
+        farm.wait_success(id).await?;
+        let (b_dir, _) = programs::write_sql(&work, "second", warm_base + 1, shape, warm_base, |i| {
+            if i < changed { warm_base + 2 } else { warm_base }
+        })?;
+        let id = submit_on(&farm, &work, 2, 1, &format!("second-warm-{round}"), &b_dir).await?;
+        let warm = farm.wait_success(id).await?;
+
+        let wall = |r: &serde_json::Value| -> anyhow::Result<f64> {
+            Ok((ms(r, "finished_at_ms")? - ms(r, "started_at_ms")?) as f64)
+        };
+        let (cold_wall, warm_wall) = (wall(&cold)?, wall(&warm)?);
+        cold_walls.push(cold_wall);
+        warm_walls.push(warm_wall);
+        ratios.push(warm_wall / cold_wall);
+        let cache = &warm["cache"];
+        let (hits, misses) = (ms(cache, "hits")? as f64, ms(cache, "misses")? as f64);
+        by_count.push(100.0 * hits / (hits + misses).max(1.0));
+        let (saved, compiled) = (ms(cache, "saved_ms")? as f64, ms(cache, "miss_compile_ms")? as f64);
+        by_time.push(100.0 * saved / (saved + compiled).max(1.0));
+    }
+    let (ratio, count, time) = (median(&ratios), median(&by_count), median(&by_time));
+    Ok(Row {
+        number: 12,
+        what: "large program across workers".into(),
+        measured: format!(
+            "{}, {changed} operators new: second program warm {:.1} s vs cold {:.1} s: ratio {ratio:.2}; hit rate {count:.1} % by count, {time:.1} % by compile time",
+            shape_text(shape, lines),
+            median(&warm_walls) / 1000.0,
+            median(&cold_walls) / 1000.0
+        ),
+        goal: "≤ 0.15; ≥ 95 % both".into(),
+        met: Some(ratio <= 0.15 && count >= 95.0 && time >= 95.0),
+    })
+}
+
+/// Submits eight new large programs at once and returns the seconds until all
+/// succeeded.
+async fn batch(farm: &Farm, work: &Path, shape: SqlShape, serial: u64) -> anyhow::Result<f64> {
+    let mut dirs = Vec::new();
+    for k in 0..8u64 {
+        let variant = fresh(serial, k);
+        dirs.push(programs::write_sql(work, &format!("batch-{k}"), variant, shape, variant, |_| variant)?.0);
+    }
+    let started = Instant::now();
+    let mut ids = Vec::new();
+    for (k, dir) in dirs.iter().enumerate() {
+        ids.push(farm.submit(&format!("batch-{serial}-{k}"), dir).await?);
+    }
+    for id in ids {
+        farm.wait_success(id).await?;
+    }
+    Ok(started.elapsed().as_secs_f64())
+}
+
+/// Comparison 13: eight new large programs submitted at once to a 1-worker and a
+/// 2-worker farm (no compile cache): from the first submission to the last success.
+pub async fn large_scale_out(
+    one: &Farm,
+    two: &Farm,
+    work: &Path,
+    shape: SqlShape,
+    rounds: usize,
+) -> anyhow::Result<Row> {
+    let work = work.join("large-scale");
+    let (mut single, mut double) = (Vec::new(), Vec::new());
+    for round in 0..rounds as u64 {
+        single.push(batch(one, &work, shape, 200 + 2 * round).await?);
+        double.push(batch(two, &work, shape, 201 + 2 * round).await?);
+    }
+    let (a, b) = (median(&single), median(&double));
+    Ok(Row {
+        number: 13,
+        what: "large programs, scale-out".into(),
+        measured: format!(
+            "8 programs of {} operator crates × {} views: 1 worker {a:.0} s, 2 workers {b:.0} s: speed-up {:.2}",
+            shape.operators,
+            shape.functions,
+            a / b
+        ),
+        goal: "speed-up ≥ 1.7".into(),
+        met: Some(a / b >= 1.7),
+    })
+}
+
+/// Comparison 15: a program the farm built before, submitted again under a new
+/// name (another team, a CI job): from sending the submission to the answer,
+/// which already says `success` (the binary cache), over `count` submissions.
+pub async fn binary_cache(farm: &Farm, work: &Path, count: usize) -> anyhow::Result<Row> {
+    let dir = programs::write(&work.join("binary-cache"), "known", fresh(98, 0), 2, 50, fresh(98, 0))?;
+    let first = farm.submit("known", &dir).await?;
+    let built = farm.wait_success(first).await?;
+    let sha = built["binary_sha256"].as_str().context("a binary")?.to_owned();
+    let mut times = Vec::new();
+    for i in 0..count {
+        // As `kiln submit` does it: the program read from disk, sent, answered.
+        let started = Instant::now();
+        let p = farm.submit_record(&format!("known-again-{i}"), &dir).await?;
+        times.push(started.elapsed().as_secs_f64() * 1000.0);
+        if p.status != kiln_core::api::Status::Success || p.binary_sha256.as_deref() != Some(sha.as_str()) {
+            anyhow::bail!("a known program was not served from the binary cache: {p:?}");
+        }
+    }
+    let p99 = percentile(&times, 99.0);
+    Ok(Row {
+        number: 15,
+        what: "binary cache".into(),
+        measured: format!(
+            "a known program under a new name, submission to success: p50 {:.1} ms, p99 {p99:.1} ms over {count} (it took {:.1} s to build)",
+            median(&times),
+            ms(&built, "compile_ms")? as f64 / 1000.0
+        ),
+        goal: "≤ 50 ms".into(),
+        met: Some(p99 <= 50.0),
+    })
+}
