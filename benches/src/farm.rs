@@ -80,6 +80,16 @@ impl Farm {
         self.inner.url()
     }
 
+    /// Waits until the leader answers at all (its members may still be preparing).
+    pub async fn wait_answering(&self) {
+        self.inner.leader().wait_answering(Duration::from_secs(120)).await
+    }
+
+    /// `GET path` of the leader, as JSON: (status, body).
+    pub async fn get_json(&self, path: &str) -> anyhow::Result<(u16, serde_json::Value)> {
+        Ok(self.inner.leader().get_json(path).await)
+    }
+
     /// Member `ordinal`'s own build root (what its private mount shows at the
     /// shared path).
     pub fn build_root(&self, ordinal: u32) -> PathBuf {

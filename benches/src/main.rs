@@ -127,49 +127,57 @@ async fn main() -> anyhow::Result<()> {
     if wanted(1) {
         say("1. farm overhead");
         // Each round is half a second: more of them steady the ratio.
-        rows.push(measures::farm_overhead(&setup, &one, work.path(), 3 * rounds).await?);
+        keep(&mut rows, measures::farm_overhead(&setup, &one, work.path(), 3 * rounds).await?, &say);
     }
     if wanted(2) {
         say("2. time to start (100 submissions)");
-        rows.push(measures::time_to_start(&one, work.path(), 100).await?);
+        keep(&mut rows, measures::time_to_start(&one, work.path(), 100).await?, &say);
     }
     if wanted(11) {
         say(&format!(
             "11. large program ({} operators × {} views), farm vs plain cargo",
             shape.operators, shape.functions
         ));
-        rows.push(large::large_vs_cargo(&setup, &one, work.path(), shape, if args.quick { 2 } else { 3 }).await?);
+        keep(
+            &mut rows,
+            large::large_vs_cargo(&setup, &one, work.path(), shape, if args.quick { 2 } else { 3 }).await?,
+            &say,
+        );
     }
     if wanted(14) {
         say("14. peak memory of a large build");
-        rows.push(large::large_memory(&one, work.path(), shape).await?);
+        keep(&mut rows, large::large_memory(&one, work.path(), shape).await?, &say);
     }
     if wanted(15) {
         say("15. binary cache: a known program under a new name");
-        rows.push(large::binary_cache(&one, work.path(), if args.quick { 20 } else { 50 }).await?);
+        keep(&mut rows, large::binary_cache(&one, work.path(), if args.quick { 20 } else { 50 }).await?, &say);
     }
     if wanted(3) {
         say("3. cache across workers (sccache on a local S3-compatible store)");
-        rows.push(measures::cache_across_workers(&setup, work.path(), rounds).await?);
+        keep(&mut rows, measures::cache_across_workers(&setup, work.path(), rounds).await?, &say);
     }
     if wanted(12) {
         say("12. large program across workers, warm vs cold store (sccache on a local S3-compatible store)");
-        rows.push(large::large_across_workers(&setup, work.path(), shape, if args.quick { 1 } else { 3 }).await?);
+        keep(
+            &mut rows,
+            large::large_across_workers(&setup, work.path(), shape, if args.quick { 1 } else { 2 }).await?,
+            &say,
+        );
     }
     if wanted(4) || wanted(6) || wanted(13) {
         say("starting a 2-worker farm");
         let two = farm::Farm::start(&setup, 2, None, &off).await?;
         if wanted(4) {
             say("4. scale-out (8 pipelines, 1 vs 2 workers)");
-            rows.push(measures::scale_out(&one, &two, work.path(), rounds).await?);
+            keep(&mut rows, measures::scale_out(&one, &two, work.path(), rounds).await?, &say);
         }
         if wanted(13) {
             say("13. eight large programs, 1 vs 2 workers");
-            rows.push(large::large_scale_out(&one, &two, work.path(), shape, 1).await?);
+            keep(&mut rows, large::large_scale_out(&one, &two, work.path(), shape, 1).await?, &say);
         }
         if wanted(6) {
             say("6. health probe under 200 requests/s");
-            rows.push(measures::health_probe(&two, if args.quick { 10 } else { 30 }).await?);
+            keep(&mut rows, measures::health_probe(&two, if args.quick { 10 } else { 30 }).await?, &say);
         }
     }
     if wanted(5) {
@@ -177,27 +185,27 @@ async fn main() -> anyhow::Result<()> {
         // The disk's own noise is large (ARCHITECTURE.md): enough rounds to tell it
         // from the path's cost.
         let upload_rounds = if args.quick { rounds } else { 3 * rounds };
-        rows.push(measures::upload_throughput(&one, work.path(), upload_rounds, 512).await?);
+        keep(&mut rows, measures::upload_throughput(&setup, work.path(), upload_rounds, 512).await?, &say);
     }
     if wanted(7) {
         say("7. multihost start, kiln launch --hosts 4");
-        rows.push(measures::multihost_start(&setup, &one, work.path(), rounds.max(5)).await?);
+        keep(&mut rows, measures::multihost_start(&setup, &one, work.path(), rounds.max(5)).await?, &say);
     }
     if wanted(8) {
         say("8. sandbox cost, sandbox on vs --sandbox=off");
-        rows.push(measures::sandbox_cost(&setup, work.path(), rounds.max(5)).await?);
+        keep(&mut rows, measures::sandbox_cost(&setup, work.path(), rounds.max(5)).await?, &say);
     }
     if wanted(9) {
         say("9. new member ready, dependency set of about 100 crates, cold vs warm store");
         // Each round builds the set twice in release: a few minutes.
         let rounds = if args.quick { 1 } else { 3 };
-        rows.push(member_start::member_start(&setup, &args.sets, work.path(), rounds).await?);
+        keep(&mut rows, member_start::member_start(&setup, &args.sets, work.path(), rounds).await?, &say);
     }
     if wanted(10) {
         say("10. catalog at scale: the real leader, 256 simulated members, 1,000 vs 100,000 pipelines");
         // Filling the catalog to 100,000 takes minutes: --quick stops at 20,000.
         let large = if args.quick { 20_000 } else { 100_000 };
-        rows.push(scale::catalog_at_scale(&setup, large, args.quick, &say).await?);
+        keep(&mut rows, scale::catalog_at_scale(&setup, large, args.quick, &say).await?, &say);
     }
     rows.sort_by_key(|r| r.number);
 
@@ -217,6 +225,13 @@ async fn main() -> anyhow::Result<()> {
         say(&format!("table written to {}", path.display()));
     }
     Ok(())
+}
+
+/// Keeps a row, and says it at once: a later comparison that fails loses nothing
+/// of what was measured before it.
+fn keep(rows: &mut Vec<stats::Row>, row: stats::Row, say: &dyn Fn(&str)) {
+    say(stats::table(std::slice::from_ref(&row)).lines().last().unwrap_or_default());
+    rows.push(row);
 }
 
 /// Today's date and time (UTC), from `date`, which every machine here has.

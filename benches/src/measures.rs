@@ -290,27 +290,58 @@ fn rss_kib(pid: u32) -> Option<u64> {
     status.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()
 }
 
-/// Uploads `path` to the leader as a worker does (gRPC client stream, 256 KiB chunks).
-async fn upload(farm: &Farm, path: &Path, sha256: &str, size: u64) -> anyhow::Result<()> {
-    use kiln_proto::upload_chunk::Part;
-    let mut client =
-        kiln_proto::cluster_client::ClusterClient::connect(farm.url()).await?.max_decoding_message_size(64 << 20);
-    let header = kiln_proto::UploadChunk {
-        part: Some(Part::Header(kiln_proto::UploadHeader {
-            member: Some(kiln_proto::Member { ordinal: 0, workers: 1, incarnation: 1, version: "bench".into() }),
-            claim: None,
-            sha256: sha256.to_owned(),
-            size,
-        })),
-    };
-    let file = tokio::fs::File::open(path).await?;
-    let data = tokio_util::io::ReaderStream::with_capacity(file, kiln_proto::UPLOAD_CHUNK_BYTES)
-        .map(|chunk| kiln_proto::UploadChunk { part: Some(Part::Data(chunk.unwrap_or_default())) });
-    let stream = futures::stream::once(std::future::ready(header)).chain(data);
-    let mut request = tonic::Request::new(stream);
+/// A member of the leader's farm played by this process: ordinal 1 of 2 (the
+/// leader's own worker builds nothing of ordinal 1), holding a real claim, since
+/// the leader takes uploads only under a claim from the member that holds it.
+struct Uploader {
+    client: kiln_proto::cluster_client::ClusterClient<tonic::transport::Channel>,
+    member: kiln_proto::Member,
+    claim: kiln_proto::Claim,
+}
+
+fn authorized<T>(message: T) -> anyhow::Result<tonic::Request<T>> {
+    let mut request = tonic::Request::new(message);
     request.metadata_mut().insert("authorization", format!("Bearer {TOKEN}").parse()?);
-    client.upload_artifact(request).await?;
-    Ok(())
+    Ok(request)
+}
+
+impl Uploader {
+    async fn claim(farm: &Farm, work: &Path) -> anyhow::Result<Uploader> {
+        let mut client =
+            kiln_proto::cluster_client::ClusterClient::connect(farm.url()).await?.max_decoding_message_size(64 << 20);
+        let member = kiln_proto::Member { ordinal: 1, workers: 2, incarnation: 0x0b1e, version: "bench".into() };
+        let (_, settings) = farm.get_json("/v0/cache-settings").await?;
+        let depset = settings["depset"].as_str().context("the leader names its dependency set")?.to_owned();
+        // Pipeline 1 is ordinal 1's.
+        let dir = programs::write(work, "upload", 0, 0, 0, 0)?;
+        let id = farm.submit("upload", &dir).await?;
+        if id % 2 != 1 {
+            bail!("the upload pipeline got id {id}, not ordinal 1's: the farm was not new");
+        }
+        let call = kiln_proto::ClaimRequest { member: Some(member.clone()), wait_ms: 5000, depset };
+        let assignment = client.claim(authorized(call)?).await?.into_inner().assignment;
+        let claim = assignment.and_then(|a| a.claim).context("the leader handed out no claim")?;
+        Ok(Uploader { client, member, claim })
+    }
+
+    /// Uploads `path` as a worker does (gRPC client stream, 256 KiB chunks).
+    async fn upload(&mut self, path: &Path, sha256: &str, size: u64) -> anyhow::Result<()> {
+        use kiln_proto::upload_chunk::Part;
+        let header = kiln_proto::UploadChunk {
+            part: Some(Part::Header(kiln_proto::UploadHeader {
+                member: Some(self.member.clone()),
+                claim: Some(self.claim),
+                sha256: sha256.to_owned(),
+                size,
+            })),
+        };
+        let file = tokio::fs::File::open(path).await?;
+        let data = tokio_util::io::ReaderStream::with_capacity(file, kiln_proto::UPLOAD_CHUNK_BYTES)
+            .map(|chunk| kiln_proto::UploadChunk { part: Some(Part::Data(chunk.unwrap_or_default())) });
+        let stream = futures::stream::once(std::future::ready(header)).chain(data);
+        self.client.upload_artifact(authorized(stream)?).await?;
+        Ok(())
+    }
 }
 
 /// The same bytes over a plain loopback TCP connection into a file on the same
@@ -345,8 +376,13 @@ fn raw_copy(path: &Path, into: &Path) -> anyhow::Result<f64> {
 
 /// Comparison 5: A 512 MiB artifact to the leader against a raw loopback copy of the same
 /// bytes, and the leader's resident memory while it receives.
-pub async fn upload_throughput(farm: &Farm, work: &Path, rounds: usize, mib: u64) -> anyhow::Result<Row> {
+pub async fn upload_throughput(setup: &Setup, work: &Path, rounds: usize, mib: u64) -> anyhow::Result<Row> {
     let bytes = mib << 20;
+    let off = ["--sccache=off".to_owned(), "--claim-lease=1h".to_owned()];
+    let farm = Farm::spawn_leader(setup, &setup.depset_cache, None, 2, &off, "warn");
+    farm.wait_answering().await;
+    let farm = &farm;
+    let mut uploader = Uploader::claim(farm, work).await?;
     let (mut leader_rates, mut raw_rates, mut peaks) = (Vec::new(), Vec::new(), Vec::new());
     for round in 0..rounds as u64 {
         let path = work.join("artifact.bin");
@@ -374,7 +410,7 @@ pub async fn upload_throughput(farm: &Farm, work: &Path, rounds: usize, mib: u64
             raw_seconds = raw_copy_of(path.clone(), work.join("raw-copy.bin")).await??;
         }
         let started = Instant::now();
-        upload(farm, &path, &sha, size).await?;
+        uploader.upload(&path, &sha, size).await?;
         let leader_seconds = started.elapsed().as_secs_f64();
         sampling.cancel();
         let peak = sampler.await?;
