@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 
 use crate::farm::{Farm, S3, Setup};
-use crate::measures::{ms, plain_cargo, submit_on};
+use crate::measures::{WarmColdRounds, ms, plain_cargo, submit_on};
 use crate::programs::{self, SqlShape};
 use crate::stats::{Row, median, percentile};
 
@@ -149,8 +149,7 @@ pub async fn large_across_workers(setup: &Setup, work: &Path, shape: SqlShape, r
     let farm = Farm::start(setup, 2, Some(root), &s3.member_flags()?).await?;
     let work = work.join("large-across");
     let changed = 2;
-    let (mut ratios, mut by_count, mut by_time, mut cold_walls, mut warm_walls) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut measured = WarmColdRounds::default();
     let mut lines = 0;
     for round in 0..rounds as u64 {
         let (cold_base, warm_base) = (fresh(round, 0), fresh(round, 1));
@@ -168,28 +167,18 @@ pub async fn large_across_workers(setup: &Setup, work: &Path, shape: SqlShape, r
         let id = submit_on(&farm, &work, 2, 1, &format!("second-warm-{round}"), &b_dir).await?;
         let warm = farm.wait_success(id).await?;
 
-        let wall = |r: &serde_json::Value| -> anyhow::Result<f64> {
-            Ok((ms(r, "finished_at_ms")? - ms(r, "started_at_ms")?) as f64)
-        };
-        let (cold_wall, warm_wall) = (wall(&cold)?, wall(&warm)?);
-        cold_walls.push(cold_wall);
-        warm_walls.push(warm_wall);
-        ratios.push(warm_wall / cold_wall);
-        let cache = &warm["cache"];
-        let (hits, misses) = (ms(cache, "hits")? as f64, ms(cache, "misses")? as f64);
-        by_count.push(100.0 * hits / (hits + misses).max(1.0));
-        let (saved, compiled) = (ms(cache, "saved_ms")? as f64, ms(cache, "miss_compile_ms")? as f64);
-        by_time.push(100.0 * saved / (saved + compiled).max(1.0));
+        measured.add(&cold, &warm)?;
     }
-    let (ratio, count, time) = (median(&ratios), median(&by_count), median(&by_time));
+    let w = measured.medians();
+    let (ratio, count, time) = (w.ratio, w.by_count, w.by_time);
     Ok(Row {
         number: 12,
         what: "large program across workers".into(),
         measured: format!(
             "{}, {changed} operators new: second program warm {:.1} s vs cold {:.1} s: ratio {ratio:.2}; hit rate {count:.1} % by count, {time:.1} % by compile time",
             shape_text(shape, lines),
-            median(&warm_walls) / 1000.0,
-            median(&cold_walls) / 1000.0
+            w.warm_ms / 1000.0,
+            w.cold_ms / 1000.0
         ),
         goal: "≤ 0.15; ≥ 95 % both".into(),
         met: Some(ratio <= 0.15 && count >= 95.0 && time >= 95.0),

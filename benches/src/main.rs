@@ -46,7 +46,7 @@ struct Args {
     #[arg(long)]
     large_operators: Option<usize>,
     /// The large program's views per operator crate; default 32 (about 40,000
-    /// lines with 40 operators), or 8 with --quick.
+    /// lines with 40 operators), or 6 with --quick.
     #[arg(long)]
     large_functions: Option<usize>,
     /// Write the table into this file (between its table markers).
@@ -106,7 +106,7 @@ async fn main() -> anyhow::Result<()> {
     let wanted = |n: u32| args.only.is_empty() || args.only.contains(&n);
     let rounds = if args.quick { 3 } else { 7 };
     let default_shape =
-        if args.quick { programs::SqlShape { operators: 8, functions: 8 } } else { programs::SqlShape::LARGE };
+        if args.quick { programs::SqlShape { operators: 8, functions: 6 } } else { programs::SqlShape::LARGE };
     let shape = programs::SqlShape {
         operators: args.large_operators.unwrap_or(default_shape.operators),
         functions: args.large_functions.unwrap_or(default_shape.functions),
@@ -193,7 +193,11 @@ async fn main() -> anyhow::Result<()> {
     }
     if wanted(8) {
         say("8. sandbox cost, sandbox on vs --sandbox=off");
-        keep(&mut rows, measures::sandbox_cost(&setup, work.path(), rounds.max(5)).await?, &say);
+        keep(
+            &mut rows,
+            measures::sandbox_cost(&setup, work.path(), if args.quick { rounds } else { rounds.max(5) }).await?,
+            &say,
+        );
     }
     if wanted(9) {
         say("9. new member ready, dependency set of about 100 crates, cold vs warm store");

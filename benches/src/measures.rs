@@ -173,13 +173,55 @@ pub async fn cache_across_workers(setup: &Setup, work: &Path, rounds: usize) -> 
     })
 }
 
-/// What comparison 3 measures, medians over the rounds.
-struct WarmCold {
-    ratio: f64,
-    by_count: f64,
-    by_time: f64,
-    warm_ms: f64,
-    cold_ms: f64,
+/// What comparisons 3 and 12 measure, medians over the rounds.
+pub struct WarmCold {
+    pub ratio: f64,
+    pub by_count: f64,
+    pub by_time: f64,
+    pub warm_ms: f64,
+    pub cold_ms: f64,
+}
+
+/// The rounds of a warm-vs-cold comparison: each a build of the same program's
+/// crates with nothing in the store ("cold") and after another worker compiled
+/// them ("warm"), as the leader recorded them.
+#[derive(Default)]
+pub struct WarmColdRounds {
+    ratios: Vec<f64>,
+    by_count: Vec<f64>,
+    by_time: Vec<f64>,
+    cold_walls: Vec<f64>,
+    warm_walls: Vec<f64>,
+}
+
+impl WarmColdRounds {
+    pub fn add(&mut self, cold: &serde_json::Value, warm: &serde_json::Value) -> anyhow::Result<()> {
+        let wall = |r: &serde_json::Value| -> anyhow::Result<f64> {
+            Ok((ms(r, "finished_at_ms")? - ms(r, "started_at_ms")?) as f64)
+        };
+        let (cold_wall, warm_wall) = (wall(cold)?, wall(warm)?);
+        self.cold_walls.push(cold_wall);
+        self.warm_walls.push(warm_wall);
+        self.ratios.push(warm_wall / cold_wall);
+        let cache = &warm["cache"];
+        let (hits, misses) = (ms(cache, "hits")? as f64, ms(cache, "misses")? as f64);
+        self.by_count.push(100.0 * hits / (hits + misses).max(1.0));
+        // The compile time the warm build's hits saved (as recorded when each was a
+        // miss, on the other worker) over that plus what it still compiled.
+        let (saved, compiled) = (ms(cache, "saved_ms")? as f64, ms(cache, "miss_compile_ms")? as f64);
+        self.by_time.push(100.0 * saved / (saved + compiled).max(1.0));
+        Ok(())
+    }
+
+    pub fn medians(&self) -> WarmCold {
+        WarmCold {
+            ratio: median(&self.ratios),
+            by_count: median(&self.by_count),
+            by_time: median(&self.by_time),
+            warm_ms: median(&self.warm_walls),
+            cold_ms: median(&self.cold_walls),
+        }
+    }
 }
 
 /// Comparison 3's measurement on a 2-worker farm over a real S3 store, its members
@@ -194,8 +236,7 @@ async fn warm_cold(setup: &Setup, work: &Path, rounds: usize, tag: &str, extra: 
     let work = work.join(format!("warm-cold-{tag}"));
     let work = work.as_path();
     let (operators, functions) = (4, 250);
-    let (mut ratios, mut by_count, mut by_time, mut cold_walls, mut warm_walls) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut rounds_seen = WarmColdRounds::default();
     for round in 0..rounds as u64 {
         let base = 1_000_000 * u64::from(std::process::id()) + 10 * round;
         let cold_dir = programs::write(work, "cache-b", 3 * round, operators, functions, base)?;
@@ -209,27 +250,9 @@ async fn warm_cold(setup: &Setup, work: &Path, rounds: usize, tag: &str, extra: 
         let id = submit_on(&farm, work, 2, 1, &format!("cache-b-warm-{round}"), &b_dir).await?;
         let warm = farm.wait_success(id).await?;
 
-        let wall = |r: &serde_json::Value| -> anyhow::Result<f64> {
-            Ok((ms(r, "finished_at_ms")? - ms(r, "started_at_ms")?) as f64)
-        };
-        let (cold_wall, warm_wall) = (wall(&cold)?, wall(&warm)?);
-        cold_walls.push(cold_wall);
-        warm_walls.push(warm_wall);
-        ratios.push(warm_wall / cold_wall);
-        let (hits, misses) = (ms(&warm["cache"], "hits")? as f64, ms(&warm["cache"], "misses")? as f64);
-        by_count.push(100.0 * hits / (hits + misses).max(1.0));
-        // The compile time warm B's hits saved (as recorded when each was a miss,
-        // on worker 0) over that plus what warm B still compiled.
-        let (saved, compiled) = (ms(&warm["cache"], "saved_ms")? as f64, ms(&warm["cache"], "miss_compile_ms")? as f64);
-        by_time.push(100.0 * saved / (saved + compiled).max(1.0));
+        rounds_seen.add(&cold, &warm)?;
     }
-    Ok(WarmCold {
-        ratio: median(&ratios),
-        by_count: median(&by_count),
-        by_time: median(&by_time),
-        warm_ms: median(&warm_walls),
-        cold_ms: median(&cold_walls),
-    })
+    Ok(rounds_seen.medians())
 }
 
 /// Submits eight new pipelines at once and returns the seconds until all succeeded.

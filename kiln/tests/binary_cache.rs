@@ -5,24 +5,14 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{Farm, KILN, Member, examples, sha256};
+use common::{Farm, KILN, Member, copy_program, examples, sha256, text};
 use kiln_core::api::Status;
 
 const ENDED: [Status; 4] = [Status::Success, Status::CompileError, Status::SystemError, Status::Cancelled];
-
-fn text(output: &std::process::Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
-}
-
-fn copy_program(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    let status = Command::new("cp").arg("-r").arg(format!("{}/.", from.display())).arg(to).status().unwrap();
-    assert!(status.success());
-}
 
 async fn started(farm: &mut Farm) {
     farm.start(Member { ordinal: 0, workers: 1, extra: Vec::new() });

@@ -8,7 +8,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::{Farm, KILN, Member, S3_ACCESS_KEY, S3_BUCKET, S3_SECRET_KEY, S3Server, examples, free_port, spawn_kiln};
+use common::{
+    Farm, KILN, Member, S3_ACCESS_KEY, S3_BUCKET, S3_SECRET_KEY, S3Server, copy_program, examples, free_port,
+    spawn_kiln, text,
+};
 
 /// The one absolute path every member of a test farm builds at (each through its
 /// own private mount).
@@ -20,16 +23,6 @@ fn cached_member(ordinal: u32, workers: u32, s3: &S3Server) -> Member {
     let mut extra = vec!["--sccache=auto".to_owned(), format!("--sccache-binary={}", common::sccache().display())];
     extra.extend(s3.flags(S3_BUCKET, S3_SECRET_KEY));
     Member { ordinal, workers, extra }
-}
-
-fn text(output: &std::process::Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
-}
-
-fn copy_program(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    let status = Command::new("cp").arg("-r").arg(format!("{}/.", from.display())).arg(to).status().unwrap();
-    assert!(status.success());
 }
 
 async fn built(farm: &Farm, dir: &Path) -> serde_json::Value {

