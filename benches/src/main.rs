@@ -3,8 +3,9 @@
 //! Every comparison starts real `kiln` processes (and, for the cache, a real sccache
 //! and S3-compatible server), runs several rounds with the two sides alternating,
 //! and reports medians and ratios. Nothing asserts a time: the table sets each
-//! figure beside its goal, and `benches/RESULTS.md` keeps the latest one (the
-//! analysis written below its table is kept when the table is replaced).
+//! figure beside its goal, and `benches/RESULTS.md` keeps the latest full run's (the
+//! analysis written below its table is kept when the table is replaced; a quick
+//! or partial run only prints its table).
 //!
 //! Run it through `scripts/bench` (which builds Kiln in release first).
 
@@ -49,7 +50,7 @@ struct Args {
     /// lines with 40 operators), or 6 with --quick.
     #[arg(long)]
     large_functions: Option<usize>,
-    /// Write the table into this file (between its table markers).
+    /// Write a full run's table into this file (between its table markers).
     #[arg(long)]
     results: Option<PathBuf>,
     /// The command line recorded with the results.
@@ -224,9 +225,20 @@ async fn main() -> anyhow::Result<()> {
         started.elapsed().as_secs_f64()
     );
     println!("{header}");
-    if let Some(path) = &args.results {
-        write_results(path, &table, &header)?;
-        say(&format!("table written to {}", path.display()));
+    // The file keeps a full run's table: a quick or partial run (fewer rounds, a
+    // smaller program, some rows only) would replace it with figures that are not
+    // comparable, so it is printed only.
+    let full = !args.quick && args.only.is_empty() && args.large_operators.is_none() && args.large_functions.is_none();
+    match &args.results {
+        Some(path) if full => {
+            write_results(path, &table, &header)?;
+            say(&format!("table written to {}", path.display()));
+        }
+        Some(path) => say(&format!(
+            "a quick or partial run: the table is printed above, and {} keeps the last full run's",
+            path.display()
+        )),
+        None => {}
     }
     Ok(())
 }
