@@ -30,10 +30,10 @@ pub struct CacheArgs {
     /// `host:port` of an S3-compatible server (MinIO, Garage...); AWS when left out.
     #[arg(long = "sccache-endpoint", env = "KILN_SCCACHE_ENDPOINT")]
     pub endpoint: Option<String>,
-    #[arg(long = "sccache-use-ssl", env = "KILN_SCCACHE_USE_SSL", default_value_t = false, action = ArgAction::Set)]
+    #[arg(long = "sccache-use-ssl", env = "KILN_SCCACHE_USE_SSL", default_value_t = false, action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     pub use_ssl: bool,
     /// SSE-S3 on every object written.
-    #[arg(long = "sccache-server-side-encryption", env = "KILN_SCCACHE_SERVER_SIDE_ENCRYPTION", default_value_t = false, action = ArgAction::Set)]
+    #[arg(long = "sccache-server-side-encryption", env = "KILN_SCCACHE_SERVER_SIDE_ENCRYPTION", default_value_t = false, action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     pub server_side_encryption: bool,
     /// A directory holding the files `access_key_id` and `secret_access_key` (a
     /// mounted Kubernetes Secret). Otherwise AWS_ACCESS_KEY_ID and
@@ -41,7 +41,7 @@ pub struct CacheArgs {
     #[arg(long = "sccache-credentials-dir", env = "KILN_SCCACHE_CREDENTIALS_DIR")]
     pub credentials_dir: Option<PathBuf>,
     /// Read cache hits but never write (for untrusted jobs).
-    #[arg(long = "sccache-read-only", env = "KILN_SCCACHE_READ_ONLY", default_value_t = false, action = ArgAction::Set)]
+    #[arg(long = "sccache-read-only", env = "KILN_SCCACHE_READ_ONLY", default_value_t = false, action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     pub read_only: bool,
 }
 
@@ -437,6 +437,28 @@ mod tests {
             env(&[("AWS_ACCESS_KEY_ID", "a"), ("AWS_SECRET_ACCESS_KEY", "s"), ("AWS_ROLE_ARN", "r")]),
         );
         assert!(both.is_err());
+    }
+
+    /// `kiln ci-env` as the README's CI step writes it: a switch given alone
+    /// means on, `=false` off, and a stray word after it is an error.
+    #[test]
+    fn switches_stand_alone_or_take_a_value() {
+        #[derive(Debug, clap::Parser)]
+        #[command(no_binary_name = true)]
+        struct CiEnv {
+            #[command(flatten)]
+            args: CiEnvArgs,
+        }
+        let parse = |line: &[&str]| <CiEnv as clap::Parser>::try_parse_from(line).map(|c| c.args);
+        let bare = parse(&["--sccache-read-only", "--build-root", "/var/lib/kiln/build"]).unwrap();
+        assert!(bare.cache.read_only);
+        assert_eq!(bare.build_root.as_deref(), Some(Path::new("/var/lib/kiln/build")));
+        let all = parse(&["--sccache-use-ssl", "--sccache-server-side-encryption"]).unwrap();
+        assert!(all.cache.use_ssl && all.cache.server_side_encryption && !all.cache.read_only);
+        assert!(!parse(&["--sccache-read-only=false"]).unwrap().cache.read_only);
+        assert!(parse(&["--sccache-read-only=true"]).unwrap().cache.read_only);
+        let stray = parse(&["--sccache-read-only", "yes"]).unwrap_err();
+        assert_eq!(stray.kind(), clap::error::ErrorKind::UnknownArgument, "{stray}");
     }
 
     #[test]

@@ -29,8 +29,7 @@ pub enum LayoutError {
     )]
     InUse { address: SocketAddr, holder: Option<crate::stale::Holder> },
     #[error(
-        "{0} cannot be assigned on this machine. On macOS, alias the loopback addresses once: `sudo ifconfig lo0 alias {ip} up` for each host and the coordinator",
-        ip = .0.ip()
+        "{0} cannot be assigned on this machine. On macOS, alias the loopback addresses of every host and of the coordinator once: `for n in $(seq 0 253) 255; do sudo ifconfig lo0 alias 127.100.$n.1 up; done`"
     )]
     NotAssignable(SocketAddr),
     #[error("{0}: {1}")]
