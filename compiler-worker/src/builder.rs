@@ -26,13 +26,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::io::BufReader;
 use tokio_util::sync::CancellationToken;
 
 use kiln_core::depset::{self, DepSet, Origin};
 use kiln_core::program::{CrateKind, Layout};
 
-use crate::log::{CappedLog, clip};
+use crate::log::{CappedLog, MAX_LINE_BYTES, clip, read_capped_line};
+use crate::sandbox::target::{LAYERS, PRISTINE, fresh_target, fresh_tmp, renew_target, touch};
 use crate::sandbox::{self, Mounts, Sandbox};
 
 /// Environment variables cargo and rustc need; everything else is dropped.
@@ -70,6 +71,10 @@ pub struct BuildSettings {
     pub sandbox: Option<Sandbox>,
     /// Memory, processes and file size of a build.
     pub limits: kiln_process::process::Limits,
+    /// The size of a sandboxed build's `/tmp` (see `sandbox::target::fresh_tmp`).
+    pub tmp_bytes: u64,
+    /// The most a sandboxed build may write to `target/` and a disk-backed `/tmp`.
+    pub disk_bytes: u64,
     /// Whether this worker has a mount namespace of its own (`--build-root-source`
     /// mounted), where `target/` can be an overlay of the pristine set rather than a
     /// hard-link copy of it.
@@ -91,6 +96,9 @@ fn limit_hit(log: &str, limits: &kiln_process::process::Limits) -> Option<String
     if log.contains("Resource temporarily unavailable") || log.contains("WouldBlock") {
         return Some(format!("the build hit its limit of {} processes (--build-processes)", limits.processes));
     }
+    if log.contains("No space left on device") {
+        return Some("the build ran out of space: its /tmp holds --build-tmp-size, its target/ the disk's room".into());
+    }
     if log.contains("File size limit exceeded") || log.contains("SIGXFSZ") || log.contains("File too large") {
         return Some(format!("the build hit its file size limit of {} (--build-file-size)", gib(limits.file_bytes)));
     }
@@ -105,7 +113,7 @@ pub struct Wrapper {
     pub in_sandbox: Option<SandboxedCache>,
 }
 
-/// How a sandboxed build runs its own sccache server (see `sandbox_init`).
+/// How a sandboxed build runs its own sccache server (see `sandbox::init`).
 #[derive(Debug, Clone)]
 pub struct SandboxedCache {
     /// The sandbox's first program: the `kiln` binary (`kiln sandbox-init`).
@@ -118,6 +126,9 @@ pub struct SandboxedCache {
     /// Where the server's statistics are written when cargo is done.
     pub stats: PathBuf,
 }
+
+/// How often what a build wrote is measured against `--build-disk`.
+const DISK_CHECK_EVERY: Duration = Duration::from_secs(2);
 
 /// The sccache server's socket inside a sandbox (on the sandbox's own `/tmp`).
 const SANDBOX_SCCACHE_SOCKET: &str = "/tmp/kiln-sccache.sock";
@@ -156,197 +167,6 @@ fn cargo_command(settings: &BuildSettings, wrapper: &Wrapper) -> tokio::process:
         .kill_on_drop(true);
     kiln_process::process::own_group_dying_with_parent(&mut command);
     command
-}
-
-/// Where a build root keeps its pristine copy of the prebuilt dependency set.
-const PRISTINE: &str = "prebuilt";
-
-/// Makes `target/` a hard-link copy of the pristine prebuilt set (owned by the
-/// member, so the build user cannot change them; it may only replace its own
-/// links), nothing of an earlier build: at startup, and for a pipeline new to a
-/// worker that renews `target/` without an overlay (see [`renew_target`]).
-fn fresh_target(root: &Path) -> anyhow::Result<()> {
-    let target = root.join("target");
-    if target.exists() {
-        std::fs::remove_dir_all(&target).with_context(|| format!("removing {}", target.display()))?;
-    }
-    let status = std::process::Command::new("cp")
-        .arg("-al")
-        .arg(root.join(PRISTINE))
-        .arg(&target)
-        .status()
-        .context("running cp")?;
-    anyhow::ensure!(status.success(), "linking {} to the pristine set failed ({status})", target.display());
-    unlink_rewritten(&target)
-}
-
-/// cargo rewrites some files in place: its lock files, its rustc cache, and the
-/// uplifted outputs and dep-info at the top of each profile directory. Those are
-/// unlinked here, so cargo makes its own; what it only reads (deps/, .fingerprint/,
-/// build/) stays the pristine set's.
-fn unlink_rewritten(target: &Path) -> anyhow::Result<()> {
-    for entry in std::fs::read_dir(target)? {
-        let path = entry?.path();
-        if path.is_dir() {
-            for inner in std::fs::read_dir(&path)? {
-                let inner = inner?.path();
-                if !inner.is_dir() {
-                    std::fs::remove_file(&inner)?;
-                }
-            }
-        } else if !path.file_name().is_some_and(|n| n.to_string_lossy().starts_with(".kiln-depset-")) {
-            std::fs::remove_file(&path)?;
-        }
-    }
-    Ok(())
-}
-
-/// Whether overlays of `target/` failed on this worker (then it links, as without
-/// a mount namespace of its own).
-static OVERLAY_FAILED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-/// Where a build root keeps each pipeline's own layer of `target/`.
-pub(crate) const LAYERS: &str = "layers";
-
-/// How many pipelines' layers a worker keeps (the least recently built go first).
-const KEPT_LAYERS: usize = 16;
-
-/// Renews `target/` before a sandboxed build of pipeline `pipeline`: the pristine
-/// prebuilt set, and on top of it what this pipeline's own earlier builds on this
-/// worker left, nothing of any other pipeline's. A version can so reuse the
-/// operators its earlier versions compiled (its submitter's own code), while what
-/// another program's build script planted never reaches it; other programs' crates
-/// come back through sccache, whose keys are content hashes.
-///
-/// With a mount namespace of its own, the worker mounts an overlay: the pristine set
-/// below (never written, never in a sandbox's view; the build user owns its
-/// directories but none of its files) and the pipeline's layer above. Without one,
-/// it moves directories: `target/` is the pipeline's own, put back by a rename, or a
-/// hard-link copy of the pristine set for a pipeline new to this worker.
-fn renew_target(settings: &BuildSettings, sandbox: &Sandbox, pipeline: u64) -> anyhow::Result<()> {
-    use std::sync::atomic::Ordering;
-    let layers = settings.build_root.join(LAYERS);
-    std::fs::create_dir_all(&layers)?;
-    if settings.private_mounts && !OVERLAY_FAILED.load(Ordering::Relaxed) {
-        match overlay_target(settings, sandbox, pipeline) {
-            Ok(()) => {
-                static SAID: std::sync::Once = std::sync::Once::new();
-                SAID.call_once(|| tracing::info!("target/ is renewed as an overlay of the pristine dependency set"));
-                return keep_recent_layers(&layers);
-            }
-            Err(e) => {
-                OVERLAY_FAILED.store(true, Ordering::Relaxed);
-                tracing::warn!(error = %format!("{e:#}"), "cannot mount target/ as an overlay; renewing it by hard links instead");
-            }
-        }
-    }
-    swap_target(settings, pipeline)?;
-    keep_recent_layers(&layers)
-}
-
-/// Keeps the [`KEPT_LAYERS`] most recently used layers.
-fn keep_recent_layers(layers: &Path) -> anyhow::Result<()> {
-    let mut found: Vec<(std::time::SystemTime, PathBuf)> = std::fs::read_dir(layers)?
-        .filter_map(|e| e.ok())
-        .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
-        .collect();
-    if found.len() > KEPT_LAYERS {
-        found.sort();
-        for (_, path) in &found[..found.len() - KEPT_LAYERS] {
-            std::fs::remove_dir_all(path).with_context(|| format!("removing the old layer {}", path.display()))?;
-        }
-    }
-    Ok(())
-}
-
-/// Marks `dir` as just used, for [`keep_recent_layers`].
-fn touch(dir: &Path) -> anyhow::Result<()> {
-    let now = std::fs::FileTimes::new().set_modified(std::time::SystemTime::now());
-    std::fs::File::open(dir)?.set_times(now)?;
-    Ok(())
-}
-
-fn overlay_target(settings: &BuildSettings, sandbox: &Sandbox, pipeline: u64) -> anyhow::Result<()> {
-    use nix::mount::{MntFlags, MsFlags, mount, umount2};
-    let root = &settings.build_root;
-    let (target, pristine) = (root.join("target"), root.join(PRISTINE));
-    let layer = root.join(LAYERS).join(pipeline.to_string());
-    let (upper, work) = (layer.join("upper"), layer.join("work"));
-    for path in [&pristine, &upper, &work] {
-        let text = path.to_string_lossy();
-        anyhow::ensure!(!text.contains([',', ':', '\\']), "{text} holds a character overlay options cannot carry");
-    }
-    match umount2(&target, MntFlags::MNT_DETACH) {
-        Ok(()) | Err(nix::errno::Errno::EINVAL) => {}
-        Err(e) => anyhow::bail!("unmounting the last build's {}: {e}", target.display()),
-    }
-    // Layers of the other way (a directory `target`) are not overlays' uppers.
-    if layer.join("target").exists() {
-        std::fs::remove_dir_all(&layer)?;
-    }
-    if work.exists() {
-        std::fs::remove_dir_all(&work)?;
-    }
-    std::fs::create_dir_all(&upper)?;
-    std::fs::create_dir_all(&work)?;
-    touch(&layer)?;
-    // Before the first overlay, target/ is the plain copy made at startup.
-    if target.exists() && std::fs::read_dir(&target)?.next().is_some() {
-        std::fs::remove_dir_all(&target).with_context(|| format!("removing {}", target.display()))?;
-    }
-    std::fs::create_dir_all(&target)?;
-    // The build user may create files in the pristine set's directories (through the
-    // overlay only: the set itself is never in a sandbox's view).
-    sandbox::hand_over(sandbox, &[], &[&pristine]).context("handing the pristine directories to the build user")?;
-    let options = format!("lowerdir={},upperdir={},workdir={}", pristine.display(), upper.display(), work.display());
-    mount(Some("overlay"), &target, Some("overlay"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some(options.as_str()))
-        .with_context(|| format!("mounting an overlay at {}", target.display()))?;
-    unlink_rewritten(&target)
-}
-
-/// Which pipeline's `target/` is in place: a file of the worker's, outside anything
-/// a build can write (a marker inside `target/` could be forged by a build).
-fn owner_file(settings: &BuildSettings) -> PathBuf {
-    settings.work_dir.join("target-owner")
-}
-
-fn swap_target(settings: &BuildSettings, pipeline: u64) -> anyhow::Result<()> {
-    let root = &settings.build_root;
-    let target = root.join("target");
-    let owner_file = owner_file(settings);
-    let owner: Option<u64> = std::fs::read_to_string(&owner_file).ok().and_then(|t| t.trim().parse().ok());
-    // Forget the owner first: a crash from here on leaves a target/ nobody reuses.
-    let _ = std::fs::remove_file(&owner_file);
-    if owner == Some(pipeline) && target.is_dir() {
-        std::fs::write(&owner_file, pipeline.to_string())?;
-        return unlink_rewritten(&target);
-    }
-    if let Some(previous) = owner
-        && target.is_dir()
-    {
-        let stash = root.join(LAYERS).join(previous.to_string());
-        if stash.exists() {
-            std::fs::remove_dir_all(&stash)?;
-        }
-        std::fs::create_dir_all(&stash)?;
-        std::fs::rename(&target, stash.join("target"))?;
-    }
-    let own = root.join(LAYERS).join(pipeline.to_string());
-    if own.join("target").is_dir() {
-        if target.exists() {
-            std::fs::remove_dir_all(&target)?;
-        }
-        std::fs::rename(own.join("target"), &target)?;
-        touch(&own)?;
-        unlink_rewritten(&target)?;
-    } else {
-        // An overlay's upper (from an earlier run with mounts) is no use here.
-        let _ = std::fs::remove_dir_all(&own);
-        fresh_target(root)?;
-        std::fs::create_dir_all(&own)?;
-    }
-    std::fs::write(&owner_file, pipeline.to_string())?;
-    Ok(())
 }
 
 /// Keeps a pristine copy of the prebuilt set beside `target/`, once per set.
@@ -413,10 +233,13 @@ fn sandboxed_cargo(
     tracing::debug!(renew_ms = renewing.elapsed().as_millis() as u64, "target/ renewed");
     let mut owned: Vec<&Path> = vec![&lockfile];
     let crates = layout.crates.iter().map(|c| c.dir_name.clone()).collect();
+    let (tmp, tmp_bound) = fresh_tmp(settings).context("making the build's /tmp")?;
+    tracing::debug!(tmp = tmp_bound, "the build's /tmp");
     let mut mounts = Mounts {
         build_root: root.clone(),
         crates,
         lockfile: lockfile.clone(),
+        tmp,
         writable: Vec::new(),
         programs: Vec::new(),
     };
@@ -437,7 +260,7 @@ fn sandboxed_cargo(
             let args: Vec<OsString> = vec![
                 "sandbox-init".into(),
                 "--relay-port".into(),
-                crate::gateway::SANDBOX_PORT.to_string().into(),
+                crate::sandbox::gateway::SANDBOX_PORT.to_string().into(),
                 "--gateway".into(),
                 cache.gateway.clone().into(),
                 "--sccache".into(),
@@ -465,6 +288,14 @@ fn sandboxed_cargo(
         .kill_on_drop(true);
     kiln_process::process::own_group_dying_with_parent(&mut command);
     kiln_process::process::limit(&mut command, settings.limits);
+    if let Ok(group) = &sandbox.group {
+        let join = group.prepare().context("readying the member's build cgroup")?;
+        // SAFETY: `Join::enter` only calls write(2), which is async-signal-safe.
+        #[allow(unsafe_code)]
+        unsafe {
+            command.pre_exec(move || join.enter());
+        }
+    }
     Ok(command)
 }
 
@@ -953,14 +784,51 @@ pub async fn build(
         Some(sandbox) => sandboxed_cargo(settings, sandbox, wrapper, layout, pipeline)?,
         None => cargo_command(settings, wrapper),
     };
+    let group = settings.sandbox.as_ref().and_then(|s| s.group.as_ref().ok());
+    let events_before = group.map(|g| g.events()).unwrap_or_default();
     let mut child = command.args(args).spawn().context("starting cargo: is it on PATH?")?;
     let spawned = started.elapsed();
     let collected =
         Arc::new(Mutex::new(Collected { log: CappedLog::new(settings.max_log_bytes), ..Collected::default() }));
     let readers = read_output(&mut child, &collected, binary_manifest, progress.clone());
-    let status = match wait_or_stop(&mut child, cancel, settings.timeout).await? {
-        Some(status) => status,
-        None => return Ok(BuildOutcome::Cancelled),
+    // What the build writes to its space (target/, a disk-backed /tmp) is capped.
+    let disk_cap = {
+        let root = crate::sandbox::target::BuildRoot::new(&settings.build_root);
+        let (dirs, cap) = (vec![root.target(), root.tmp()], settings.disk_bytes);
+        // After target/ was renewed (its links and copies are older), as cargo starts.
+        let since = std::time::SystemTime::now();
+        async move {
+            loop {
+                tokio::time::sleep(DISK_CHECK_EVERY).await;
+                let dirs = dirs.clone();
+                let used = tokio::task::spawn_blocking(move || crate::sandbox::files::written_since(&dirs, since))
+                    .await
+                    .unwrap_or(0);
+                if used > cap {
+                    return used;
+                }
+            }
+        }
+    };
+    let status = tokio::select! {
+        waited = wait_or_stop(&mut child, cancel, settings.timeout) => match waited? {
+            Some(status) => status,
+            None => return Ok(BuildOutcome::Cancelled),
+        },
+        used = disk_cap, if settings.sandbox.is_some() => {
+            if let Some(pid) = child.id() {
+                let _ = kiln_process::process::signal_group(pid, nix::sys::signal::Signal::SIGKILL);
+            }
+            let _ = child.wait().await;
+            let gib = |b: u64| b as f64 / f64::from(1u32 << 30);
+            let summary = format!(
+                "the build wrote {:.1} GiB to target/ and /tmp, more than its {:.1} GiB (--build-disk), and was stopped",
+                gib(used),
+                gib(settings.disk_bytes)
+            );
+            let log = std::mem::take(&mut *collected.lock().unwrap_or_else(|p| p.into_inner())).log.finish();
+            return Ok(BuildOutcome::CompileError { summary, log, elapsed: started.elapsed() });
+        }
     };
     // cargo waits for rustc and build scripts, so the pipes close with it. A stray
     // grandchild holding them open must not hang the worker; the group is not
@@ -977,7 +845,23 @@ pub async fn build(
         cargo_ms = (elapsed - spawned).as_millis() as u64,
         "cargo finished"
     );
-    outcome(status, collected, elapsed, &binary.package, &settings.limits)
+    // What the member's build group counted during this build names the limit
+    // a failed build hit, better than the signs it left in the log.
+    let group_hit = group.and_then(|g| {
+        g.kill_all();
+        let (oom, pids) = g.events();
+        let gib = settings.limits.memory_bytes as f64 / f64::from(1u32 << 30);
+        if oom > events_before.0 {
+            Some(format!(
+                "the build hit its memory limit of {gib:.1} GiB (--build-memory), counted for the whole build: its processes, /tmp, memfd and shm"
+            ))
+        } else if pids > events_before.1 {
+            Some(format!("the build hit its limit of {} processes (--build-processes)", settings.limits.processes))
+        } else {
+            None
+        }
+    });
+    outcome(status, collected, elapsed, &binary.package, &settings.limits, group_hit)
 }
 
 /// Reads cargo's JSON messages (stdout) and its log (stderr) into `collected`.
@@ -993,9 +877,14 @@ fn read_output(
     let out_task = {
         let collected = collected.clone();
         tokio::spawn(async move {
-            let mut lines = BufReader::new(stdout).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
+            let mut reader = BufReader::new(stdout);
+            while let Ok(Some((line, dropped))) = read_capped_line(&mut reader, MAX_LINE_BYTES).await {
                 let mut c = collected.lock().unwrap_or_else(|p| p.into_inner());
+                if dropped > 0 {
+                    c.log.push_line(&format!(
+                        "[a line of cargo's output was cut: {dropped} bytes past the first {MAX_LINE_BYTES} left out]"
+                    ));
+                }
                 collect_json_line(&mut c, &line, &binary_manifest);
                 progress.set_done(c.crates_done.len());
             }
@@ -1004,9 +893,12 @@ fn read_output(
     let err_task = {
         let collected = collected.clone();
         tokio::spawn(async move {
-            let mut lines = BufReader::new(stderr).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
+            let mut reader = BufReader::new(stderr);
+            while let Ok(Some((line, dropped))) = read_capped_line(&mut reader, MAX_LINE_BYTES).await {
                 let mut c = collected.lock().unwrap_or_else(|p| p.into_inner());
+                if dropped > 0 {
+                    c.log.push_line(&format!("[a line of the build's output was cut: {dropped} bytes past the first {MAX_LINE_BYTES} left out]"));
+                }
                 if c.build_script_failed.is_none() && line.starts_with("error: failed to run custom build command for")
                 {
                     c.build_script_failed = Some(clip(&line, MAX_ERROR_SUMMARY_BYTES));
@@ -1054,9 +946,10 @@ fn outcome(
     elapsed: Duration,
     package: &str,
     limits: &kiln_process::process::Limits,
+    group_hit: Option<String>,
 ) -> anyhow::Result<BuildOutcome> {
     let log = collected.log.finish();
-    let limit = if status.success() { None } else { limit_hit(&log, limits) };
+    let limit = if status.success() { None } else { group_hit.or_else(|| limit_hit(&log, limits)) };
     let with_limit = |summary: String| match &limit {
         Some(limit) => format!("{summary} ({limit})"),
         None => summary,
@@ -1079,10 +972,12 @@ fn outcome(
         let summary = line.trim_start_matches("error: ").to_owned();
         return Ok(BuildOutcome::CompileError { summary: with_limit(summary), log, elapsed });
     }
-    let tail: Vec<&str> = log.lines().rev().take(15).collect();
+    // cargo itself stopped by a limit of the sandbox (a build script's 3 GiB of
+    // output held in cargo's memory, say): the program's doing.
     if let Some(limit) = limit {
-        bail!("cargo failed ({status}): {limit}");
+        return Ok(BuildOutcome::CompileError { summary: format!("cargo failed ({status}): {limit}"), log, elapsed });
     }
+    let tail: Vec<&str> = log.lines().rev().take(15).collect();
     bail!(
         "cargo failed ({status}) without a compiler error:\n{}",
         tail.into_iter().rev().collect::<Vec<_>>().join("\n")

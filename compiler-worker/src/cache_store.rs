@@ -20,8 +20,8 @@ use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 /// Where sccache keeps its objects.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CacheStore {
-    /// A directory on this machine.
-    LocalDisk { dir: PathBuf },
+    /// A directory on this machine; `read_only` as `--sccache-read-only` says.
+    LocalDisk { dir: PathBuf, read_only: bool },
     /// An S3-compatible bucket, shared by every worker and by CI.
     S3(S3Settings),
 }

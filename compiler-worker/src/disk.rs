@@ -45,7 +45,7 @@ fn build_root_candidates(root: &Path) -> Vec<PathBuf> {
     let list = |dir: PathBuf| -> Vec<PathBuf> {
         std::fs::read_dir(dir).map(|d| d.filter_map(Result::ok).map(|e| e.path()).collect()).unwrap_or_default()
     };
-    let mut layers = list(root.join(crate::builder::LAYERS));
+    let mut layers = list(root.join(crate::sandbox::target::LAYERS));
     layers.sort_by_key(|p| modified(p));
     layers.pop();
     let mut candidates: Vec<PathBuf> = list(root.join("src")).into_iter().chain(layers).collect();

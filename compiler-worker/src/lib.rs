@@ -1,5 +1,6 @@
 //! Kiln's compiler worker: the shard loop ([`worker`]), builds with cargo and sccache
-//! ([`builder`], [`sccache`], [`cache_store`]), verified delivery to the leader
+//! ([`builder`], [`sccache`], [`cache_store`]), the trust boundary between a build
+//! and its member ([`sandbox`]: bubblewrap, `target/`, the gateway, file operations), verified delivery to the leader
 //! ([`upload`], [`client`]), the disk watermarks ([`disk`]), and the StatefulSet's
 //! size ([`kubernetes`]). The program
 //! rules, the dependency set, identity and the scaling guard are `kiln-core`'s, shared
@@ -12,11 +13,9 @@ pub mod builder;
 pub mod cache_store;
 pub mod client;
 pub mod disk;
-pub mod gateway;
 pub mod kubernetes;
 pub mod log;
 pub mod sandbox;
-pub mod sandbox_init;
 pub mod sccache;
 pub mod upload;
 pub mod worker;

@@ -85,9 +85,56 @@ pub fn clip(text: &str, max: usize) -> String {
     format!("{}... ({} more bytes)", &text[..at], text.len() - at)
 }
 
+/// The longest line of cargo's output the worker holds (a JSON message with
+/// rustc's rendered diagnostics runs to a few hundred kilobytes at most).
+pub const MAX_LINE_BYTES: usize = 4 << 20;
+
+/// One line of a child's output, read with at most `max` bytes kept: a line
+/// without end (a build script that prints gigabytes and no newline) costs the
+/// worker `max`, and the rest of it is read and dropped. Returns the line (lossy
+/// UTF-8, without its newline) and how many bytes were dropped; None at the end.
+pub async fn read_capped_line<R>(reader: &mut R, max: usize) -> std::io::Result<Option<(String, u64)>>
+where
+    R: tokio::io::AsyncBufRead + Unpin,
+{
+    use tokio::io::AsyncBufReadExt;
+    let (mut kept, mut dropped, mut seen) = (Vec::new(), 0u64, false);
+    loop {
+        let buffer = reader.fill_buf().await?;
+        if buffer.is_empty() {
+            return Ok(seen.then(|| (String::from_utf8_lossy(&kept).into_owned(), dropped)));
+        }
+        seen = true;
+        let (chunk, done) = match buffer.iter().position(|&b| b == b'\n') {
+            Some(at) => (&buffer[..at], Some(at + 1)),
+            None => (buffer, None),
+        };
+        let room = max.saturating_sub(kept.len()).min(chunk.len());
+        kept.extend_from_slice(&chunk[..room]);
+        dropped += (chunk.len() - room) as u64;
+        let used = done.unwrap_or(buffer.len());
+        reader.consume(used);
+        if done.is_some() {
+            return Ok(Some((String::from_utf8_lossy(&kept).into_owned(), dropped)));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_line_without_end_costs_the_cap_and_the_next_line_is_read_whole() {
+        let mut input = vec![b'x'; 3 << 20];
+        input.extend_from_slice(b"\nnext line\nlast");
+        let mut reader = tokio::io::BufReader::new(input.as_slice());
+        let (line, dropped) = read_capped_line(&mut reader, 1 << 20).await.unwrap().unwrap();
+        assert_eq!((line.len(), dropped), (1 << 20, 2 << 20));
+        assert_eq!(read_capped_line(&mut reader, 1 << 20).await.unwrap(), Some(("next line".into(), 0)));
+        assert_eq!(read_capped_line(&mut reader, 1 << 20).await.unwrap(), Some(("last".into(), 0)));
+        assert_eq!(read_capped_line(&mut reader, 1 << 20).await.unwrap(), None);
+    }
 
     #[test]
     fn a_short_log_is_kept_whole() {

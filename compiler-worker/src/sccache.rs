@@ -3,7 +3,7 @@
 //! With the sandbox on ([`SandboxedSccache`]), each build runs its own sccache
 //! server inside its sandbox, so that what sccache runs (rustc, and the proc-macros
 //! rustc loads) is as confined as the build, and the server holds no credentials: it
-//! reaches the store through the worker's [gateway](crate::gateway). Its statistics
+//! reaches the store through the worker's [gateway](crate::sandbox::gateway). Its statistics
 //! are that build's by construction.
 //!
 //! With `--sandbox=off` ([`Sccache`]), each worker runs one server outside, with the
@@ -91,6 +91,14 @@ impl CompileCache {
         }
     }
 
+    /// Where the next build's entries go (see [`crate::sandbox::gateway::Scope`]). With
+    /// `--sandbox=off` builds are trusted like the member and write as it does.
+    pub fn set_scope(&self, scope: crate::sandbox::gateway::Scope) {
+        if let CompileCache::Sandboxed(s) = self {
+            s.gateway.set_scope(scope);
+        }
+    }
+
     pub async fn stop(&self) {
         if let CompileCache::Server(s) = self {
             s.stop().await;
@@ -103,7 +111,7 @@ impl CompileCache {
 #[derive(Debug)]
 pub struct SandboxedSccache {
     binary: PathBuf,
-    gateway: crate::gateway::Gateway,
+    gateway: crate::sandbox::gateway::Gateway,
     /// The sandbox's first program (the `kiln` binary).
     init: PathBuf,
     stats: PathBuf,
@@ -124,13 +132,13 @@ impl SandboxedSccache {
         // through its own mount, and may connect as the build user.
         std::fs::set_permissions(&gateway_dir, std::fs::Permissions::from_mode(0o700))?;
         let socket = gateway_dir.join("cache.sock");
-        let gateway = crate::gateway::Gateway::start(store, &socket).await?;
+        let gateway = crate::sandbox::gateway::Gateway::start(store, &socket).await?;
         std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666))?;
         let describe = match store {
-            CacheStore::LocalDisk { dir } => format!("sccache on local disk ({})", dir.join("gateway").display()),
+            CacheStore::LocalDisk { dir, .. } => format!("sccache on local disk ({})", dir.join("gateway").display()),
             CacheStore::S3(s3) => s3.describe(),
         };
-        let describe = format!("{describe}, one server per build in its sandbox");
+        let describe = format!("{describe}, one server per build in its sandbox; {}", gateway.writers());
         Ok(SandboxedSccache { binary, gateway, init, stats: dir.join("sccache-stats.json"), describe })
     }
 
@@ -290,8 +298,9 @@ impl Sccache {
             .env("SCCACHE_IDLE_TIMEOUT", SERVER_IDLE_TIMEOUT_SECONDS.to_string())
             .kill_on_drop(true);
         match &self.store {
-            CacheStore::LocalDisk { dir } => {
+            CacheStore::LocalDisk { dir, read_only } => {
                 command.env("SCCACHE_DIR", dir);
+                command.env("SCCACHE_LOCAL_RW_MODE", if *read_only { "READ_ONLY" } else { "READ_WRITE" });
             }
             CacheStore::S3(s3) => {
                 command.envs(s3.sccache_env());
@@ -330,8 +339,17 @@ impl Sccache {
 
     pub fn describe(&self) -> String {
         match &self.store {
-            CacheStore::LocalDisk { dir } => format!("sccache on local disk ({})", dir.display()),
-            CacheStore::S3(s3) => s3.describe(),
+            CacheStore::LocalDisk { dir, read_only: true } => {
+                format!("sccache on local disk ({}), read-only", dir.display())
+            }
+            CacheStore::LocalDisk { dir, read_only: false } => format!(
+                "sccache on local disk ({}); --sandbox=off: every build writes the shared compile cache",
+                dir.display()
+            ),
+            CacheStore::S3(s3) if s3.read_only => s3.describe(),
+            CacheStore::S3(s3) => {
+                format!("{}; --sandbox=off: every build writes the shared compile cache", s3.describe())
+            }
         }
     }
 

@@ -71,12 +71,39 @@ pub fn classify(status: &tonic::Status, mismatches: &AtomicU32) -> DeliveryError
     }
 }
 
+/// A built binary as the worker holds it: a file it opened itself (without
+/// following links, after the build's sandbox was gone; see
+/// `sandbox::files::open_regular`), read from its start on every attempt. The
+/// bytes uploaded are those of the file that was hashed, whatever the path now
+/// names.
+#[derive(Debug, Clone)]
+pub struct Binary {
+    file: std::sync::Arc<std::fs::File>,
+    /// Where it was, for messages.
+    pub path: PathBuf,
+}
+
+impl Binary {
+    pub fn new(file: std::fs::File, path: PathBuf) -> Binary {
+        Binary { file: std::sync::Arc::new(file), path }
+    }
+
+    /// The file from its first byte (the descriptor is shared, so attempts are
+    /// one at a time, as delivery makes them).
+    fn reader(&self) -> std::io::Result<tokio::fs::File> {
+        use std::io::Seek;
+        let mut file = self.file.try_clone()?;
+        file.seek(std::io::SeekFrom::Start(0))?;
+        Ok(tokio::fs::File::from_std(file))
+    }
+}
+
 /// What is delivered, and on whose behalf.
 #[derive(Debug, Clone)]
 pub struct Shipment {
     pub member: pb::Member,
     pub claim: pb::Claim,
-    pub binary: PathBuf,
+    pub binary: Binary,
     pub sha256: String,
     pub size: u64,
     /// The report that ends the delivery, with `status` SUCCESS; its upload time
@@ -93,9 +120,10 @@ fn unary<T>(message: T) -> tonic::Request<T> {
 }
 
 async fn upload(client: &mut LeaderClient, shipment: &Shipment) -> Result<(), tonic::Status> {
-    let file = tokio::fs::File::open(&shipment.binary)
-        .await
-        .map_err(|e| tonic::Status::internal(format!("opening the binary {}: {e}", shipment.binary.display())))?;
+    let file = shipment
+        .binary
+        .reader()
+        .map_err(|e| tonic::Status::internal(format!("reading the binary {}: {e}", shipment.binary.path.display())))?;
     let header = pb::UploadChunk {
         part: Some(Part::Header(pb::UploadHeader {
             member: Some(shipment.member.clone()),
@@ -198,7 +226,7 @@ mod tests {
         let shipment = Shipment {
             member: pb::Member::default(),
             claim: pb::Claim::default(),
-            binary,
+            binary: Binary::new(std::fs::File::open(&binary).unwrap(), binary),
             sha256: "0".repeat(64),
             size: 1,
             success: report.clone(),

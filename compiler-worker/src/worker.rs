@@ -24,7 +24,8 @@ use crate::builder::{self, BuildOutcome, BuildSettings, Wrapper};
 use crate::cache_store::{self, CacheStore, S3Settings};
 use crate::client::{self, LeaderClient};
 use crate::disk::{DiskState, DiskWatch};
-use crate::sandbox::{Sandbox, SandboxMode, SandboxSettings, SandboxState};
+use crate::sandbox::gateway::Scope;
+use crate::sandbox::{self, Sandbox, SandboxMode, SandboxSettings, SandboxState};
 use crate::sccache::{self, CompileCache, SandboxedSccache, Sccache};
 use crate::upload::{self, DeliveryError, RetryPolicy, Shipment};
 
@@ -402,11 +403,14 @@ enum BuildResult {
 /// A built binary and what its build cost.
 #[derive(Debug)]
 struct Built {
-    executable: PathBuf,
+    /// The binary as the member opened and hashed it (see `sandbox::target::take_binary`).
+    executable: upload::Binary,
     sha256: String,
     size: u64,
     log: String,
     figures: Figures,
+    /// Why the build ran code of its submitter, if it did.
+    submitted_code: Option<String>,
 }
 
 /// A report that ends a build: sent, and retried, by [`Worker::send_final`].
@@ -430,7 +434,7 @@ impl Worker {
         let watch = DiskWatch {
             build_root: self.config.build.build_root.clone(),
             local_cache: match &self.config.cache {
-                CacheChoice::Auto { store: CacheStore::LocalDisk { dir }, .. } => Some(dir.clone()),
+                CacheChoice::Auto { store: CacheStore::LocalDisk { dir, .. }, .. } => Some(dir.clone()),
                 _ => None,
             },
             marks: self.config.watermarks,
@@ -550,11 +554,33 @@ impl Worker {
                 };
             }
         };
-        let mut cache = self.start_cache_run().await;
         let pipeline = assignment.claim.map_or(0, |c| c.pipeline_id);
+        // Who may write what others read, decided here from the layout this worker
+        // is about to write, before anything of the build runs.
+        let submitted_code = layout.submitted_code();
+        if let Some(sccache) = &self.sccache {
+            sccache.set_scope(match &submitted_code {
+                None => Scope::Shared,
+                Some(why) => {
+                    tracing::info!(reason = %why, "the build runs code of its submitter: its compile-cache entries stay its pipeline's");
+                    let name = match kiln_core::program::validate_name(&assignment.name) {
+                        Ok(()) => assignment.name.clone(),
+                        Err(_) => format!("id-{pipeline}"),
+                    };
+                    Scope::Pipeline(name)
+                }
+            });
+        }
+        let mut cache = self.start_cache_run().await;
         let outcome =
             builder::build(&self.config.build, &cache.wrapper, &layout, pipeline, cancel, &self.shared.progress).await;
-        let cache_section = self.finish_cache_run(&mut cache.figures, &layout).await;
+        let mut cache_section = self.finish_cache_run(&mut cache.figures, &layout).await;
+        if let (Some(why), true) = (&submitted_code, cache.figures.enabled) {
+            cache_section.push_str(&format!(
+                "this build ran code of its submitter ({why}): the compile-cache entries it made are kept for pipeline {} alone, and its binary is served by the binary cache to this pipeline only\n",
+                assignment.name
+            ));
+        }
         let figures = |elapsed: Duration, cache: CacheFigures| Figures {
             compile_ms: elapsed.as_millis() as u64,
             cache,
@@ -575,13 +601,30 @@ impl Worker {
             Ok(BuildOutcome::Built { executable, log, elapsed }) => {
                 let log = log + &cache_section;
                 let figures = figures(elapsed, cache.figures);
-                match kiln_core::digest::hash_file(&executable).await {
-                    Ok((sha256, size)) => BuildResult::Built(Built { executable, sha256, size, log, figures }),
-                    Err(e) => BuildResult::SystemError {
-                        error: format!("reading the built binary {}: {e}", executable.display()),
-                        log,
-                        figures,
-                    },
+                let settings = self.config.build.clone();
+                let path = executable.clone();
+                let taken =
+                    tokio::task::spawn_blocking(move || sandbox::target::take_binary(&settings, &executable)).await;
+                match taken {
+                    Ok(Ok((file, sha256, size))) => {
+                        let executable = upload::Binary::new(file, path);
+                        BuildResult::Built(Built { executable, sha256, size, log, figures, submitted_code })
+                    }
+                    // The build left something else than its binary where cargo put
+                    // it: the program's doing, so its error; the worker goes on.
+                    Ok(Err(
+                        refused @ (sandbox::files::Refused::NotRegular { .. }
+                        | sandbox::files::Refused::TooLarge { .. }),
+                    )) => {
+                        tracing::warn!(error = %refused, "the build's binary was refused");
+                        BuildResult::CompileError {
+                            summary: format!("the binary was refused: {refused}"),
+                            log,
+                            figures,
+                        }
+                    }
+                    Ok(Err(refused)) => BuildResult::SystemError { error: refused.to_string(), log, figures },
+                    Err(e) => BuildResult::SystemError { error: format!("taking the binary: {e}"), log, figures },
                 }
             }
         }
@@ -672,12 +715,13 @@ impl Worker {
     /// Delivers a built binary (report uploading, upload, report success, retried as
     /// one unit). Returns the final report still to send when the budget ran out.
     async fn deliver(&mut self, claim: pb::Claim, built: Built, cancel: &CancellationToken) -> Option<FinalReport> {
-        let Built { executable, sha256, size, log, figures } = built;
+        let Built { executable, sha256, size, log, figures, submitted_code } = built;
         let mut success = self.report(claim, BuildStatus::Success, figures.clone());
         success.binary_sha256 = sha256.clone();
         success.binary_size = size;
         success.log = log.clone();
         success.build_settings = self.build_settings.clone();
+        success.ran_submitted_code = submitted_code.is_some();
         let shipment = Shipment {
             member: self.member.clone(),
             claim,

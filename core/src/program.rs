@@ -211,7 +211,8 @@ pub struct Program {
 /// dependencies rewritten to their siblings' content-addressed directories.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LaidOutCrate {
-    /// `<package>-<first 16 hex digits of the content hash>`.
+    /// `<package>-<the content hash, 64 hex digits>`: the whole hash, so that a
+    /// directory that exists already holds these very files.
     pub dir_name: String,
     pub package: String,
     pub kind: CrateKind,
@@ -229,6 +230,38 @@ impl Layout {
     pub fn binary(&self) -> &LaidOutCrate {
         // `Program::layout` pushes the binary crate last and a program always has one.
         self.crates.last().expect("a layout holds the binary crate")
+    }
+
+    /// Why building this layout runs code of the submitter's (a build script or a
+    /// proc-macro crate of the program's own), or None when cargo only compiles it:
+    /// then what rustc produces depends on the sources alone, and the build may
+    /// write the shared compile cache. Read from the manifests as laid out, the
+    /// files the worker itself writes, and on the cautious side: any `build` key
+    /// but `false`, or a `build.rs` at a crate's root, counts as a build script.
+    pub fn submitted_code(&self) -> Option<String> {
+        self.crates.iter().find_map(LaidOutCrate::submitted_code)
+    }
+}
+
+impl LaidOutCrate {
+    fn submitted_code(&self) -> Option<String> {
+        let package = &self.package;
+        let Some(manifest) = self.files.iter().find(|f| f.path == "Cargo.toml") else {
+            return Some(format!("crate {package} has no manifest to read"));
+        };
+        let Ok(manifest) = String::from_utf8_lossy(&manifest.content).parse::<toml_edit::DocumentMut>() else {
+            return Some(format!("crate {package}'s manifest does not parse"));
+        };
+        let build = manifest.get("package").and_then(|p| p.get("build"));
+        let no_build_script = build.and_then(|b| b.as_bool()) == Some(false);
+        if !no_build_script && (build.is_some() || self.files.iter().any(|f| f.path == "build.rs")) {
+            return Some(format!("crate {package} has a build script"));
+        }
+        let lib = manifest.get("lib");
+        let proc_macro = ["proc-macro", "proc_macro"]
+            .iter()
+            .any(|key| lib.and_then(|l| l.get(key)).is_some_and(|v| v.as_bool() != Some(false)));
+        proc_macro.then(|| format!("crate {package} is a proc-macro"))
     }
 }
 
@@ -336,7 +369,7 @@ impl Program {
                 .collect();
             files.sort_by(|a, b| a.path.cmp(&b.path));
             let hash = source_sha256(&files);
-            let dir_name = format!("{}-{}", krate.package, &hash[..16]);
+            let dir_name = format!("{}-{}", krate.package, hash);
             dir_names.insert(index, dir_name.clone());
             crates.push(LaidOutCrate { dir_name, package: krate.package.clone(), kind: krate.kind, files });
         }
@@ -949,6 +982,32 @@ mod tests {
 
     fn parse(files: Vec<ProgramFile>) -> Result<Program, ProgramError> {
         Program::parse(files, &DepSet::embedded())
+    }
+
+    /// What decides whether a build may write the shared compile cache: the
+    /// program's own build scripts and proc-macros, however the manifest hides them.
+    #[test]
+    fn code_of_the_submitter_that_runs_at_build_time_is_found() {
+        let laid = |files: Vec<ProgramFile>| parse(files).unwrap().layout();
+        assert_eq!(laid(two_crate_program("pub fn run() {}")).submitted_code(), None, "only compiled");
+        let mut with_build_rs = two_crate_program("pub fn run() {}");
+        with_build_rs.push(file("operators/ops/build.rs", "fn main() {}"));
+        assert_eq!(laid(with_build_rs).submitted_code().as_deref(), Some("crate ops has a build script"));
+        let mut renamed = two_crate_program("pub fn run() {}");
+        renamed[2] =
+            file("operators/ops/Cargo.toml", &(manifest("ops", "").replace("edition", "build = \"gen.rs\"\nedition")));
+        renamed.push(file("operators/ops/gen.rs", "fn main() {}"));
+        assert_eq!(laid(renamed).submitted_code().as_deref(), Some("crate ops has a build script"));
+        for lib in ["[lib]\nproc-macro = true\n", "[lib]\nproc_macro = true\n"] {
+            let mut macro_crate = two_crate_program("pub fn run() {}");
+            macro_crate[2] = file("operators/ops/Cargo.toml", &format!("{}\n{lib}", manifest("ops", "")));
+            assert_eq!(laid(macro_crate).submitted_code().as_deref(), Some("crate ops is a proc-macro"), "{lib}");
+        }
+        let mut switched_off = two_crate_program("pub fn run() {}");
+        switched_off[2] =
+            file("operators/ops/Cargo.toml", &manifest("ops", "").replace("edition", "build = false\nedition"));
+        switched_off.push(file("operators/ops/build.rs", "fn main() {}"));
+        assert_eq!(laid(switched_off).submitted_code(), None, "build = false: cargo runs no build script");
     }
 
     #[test]

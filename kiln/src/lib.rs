@@ -56,6 +56,8 @@ pub async fn prepare(args: PrepareArgs) -> anyhow::Result<std::process::ExitCode
         work_dir: std::env::temp_dir(),
         sandbox: None,
         limits: kiln_process::process::Limits { memory_bytes: u64::MAX, processes: u64::MAX, file_bytes: u64::MAX },
+        tmp_bytes: u64::MAX,
+        disk_bytes: u64::MAX,
         private_mounts: false,
         depset: load_depset(args.depset.as_deref())?,
     };

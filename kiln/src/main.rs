@@ -72,7 +72,7 @@ struct SandboxInitArgs {
 /// Inside the sandbox: no logging of its own (its output is the build's log), one
 /// thread (its processes count against the build's limit).
 fn sandbox_init(args: SandboxInitArgs) -> std::process::ExitCode {
-    use kiln_compiler_worker::sandbox_init::{InitArgs, run};
+    use kiln_compiler_worker::sandbox::init::{InitArgs, run};
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {

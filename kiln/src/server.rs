@@ -40,8 +40,12 @@ pub struct ServerArgs {
     pub workers: Option<u32>,
     /// Running in a StatefulSet: read its replica count through the Kubernetes API at
     /// startup and keep watching it (the scaling guard).
-    #[arg(long, env = "KILN_KUBERNETES", default_value_t = false, action = clap::ArgAction::Set)]
+    #[arg(long, env = "KILN_KUBERNETES", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     pub kubernetes: bool,
+    /// Refuse to start as root outside a user namespace (the chart's
+    /// `sandbox.userNamespaces`: a pod with `hostUsers: false`).
+    #[arg(long, env = "KILN_REQUIRE_USER_NAMESPACE", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub require_user_namespace: bool,
     /// The Kubernetes API's URL. Defaults to the in-cluster one.
     #[arg(long, env = "KILN_KUBERNETES_API")]
     pub kubernetes_api: Option<String>,
@@ -84,10 +88,10 @@ pub struct ServerArgs {
     #[arg(long, env = "KILN_API_TOKEN_FILE")]
     pub api_token_file: Option<PathBuf>,
     /// Serve the `/v0` API to anyone who reaches the port, without a token.
-    #[arg(long, env = "KILN_NO_API_TOKEN", default_value_t = false, action = clap::ArgAction::Set)]
+    #[arg(long, env = "KILN_NO_API_TOKEN", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     pub no_api_token: bool,
     /// `/metrics` wants the API token too.
-    #[arg(long, env = "KILN_PROTECT_METRICS", default_value_t = false, action = clap::ArgAction::Set)]
+    #[arg(long, env = "KILN_PROTECT_METRICS", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     pub protect_metrics: bool,
     /// The build root: one fixed absolute path, the same on every worker.
     #[arg(long, env = "KILN_BUILD_ROOT", default_value = "/var/lib/kiln/build")]
@@ -164,6 +168,18 @@ pub struct ServerArgs {
     /// The largest file a build may write (RLIMIT_FSIZE), e.g. 4G.
     #[arg(long, env = "KILN_BUILD_FILE_SIZE", default_value = "4G", value_parser = crate::cache::parse_size)]
     pub build_file_size: u64,
+    /// The size of a build's `/tmp` (a tmpfs of that size where the member can
+    /// mount one; elsewhere a directory on the build root's disk), e.g. 2G.
+    #[arg(long, env = "KILN_BUILD_TMP_SIZE", default_value = "2G", value_parser = crate::cache::parse_size)]
+    pub build_tmp_size: u64,
+    /// The most a build may write to its `target/` and a disk-backed `/tmp` (it is
+    /// stopped, `compile_error`, past it), e.g. 20G.
+    #[arg(long, env = "KILN_BUILD_DISK", default_value = "20G", value_parser = crate::cache::parse_size)]
+    pub build_disk: u64,
+    /// The most connections the port serves at once; at the cap, a new one takes
+    /// the place of the oldest that has not sent a byte.
+    #[arg(long, env = "KILN_MAX_CONNECTIONS", default_value_t = kiln_leader::listener::MAX_CONNECTIONS)]
+    pub max_connections: usize,
     /// The largest artifact the leader accepts.
     #[arg(long, env = "KILN_MAX_ARTIFACT_BYTES", default_value_t = 4 << 30)]
     pub max_artifact_bytes: u64,
@@ -259,6 +275,7 @@ impl ServerArgs {
         line.opt_path("--api-token-file", &self.api_token_file);
         line.flag("--no-api-token", self.no_api_token);
         line.flag("--protect-metrics", self.protect_metrics);
+        line.flag("--require-user-namespace", self.require_user_namespace);
         line.path("--build-root", &self.build_root);
         line.opt_path("--build-root-source", &self.build_root_source);
         line.value("--profile", &self.profile);
@@ -276,12 +293,16 @@ impl ServerArgs {
         line.duration("--build-timeout", self.build_timeout);
         line.value("--max-log-bytes", &self.max_log_bytes);
         line.value("--sandbox", &self.sandbox);
+        line.value("--binary-cache", &self.binary_cache);
         line.path("--sandbox-bwrap", &self.sandbox_bwrap);
         line.value("--build-uid", &self.build_uid);
         line.value("--build-memory", &self.build_memory);
         line.value("--build-processes", &self.build_processes);
         line.value("--build-file-size", &self.build_file_size);
+        line.value("--build-tmp-size", &self.build_tmp_size);
+        line.value("--build-disk", &self.build_disk);
         line.value("--max-artifact-bytes", &self.max_artifact_bytes);
+        line.value("--max-connections", &self.max_connections);
         line.duration("--retention", self.retention);
         line.duration("--claim-lease", self.claim_lease);
         line.value("--disk-high-watermark", &self.disk_high_watermark);
@@ -453,6 +474,7 @@ impl MemberConfig {
                 serves_tls: args.tls.server().is_some(),
                 // Filled in by `run` from the leader's own worker's build settings.
                 binary_cache: None,
+                max_connections: args.max_connections,
             };
             (config, args.listen)
         });
@@ -479,6 +501,8 @@ impl MemberConfig {
                     processes: args.build_processes,
                     file_bytes: args.build_file_size,
                 },
+                tmp_bytes: args.build_tmp_size,
+                disk_bytes: args.build_disk,
                 depset: facts.depset.clone(),
             },
             cache,
@@ -494,6 +518,10 @@ impl MemberConfig {
                 bwrap: args.sandbox_bwrap.clone(),
                 build_uid: args.build_uid,
                 build_gid: args.build_uid,
+                // Unique among live members of the machine (test farms run side by side).
+                group_name: format!("kiln-member-{}", std::process::id()),
+                memory_bytes: args.build_memory,
+                processes: args.build_processes,
             },
             watermarks,
         };
@@ -555,11 +583,25 @@ fn cache_choice(args: &ServerArgs, s3: Option<S3Settings>) -> anyhow::Result<Cac
             }
             CacheStore::S3(s3)
         }
-        None => {
-            CacheStore::LocalDisk { dir: args.sccache_dir.clone().unwrap_or_else(|| args.data_dir.join("sccache")) }
-        }
+        None => CacheStore::LocalDisk {
+            dir: args.sccache_dir.clone().unwrap_or_else(|| args.data_dir.join("sccache")),
+            read_only: args.cache.read_only,
+        },
     };
     Ok(CacheChoice::Auto { binary: args.sccache_binary.clone(), store })
+}
+
+/// With `--require-user-namespace`: a root member must be in a user namespace of
+/// its own (`uid_map` other than the whole range mapped to itself), or it would
+/// hold the node's root.
+fn user_namespace_required(root: bool, uid_map: &str) -> anyhow::Result<()> {
+    let host = uid_map.split_whitespace().collect::<Vec<_>>() == ["0", "0", "4294967295"];
+    if root && host {
+        bail!(
+            "this member runs as root outside a user namespace, but --require-user-namespace (the chart's sandbox.userNamespaces) wants one: the pod's `hostUsers: false` was not applied (Kubernetes before 1.33, or the UserNamespacesSupport feature off). Set sandbox.userNamespaces=false in the chart's values to run as uid 10001 instead"
+        );
+    }
+    Ok(())
 }
 
 fn read_token(args: &ServerArgs) -> anyhow::Result<Option<String>> {
@@ -618,8 +660,14 @@ async fn serve_worker_health(
     let router = axum::Router::new()
         .route("/healthz", axum::routing::get(|| async { axum::Json(serde_json::json!({ "status": "healthy" })) }));
     tokio::spawn(async move {
-        let served =
-            kiln_leader::tls::serve_app(listener, router, tls, async move { shutdown.cancelled().await }).await;
+        let served = kiln_leader::listener::serve_app(
+            listener,
+            router,
+            tls,
+            kiln_leader::listener::MAX_CONNECTIONS,
+            async move { shutdown.cancelled().await },
+        )
+        .await;
         if let Err(e) = served {
             tracing::error!(error = %e, "the health endpoint failed");
         }
@@ -648,6 +696,10 @@ async fn gather_facts(args: &ServerArgs) -> anyhow::Result<(Facts, Option<Statef
 }
 
 pub async fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
+    if args.require_user_namespace {
+        let map = std::fs::read_to_string("/proc/self/uid_map").unwrap_or_default();
+        user_namespace_required(nix::unistd::geteuid().is_root(), &map)?;
+    }
     let (facts, statefulset) = gather_facts(&args).await?;
     let mut config = MemberConfig::resolve(&args, &facts)?;
     if let Some((leader, _)) = &mut config.leader {
@@ -762,10 +814,11 @@ mod tests {
 
     #[test]
     fn a_command_line_reads_back_as_the_arguments_it_was_built_from() {
-        let mut every = args(&[
+        let given = [
             "--hostname=kiln-compiler-server-3",
             "--workers=4",
             "--kubernetes=true",
+            "--require-user-namespace=true",
             "--kubernetes-api=https://127.0.0.1:6443",
             "--kubernetes-service-account-dir=/sa",
             "--kubernetes-poll=1m30s",
@@ -799,11 +852,14 @@ mod tests {
             "--heartbeat-window=3s",
             "--build-timeout=1h",
             "--max-artifact-bytes=12345",
+            "--max-connections=777",
             "--max-log-bytes=4096",
             "--sandbox=off",
             "--sandbox-bwrap=/opt/bwrap",
             "--build-uid=1234",
             "--build-memory=1073741824",
+            "--build-tmp-size=1073741824",
+            "--build-disk=2147483648",
             "--build-processes=99",
             "--build-file-size=1048576",
             "--api-token-file=/api-token",
@@ -811,7 +867,25 @@ mod tests {
             "--tls-cert=/tls/tls.crt",
             "--tls-key=/tls/tls.key",
             "--tls-ca=/tls/ca.crt",
-        ]);
+            "--binary-cache=off",
+            "--no-api-token=true",
+            "--retention=2h",
+            "--claim-lease=7m",
+            "--disk-high-watermark=71.5",
+            "--disk-critical-watermark=93.5",
+        ];
+        // Every option of `kiln server` is given a value that is not its default
+        // here, so that one `to_args` forgets is caught (as --binary-cache once
+        // was); secrets travel in the environment.
+        use clap::CommandFactory;
+        let not_given = ["cluster-token", "api-token", "help"];
+        for option in ServerCommand::command().get_arguments().filter_map(|a| a.get_long()) {
+            assert!(
+                not_given.contains(&option) || given.iter().any(|g| g.starts_with(&format!("--{option}="))),
+                "--{option} is missing from this test's command line"
+            );
+        }
+        let mut every = args(&given);
         every.cluster_token = Some("secret-token-0123456789".into());
         every.api_token = Some("api-secret-9876".into());
         let line = every.to_args();
@@ -830,6 +904,27 @@ mod tests {
             }
         }
         assert_eq!(back, every);
+    }
+
+    /// The README's forms: `kiln server --kubernetes`, `--no-api-token`,
+    /// `--protect-metrics` alone mean on.
+    #[test]
+    fn a_root_member_that_wants_a_user_namespace_refuses_the_hosts() {
+        let host = "         0          0 4294967295\n";
+        let pod = "         0  123456789      65536\n";
+        let refused = user_namespace_required(true, host).unwrap_err().to_string();
+        assert!(refused.contains("sandbox.userNamespaces=false"), "{refused}");
+        assert!(user_namespace_required(true, pod).is_ok());
+        assert!(user_namespace_required(false, host).is_ok(), "a non-root member holds nothing of the node's");
+    }
+
+    #[test]
+    fn switches_given_alone_are_on() {
+        let on = args(&["--kubernetes", "--no-api-token", "--protect-metrics", "--sccache-read-only"]);
+        assert!(on.kubernetes && on.no_api_token && on.protect_metrics && on.cache.read_only);
+        let off = args(&["--kubernetes=false", "--protect-metrics=false"]);
+        assert!(!off.kubernetes && !off.protect_metrics && !off.no_api_token);
+        assert!(ServerArgs::parse_options(["--kubernetes=maybe"]).is_err());
     }
 
     #[test]

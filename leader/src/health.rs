@@ -125,10 +125,12 @@ pub struct ClusterHealth {
 
 impl ClusterHealth {
     /// What a caller without the API token sees: health, but not which store, bucket
-    /// or endpoint the members use (nor the store's own error text).
+    /// or endpoint the members use (nor the store's own error text), nor the claims
+    /// the members hold (what a build is, and its attempt, are the API's to tell).
     pub fn redact(&mut self) {
         const HIDDEN: &str = "shown with the API token";
         for member in &mut self.members {
+            member.building = None;
             if member.cache.is_some() {
                 member.cache = Some(HIDDEN.into());
             }

@@ -12,6 +12,7 @@ pub mod error;
 pub mod grpc;
 pub mod health;
 pub mod http;
+pub mod listener;
 pub mod metrics;
 pub mod page;
 pub mod records;
@@ -27,9 +28,7 @@ pub use service::{LeaderConfig, LeaderState};
 /// Serves the leader's HTTP and gRPC on `listener` (over TLS when `tls` is given)
 /// until `shutdown` resolves, then drains the requests in progress.
 ///
-/// Every connection has TCP_NODELAY: gRPC answers are small writes, and with Nagle's
-/// algorithm each one waited for the peer's delayed ACK (about 40 ms per call on
-/// Linux), which was most of a delivery's time (benchmark 1 in benches/RESULTS.md).
+/// What any client of the port can cost it is bounded in [`listener`].
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: Arc<LeaderState>,
@@ -37,5 +36,6 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     // Handlers see each connection's peer address, for the log of refused calls.
-    tls::serve_app(listener, http::router(state), tls, shutdown).await
+    let max_connections = state.config.max_connections;
+    listener::serve_app(listener, http::router(state), tls, max_connections, shutdown).await
 }

@@ -63,17 +63,29 @@ pub struct Pipeline {
     /// This version's binary came from the binary cache, built by that version.
     #[serde(default)]
     pub binary_cache_hit: Option<api::BinaryCacheHit>,
+    /// How many times this version's build was in flight when its member
+    /// restarted (a build that kills its member, its pod); at
+    /// [`MAX_MEMBER_LOSSES`] the version ends `system_error` rather than going back
+    /// to the queue for good.
+    #[serde(default)]
+    pub members_lost: u32,
 }
+
+/// How many of its member's restarts a version's builds may cause.
+pub const MAX_MEMBER_LOSSES: u32 = 3;
 
 /// The binary cache's key: everything that decides a binary. The program's source
 /// checksum, the dependency set's fingerprint, and the build settings fingerprint
 /// a worker reports (toolchain `rustc -vV`, which names the target, the profile,
-/// the build root, cargo's home). Each part is length-prefixed, so no two
-/// different triples hash alike.
-pub fn binary_key(source_sha256: &str, depset: &str, build_settings: &str) -> String {
+/// the build root, cargo's home); and, for a binary whose build ran code of its
+/// submitter, the one pipeline it may be served to (`only_for`): such a build
+/// read compile-cache entries only its own pipeline's builds made. Each part is
+/// length-prefixed, so no two different tuples hash alike.
+pub fn binary_key(source_sha256: &str, depset: &str, build_settings: &str, only_for: Option<u64>) -> String {
     use sha2::{Digest, Sha256};
     let mut hasher = Sha256::new();
-    for part in [source_sha256, depset, build_settings] {
+    let scope = only_for.map(|id| format!("pipeline {id}")).unwrap_or_default();
+    for part in [source_sha256, depset, build_settings, &scope] {
         hasher.update((part.len() as u64).to_le_bytes());
         hasher.update(part.as_bytes());
     }
@@ -117,6 +129,9 @@ pub enum Report {
         binary_size: u64,
         figures: Figures,
         build_settings: String,
+        /// The build ran code of its submitter: its binary is served by the binary
+        /// cache to this pipeline only.
+        ran_submitted_code: bool,
     },
     CompileError {
         error: String,
@@ -226,6 +241,7 @@ impl Pipeline {
             history: vec![api::HistoryEvent { at_ms: now_ms, event: "submitted: version 1".into() }],
             binary_key: None,
             binary_cache_hit: None,
+            members_lost: 0,
         }
     }
 
@@ -250,8 +266,12 @@ impl Pipeline {
     }
 
     /// Back to `pending` for the same version and ordinal (a retry, its worker
-    /// restarted, its lease ran out), with the reason in the history.
+    /// restarted, its lease ran out), with the reason in the history. A version
+    /// submitted again after a `system_error` starts counting member losses anew.
     pub fn requeue(&mut self, now_ms: u64, reason: &str) {
+        if self.status == Status::SystemError {
+            self.members_lost = 0;
+        }
         let from = self.status;
         self.status = Status::Pending;
         self.started_at_ms = None;
@@ -290,6 +310,28 @@ impl Pipeline {
         self.rebuilding = None;
         self.binary_key = None;
         self.binary_cache_hit = None;
+        self.members_lost = 0;
+    }
+
+    /// The member building this version restarted (`ordinal`, a new incarnation):
+    /// back to `pending`, unless its builds have now stopped their member
+    /// [`MAX_MEMBER_LOSSES`] times, when it ends `system_error` saying so (a
+    /// submission of the same source tries again).
+    pub fn member_lost(&mut self, ordinal: u32, now_ms: u64) {
+        self.members_lost += 1;
+        let reason = format!("its worker restarted (ordinal {ordinal} has a new incarnation)");
+        if self.members_lost < MAX_MEMBER_LOSSES {
+            self.requeue(now_ms, &reason);
+            return;
+        }
+        self.status = Status::SystemError;
+        self.error = Some(format!(
+            "its builds stopped their member {} times ({reason} while building it each time): it is not built again until it is submitted again",
+            self.members_lost
+        ));
+        self.updated_at_ms = now_ms;
+        self.uploaded = None;
+        self.finish(Figures::default(), now_ms);
     }
 
     /// This version is served `cached` from the binary cache under `key`: it ends
@@ -394,13 +436,18 @@ impl Pipeline {
                 self.compile_ms = Some(compile_ms);
                 self.cache = Some(cache);
             }
-            Report::Success { binary_sha256, figures, build_settings, .. } => {
+            Report::Success { binary_sha256, figures, build_settings, ran_submitted_code, .. } => {
                 // The size is the leader's own measure, from the upload.
                 let size = self.uploaded.as_ref().map_or(0, |u| u.size);
                 self.binary_sha256 = Some(binary_sha256);
                 self.binary_size = Some(size);
                 self.binary_key = match (&self.depset, build_settings.is_empty()) {
-                    (Some(depset), false) => Some(binary_key(&self.source_sha256, depset, &build_settings)),
+                    (Some(depset), false) => Some(binary_key(
+                        &self.source_sha256,
+                        depset,
+                        &build_settings,
+                        ran_submitted_code.then_some(self.id),
+                    )),
                     _ => None,
                 };
                 self.finish(figures, now_ms);
@@ -449,7 +496,34 @@ pub(crate) mod tests {
             binary_size: 3,
             figures: Figures::default(),
             build_settings: "settings".into(),
+            ran_submitted_code: false,
         }
+    }
+
+    /// A build that kills its member (its pod) three times ends `system_error`
+    /// with that reason instead of going back to the queue for ever; submitting it
+    /// again tries again, and a new version starts counting afresh.
+    #[test]
+    fn a_version_whose_builds_keep_killing_their_member_ends_system_error() {
+        let mut r = record(4);
+        for lost in 1..MAX_MEMBER_LOSSES {
+            r.claim(lost as u64);
+            r.status = Status::Compiling;
+            r.member_lost(1, 10 + lost as u64);
+            assert_eq!(r.status, Status::Pending, "loss {lost}");
+        }
+        r.claim(20);
+        r.status = Status::Compiling;
+        r.member_lost(1, 21);
+        assert_eq!(r.status, Status::SystemError);
+        let error = r.error.clone().unwrap();
+        assert!(error.contains("stopped their member 3 times") && error.contains("ordinal 1"), "{error}");
+        assert_eq!(r.finished_at_ms, Some(21));
+        r.requeue(22, "submitted again after it ended system_error");
+        assert_eq!((r.status, r.members_lost), (Status::Pending, 0));
+        r.members_lost = 2;
+        r.new_version("t".into(), 23);
+        assert_eq!(r.members_lost, 0);
     }
 
     #[test]
@@ -527,8 +601,29 @@ pub(crate) mod tests {
         let claim = r.claim(1);
         r.uploaded = Some(Uploaded { attempt: claim.attempt, sha256: "ab".into(), size: 7 });
         r.apply(&claim, success(), 2).unwrap();
-        assert_eq!(r.binary_key.as_deref(), Some(binary_key("s", "set", "settings").as_str()));
-        assert_ne!(binary_key("s", "set", "settings"), binary_key("s", "sets", "ettings"), "parts cannot run together");
+        assert_eq!(r.binary_key.as_deref(), Some(binary_key("s", "set", "settings", None).as_str()));
+        assert_ne!(
+            binary_key("s", "set", "settings", None),
+            binary_key("s", "sets", "ettings", None),
+            "parts cannot run together"
+        );
+        assert_ne!(binary_key("s", "set", "settings", None), binary_key("s", "set", "settings", Some(8)));
+        let mut own = record(8);
+        own.depset = Some("set".into());
+        let claim = own.claim(1);
+        own.uploaded = Some(Uploaded { attempt: claim.attempt, sha256: "ab".into(), size: 7 });
+        let ran_code = match success() {
+            Report::Success { binary_sha256, binary_size, figures, build_settings, .. } => {
+                Report::Success { binary_sha256, binary_size, figures, build_settings, ran_submitted_code: true }
+            }
+            _ => unreachable!(),
+        };
+        own.apply(&claim, ran_code, 2).unwrap();
+        assert_eq!(
+            own.binary_key.as_deref(),
+            Some(binary_key("s", "set", "settings", Some(8)).as_str()),
+            "a build that ran submitted code is keyed for its own pipeline only"
+        );
         r.new_version("t".into(), 3);
         assert_eq!((r.binary_key.as_ref(), r.binary_cache_hit.as_ref()), (None, None));
         let cached = CachedBinary { sha256: "cd".into(), size: 9, pipeline_id: 8, version: 1, compile_ms: 500 };

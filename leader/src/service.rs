@@ -59,6 +59,8 @@ pub struct LeaderConfig {
     /// A submission whose source, dependency set and these settings were built
     /// before is served that binary at once. None: the cache is off.
     pub binary_cache: Option<String>,
+    /// The most connections the port serves at once (see [`crate::listener`]).
+    pub max_connections: usize,
 }
 
 #[derive(Debug)]
@@ -498,11 +500,13 @@ impl LeaderState {
             return Err(ApiError::NotFound(format!("the leader holds no artifact {binary_sha256}: upload it first")));
         }
         let holder = (member.ordinal, member.incarnation);
-        self.renew_lease(claim);
         let record =
             self.catalog(move |c| c.report(&claim, holder, report, log.as_deref(), now_ms())).await.inspect_err(
                 |e| tracing::warn!(ordinal = member.ordinal, id = claim.pipeline_id, error = %e, "report refused"),
             )?;
+        // Only once the catalog found the caller holds the claim: a stranger's
+        // report must not keep a dead holder's lease alive.
+        self.renew_lease(claim);
         if record.status.finished() {
             self.metrics.build_finished(&record);
             tracing::info!(
@@ -520,13 +524,14 @@ impl LeaderState {
     /// `member` holds the claim.
     pub async fn uploaded(&self, member: MemberId, claim: ClaimKey, sha256: String, size: u64) -> Result<(), ApiError> {
         let holder = (member.ordinal, member.incarnation);
-        self.renew_lease(claim);
         let artifacts = self.artifacts.clone();
         self.catalog(move |c| c.record_upload(&claim, holder, &sha256, size, || artifacts.contains(&sha256), now_ms()))
             .await
             .inspect_err(
                 |e| tracing::warn!(ordinal = member.ordinal, id = claim.pipeline_id, error = %e, "upload refused"),
-            )
+            )?;
+        self.renew_lease(claim);
+        Ok(())
     }
 
     /// Checks, before receiving its bytes, that `member` holds `claim`.

@@ -1,4 +1,4 @@
-//! Serving over TLS: the leader's one port (the `/v0` API, the page, the probes and
+//! TLS for the leader's one port (the `/v0` API, the page, the probes and
 //! the workers' gRPC) and a worker's `/healthz`, with rustls.
 //!
 //! - ALPN offers `h2` and `http/1.1`, so gRPC (HTTP/2) and plain HTTP/1.1 clients
@@ -11,34 +11,27 @@
 //!   than a closed connection: HTTP/1.1 clients a 400 with a JSON error, gRPC
 //!   clients (h2c) an UNAVAILABLE status; both say to use `https://` and `--tls-ca`.
 //! - A handshake that does not finish within [`HANDSHAKE_TIMEOUT`] is dropped, off
-//!   the accept loop, so a silent client holds nothing but its own task.
+//!   the accept loop, so a silent client holds nothing but its own task (the
+//!   accept loop itself is [`crate::listener`]'s).
 
-use std::convert::Infallible;
-use std::future::Future;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
-use axum::extract::ConnectInfo;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use tokio_rustls::TlsAcceptor;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 /// How long a client has to finish its TLS handshake (or send its first byte).
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often, at most, the certificate files are looked at again.
 pub const RELOAD_CHECK: Duration = Duration::from_secs(10);
 /// The first byte of a TLS record carrying a handshake (a ClientHello).
-const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+pub(crate) const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 
 /// What a client speaking plain HTTP to the TLS port is told.
 pub const PLAIN_HTTP_REFUSED: &str = "this port serves HTTPS (TLS) only: use an https:// URL for the leader, and give the CA that signed its certificate with --tls-ca (KILN_TLS_CA)";
@@ -63,6 +56,10 @@ impl std::fmt::Debug for ServerTls {
 }
 
 impl ServerTls {
+    pub(crate) fn acceptor(&self) -> &TlsAcceptor {
+        &self.acceptor
+    }
+
     /// Loads a PEM certificate chain and its private key. Errors name the file and
     /// what is wrong with it.
     pub fn load(cert: &Path, key: &Path) -> anyhow::Result<ServerTls> {
@@ -165,127 +162,8 @@ impl ResolvesServerCert for ReloadingCertificate {
     }
 }
 
-/// Serves `app` on `listener` until `shutdown` resolves, over TLS when `tls` is
-/// given, then drains the requests in progress. Every connection has TCP_NODELAY
-/// (gRPC answers are small writes; see [`crate::serve`]); handlers can read the
-/// peer's address as `ConnectInfo<SocketAddr>`.
-pub async fn serve_app(
-    listener: tokio::net::TcpListener,
-    app: axum::Router,
-    tls: Option<ServerTls>,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    match tls {
-        None => {
-            use axum::serve::ListenerExt;
-            let listener = listener.tap_io(|stream| {
-                if let Err(e) = stream.set_nodelay(true) {
-                    tracing::debug!("could not set TCP_NODELAY: {e}");
-                }
-            });
-            let app = app.into_make_service_with_connect_info::<SocketAddr>();
-            axum::serve(listener, app).with_graceful_shutdown(shutdown).await
-        }
-        Some(tls) => serve_tls(listener, app, tls, shutdown).await,
-    }
-}
-
-async fn serve_tls(
-    listener: tokio::net::TcpListener,
-    app: axum::Router,
-    tls: ServerTls,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    let stop = CancellationToken::new();
-    let connections = TaskTracker::new();
-    tokio::pin!(shutdown);
-    loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    // Out of file descriptors and the like: pause rather than spin.
-                    tracing::warn!(error = %e, "accepting a connection failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => break,
-        };
-        if let Err(e) = stream.set_nodelay(true) {
-            tracing::debug!("could not set TCP_NODELAY: {e}");
-        }
-        connections.spawn(connection(stream, peer, app.clone(), tls.acceptor.clone(), stop.clone()));
-    }
-    drop(listener);
-    stop.cancel();
-    connections.close();
-    connections.wait().await;
-    Ok(())
-}
-
-/// One accepted connection: TLS, or a plain answer to a plain-HTTP client.
-async fn connection(
-    stream: tokio::net::TcpStream,
-    peer: SocketAddr,
-    app: axum::Router,
-    acceptor: TlsAcceptor,
-    stop: CancellationToken,
-) {
-    let mut first = [0u8; 1];
-    match tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.peek(&mut first)).await {
-        Ok(Ok(1)) => {}
-        _ => return,
-    }
-    if first[0] != TLS_HANDSHAKE_RECORD {
-        tracing::debug!(%peer, "plain HTTP on the TLS port: answered with the fix");
-        let refuse = hyper::service::service_fn(|request| async move { Ok::<_, Infallible>(refuse_plain(&request)) });
-        serve_connection(TokioIo::new(stream), refuse, stop).await;
-        return;
-    }
-    let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-        Ok(Ok(stream)) => stream,
-        Ok(Err(e)) => {
-            tracing::debug!(%peer, error = %e, "TLS handshake failed");
-            return;
-        }
-        Err(_) => {
-            tracing::debug!(%peer, "TLS handshake timed out");
-            return;
-        }
-    };
-    let service = hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
-        request.extensions_mut().insert(ConnectInfo(peer));
-        let mut app = app.clone();
-        async move { tower::Service::call(&mut app, request).await }
-    });
-    serve_connection(TokioIo::new(stream), service, stop).await;
-}
-
-/// Serves HTTP/1.1 or HTTP/2 on one connection until it ends, or until `stop`,
-/// when it finishes the requests in progress.
-async fn serve_connection<I, S, B>(io: I, service: S, stop: CancellationToken)
-where
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-    S: hyper::service::Service<hyper::Request<hyper::body::Incoming>, Response = hyper::Response<B>> + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    B: hyper::body::Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    let builder = auto::Builder::new(TokioExecutor::new());
-    let connection = builder.serve_connection(io, service);
-    tokio::pin!(connection);
-    tokio::select! {
-        _ = connection.as_mut() => return,
-        () = stop.cancelled() => connection.as_mut().graceful_shutdown(),
-    }
-    let _ = connection.await;
-}
-
 /// The answer to a request that came in plain HTTP on the TLS port.
-fn refuse_plain<B>(request: &hyper::Request<B>) -> hyper::Response<axum::body::Body> {
+pub(crate) fn refuse_plain<B>(request: &hyper::Request<B>) -> hyper::Response<axum::body::Body> {
     let grpc = request
         .headers()
         .get(hyper::header::CONTENT_TYPE)

@@ -169,6 +169,8 @@ impl Farm {
             cluster_token_file: Some(self.dir.path().join("cluster-token")),
             leader_url: Some(self.url()),
             listen: std::net::SocketAddr::from(([127, 0, 0, 1], self.port)),
+            // As `kiln up` does: a build user per member.
+            build_uid: base.build_uid.saturating_add(member.ordinal),
             ..base
         }
     }

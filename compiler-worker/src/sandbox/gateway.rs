@@ -10,14 +10,23 @@
 //!
 //! - `GET` and `HEAD` of one object under the key prefix (no listing, so a build
 //!   cannot find what it could not compute the key of);
-//! - `PUT` of one object under the key prefix, unless the store is read-only, and
-//!   never over an object that exists (a build cannot replace an entry another build
-//!   stored; it is answered as written and left alone).
+//! - `PUT` of one object, unless the store is read-only, and never over an object
+//!   that exists (a build cannot replace an entry another build stored; it is
+//!   answered as written and left alone).
 //!
-//! Anything else (another bucket, a key outside the prefix or with `..`, `DELETE`,
-//! `POST`, a listing) is refused with 403 or 405. What a build can still do is
-//! store entries under keys nobody stored yet: the known write path of a shared
-//! cache (ARCHITECTURE.md, "Trust"); `--sccache-read-only` closes it.
+//! Only keys of sccache's shape are served: `<prefix><a>/<b>/<c>/<digest>`, the
+//! digest in lowercase hex starting with `abc`, and sccache's `.sccache_check`.
+//! Anything else (another bucket, any other key, `DELETE`, `POST`, a listing) is
+//! refused with 403 or 405.
+//!
+//! **Who writes what others read.** The worker sets each build's [`Scope`] from
+//! the layout it wrote, before the build starts and outside the sandbox, so
+//! nothing inside can take part: a build in which no code of the submitter runs
+//! writes where every build reads ([`Scope::Shared`]); a build that runs submitted
+//! code (a build script, a proc-macro of the program's own) reads the shared
+//! entries and its own pipeline's, and writes only its pipeline's
+//! (`<prefix>pipelines/<name>/...`, [`Scope::Pipeline`]). Its hostile entry under
+//! the key an honest crate will have so lands where only its own pipeline looks.
 //!
 //! Objects live in the configured store: the S3 bucket, or for a local store the
 //! directory `<sccache-dir>/gateway/`, written through a temporary file and a
@@ -91,7 +100,30 @@ struct Gate {
     /// `prefix/` (empty for the whole bucket): every key must start with it.
     prefix: String,
     read_only: bool,
+    /// Where the build in hand may write.
+    scope: Mutex<Scope>,
     ledger: Mutex<Ledger>,
+}
+
+/// Where one build's compile-cache entries go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    /// No code of the submitter runs in the build: its entries are what rustc made
+    /// of the sources alone, and every build may read them.
+    Shared,
+    /// The build runs code of the submitter's: it reads the shared entries and
+    /// those of its own pipeline (named here), and writes only its pipeline's.
+    Pipeline(String),
+}
+
+impl Scope {
+    /// The key prefix below the farm's of a pipeline's own entries.
+    fn namespace(&self) -> Option<String> {
+        match self {
+            Scope::Shared => None,
+            Scope::Pipeline(name) => Some(format!("pipelines/{name}/")),
+        }
+    }
 }
 
 /// What the cache saved the build in hand, as the gateway saw it pass.
@@ -176,19 +208,32 @@ impl Gateway {
                 settings.key_prefix.clone(),
                 settings.read_only,
             ),
-            CacheStore::LocalDisk { dir } => {
+            CacheStore::LocalDisk { dir, read_only } => {
                 let costs = dir.join("gateway-costs");
                 let dir = dir.join("gateway");
                 std::fs::create_dir_all(dir.join(".incoming"))
                     .with_context(|| format!("creating the local cache directory {}", dir.display()))?;
-                (Backend::Local { dir, costs }, LOCAL_BUCKET.to_owned(), "us-east-1".to_owned(), String::new(), false)
+                (
+                    Backend::Local { dir, costs },
+                    LOCAL_BUCKET.to_owned(),
+                    "us-east-1".to_owned(),
+                    String::new(),
+                    *read_only,
+                )
             }
         };
         let prefix = match key_prefix.trim_end_matches('/') {
             "" => String::new(),
             p => format!("{p}/"),
         };
-        let gate = Arc::new(Gate { backend, bucket, prefix, read_only, ledger: Mutex::default() });
+        let gate = Arc::new(Gate {
+            backend,
+            bucket,
+            prefix,
+            read_only,
+            scope: Mutex::new(Scope::Shared),
+            ledger: Mutex::default(),
+        });
         if let Some(dir) = socket.parent() {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
@@ -210,6 +255,20 @@ impl Gateway {
 
     pub fn socket(&self) -> &Path {
         &self.socket
+    }
+
+    /// Sets where the next build's entries go (the worker, before each build).
+    pub fn set_scope(&self, scope: Scope) {
+        *self.gate.scope.lock().unwrap_or_else(|p| p.into_inner()) = scope;
+    }
+
+    /// Who may write this store, in words, for startup and health.
+    pub fn writers(&self) -> &'static str {
+        if self.gate.read_only {
+            "read-only: no build writes the compile cache"
+        } else {
+            "builds that run no code of their submitter write the shared compile cache; builds that do write only their pipeline's own namespace"
+        }
     }
 
     /// What the hits read since the last call saved, and forgets the misses seen:
@@ -234,9 +293,7 @@ impl Gateway {
             ("SCCACHE_S3_SERVER_SIDE_ENCRYPTION".into(), "false".into()),
             ("SCCACHE_S3_RW_MODE".into(), if self.gate.read_only { "READ_ONLY" } else { "READ_WRITE" }.into()),
             ("SCCACHE_IDLE_TIMEOUT".into(), "0".into()),
-            // The worker checked the store at startup; a store that fails later
-            // must cost the build its cache, not its server (sccache exits when its
-            // startup check fails).
+            // (sccache 0.19 and later; for 0.16 the gateway answers the check.)
             ("SCCACHE_SKIP_CACHE_CHECK".into(), "true".into()),
         ]
     }
@@ -262,17 +319,28 @@ fn object_key(gate: &Gate, uri: &Uri) -> Result<String, &'static str> {
     if bucket != gate.bucket {
         return Err(forbidden("only the farm's cache bucket is served"));
     }
-    let plain = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/');
-    if key.is_empty()
-        || !key.chars().all(plain)
-        || key.split('/').any(|segment| segment.is_empty() || segment == "." || segment == "..")
-    {
-        return Err(forbidden("not a cache object key"));
-    }
-    if !key.starts_with(&gate.prefix) {
+    let Some(rest) = key.strip_prefix(gate.prefix.as_str()) else {
         return Err(forbidden("the key is outside the farm's key prefix"));
+    };
+    if !sccache_shaped(rest) {
+        return Err(forbidden("not a key of sccache's shape"));
     }
     Ok(key.to_owned())
+}
+
+/// The shortest and longest digest sccache names an entry by (lowercase hex).
+const DIGEST_HEX: std::ops::RangeInclusive<usize> = 32..=128;
+
+/// sccache's own keys below the prefix: `a/b/c/abc...` (a digest in lowercase hex,
+/// filed under its first three digits) or its `.sccache_check`.
+fn sccache_shaped(rest: &str) -> bool {
+    if rest == ".sccache_check" {
+        return true;
+    }
+    let hex = |s: &str| s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    let parts: Vec<&str> = rest.split('/').collect();
+    let [a, b, c, digest] = parts[..] else { return false };
+    DIGEST_HEX.contains(&digest.len()) && hex(digest) && [a, b, c].concat() == digest[..3]
 }
 
 async fn handle(State(gate): State<Arc<Gate>>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
@@ -283,14 +351,33 @@ async fn handle(State(gate): State<Arc<Gate>>, method: Method, uri: Uri, headers
             return refuse(StatusCode::FORBIDDEN, "AccessDenied", why);
         }
     };
+    // sccache's startup check (read, then write `.sccache_check`) is answered here,
+    // without the store: the worker checked the store at startup, and a store that
+    // fails later must cost a build its cache, not its server (sccache 0.16 exits
+    // when the check fails, and has no way to skip it).
+    if key[gate.prefix.len()..] == *".sccache_check" {
+        return match method {
+            Method::PUT if gate.read_only => {
+                refuse(StatusCode::FORBIDDEN, "AccessDenied", "the compile cache is read-only for this farm")
+            }
+            Method::PUT => StatusCode::OK.into_response(),
+            _ => answer(None, false),
+        };
+    }
     let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let namespace = gate.scope.lock().unwrap_or_else(|p| p.into_inner()).namespace();
+    // The same key in the build's own namespace, when it has one.
+    let own = namespace.map(|ns| format!("{}{ns}{}", gate.prefix, &key[gate.prefix.len()..]));
     let result = match method {
-        Method::GET => gate.get(&key, range.as_deref(), true).await,
-        Method::HEAD => gate.get(&key, None, false).await,
+        Method::GET | Method::HEAD => {
+            let with_body = method == Method::GET;
+            let range = if with_body { range.as_deref() } else { None };
+            gate.read(&key, own.as_deref(), range, with_body).await
+        }
         Method::PUT if gate.read_only => {
             return refuse(StatusCode::FORBIDDEN, "AccessDenied", "the compile cache is read-only for this farm");
         }
-        Method::PUT => gate.put(&key, body).await,
+        Method::PUT => gate.put(&key, own.as_deref().unwrap_or(&key), body).await,
         _ => return refuse(StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed", "only GET, HEAD and PUT of an object"),
     };
     result.unwrap_or_else(|e| {
@@ -344,21 +431,40 @@ fn parse_range(range: &str, total: u64) -> Option<(u64, u64)> {
 }
 
 impl Gate {
-    async fn get(&self, key: &str, range: Option<&str>, with_body: bool) -> anyhow::Result<Response> {
+    /// The shared entry `key`, or else the build's own (`own`); a miss of both is
+    /// remembered under `key`, as the build asked for it.
+    async fn read(
+        &self,
+        key: &str,
+        own: Option<&str>,
+        range: Option<&str>,
+        with_body: bool,
+    ) -> anyhow::Result<Response> {
+        for candidate in std::iter::once(key).chain(own) {
+            if let Some(found) = self.get(candidate, range, with_body).await? {
+                return Ok(found);
+            }
+        }
+        self.ledger().missed(key);
+        Ok(answer(None, false))
+    }
+
+    /// One stored object, or None when there is none.
+    async fn get(&self, key: &str, range: Option<&str>, with_body: bool) -> anyhow::Result<Option<Response>> {
         match &self.backend {
             Backend::Local { dir, costs } => {
                 let path = dir.join(key);
                 let data = match with_body {
                     true => match tokio::fs::read(&path).await {
                         Ok(data) => Some(data),
-                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(self.not_found(key)),
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
                         Err(e) => return Err(e.into()),
                     },
                     false => None,
                 };
                 let metadata = match tokio::fs::metadata(&path).await {
                     Ok(m) => m,
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(self.not_found(key)),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
                     Err(e) => return Err(e.into()),
                 };
                 if with_body && range.is_none() {
@@ -369,11 +475,13 @@ impl Gate {
                 let modified = metadata.modified()?;
                 let (start, length) = match range.map(|r| parse_range(r, total)) {
                     Some(Some(span)) => span,
-                    Some(None) => return Ok(refuse(StatusCode::RANGE_NOT_SATISFIABLE, "InvalidRange", "bad range")),
+                    Some(None) => {
+                        return Ok(Some(refuse(StatusCode::RANGE_NOT_SATISFIABLE, "InvalidRange", "bad range")));
+                    }
                     None => (0, total),
                 };
                 let body = data.map(|d| Body::from(d[start as usize..(start + length) as usize].to_vec()));
-                Ok(answer(Some(Found { length, total, start, modified, body }), range.is_some()))
+                Ok(Some(answer(Some(Found { length, total, start, modified, body }), range.is_some())))
             }
             Backend::S3 { client, settings } => {
                 if !with_body {
@@ -381,11 +489,12 @@ impl Gate {
                         Ok(head) => {
                             let length = head.content_length().unwrap_or(0).max(0) as u64;
                             let modified = modified_of(head.last_modified());
-                            Ok(answer(Some(Found { length, total: length, start: 0, modified, body: None }), false))
+                            Ok(Some(answer(
+                                Some(Found { length, total: length, start: 0, modified, body: None }),
+                                false,
+                            )))
                         }
-                        Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 404) => {
-                            Ok(self.not_found(key))
-                        }
+                        Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 404) => Ok(None),
                         Err(e) => Err(anyhow::Error::new(e).context("HEAD in the store")),
                     };
                 }
@@ -402,24 +511,20 @@ impl Gate {
                             object.content_range().and_then(parse_content_range).unwrap_or((0, length));
                         let data = object.body.collect().await.context("reading an object from the store")?;
                         let body = Some(Body::from(data.into_bytes()));
-                        Ok(answer(Some(Found { length, total, start, modified, body }), range.is_some()))
+                        Ok(Some(answer(Some(Found { length, total, start, modified, body }), range.is_some())))
                     }
-                    Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 404) => Ok(self.not_found(key)),
+                    Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 404) => Ok(None),
                     Err(e) => Err(anyhow::Error::new(e).context("GET from the store")),
                 }
             }
         }
     }
 
-    /// The answer to an object that does not exist: the build will compile it.
-    fn not_found(&self, key: &str) -> Response {
-        self.ledger().missed(key);
-        answer(None, false)
-    }
-
-    async fn put(&self, key: &str, body: Bytes) -> anyhow::Result<Response> {
+    /// Stores what the build sent for `asked` (the key its sccache named) at `key`
+    /// (the same, or its pipeline's own).
+    async fn put(&self, asked: &str, key: &str, body: Bytes) -> anyhow::Result<Response> {
         let stored = || StatusCode::OK.into_response();
-        let cost = self.ledger().stored(key);
+        let cost = self.ledger().stored(asked);
         match &self.backend {
             Backend::Local { dir, costs } => {
                 let path = dir.join(key);
@@ -488,6 +593,7 @@ mod tests {
             bucket: "cache".into(),
             prefix: prefix.into(),
             read_only: false,
+            scope: Mutex::new(Scope::Shared),
             ledger: Mutex::default(),
         }
     }
@@ -524,11 +630,24 @@ mod tests {
     }
 
     #[test]
-    fn only_plain_keys_under_the_prefix_of_the_bucket_are_served() {
+    fn only_keys_of_sccaches_shape_under_the_prefix_of_the_bucket_are_served() {
         let g = gate("sccache/");
-        assert_eq!(key(&g, "/cache/sccache/a/b/c/abc").as_deref(), Some("sccache/a/b/c/abc"));
+        let digest = format!("abc{}", "0".repeat(61));
+        let good = format!("/cache/sccache/a/b/c/{digest}");
+        assert_eq!(key(&g, &good), Some(format!("sccache/a/b/c/{digest}")));
         assert_eq!(key(&g, "/cache/sccache/.sccache_check").as_deref(), Some("sccache/.sccache_check"));
+        let misfiled = format!("/cache/sccache/a/b/d/{digest}");
+        let upper = format!("/cache/sccache/A/b/c/A{}", &digest[1..]);
+        let short = "/cache/sccache/a/b/c/abc0".to_owned();
+        let nested = format!("/cache/sccache/pipelines/x/a/b/c/{digest}");
         for hostile in [
+            misfiled.as_str(),
+            upper.as_str(),
+            short.as_str(),
+            nested.as_str(),
+            "/cache/sccache/0",
+            "/cache/sccache/f",
+            "/cache/sccache/a/b/c/abc",
             "/other/sccache/a",
             "/cache/elsewhere/a",
             "/cache/sccache/../elsewhere/a",
@@ -543,7 +662,62 @@ mod tests {
         ] {
             assert_eq!(key(&g, hostile), None, "{hostile} must be refused");
         }
-        assert_eq!(key(&gate(""), "/cache/a/b").as_deref(), Some("a/b"));
+        assert_eq!(key(&gate(""), &format!("/cache/a/b/c/{digest}")), Some(format!("a/b/c/{digest}")));
+        assert_eq!(key(&gate(""), "/cache/a/b"), None);
+    }
+
+    /// Through a real local store: a build that runs submitted code writes only its
+    /// pipeline's namespace and reads it back; no other build reads it; a build
+    /// without submitted code writes where every build reads.
+    #[tokio::test]
+    async fn a_pipelines_own_entries_are_read_back_by_it_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CacheStore::LocalDisk { dir: dir.path().to_owned(), read_only: false };
+        let gateway = Gateway::start(&store, &dir.path().join("gateway.sock")).await.unwrap();
+        let gate = gateway.gate.clone();
+        let digest = format!("abc{}", "1".repeat(61));
+        let uri: Uri = format!("/{LOCAL_BUCKET}/a/b/c/{digest}").parse().unwrap();
+        let call = |method: Method, body: &'static [u8]| {
+            let gate = gate.clone();
+            let uri = uri.clone();
+            async move { handle(State(gate), method, uri, HeaderMap::new(), Bytes::from_static(body)).await.status() }
+        };
+        gateway.set_scope(Scope::Pipeline("forger".into()));
+        assert_eq!(call(Method::PUT, b"forged").await, StatusCode::OK);
+        assert!(dir.path().join(format!("gateway/pipelines/forger/a/b/c/{digest}")).exists());
+        assert!(!dir.path().join(format!("gateway/a/b/c/{digest}")).exists(), "not where everyone reads");
+        assert_eq!(call(Method::GET, b"").await, StatusCode::OK, "its own entry, read back");
+        gateway.set_scope(Scope::Pipeline("victim".into()));
+        assert_eq!(call(Method::GET, b"").await, StatusCode::NOT_FOUND, "another pipeline's is not read");
+        gateway.set_scope(Scope::Shared);
+        assert_eq!(call(Method::HEAD, b"").await, StatusCode::NOT_FOUND);
+        assert_eq!(call(Method::PUT, b"honest").await, StatusCode::OK);
+        assert_eq!(std::fs::read(dir.path().join(format!("gateway/a/b/c/{digest}"))).unwrap(), b"honest");
+        gateway.set_scope(Scope::Pipeline("forger".into()));
+        assert_eq!(call(Method::PUT, b"again").await, StatusCode::OK);
+        assert_eq!(
+            std::fs::read(dir.path().join(format!("gateway/a/b/c/{digest}"))).unwrap(),
+            b"honest",
+            "the shared entry stays"
+        );
+
+        // sccache's startup check is answered without the store.
+        let check: Uri = format!("/{LOCAL_BUCKET}/.sccache_check").parse().unwrap();
+        let status =
+            |method| handle(State(gate.clone()), method, check.clone(), HeaderMap::new(), Bytes::from_static(b"Hello"));
+        assert_eq!(status(Method::GET).await.status(), StatusCode::NOT_FOUND);
+        assert_eq!(status(Method::PUT).await.status(), StatusCode::OK);
+        assert!(!dir.path().join("gateway/.sccache_check").exists(), "the check stores nothing");
+
+        let read_only = CacheStore::LocalDisk { dir: dir.path().join("ro"), read_only: true };
+        let gateway = Gateway::start(&read_only, &dir.path().join("ro.sock")).await.unwrap();
+        let status =
+            handle(State(gateway.gate.clone()), Method::PUT, uri.clone(), HeaderMap::new(), Bytes::from_static(b"x"))
+                .await
+                .status();
+        assert_eq!(status, StatusCode::FORBIDDEN, "--sccache-read-only holds on a local store");
+        assert!(gateway.sandbox_env().contains(&("SCCACHE_S3_RW_MODE".into(), "READ_ONLY".into())));
+        assert!(gateway.writers().starts_with("read-only"));
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! The first program of a sandboxed build (`kiln sandbox-init`), run by bubblewrap
 //! inside the sandbox as the build user: it relays the sandbox's private
-//! `127.0.0.1:`[`SANDBOX_PORT`](crate::gateway::SANDBOX_PORT) to the cache gateway's
+//! `127.0.0.1:`[`SANDBOX_PORT`](crate::sandbox::gateway::SANDBOX_PORT) to the cache gateway's
 //! socket, starts the build's own sccache server, runs cargo through it, and writes
 //! the server's statistics where the worker reads them.
 //!

@@ -1,3 +1,8 @@
+//! The worker's trust boundary: the sandbox ([`Sandbox`], here), what a build's
+//! writable space is and how it is renewed ([`target`]), every file operation of
+//! the member in it ([`files`]), the build's cgroup ([`cgroup`]), its first program
+//! ([`init`]) and the cache gateway ([`gateway`]), the only way out of it.
+//!
 //! The build sandbox: every cargo run of a worker happens inside bubblewrap
 //! (`bwrap`, the tool sccache-dist sandboxes its compiles with), as an unprivileged
 //! build user, in its own mount, PID, network, IPC and UTS namespaces.
@@ -12,7 +17,7 @@
 //! gateway's socket. Nothing else of the member: no data directory, catalog,
 //! artifacts, tokens or credentials; its `/proc` shows only its own processes.
 //!
-//! The build's sccache server runs inside the sandbox too (see `sandbox_init`): so
+//! The build's sccache server runs inside the sandbox too (see [`init`]): so
 //! every compile it runs, and every proc-macro, is confined like a build script.
 //! Paths inside are the paths outside, so that cache keys (which hold the working
 //! directory) are the same on every worker and in CI.
@@ -20,6 +25,12 @@
 //! **Invariant:** the PID namespace's init is bubblewrap's, with
 //! `--die-with-parent`: when the build ends, is cancelled, times out, or its worker
 //! dies, every process it started ends, `setsid()` or double fork included.
+
+pub mod cgroup;
+pub mod files;
+pub mod gateway;
+pub mod init;
+pub mod target;
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -69,6 +80,10 @@ pub struct SandboxSettings {
     /// The build user and group, when the member runs as root.
     pub build_uid: u32,
     pub build_gid: u32,
+    /// The member's build cgroup's name, and the build's memory and processes.
+    pub group_name: String,
+    pub memory_bytes: u64,
+    pub processes: u64,
 }
 
 /// A sandbox that works on this machine.
@@ -83,6 +98,8 @@ pub struct Sandbox {
     pub sysroot: PathBuf,
     /// cargo's home outside: only its registry cache is shown.
     pub cargo_home: PathBuf,
+    /// The member's build cgroup, or why there is none.
+    pub group: Result<cgroup::BuildGroup, String>,
 }
 
 /// One sandboxed run: what it may write besides `target/`.
@@ -93,6 +110,8 @@ pub struct Mounts {
     pub crates: Vec<String>,
     /// A private copy of the workspace lock file, which cargo rewrites.
     pub lockfile: PathBuf,
+    /// The member's directory (or sized tmpfs) shown as the build's `/tmp`.
+    pub tmp: PathBuf,
     /// Files the build writes or connects to, shown at their own paths: the cache
     /// gateway's socket, the file its cache statistics go to.
     pub writable: Vec<PathBuf>,
@@ -122,6 +141,11 @@ impl Sandbox {
         let cargo_home = std::env::var_os("CARGO_HOME")
             .map(PathBuf::from)
             .unwrap_or_else(|| Path::new(&std::env::var_os("HOME").unwrap_or_else(|| "/root".into())).join(".cargo"));
+        let group = if is_root() {
+            cgroup::BuildGroup::make(&settings.group_name, settings.memory_bytes, settings.processes)
+        } else {
+            Err("the member is not root".to_owned())
+        };
         let sandbox = Sandbox {
             bwrap,
             setpriv,
@@ -129,14 +153,20 @@ impl Sandbox {
             build_gid: settings.build_gid,
             sysroot,
             cargo_home,
+            group,
         };
         let scratch = tempfile::tempdir().map_err(|e| format!("a scratch directory for the probe: {e}"))?;
         let lockfile = scratch.path().join("Cargo.lock");
         std::fs::write(&lockfile, "").map_err(|e| e.to_string())?;
+        let tmp = scratch.path().join("tmp");
+        std::fs::create_dir_all(&tmp).map_err(|e| e.to_string())?;
+        std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o1777))
+            .map_err(|e| e.to_string())?;
         let mounts = Mounts {
             build_root: scratch.path().to_owned(),
             crates: Vec::new(),
             lockfile,
+            tmp,
             writable: Vec::new(),
             programs: Vec::new(),
         };
@@ -156,12 +186,20 @@ impl Sandbox {
     }
 
     pub fn describe(&self) -> String {
+        let limits = match &self.group {
+            Ok(group) => format!("memory and processes bounded per build by {}", group.describe()),
+            Err(why) => format!(
+                "memory and processes bounded per process only (rlimits; no build cgroup, because {why}: memfd and shm escape the memory limit, and the process limit is per uid)"
+            ),
+        };
         match &self.setpriv {
             Some(_) => format!(
-                "sandbox: on (bubblewrap; build user {}:{}; no network; own mount, PID, IPC and UTS namespaces)",
+                "sandbox: on (bubblewrap; build user {}:{}, its own; no network; own mount, PID, IPC and UTS namespaces; {limits})",
                 self.build_uid, self.build_gid
             ),
-            None => "sandbox: on (bubblewrap in a user namespace as the member's user; no network; own mount, PID, IPC and UTS namespaces)".into(),
+            None => format!(
+                "sandbox: on (bubblewrap in a user namespace; builds share the member's uid; no network; own mount, PID, IPC and UTS namespaces; {limits})"
+            ),
         }
     }
 
@@ -199,13 +237,19 @@ impl Sandbox {
         } else {
             a.flags(&["--unshare-user", "--disable-userns"]);
         }
-        for system in ["/usr", "/etc"] {
-            a.mount("--ro-bind", Path::new(system), Path::new(system));
+        a.mount("--ro-bind", Path::new("/usr"), Path::new("/usr"));
+        // Of /etc only what compilers and linkers read: secrets mounted under /etc
+        // (the chart's /etc/kiln) are never in a build's view.
+        for file in ETC_FOR_BUILDS {
+            let path = Path::new("/etc").join(file);
+            a.mount("--ro-bind-try", &path, &path);
         }
         for link in ["/bin", "/sbin", "/lib", "/lib64", "/lib32"] {
             a.mount("--ro-bind-try", Path::new(link), Path::new(link));
         }
-        a.flags(&["--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--tmpfs", "/tmp"]);
+        a.flags(&["--proc", "/proc", "--dev", "/dev", "--bind"]);
+        a.path(&mounts.tmp);
+        a.flag("/tmp");
         a.mount("--ro-bind", &self.sysroot, &self.sysroot);
         let registry = self.cargo_home.join("registry");
         a.mount("--ro-bind-try", &registry, &registry);
@@ -241,6 +285,21 @@ impl Sandbox {
         a.0
     }
 }
+
+/// What a build sees of `/etc`: the dynamic loader's cache, the `alternatives`
+/// links (`cc`, `ld` and friends on Debian), user and host names, the time zone.
+pub const ETC_FOR_BUILDS: [&str; 10] = [
+    "alternatives",
+    "ld.so.cache",
+    "ld.so.conf",
+    "ld.so.conf.d",
+    "passwd",
+    "group",
+    "nsswitch.conf",
+    "hosts",
+    "localtime",
+    "os-release",
+];
 
 /// bubblewrap's command line. Every mount point's parents are made first with
 /// mode 0755 (bubblewrap would make them 0700, closed to the build user).
@@ -340,6 +399,35 @@ pub fn hand_over(sandbox: &Sandbox, paths: &[&Path], trees: &[&Path]) -> std::io
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The chart mounts the cluster token, API token, S3 credentials and TLS key
+    /// under /etc/kiln: a build's view holds a short list of /etc, never that.
+    #[test]
+    fn a_build_sees_only_the_etc_files_compilers_need() {
+        let sandbox = Sandbox {
+            bwrap: "bwrap".into(),
+            setpriv: None,
+            build_uid: 64000,
+            build_gid: 64000,
+            sysroot: "/opt/rust".into(),
+            cargo_home: "/opt/cargo".into(),
+            group: Err("test".into()),
+        };
+        let mounts = Mounts {
+            build_root: "/var/lib/kiln/build".into(),
+            crates: vec!["app-0123".into()],
+            lockfile: "/var/lib/kiln/worker/Cargo.lock".into(),
+            tmp: "/var/lib/kiln/worker/tmp".into(),
+            writable: Vec::new(),
+            programs: Vec::new(),
+        };
+        let args: Vec<String> = sandbox.bwrap_args(&mounts).iter().map(|a| a.to_string_lossy().into_owned()).collect();
+        let bound: Vec<&String> = args.windows(2).filter(|w| w[0].contains("bind")).map(|w| &w[1]).collect();
+        assert!(!bound.iter().any(|a| *a == "/etc" || a.starts_with("/etc/kiln")), "{bound:?}");
+        let etc: Vec<&String> = args.iter().filter(|a| a.starts_with("/etc/")).collect();
+        assert_eq!(etc.len(), 2 * ETC_FOR_BUILDS.len(), "each allowed file at its own path: {etc:?}");
+        assert!(!args.iter().any(|a| a.starts_with("/var/lib/kiln/data") || a.contains("catalog")), "{args:?}");
+    }
 
     #[test]
     fn mount_points_get_open_parents_once_and_tmp_is_left_to_its_tmpfs() {

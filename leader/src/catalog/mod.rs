@@ -329,8 +329,18 @@ impl Catalog {
                     books.add(SOURCES_BYTES, bytes.len() as i64)?;
                 }
                 if let Some((depset, settings)) = binary_cache {
-                    let key = crate::rules::binary_key(source_sha256, depset, settings);
-                    if let Some(cached) = books.cached_binary(&key)? {
+                    // A binary any pipeline may be served, or else one built for this
+                    // pipeline alone (its build ran its submitter's code).
+                    let mut found = None;
+                    let id = submitted.record.id;
+                    for only_for in [None, Some(id)] {
+                        let key = crate::rules::binary_key(source_sha256, depset, settings, only_for);
+                        if let Some(cached) = books.cached_binary(&key)? {
+                            found = Some((key, cached));
+                            break;
+                        }
+                    }
+                    if let Some((key, cached)) = found {
                         let record = &mut submitted.record;
                         record.serve_cached(key, depset, &cached, now_ms);
                         let log = format!(
@@ -627,7 +637,7 @@ impl Catalog {
             for id in stranded {
                 let Some(old) = load(&books.pipelines, id)? else { continue };
                 let mut record = old.clone();
-                record.requeue(now_ms, &format!("its worker restarted (ordinal {ordinal} has a new incarnation)"));
+                record.member_lost(ordinal, now_ms);
                 books.put(Some(&old), Some(&record), now_ms)?;
                 requeued.push(id);
             }
@@ -911,6 +921,7 @@ mod tests {
             binary_size: 99,
             figures: figures.clone(),
             build_settings: String::new(),
+            ran_submitted_code: false,
         };
         let refused = c.report(&again.claim_key(), (1, 222), success(&"b".repeat(64)), None, 6);
         assert!(matches!(refused, Err(CatalogError::Refused(ReportRefused::NotUploaded { .. }))));
@@ -987,6 +998,11 @@ mod tests {
     /// Takes pipeline `name` (on `ordinal` of `workers`) through a build that
     /// uploads `sha`, as a worker would.
     fn build(c: &Catalog, ordinal: u32, sha: &str, now: u64) -> Pipeline {
+        build_running(c, ordinal, sha, now, false)
+    }
+
+    /// [`build`], by a build that ran code of its submitter or not.
+    fn build_running(c: &Catalog, ordinal: u32, sha: &str, now: u64, ran_submitted_code: bool) -> Pipeline {
         c.member_seen(ordinal, 7, now).unwrap();
         let (record, _) = c.claim(ordinal, "set", now).unwrap().expect("something to claim");
         let claim = record.claim_key();
@@ -996,11 +1012,30 @@ mod tests {
             binary_size: 10,
             figures: Figures { compile_ms: 900, ..Figures::default() },
             build_settings: SETTINGS.into(),
+            ran_submitted_code,
         };
         c.report(&claim, (ordinal, 7), success, Some("built"), now).unwrap()
     }
 
     const SETTINGS: &str = "settings-of-the-farm";
+
+    /// A binary whose build ran its submitter's code read compile-cache entries
+    /// only that pipeline's builds made: served again to that pipeline, to no other.
+    #[test]
+    fn a_binary_built_running_submitted_code_is_served_to_its_own_pipeline_only() {
+        let (_dir, c) = catalog();
+        let farm = Some(("set", SETTINGS));
+        let sha = "b".repeat(64);
+        c.submit("scripted", "s", &src("same"), 1, farm, 0).unwrap();
+        build_running(&c, 0, &sha, 1, true);
+        let other = c.submit("other", "s", &src("same"), 1, farm, 2).unwrap().record;
+        assert_eq!((other.status, other.binary_cache_hit), (Status::Pending, None), "not to another pipeline");
+        c.delete(other.id, 2).unwrap();
+        c.submit("scripted", "t", &src("changed"), 1, farm, 3).unwrap();
+        let back = c.submit("scripted", "s", &src("same"), 1, farm, 4).unwrap().record;
+        assert_eq!((back.status, back.binary_sha256.as_deref()), (Status::Success, Some(sha.as_str())), "{back:?}");
+        assert_eq!(back.binary_cache_hit.as_ref().map(|h| (h.pipeline_id, h.version)), Some((1, 1)));
+    }
 
     #[test]
     fn a_known_binary_is_served_at_once_while_it_is_stored_and_never_after_it_is_lost() {

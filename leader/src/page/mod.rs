@@ -44,10 +44,28 @@ const SECURITY_HEADERS: [(header::HeaderName, &str); 5] = [
     (header::CACHE_CONTROL, "no-store"),
 ];
 
-/// What the session cookie holds for `token`: a digest, so the browser never keeps
-/// the token itself.
-pub fn session_of(token: &str) -> String {
-    hex::encode(Sha256::digest(format!("kiln-ui-session\0{token}").as_bytes()))
+/// How long a session lasts; then the page asks for the token again.
+pub const SESSION_LIFETIME: std::time::Duration = std::time::Duration::from_secs(12 * 3600);
+
+/// What the session cookie holds for `token` until `expires` (Unix seconds): the
+/// expiry and a digest keyed by the token, so the browser never keeps the token
+/// itself and a stolen cookie stops working.
+pub fn session_of(token: &str, expires: u64) -> String {
+    let digest = Sha256::digest(format!("kiln-ui-session\0{expires}\0{token}").as_bytes());
+    format!("{expires}.{}", hex::encode(digest))
+}
+
+/// Whether the cookie value `session` was made from `token` and has not expired
+/// at `now` (Unix seconds).
+pub fn session_valid(session: &str, token: &str, now: u64) -> bool {
+    let Some(expires) = session.split_once('.').and_then(|(e, _)| e.parse::<u64>().ok()) else { return false };
+    now < expires
+        && expires <= now.saturating_add(SESSION_LIFETIME.as_secs())
+        && kiln_core::digest::same_secret(session, &session_of(token, expires))
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 /// The form token of the cancel button, derived from the session.
@@ -70,7 +88,7 @@ pub fn session_cookie(headers: &HeaderMap) -> Option<&str> {
 pub fn signed_in(state: &LeaderState, headers: &HeaderMap) -> bool {
     let Some(expected) = &state.config.api_token else { return true };
     crate::http::bearer_matches(headers, expected)
-        || session_cookie(headers).is_some_and(|s| kiln_core::digest::same_secret(s, &session_of(expected)))
+        || session_cookie(headers).is_some_and(|s| session_valid(s, expected, unix_now()))
 }
 
 fn page(title: &str, signed_in_as_session: bool, body: Markup) -> Markup {
@@ -138,7 +156,9 @@ pub async fn login(State(state): State<Arc<LeaderState>>, Form(login): Form<Logi
         return login_page(Some("That is not this farm's API token."));
     }
     let secure = if state.config.serves_tls { "; Secure" } else { "" };
-    let cookie = format!("{SESSION_COOKIE}={}; Path=/; HttpOnly; SameSite=Strict{secure}", session_of(expected));
+    let lifetime = SESSION_LIFETIME.as_secs();
+    let session = session_of(expected, unix_now() + lifetime);
+    let cookie = format!("{SESSION_COOKIE}={session}; Path=/; Max-Age={lifetime}; HttpOnly; SameSite=Strict{secure}");
     let mut response = Redirect::to("/").into_response();
     if let Ok(value) = HeaderValue::from_str(&cookie) {
         response.headers_mut().insert(header::SET_COOKIE, value);
@@ -499,8 +519,24 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert(header::COOKIE, HeaderValue::from_static("a=1; kiln_session=abc; b=2"));
         assert_eq!(session_cookie(&headers), Some("abc"));
-        assert_ne!(session_of("secret"), "secret");
-        assert_ne!(session_of("secret"), form_token("secret"));
+        assert!(!session_of("secret", 100).contains("secret"));
+        assert_ne!(session_of("secret", 100), form_token("secret"));
+    }
+
+    #[test]
+    fn a_session_expires_and_cannot_be_stretched_or_forged() {
+        let now = 1_000_000;
+        let session = session_of("secret", now + 60);
+        assert!(session_valid(&session, "secret", now));
+        assert!(!session_valid(&session, "secret", now + 60), "expired");
+        assert!(!session_valid(&session, "other", now), "another token's farm");
+        let stretched = session.replacen(&(now + 60).to_string(), &(now + 999_999).to_string(), 1);
+        assert!(!session_valid(&stretched, "secret", now), "its expiry is under the digest");
+        let far = session_of("secret", now + 10 * SESSION_LIFETIME.as_secs());
+        assert!(!session_valid(&far, "secret", now), "no session outlives the lifetime");
+        for hostile in ["", ".", "abc", "99999999999999999999999.x", &session_of("secret", 0)] {
+            assert!(!session_valid(hostile, "secret", now), "{hostile}");
+        }
     }
 
     #[test]

@@ -1,0 +1,318 @@
+//! A build's writable space, as the member renews and reads it: `target/` (the
+//! pristine prebuilt set below, the pipeline's own layer above), the build's
+//! `/tmp`, and the binary taken out of it. Every path is named by [`BuildRoot`].
+//!
+//! **Invariants:** what one program's build wrote is never in another program's
+//! `target/`; the pristine set is never writable by a build (root's files, an
+//! overlay's lower layer, or a non-root member's copies); the member touches this
+//! space only through [`super::files`] after the sandbox is gone, and before it.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+
+use super::{Sandbox, files};
+use crate::builder::BuildSettings;
+
+/// The one absolute path every worker builds at (sccache keys compilations on
+/// absolute paths), and the places in it:
+///
+/// ```text
+/// <root>/Cargo.toml, Cargo.lock   the workspace (the dependency set + this build's crates)
+/// <root>/depset/, pipeline-runtime/, .cargo/   shown read-only to builds
+/// <root>/src/<pkg>-<hash>/        every crate, content-addressed; a build sees its own
+/// <root>/target/                  cargo's target directory, renewed before each build
+/// <root>/prebuilt/                the pristine prebuilt set; never in a build's view
+/// <root>/layers/<pipeline>/       each pipeline's own layer of target/
+/// <root>/.kiln-tmp/               the build's /tmp
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuildRoot(PathBuf);
+
+impl BuildRoot {
+    pub fn new(path: impl Into<PathBuf>) -> BuildRoot {
+        BuildRoot(path.into())
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    pub fn target(&self) -> PathBuf {
+        self.0.join("target")
+    }
+
+    pub fn pristine(&self) -> PathBuf {
+        self.0.join(PRISTINE)
+    }
+
+    pub fn layers(&self) -> PathBuf {
+        self.0.join(LAYERS)
+    }
+
+    pub fn layer(&self, pipeline: u64) -> PathBuf {
+        self.layers().join(pipeline.to_string())
+    }
+
+    pub fn tmp(&self) -> PathBuf {
+        self.0.join(BUILD_TMP)
+    }
+}
+
+/// Makes the build's own `/tmp` afresh: `<build root>/.kiln-tmp` (beside what a
+/// build sees, never in its view at that path), a tmpfs of `tmp_bytes` where the
+/// member has a mount namespace of its own (a root member of `kiln up`, the test
+/// kit), else a plain directory on the build root's disk (bounded by the disk
+/// watermarks, not by memory). Returns it, and how it is bounded.
+pub(crate) fn fresh_tmp(settings: &BuildSettings) -> anyhow::Result<(PathBuf, &'static str)> {
+    use nix::mount::{MntFlags, MsFlags, mount, umount2};
+    use std::os::unix::fs::MetadataExt;
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = BuildRoot::new(&settings.build_root).tmp();
+    let mounted = match std::fs::symlink_metadata(&tmp) {
+        Ok(m) => m.dev() != std::fs::metadata(&settings.build_root)?.dev(),
+        Err(_) => false,
+    };
+    if mounted {
+        umount2(&tmp, MntFlags::MNT_DETACH)
+            .with_context(|| format!("unmounting the last build's {}", tmp.display()))?;
+    }
+    if std::fs::symlink_metadata(&tmp).is_ok() {
+        std::fs::remove_dir_all(&tmp).with_context(|| format!("removing the last build's {}", tmp.display()))?;
+    }
+    std::fs::create_dir_all(&tmp)?;
+    let mut bound = "a directory on disk";
+    if settings.private_mounts {
+        let options = format!("size={},mode=1777", settings.tmp_bytes);
+        let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+        match mount(Some("tmpfs"), &tmp, Some("tmpfs"), flags, Some(options.as_str())) {
+            Ok(()) => bound = "a tmpfs of --build-tmp-size",
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot mount the build's /tmp as a sized tmpfs; it is a directory on disk")
+            }
+        }
+    }
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o1777))?;
+    Ok((tmp, bound))
+}
+
+/// Where a build root keeps the build's `/tmp` (see [`fresh_tmp`]).
+const BUILD_TMP: &str = ".kiln-tmp";
+
+/// Where a build root keeps its pristine copy of the prebuilt dependency set.
+pub(crate) const PRISTINE: &str = "prebuilt";
+
+/// Makes `target/` a copy of the pristine prebuilt set, nothing of an earlier
+/// build: at startup, and for a pipeline new to a worker that renews `target/`
+/// without an overlay (see [`renew_target`]).
+///
+/// A root member hard-links the files: they stay root's, so the build user cannot
+/// change them (it may only replace its own links). A non-root member's builds
+/// share its uid (bubblewrap's user namespace maps them to it), so a hard link
+/// would let a build rewrite the pristine set every later build starts from: it
+/// copies them (`--reflink=auto`: a reflink where the file system has them). A
+/// non-root member with a mount namespace of its own uses an overlay instead,
+/// whose lower layer no build can write.
+pub(crate) fn fresh_target(root: &Path) -> anyhow::Result<()> {
+    let root = BuildRoot::new(root);
+    let target = root.target();
+    if target.exists() {
+        std::fs::remove_dir_all(&target).with_context(|| format!("removing {}", target.display()))?;
+    }
+    let how = if nix::unistd::geteuid().is_root() { "-al" } else { "--archive" };
+    let mut cp = std::process::Command::new("cp");
+    if how == "--archive" {
+        cp.arg("--reflink=auto");
+    }
+    let status = cp.arg(how).arg(root.pristine()).arg(&target).status().context("running cp")?;
+    anyhow::ensure!(status.success(), "linking {} to the pristine set failed ({status})", target.display());
+    unlink_rewritten(&target)
+}
+
+/// cargo rewrites some files in place: its lock files, its rustc cache, and the
+/// uplifted outputs and dep-info at the top of each profile directory. Those are
+/// unlinked here, so cargo makes its own; what it only reads (deps/, .fingerprint/,
+/// build/) stays the pristine set's.
+///
+/// A build wrote `target/`: a link it planted there is removed as a link, never
+/// entered or followed (see [`sandbox::files`]).
+fn unlink_rewritten(target: &Path) -> anyhow::Result<()> {
+    use files::{remove_non_directories, subdirectories};
+    for profile in subdirectories(target)? {
+        remove_non_directories(&profile, |_| false)?;
+    }
+    remove_non_directories(target, |name| name.to_string_lossy().starts_with(".kiln-depset-"))?;
+    Ok(())
+}
+
+/// The largest binary the member takes from a build.
+const MAX_BINARY_BYTES: u64 = 4 << 30;
+
+/// Takes the binary a build left at `executable` (cargo's word for where it is:
+/// `<root>/target/<profile>/<name>`), opened without following links once the
+/// sandbox is gone, and hashed through that descriptor; refuses anything but a
+/// regular file there. Returns the open file, its SHA-256 and size.
+pub fn take_binary(
+    settings: &BuildSettings,
+    executable: &Path,
+) -> Result<(std::fs::File, String, u64), files::Refused> {
+    let target = BuildRoot::new(&settings.build_root).target();
+    let relative = executable.strip_prefix(&target).ok().filter(|r| {
+        r.components().count() == 2 && r.components().all(|c| matches!(c, std::path::Component::Normal(_)))
+    });
+    let Some(relative) = relative else {
+        return Err(files::Refused::NotRegular {
+            path: executable.display().to_string(),
+            kind: "not where cargo puts a binary",
+        });
+    };
+    let max = MAX_BINARY_BYTES.min(settings.limits.file_bytes);
+    files::take(&target, relative, max)
+}
+
+/// Whether overlays of `target/` failed on this worker (then it links, as without
+/// a mount namespace of its own).
+static OVERLAY_FAILED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Where a build root keeps each pipeline's own layer of `target/`.
+pub(crate) const LAYERS: &str = "layers";
+
+/// How many pipelines' layers a worker keeps (the least recently built go first).
+const KEPT_LAYERS: usize = 16;
+
+/// Renews `target/` before a sandboxed build of pipeline `pipeline`: the pristine
+/// prebuilt set, and on top of it what this pipeline's own earlier builds on this
+/// worker left, nothing of any other pipeline's. A version can so reuse the
+/// operators its earlier versions compiled (its submitter's own code), while what
+/// another program's build script planted never reaches it; other programs' crates
+/// come back through sccache, whose keys are content hashes.
+///
+/// With a mount namespace of its own, the worker mounts an overlay: the pristine set
+/// below (never written, never in a sandbox's view; the build user owns its
+/// directories but none of its files) and the pipeline's layer above. Without one,
+/// it moves directories: `target/` is the pipeline's own, put back by a rename, or a
+/// hard-link copy of the pristine set for a pipeline new to this worker.
+pub(crate) fn renew_target(settings: &BuildSettings, sandbox: &Sandbox, pipeline: u64) -> anyhow::Result<()> {
+    use std::sync::atomic::Ordering;
+    let layers = BuildRoot::new(&settings.build_root).layers();
+    std::fs::create_dir_all(&layers)?;
+    if settings.private_mounts && !OVERLAY_FAILED.load(Ordering::Relaxed) {
+        match overlay_target(settings, sandbox, pipeline) {
+            Ok(()) => {
+                static SAID: std::sync::Once = std::sync::Once::new();
+                SAID.call_once(|| tracing::info!("target/ is renewed as an overlay of the pristine dependency set"));
+                return keep_recent_layers(&layers);
+            }
+            Err(e) => {
+                OVERLAY_FAILED.store(true, Ordering::Relaxed);
+                tracing::warn!(error = %format!("{e:#}"), "cannot mount target/ as an overlay; renewing it by hard links instead");
+            }
+        }
+    }
+    swap_target(settings, pipeline)?;
+    keep_recent_layers(&layers)
+}
+
+/// Keeps the [`KEPT_LAYERS`] most recently used layers.
+fn keep_recent_layers(layers: &Path) -> anyhow::Result<()> {
+    let mut found: Vec<(std::time::SystemTime, PathBuf)> = std::fs::read_dir(layers)?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+        .collect();
+    if found.len() > KEPT_LAYERS {
+        found.sort();
+        for (_, path) in &found[..found.len() - KEPT_LAYERS] {
+            std::fs::remove_dir_all(path).with_context(|| format!("removing the old layer {}", path.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// Marks `dir` as just used, for [`keep_recent_layers`].
+pub(crate) fn touch(dir: &Path) -> anyhow::Result<()> {
+    let now = std::fs::FileTimes::new().set_modified(std::time::SystemTime::now());
+    std::fs::File::open(dir)?.set_times(now)?;
+    Ok(())
+}
+
+fn overlay_target(settings: &BuildSettings, sandbox: &Sandbox, pipeline: u64) -> anyhow::Result<()> {
+    use nix::mount::{MntFlags, MsFlags, mount, umount2};
+    let root = BuildRoot::new(&settings.build_root);
+    let (target, pristine, layer) = (root.target(), root.pristine(), root.layer(pipeline));
+    let (upper, work) = (layer.join("upper"), layer.join("work"));
+    for path in [&pristine, &upper, &work] {
+        let text = path.to_string_lossy();
+        anyhow::ensure!(!text.contains([',', ':', '\\']), "{text} holds a character overlay options cannot carry");
+    }
+    match umount2(&target, MntFlags::MNT_DETACH) {
+        Ok(()) | Err(nix::errno::Errno::EINVAL) => {}
+        Err(e) => anyhow::bail!("unmounting the last build's {}: {e}", target.display()),
+    }
+    // Layers of the other way (a directory `target`) are not overlays' uppers.
+    if layer.join("target").exists() {
+        std::fs::remove_dir_all(&layer)?;
+    }
+    if work.exists() {
+        std::fs::remove_dir_all(&work)?;
+    }
+    std::fs::create_dir_all(&upper)?;
+    std::fs::create_dir_all(&work)?;
+    touch(&layer)?;
+    // Before the first overlay, target/ is the plain copy made at startup.
+    if target.exists() && std::fs::read_dir(&target)?.next().is_some() {
+        std::fs::remove_dir_all(&target).with_context(|| format!("removing {}", target.display()))?;
+    }
+    std::fs::create_dir_all(&target)?;
+    // The build user may create files in the pristine set's directories (through the
+    // overlay only: the set itself is never in a sandbox's view).
+    super::hand_over(sandbox, &[], &[&pristine]).context("handing the pristine directories to the build user")?;
+    let options = format!("lowerdir={},upperdir={},workdir={}", pristine.display(), upper.display(), work.display());
+    mount(Some("overlay"), &target, Some("overlay"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some(options.as_str()))
+        .with_context(|| format!("mounting an overlay at {}", target.display()))?;
+    unlink_rewritten(&target)
+}
+
+/// Which pipeline's `target/` is in place: a file of the worker's, outside anything
+/// a build can write (a marker inside `target/` could be forged by a build).
+fn owner_file(settings: &BuildSettings) -> PathBuf {
+    settings.work_dir.join("target-owner")
+}
+
+fn swap_target(settings: &BuildSettings, pipeline: u64) -> anyhow::Result<()> {
+    let root = BuildRoot::new(&settings.build_root);
+    let target = root.target();
+    let owner_file = owner_file(settings);
+    let owner: Option<u64> = std::fs::read_to_string(&owner_file).ok().and_then(|t| t.trim().parse().ok());
+    // Forget the owner first: a crash from here on leaves a target/ nobody reuses.
+    let _ = std::fs::remove_file(&owner_file);
+    if owner == Some(pipeline) && target.is_dir() {
+        std::fs::write(&owner_file, pipeline.to_string())?;
+        return unlink_rewritten(&target);
+    }
+    if let Some(previous) = owner
+        && target.is_dir()
+    {
+        let stash = root.layer(previous);
+        if stash.exists() {
+            std::fs::remove_dir_all(&stash)?;
+        }
+        std::fs::create_dir_all(&stash)?;
+        std::fs::rename(&target, stash.join("target"))?;
+    }
+    let own = root.layer(pipeline);
+    if own.join("target").is_dir() {
+        if target.exists() {
+            std::fs::remove_dir_all(&target)?;
+        }
+        std::fs::rename(own.join("target"), &target)?;
+        touch(&own)?;
+        unlink_rewritten(&target)?;
+    } else {
+        // An overlay's upper (from an earlier run with mounts) is no use here.
+        let _ = std::fs::remove_dir_all(&own);
+        fresh_target(root.path())?;
+        std::fs::create_dir_all(&own)?;
+    }
+    std::fs::write(&owner_file, pipeline.to_string())?;
+    Ok(())
+}
