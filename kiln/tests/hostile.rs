@@ -947,11 +947,34 @@ fn main() {
 #[tokio::test(flavor = "multi_thread")]
 async fn links_a_build_plants_lead_nowhere() {
     common::require_root("builds run as an unprivileged build user only when the member is root");
-    let farm = one_member_farm().await;
-    let secret_file = farm.dir.path().join("root-only-secret");
-    let secret = "ROOT-ONLY-SECRET-5f3a";
+    links_lead_nowhere(one_member_farm().await, None).await;
+}
+
+/// The same as the kit's non-root member, whose builds share its uid: the secret
+/// and the canary are the member's own.
+#[tokio::test(flavor = "multi_thread")]
+async fn links_a_build_plants_lead_nowhere_as_a_non_root_member() {
+    common::require_root("the test makes the non-root user's home and becomes that user with setpriv");
+    let user =
+        std::sync::Arc::new(kiln_testkit::NonRoot::prepare(std::path::Path::new(common::KILN), &common::sccache()));
+    let mut farm = Farm::with_user(1, Some(user.clone()));
+    farm.start(Member { ordinal: 0, workers: 1, extra: Vec::new() });
+    farm.wait_healthy(Duration::from_secs(600)).await;
+    links_lead_nowhere(farm, Some(&user)).await;
+}
+
+async fn links_lead_nowhere(farm: Farm, user: Option<&kiln_testkit::NonRoot>) {
+    let give = |path: &std::path::Path| {
+        if let Some(user) = user {
+            user.give(path);
+        }
+    };
+    give(farm.dir.path());
+    let secret_file = farm.dir.path().join("member-only-secret");
+    let secret = "MEMBER-ONLY-SECRET-5f3a";
     std::fs::write(&secret_file, secret).unwrap();
     std::fs::set_permissions(&secret_file, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    give(&secret_file);
 
     let mut refused = 0;
     for (name, replacement) in [
@@ -1001,6 +1024,9 @@ async fn links_a_build_plants_lead_nowhere() {
     std::fs::create_dir_all(canary.join("inner")).unwrap();
     std::fs::write(canary.join("precious"), "keep").unwrap();
     std::fs::write(canary.join("inner/precious"), "keep").unwrap();
+    for path in ["", "inner", "precious", "inner/precious"] {
+        give(&canary.join(path));
+    }
     let build_rs = format!("const CANARY: &str = {:?};\n{PLANTER_BUILD_RS}", canary.display().to_string());
     for version in ["one", "two"] {
         let program = write_program(
@@ -1023,8 +1049,53 @@ async fn links_a_build_plants_lead_nowhere() {
     );
     assert_eq!(std::fs::read_to_string(canary.join("inner/precious")).unwrap(), "keep");
 
-    // The ordinal is free: the next program builds.
+    // The ordinal is free: the next program builds, and the member stops on SIGTERM
+    // (a link to /dev/zero once kept it reading for good).
     let output = farm.submit(&[examples().join("hello").as_path()], true);
+    assert!(output.status.success(), "{}", text(&output));
+    let mut farm = farm;
+    let _ = farm.member(0).terminate();
+}
+
+/// Issue 27, 4: a pipeline whose builds take their member down (here the member
+/// is SIGKILLed while it builds, as an OOM kill of its pod would) is built again
+/// twice, then ends `system_error` saying why, instead of going back to the queue
+/// for good; the member then builds the next program.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_build_that_keeps_killing_its_member_ends_system_error() {
+    let mut farm = Farm::new(2);
+    let member = |ordinal| Member { ordinal, workers: 2, extra: Vec::new() };
+    farm.start(member(0));
+    farm.start(member(1));
+    farm.wait_healthy(Duration::from_secs(300)).await;
+    let killer = write_program(
+        farm.dir.path(),
+        "killer",
+        &[
+            ("Cargo.toml", &manifest("killer", "")),
+            ("build.rs", "fn main() { loop { std::thread::park(); } }"),
+            ("src/main.rs", "fn main() {}"),
+        ],
+    );
+    let output = farm.submit(&[killer.as_path()], false);
+    assert!(output.status.success(), "{}", text(&output));
+    for attempt in 1..=3u64 {
+        let what = format!("attempt {attempt} of killer is being built");
+        common::wait_until(&what, Duration::from_secs(300), Duration::from_millis(100), || async {
+            let record = farm.pipeline("killer").await;
+            let building = record["status"] == "compiling" && record["attempt"] == attempt;
+            if building { Ok(()) } else { Err(record.to_string()) }
+        })
+        .await;
+        farm.kill(1);
+        farm.start(member(1));
+    }
+    let record = farm.wait_status("killer", &FINISHED, Duration::from_secs(300)).await;
+    assert_eq!(record["status"], "system_error", "{record}");
+    let error = record["error"].as_str().unwrap();
+    assert!(error.contains("stopped their member 3 times"), "{error}");
+    // Ids 2 and 3: both ordinals build on.
+    let output = farm.submit(&[examples().join("hello").as_path(), examples().join("wordfreq").as_path()], true);
     assert!(output.status.success(), "{}", text(&output));
 }
 
