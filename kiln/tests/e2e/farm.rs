@@ -1,15 +1,14 @@
 //! End-to-end tests of the core: real `kiln` processes on loopback, real cargo
 //! builds of the example pipelines, real SIGKILLs.
 
-mod common;
-
+use crate::common;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{
-    Farm, KILN, Member, TOKEN, examples, free_port, manifest, processes_mentioning, sha256, spawn_kiln, wait_until,
-    write_program,
+use crate::common::{
+    Farm, KILN, Member, TOKEN, examples, free_port, manifest, processes_mentioning, sha256, spawn_kiln, text,
+    wait_until, write_program,
 };
 use kiln_proto::cluster_client::ClusterClient;
 use kiln_proto::upload_chunk::Part;
@@ -38,10 +37,6 @@ async fn healthy_farm(workers: u32) -> Farm {
 /// The example programs whose output the tests know.
 fn example_dirs() -> Vec<std::path::PathBuf> {
     EXPECTED_OUTPUT.iter().map(|(name, _)| examples().join(name)).collect()
-}
-
-fn text(output: &std::process::Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
 }
 
 /// 1. `kiln up` with three workers builds every example: each on ordinal `id % 3`,

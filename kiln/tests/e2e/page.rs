@@ -2,23 +2,17 @@
 //! (Debian's chromium, driven over its DevTools protocol), build progress as a
 //! pipeline of several crates compiles, and `kiln cancel` of a long build.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::{Farm, KILN, Member, examples, manifest, processes_mentioning, wait_until, write_program};
+use crate::common::{Farm, KILN, Member, examples, manifest, processes_mentioning, text, wait_until, write_program};
 use headless_chrome::protocol::cdp::Page::CaptureScreenshotFormatOption;
 use headless_chrome::{Browser, LaunchOptions, Tab};
 use kiln_core::api::{PipelineRecord, Status};
 
 const API_TOKEN: &str = "page-test-api-token-0123456789";
 const FORM: &str = "application/x-www-form-urlencoded";
-
-fn text(output: &std::process::Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
-}
 
 /// Runs a `kiln` client command against `farm` with the API token.
 fn kiln(farm: &Farm, args: &[&str]) -> std::process::Output {

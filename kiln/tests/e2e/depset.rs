@@ -3,14 +3,13 @@
 //! network) and kept in `~/.cache/kiln/test-depsets/`, then used offline by real
 //! farms.
 
-mod common;
-
+use crate::common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::{
-    Farm, KILN, Member, examples, free_port, processes_mentioning, sha256, spawn_kiln, wait_until, write_program,
+use crate::common::{
+    Farm, KILN, Member, examples, free_port, processes_mentioning, sha256, spawn_kiln, text, wait_until, write_program,
 };
 
 /// The operator's manifest: real crates, with the features the programs use.
@@ -27,10 +26,6 @@ tokio = { version = "1", features = ["rt", "macros"] }
 serde = { version = "1", features = ["derive"] }
 serde_json = "1"
 "#;
-
-fn text(output: &std::process::Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
-}
 
 /// The set, made once per manifest and kept between runs (vendoring needs the
 /// network; everything after runs offline).

@@ -6,18 +6,17 @@
 //! (`/apis/apps/v1/namespaces/{ns}/statefulsets/{name}`), the same JSON, the same
 //! bearer-token authentication.
 
-mod common;
-
+use crate::common;
 use std::collections::BTreeSet;
 
-use common::dashboard::{dashboard, dashboard_metric_names, dashboard_panels};
+use crate::common::dashboard::{dashboard, dashboard_metric_names, dashboard_panels};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use common::{TOKEN, spawn_kiln};
+use crate::common::{TOKEN, spawn_kiln, text};
 use serde_json::Value;
 
 fn chart() -> PathBuf {
@@ -31,10 +30,6 @@ fn helm() -> PathBuf {
         .filter(|p| p.is_file())
         .or_else(|| tools.is_file().then_some(tools))
         .expect("helm is installed: run scripts/install-deps")
-}
-
-fn text(output: &std::process::Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
 }
 
 /// `helm template` with `--set` values; the rendered YAML, or the failure's text.
@@ -503,7 +498,7 @@ fn the_dashboard_has_its_panels_and_uses_only_exported_metrics() {
     }
 
     // That each of these is in a real scrape is checked by the cache test, on a farm
-    // that built something (`kiln/tests/cache.rs`).
+    // that built something (`kiln/tests/e2e/cache.rs`).
     let names = dashboard_metric_names(&json);
     for used in [
         "kiln_builds_finished_total",

@@ -2,8 +2,6 @@
 //! `kiln` binary under test, the test token, fast heartbeats, and helpers that
 //! read the API as JSON.
 
-#![allow(dead_code)]
-
 pub mod dashboard;
 
 use std::ffi::OsString;
@@ -12,7 +10,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-#[allow(unused_imports)]
 pub use kiln_testkit::{Member, Process, free_port, processes_mentioning, require_root, sha256, wait_until};
 
 pub const KILN: &str = env!("CARGO_BIN_EXE_kiln");

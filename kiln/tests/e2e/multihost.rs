@@ -5,8 +5,6 @@
 //! Every launch uses the same fixed addresses, so the tests of this file take turns
 //! (`one_launch_at_a_time`).
 
-mod common;
-
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -14,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
-use common::{Farm, KILN, Member, examples, processes_mentioning};
+use crate::common::{Farm, KILN, Member, examples, processes_mentioning};
 
 static LAUNCHES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 

@@ -2,15 +2,10 @@
 //! the program's problem. Each test asserts what a user would check (the status,
 //! the error, the log) and that the farm goes on building.
 
-mod common;
-
+use crate::common;
 use std::time::Duration;
 
-use common::{Farm, Member, examples, manifest, write_program};
-
-fn text(output: &std::process::Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
-}
+use crate::common::{Farm, Member, examples, manifest, text, write_program};
 
 async fn one_member_farm() -> Farm {
     let mut farm = Farm::new(1);

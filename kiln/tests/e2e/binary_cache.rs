@@ -3,13 +3,12 @@
 //! settings) is served at once under any name; anything else is built; and the
 //! reason that is honest: two farms with the same settings build the same bytes.
 
-mod common;
-
+use crate::common;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{Farm, KILN, Member, copy_program, examples, sha256, text};
+use crate::common::{Farm, KILN, Member, copy_program, examples, sha256, text};
 use kiln_core::api::Status;
 
 const ENDED: [Status; 4] = [Status::Success, Status::CompileError, Status::SystemError, Status::Cancelled];

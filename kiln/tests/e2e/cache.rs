@@ -1,14 +1,13 @@
 //! The shared compile cache end to end: real `kiln` members, the real sccache, a real
 //! S3-compatible server (s3s-fs) on loopback.
 
-mod common;
-
+use crate::common;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::{
+use crate::common::{
     Farm, KILN, Member, S3_ACCESS_KEY, S3_BUCKET, S3_SECRET_KEY, S3Server, copy_program, examples, free_port,
     spawn_kiln, text,
 };

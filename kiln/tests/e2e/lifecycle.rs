@@ -5,18 +5,13 @@
 //! silent worker of the lease test is a gRPC client of the test's own, since a
 //! real worker that hangs cannot be made to on purpose.
 
-mod common;
-
+use crate::common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::{Farm, KILN, Member, TOKEN, manifest, sha256, wait_until, write_program};
+use crate::common::{Farm, KILN, Member, TOKEN, manifest, sha256, text, wait_until, write_program};
 use kiln_proto::cluster_client::ClusterClient;
-
-fn text(output: &std::process::Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
-}
 
 fn program(parent: &Path, name: &str, greeting: &str) -> PathBuf {
     let main = format!("fn main() {{ println!(\"{greeting}\"); }}\n");
