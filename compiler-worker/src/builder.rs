@@ -25,7 +25,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use sha2::{Digest, Sha256};
 use tokio::io::BufReader;
 use tokio_util::sync::CancellationToken;
 
@@ -336,7 +335,6 @@ pub async fn settings_fingerprint(settings: &BuildSettings) -> anyhow::Result<St
         .or_else(|| std::env::var_os("HOME").map(|home| Path::new(&home).join(".cargo").into_os_string()))
         .unwrap_or_default();
     let environment: String = FARM_CARGO_ENV.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
-    let mut hasher = Sha256::new();
     let parts: [&[u8]; 5] = [
         &rustc,
         settings.profile.as_bytes(),
@@ -344,18 +342,13 @@ pub async fn settings_fingerprint(settings: &BuildSettings) -> anyhow::Result<St
         cargo_home.as_encoded_bytes(),
         environment.as_bytes(),
     ];
-    for part in parts {
-        hasher.update((part.len() as u64).to_le_bytes());
-        hasher.update(part);
-    }
-    Ok(hex::encode(hasher.finalize()))
+    Ok(hex::encode(kiln_core::digest::sha256_of_parts(parts)))
 }
 
 /// The identity of a prebuilt dependency set: the set, the profile, the compiler and,
 /// for a vendored set, the build root.
 async fn depset_key(settings: &BuildSettings) -> anyhow::Result<String> {
     let rustc = rustc_version().await?;
-    let mut hasher = Sha256::new();
     // The fingerprint covers every file of the set written into a build root. A
     // vendored set's sources sit inside the build root, and cargo fingerprints
     // non-workspace crates by their absolute paths: its prebuilt target is only
@@ -366,11 +359,7 @@ async fn depset_key(settings: &BuildSettings) -> anyhow::Result<String> {
         Origin::Directory(_) => settings.build_root.as_os_str().as_encoded_bytes().to_vec(),
     };
     let parts = [settings.depset.fingerprint().as_bytes(), settings.profile.as_bytes(), &rustc, &at];
-    for part in parts {
-        hasher.update((part.len() as u64).to_le_bytes());
-        hasher.update(part);
-    }
-    Ok(hex::encode(&hasher.finalize()[..12]))
+    Ok(hex::encode(&kiln_core::digest::sha256_of_parts(parts)[..12]))
 }
 
 async fn copy_tree(from: &Path, to: &Path) -> anyhow::Result<()> {
@@ -1033,7 +1022,7 @@ mod tests {
     /// A vendored set as `kiln depset create` leaves it: one registry crate.
     fn vendored_set(dir: &Path) {
         let content = b"pub fn f() {}\n";
-        let sum = hex::encode(Sha256::digest(content));
+        let sum = kiln_core::digest::sha256_hex(content);
         std::fs::write(
             dir.join("Cargo.toml"),
             "[package]\nname = \"kiln-depset\"\n[dependencies]\nitoa = \"1\"\n\n[workspace]\n",

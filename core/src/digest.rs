@@ -16,6 +16,19 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
+/// SHA-256 over `parts`, each prefixed with its length (8 bytes, little-endian),
+/// so that no two different lists of parts hash alike ("ab" + "c" is not
+/// "a" + "bc"): the keys and fingerprints made of several fields.
+pub fn sha256_of_parts<P: AsRef<[u8]>>(parts: impl IntoIterator<Item = P>) -> [u8; 32] {
+    let mut hasher = Sha256::new();
+    for part in parts {
+        let part = part.as_ref();
+        hasher.update((part.len() as u64).to_le_bytes());
+        hasher.update(part);
+    }
+    hasher.finalize().into()
+}
+
 /// Whether a presented secret (a token) is the expected one, in constant time: both
 /// are hashed to SHA-256 first, so the comparison (`subtle`'s `ct_eq`, which reads
 /// every byte whatever it finds) takes the same time for any input, its length
@@ -63,6 +76,19 @@ pub fn hash_file_blocking(path: &Path) -> std::io::Result<(String, u64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parts_are_length_prefixed() {
+        let joined = |parts: &[&str]| hex::encode(sha256_of_parts(parts));
+        assert_ne!(joined(&["ab", "c"]), joined(&["a", "bc"]));
+        assert_ne!(joined(&["abc"]), joined(&["abc", ""]));
+        let mut by_hand = Vec::new();
+        for part in ["ab", "c"] {
+            by_hand.extend((part.len() as u64).to_le_bytes());
+            by_hand.extend(part.as_bytes());
+        }
+        assert_eq!(joined(&["ab", "c"]), sha256_hex(&by_hand), "the keys already stored stay the same");
+    }
 
     #[test]
     fn only_lowercase_hex_of_the_right_length_is_a_digest() {

@@ -82,14 +82,8 @@ pub const MAX_MEMBER_LOSSES: u32 = 3;
 /// read compile-cache entries only its own pipeline's builds made. Each part is
 /// length-prefixed, so no two different tuples hash alike.
 pub fn binary_key(source_sha256: &str, depset: &str, build_settings: &str, only_for: Option<u64>) -> String {
-    use sha2::{Digest, Sha256};
-    let mut hasher = Sha256::new();
     let scope = only_for.map(|id| format!("pipeline {id}")).unwrap_or_default();
-    for part in [source_sha256, depset, build_settings, &scope] {
-        hasher.update((part.len() as u64).to_le_bytes());
-        hasher.update(part.as_bytes());
-    }
-    hex::encode(hasher.finalize())
+    hex::encode(kiln_core::digest::sha256_of_parts([source_sha256, depset, build_settings, &scope]))
 }
 
 /// A binary the binary cache holds: what a submission of the same key is served.
