@@ -104,7 +104,7 @@ impl CacheArgs {
     /// the environment or a Secret directory, never here). Without a bucket the
     /// defaults need no flag.
     pub fn to_args(&self) -> Vec<std::ffi::OsString> {
-        let mut line = crate::server::CommandLine(Vec::new());
+        let mut line = crate::command_line::CommandLine(Vec::new());
         line.opt("--sccache-bucket", &self.bucket);
         line.value("--sccache-region", &self.region);
         line.value("--sccache-key-prefix", &self.key_prefix);

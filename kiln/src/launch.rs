@@ -85,7 +85,7 @@ pub struct CoordinatorArgs {
 impl CoordinatorArgs {
     /// The `kiln coordinator` command line that parses back as these arguments.
     pub fn to_args(&self) -> Vec<OsString> {
-        let mut line = crate::server::CommandLine(vec!["coordinator".into()]);
+        let mut line = crate::command_line::CommandLine(vec!["coordinator".into()]);
         line.value("--listen", &self.listen);
         line.value("--hosts", &self.hosts);
         line.value("--host-template", &self.host_template);

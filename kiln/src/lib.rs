@@ -5,6 +5,7 @@
 
 pub mod cache;
 pub mod client;
+pub mod command_line;
 pub mod commands;
 pub mod depset;
 pub mod isolation;

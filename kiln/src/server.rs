@@ -24,7 +24,8 @@ use kiln_core::scaling::ScalingGuard;
 use kiln_leader::tls::ServerTls;
 use kiln_leader::{LeaderConfig, LeaderState};
 
-use crate::{DEFAULT_PORT, format_duration, parse_duration};
+use crate::command_line::CommandLine;
+use crate::{DEFAULT_PORT, parse_duration};
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -321,41 +322,6 @@ impl ServerArgs {
             env.push(("KILN_API_TOKEN".into(), token.into()));
         }
         env
-    }
-}
-
-/// A command line being written, one `--flag=value` at a time.
-pub(crate) struct CommandLine(pub(crate) Vec<OsString>);
-
-impl CommandLine {
-    pub(crate) fn value(&mut self, flag: &str, value: &impl std::fmt::Display) {
-        self.0.push(format!("{flag}={value}").into());
-    }
-
-    pub(crate) fn opt(&mut self, flag: &str, value: &Option<impl std::fmt::Display>) {
-        if let Some(value) = value {
-            self.value(flag, value);
-        }
-    }
-
-    pub(crate) fn flag(&mut self, flag: &str, on: bool) {
-        self.value(flag, &on);
-    }
-
-    pub(crate) fn path(&mut self, flag: &str, path: &std::path::Path) {
-        let mut arg = OsString::from(format!("{flag}="));
-        arg.push(path);
-        self.0.push(arg);
-    }
-
-    pub(crate) fn opt_path(&mut self, flag: &str, path: &Option<PathBuf>) {
-        if let Some(path) = path {
-            self.path(flag, path);
-        }
-    }
-
-    pub(crate) fn duration(&mut self, flag: &str, duration: Duration) {
-        self.value(flag, &format_duration(duration));
     }
 }
 

@@ -31,26 +31,6 @@ impl ClusterService {
     }
 }
 
-/// Refuses calls that do not carry `authorization: Bearer <cluster token>`.
-pub fn check_token(token: Arc<str>) -> impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone {
-    move |request: Request<()>| {
-        let presented = request
-            .metadata()
-            .get(kiln_proto::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        match presented {
-            Some(presented) if kiln_core::digest::same_secret(presented, &token) => Ok(request),
-            Some(_) => Err(Status::unauthenticated(
-                "wrong cluster token: every member must use the same token (KILN_CLUSTER_TOKEN or --cluster-token-file)",
-            )),
-            None => Err(Status::unauthenticated(
-                "missing cluster token: members send it as `authorization: Bearer <token>`",
-            )),
-        }
-    }
-}
-
 fn missing(missing: Missing) -> Status {
     Status::invalid_argument(missing.to_string())
 }

@@ -16,9 +16,10 @@ pub use kiln_core::api::SHA256_HEADER;
 use kiln_core::api::{Change, PipelineRecord, Status, SubmitRequest, SubmitResponse};
 use kiln_core::program::{MAX_PROGRAM_BYTES, ProgramFile};
 
+use crate::auth::{authorized, check_token};
 use crate::catalog::{DEFAULT_PAGE, MAX_PAGE, PageQuery};
 use crate::error::ApiError;
-use crate::grpc::{ClusterService, check_token};
+use crate::grpc::ClusterService;
 use crate::page;
 use crate::service::LeaderState;
 
@@ -64,19 +65,6 @@ pub fn router(state: Arc<LeaderState>) -> Router {
         .with_state(state)
 }
 
-/// Whether the request carries the API token (always, when the API is open).
-fn authorized(state: &LeaderState, headers: &HeaderMap) -> bool {
-    let Some(expected) = &state.config.api_token else { return true };
-    bearer_matches(headers, expected)
-}
-
-/// Whether `headers` carry `Authorization: Bearer <expected>`.
-pub(crate) fn bearer_matches(headers: &HeaderMap, expected: &str) -> bool {
-    let presented =
-        headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
-    presented.is_some_and(|presented| kiln_core::digest::same_secret(presented, expected))
-}
-
 fn unauthorized() -> Response {
     ApiError::Unauthorized(
         "this leader wants an API token: pass --api-token, or set KILN_API_TOKEN or KILN_API_TOKEN_FILE \
@@ -97,7 +85,7 @@ async fn require_api_token(
     // the token itself changes anything, so another site cannot submit or delete
     // through a signed-in browser.
     let reads = request.method() == axum::http::Method::GET || request.method() == axum::http::Method::HEAD;
-    let allowed = authorized(&state, &headers) || (reads && page::signed_in(&state, &headers));
+    let allowed = authorized(&state, &headers) || (reads && crate::auth::signed_in(&state, &headers));
     if !allowed {
         return unauthorized();
     }
@@ -196,17 +184,6 @@ impl ListQuery {
     }
 }
 
-/// Percent-encodes everything but unreserved characters, for a query value.
-pub(crate) fn query_value(value: &str) -> String {
-    value
-        .bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 /// One page of pipelines in id order; a `Link: <...>; rel="next"` header names the
 /// next page while there is one (RFC 8288, as GitHub's API pages).
 async fn list_pipelines(
@@ -223,7 +200,7 @@ async fn list_pipelines(
             next.push_str(&format!("&status={status}"));
         }
         if let Some(name) = &page_query.name_prefix {
-            next.push_str(&format!("&name={}", query_value(name)));
+            next.push_str(&format!("&name={}", page::query_value(name)));
         }
         if let Ok(value) = format!("<{next}>; rel=\"next\"").parse() {
             response.headers_mut().insert(header::LINK, value);

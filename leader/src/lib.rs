@@ -7,6 +7,7 @@
 //! mapping of errors to HTTP and gRPC codes).
 
 pub mod artifacts;
+pub mod auth;
 pub mod catalog;
 pub mod error;
 pub mod grpc;

@@ -19,15 +19,12 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use kiln_core::api::{PipelineRecord, Status};
 use maud::{DOCTYPE, Markup, html};
-use sha2::{Digest, Sha256};
 
+use crate::auth::{SESSION_COOKIE, SESSION_LIFETIME, form_token, session_cookie, session_of, signed_in, unix_now};
 use crate::catalog::{DEFAULT_PAGE, PageQuery};
 use crate::error::ApiError;
 use crate::health::{ClusterHealth, MemberHealth};
 use crate::service::LeaderState;
-
-/// The session cookie's name.
-pub const SESSION_COOKIE: &str = "kiln_session";
 
 const CSS: &str = include_str!("app.css");
 const JS: &str = include_str!("app.js");
@@ -44,51 +41,15 @@ const SECURITY_HEADERS: [(header::HeaderName, &str); 5] = [
     (header::CACHE_CONTROL, "no-store"),
 ];
 
-/// How long a session lasts; then the page asks for the token again.
-pub const SESSION_LIFETIME: std::time::Duration = std::time::Duration::from_secs(12 * 3600);
-
-/// What the session cookie holds for `token` until `expires` (Unix seconds): the
-/// expiry and a digest keyed by the token, so the browser never keeps the token
-/// itself and a stolen cookie stops working.
-pub fn session_of(token: &str, expires: u64) -> String {
-    let digest = Sha256::digest(format!("kiln-ui-session\0{expires}\0{token}").as_bytes());
-    format!("{expires}.{}", hex::encode(digest))
-}
-
-/// Whether the cookie value `session` was made from `token` and has not expired
-/// at `now` (Unix seconds).
-pub fn session_valid(session: &str, token: &str, now: u64) -> bool {
-    let Some(expires) = session.split_once('.').and_then(|(e, _)| e.parse::<u64>().ok()) else { return false };
-    now < expires
-        && expires <= now.saturating_add(SESSION_LIFETIME.as_secs())
-        && kiln_core::digest::same_secret(session, &session_of(token, expires))
-}
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
-}
-
-/// The form token of the cancel button, derived from the session.
-fn form_token(token: &str) -> String {
-    hex::encode(Sha256::digest(format!("kiln-ui-form\0{token}").as_bytes()))
-}
-
-/// The session cookie's value in `headers`, if any.
-pub fn session_cookie(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .find_map(|pair| pair.trim().strip_prefix(SESSION_COOKIE)?.strip_prefix('='))
-}
-
-/// Whether the request may see the page: no token is wanted, or it carries the
-/// token (a bearer header) or a session made from it.
-pub fn signed_in(state: &LeaderState, headers: &HeaderMap) -> bool {
-    let Some(expected) = &state.config.api_token else { return true };
-    crate::http::bearer_matches(headers, expected)
-        || session_cookie(headers).is_some_and(|s| session_valid(s, expected, unix_now()))
+/// Percent-encodes everything but unreserved characters, for a query value.
+pub(crate) fn query_value(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 fn page(title: &str, signed_in_as_session: bool, body: Markup) -> Markup {
@@ -209,7 +170,7 @@ impl Filters {
             parts.push(format!("status={status}"));
         }
         if let Some(name) = self.name() {
-            parts.push(format!("name={}", crate::http::query_value(&name)));
+            parts.push(format!("name={}", query_value(&name)));
         }
         if parts.is_empty() { String::new() } else { format!("?{}", parts.join("&")) }
     }
@@ -440,7 +401,7 @@ pub async fn pipeline_live(
 /// A key as a path segment: ids and pipeline names are plain, anything else is
 /// percent-encoded.
 fn key_path(key: &str) -> String {
-    crate::http::query_value(key)
+    query_value(key)
 }
 
 async fn pipeline_part(state: &LeaderState, key: &str, form: &str) -> Result<(String, Markup), ApiError> {
@@ -513,31 +474,6 @@ pub async fn cancel(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_session_cookie_is_found_among_others_and_is_not_the_token() {
-        let mut headers = HeaderMap::new();
-        headers.insert(header::COOKIE, HeaderValue::from_static("a=1; kiln_session=abc; b=2"));
-        assert_eq!(session_cookie(&headers), Some("abc"));
-        assert!(!session_of("secret", 100).contains("secret"));
-        assert_ne!(session_of("secret", 100), form_token("secret"));
-    }
-
-    #[test]
-    fn a_session_expires_and_cannot_be_stretched_or_forged() {
-        let now = 1_000_000;
-        let session = session_of("secret", now + 60);
-        assert!(session_valid(&session, "secret", now));
-        assert!(!session_valid(&session, "secret", now + 60), "expired");
-        assert!(!session_valid(&session, "other", now), "another token's farm");
-        let stretched = session.replacen(&(now + 60).to_string(), &(now + 999_999).to_string(), 1);
-        assert!(!session_valid(&stretched, "secret", now), "its expiry is under the digest");
-        let far = session_of("secret", now + 10 * SESSION_LIFETIME.as_secs());
-        assert!(!session_valid(&far, "secret", now), "no session outlives the lifetime");
-        for hostile in ["", ".", "abc", "99999999999999999999999.x", &session_of("secret", 0)] {
-            assert!(!session_valid(hostile, "secret", now), "{hostile}");
-        }
-    }
 
     #[test]
     fn markup_in_values_is_escaped() {
