@@ -166,11 +166,9 @@ pub struct CiEnvArgs {
     /// still override them (region and key prefix when not at their defaults).
     #[arg(long = "leader", env = "KILN_CI_LEADER")]
     pub leader: Option<String>,
-    /// The API token for --leader (or KILN_API_TOKEN; `kiln up`'s own is found by itself).
-    #[arg(long, env = "KILN_API_TOKEN", hide_env_values = true, conflicts_with = "api_token_file")]
-    pub api_token: Option<String>,
-    #[arg(long, env = "KILN_API_TOKEN_FILE")]
-    pub api_token_file: Option<PathBuf>,
+    /// The API token for --leader (`kiln up`'s own is found by itself).
+    #[command(flatten)]
+    pub api: crate::ApiTokenArgs,
     #[arg(long, env = "KILN_TLS_CA")]
     pub tls_ca: Option<PathBuf>,
     /// The cargo profile; from the farm with --leader, else release.
@@ -214,12 +212,7 @@ fn shell_quote(value: &str) -> String {
 pub async fn ci_env(args: CiEnvArgs) -> anyhow::Result<ExitCode> {
     let (cache, build_root, profile, fingerprint, source) = match &args.leader {
         Some(url) => {
-            let leader = crate::LeaderArgs {
-                url: url.clone(),
-                api_token: args.api_token.clone(),
-                api_token_file: args.api_token_file.clone(),
-                tls_ca: args.tls_ca.clone(),
-            };
+            let leader = crate::LeaderArgs { url: url.clone(), api: args.api.clone(), tls_ca: args.tls_ca.clone() };
             let farm = crate::client::Client::new(&leader)?
                 .cache_settings()
                 .await

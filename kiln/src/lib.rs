@@ -77,13 +77,10 @@ pub struct LeaderArgs {
     /// The leader's URL.
     #[arg(long = "leader", env = "KILN_LEADER", default_value_t = format!("http://127.0.0.1:{DEFAULT_PORT}"))]
     pub url: String,
-    /// The API token. Without it (or --api-token-file), the token of a `kiln up` run
-    /// from this directory (`.kiln/api-token`) is used when there is one.
-    #[arg(long, env = "KILN_API_TOKEN", hide_env_values = true, conflicts_with = "api_token_file")]
-    pub api_token: Option<String>,
-    /// A file holding the API token.
-    #[arg(long, env = "KILN_API_TOKEN_FILE")]
-    pub api_token_file: Option<PathBuf>,
+    /// Without a token, the token of a `kiln up` run from this directory
+    /// (`.kiln/api-token`) is used when there is one.
+    #[command(flatten)]
+    pub api: ApiTokenArgs,
     /// The PEM CA certificate that signed the leader's certificate, for an
     /// https:// leader: only it is trusted. Without it, the system's CAs are.
     #[arg(long, env = "KILN_TLS_CA")]
@@ -93,14 +90,39 @@ pub struct LeaderArgs {
 impl LeaderArgs {
     /// The token to send: given, from its file, or the local farm's.
     pub fn token(&self) -> anyhow::Result<Option<String>> {
-        if let Some(token) = &self.api_token {
-            return Ok(Some(token.clone()));
-        }
-        if let Some(file) = &self.api_token_file {
-            return read_secret_file(file, "the API token file").map(Some);
+        if let Some(token) = self.api.read()? {
+            return Ok(Some(token));
         }
         let local = default_data_dir().join("api-token");
-        Ok(std::fs::read_to_string(local).ok().map(|t| t.trim().to_owned()).filter(|t| !t.is_empty()))
+        if !local.is_file() {
+            return Ok(None);
+        }
+        Ok(Some(read_secret_file(&local, "the local farm's API token file")?).filter(|t| !t.is_empty()))
+    }
+}
+
+/// The API token a client sends or a leader wants: given, or in a file. Declared
+/// once, flattened into every command that takes it (the clients, `kiln ci-env`,
+/// `kiln server`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Args)]
+pub struct ApiTokenArgs {
+    /// The API token (`Authorization: Bearer <token>`).
+    #[arg(long, env = "KILN_API_TOKEN", hide_env_values = true, conflicts_with = "api_token_file")]
+    pub api_token: Option<String>,
+    /// A file holding the API token (a mounted Secret): read with a warning when
+    /// users other than its owner can read it.
+    #[arg(long, env = "KILN_API_TOKEN_FILE")]
+    pub api_token_file: Option<PathBuf>,
+}
+
+impl ApiTokenArgs {
+    /// The token given, or read from its file; None when neither is.
+    pub fn read(&self) -> anyhow::Result<Option<String>> {
+        match (&self.api_token, &self.api_token_file) {
+            (Some(token), _) => Ok(Some(token.clone())),
+            (None, Some(file)) => read_secret_file(file, "the API token file").map(Some),
+            (None, None) => Ok(None),
+        }
     }
 }
 

@@ -81,13 +81,10 @@ pub struct ServerArgs {
     /// A file holding the cluster token (a mounted Secret).
     #[arg(long, env = "KILN_CLUSTER_TOKEN_FILE")]
     pub cluster_token_file: Option<PathBuf>,
-    /// The token the `/v0` API wants (`Authorization: Bearer <token>`). Without it,
-    /// or --api-token-file, the leader keeps a random one in `<data-dir>/api-token`.
-    #[arg(long, env = "KILN_API_TOKEN", hide_env_values = true, conflicts_with = "api_token_file")]
-    pub api_token: Option<String>,
-    /// A file holding the API token (a mounted Secret).
-    #[arg(long, env = "KILN_API_TOKEN_FILE")]
-    pub api_token_file: Option<PathBuf>,
+    /// The token the `/v0` API wants. Without one, the leader keeps a random one in
+    /// `<data-dir>/api-token`.
+    #[command(flatten)]
+    pub api: crate::ApiTokenArgs,
     /// Serve the `/v0` API to anyone who reaches the port, without a token.
     #[arg(long, env = "KILN_NO_API_TOKEN", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     pub no_api_token: bool,
@@ -273,7 +270,7 @@ impl ServerArgs {
         line.value("--service", &self.service);
         line.value("--leader-port", &self.leader_port);
         line.opt_path("--cluster-token-file", &self.cluster_token_file);
-        line.opt_path("--api-token-file", &self.api_token_file);
+        line.opt_path("--api-token-file", &self.api.api_token_file);
         line.flag("--no-api-token", self.no_api_token);
         line.flag("--protect-metrics", self.protect_metrics);
         line.flag("--require-user-namespace", self.require_user_namespace);
@@ -318,7 +315,7 @@ impl ServerArgs {
         if let Some(token) = &self.cluster_token {
             env.push(("KILN_CLUSTER_TOKEN".into(), token.into()));
         }
-        if let Some(token) = &self.api_token {
+        if let Some(token) = &self.api.api_token {
             env.push(("KILN_API_TOKEN".into(), token.into()));
         }
         env
@@ -651,11 +648,7 @@ async fn gather_facts(args: &ServerArgs) -> anyhow::Result<(Facts, Option<Statef
         replicas: statefulset.as_ref().map(|(_, replicas)| *replicas),
         cluster_token: read_token(args)?,
         s3: if args.sccache == "off" { None } else { args.cache.s3_settings()? },
-        api_token: match (&args.api_token, &args.api_token_file) {
-            (Some(token), _) => Some(token.clone()),
-            (None, Some(file)) => Some(crate::read_secret_file(file, "the API token file")?),
-            (None, None) => None,
-        },
+        api_token: args.api.read()?,
         depset: crate::load_depset(args.depset.as_deref())?,
     };
     Ok((facts, statefulset.map(|(client, _)| client)))
@@ -853,7 +846,7 @@ mod tests {
         }
         let mut every = args(&given);
         every.cluster_token = Some("secret-token-0123456789".into());
-        every.api_token = Some("api-secret-9876".into());
+        every.api.api_token = Some("api-secret-9876".into());
         let line = every.to_args();
         assert_eq!(line[0], "server");
         assert!(
@@ -865,7 +858,7 @@ mod tests {
         for (key, value) in every.secret_env() {
             match key.to_str().unwrap() {
                 "KILN_CLUSTER_TOKEN" => back.cluster_token = Some(value.into_string().unwrap()),
-                "KILN_API_TOKEN" => back.api_token = Some(value.into_string().unwrap()),
+                "KILN_API_TOKEN" => back.api.api_token = Some(value.into_string().unwrap()),
                 other => panic!("unexpected secret {other}"),
             }
         }

@@ -89,10 +89,10 @@ fn cluster_token_file(data_dir: &Path) -> anyhow::Result<PathBuf> {
 /// The farm's API token's file (beside the cluster token), unless the options after
 /// `--` give the API a token of their own or none.
 fn api_token_file(data_dir: &Path, base: &ServerArgs) -> anyhow::Result<Option<PathBuf>> {
-    if base.no_api_token || base.api_token.is_some() {
+    if base.no_api_token || base.api.api_token.is_some() {
         return Ok(None);
     }
-    if let Some(file) = &base.api_token_file {
+    if let Some(file) = &base.api.api_token_file {
         return Ok(Some(file.clone()));
     }
     let path = data_dir.join("api-token");
@@ -133,7 +133,10 @@ fn member_specs(args: &UpArgs, data_dir: &Path, token_file: &Path) -> anyhow::Re
                     .or(base.depset.clone()),
                 cluster_token: None,
                 cluster_token_file: Some(token_file.to_owned()),
-                api_token_file: api_token_file.clone(),
+                api: crate::ApiTokenArgs {
+                    api_token: base.api.api_token.clone(),
+                    api_token_file: api_token_file.clone(),
+                },
                 leader_url: Some(leader_url(&base, args.port)),
                 listen: std::net::SocketAddr::from(([127, 0, 0, 1], args.port)),
                 profile: args.profile.clone(),
@@ -242,8 +245,10 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     let base = server_options(&args)?;
     let leader = LeaderArgs {
         url: leader_url(&base, args.port),
-        api_token: base.api_token.clone(),
-        api_token_file: api_token_file(&data_dir, &base)?,
+        api: crate::ApiTokenArgs {
+            api_token: base.api.api_token.clone(),
+            api_token_file: api_token_file(&data_dir, &base)?,
+        },
         tls_ca: base.tls.tls_ca.clone(),
     };
     if let Ok(stale) = std::net::TcpListener::bind(("127.0.0.1", args.port)) {
@@ -263,7 +268,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         Duration::from_secs(10),
     );
     eprintln!("kiln up: starting {} members; leader at {}", args.workers, leader.url);
-    match &leader.api_token_file {
+    match &leader.api.api_token_file {
         Some(file) => {
             eprintln!("kiln up: status page at {}/ (sign in with the API token in {})", leader.url, file.display())
         }

@@ -62,8 +62,7 @@ impl Leader {
     pub async fn submit_dir(&self, name: &str, dir: &Path) -> anyhow::Result<PipelineRecord> {
         let leader = kiln::LeaderArgs {
             url: self.url.clone(),
-            api_token: self.api_token.clone(),
-            api_token_file: None,
+            api: kiln::ApiTokenArgs { api_token: self.api_token.clone(), api_token_file: None },
             tls_ca: self.tls_ca.clone(),
         };
         let client = kiln::client::Client::new(&leader)?;
