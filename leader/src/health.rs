@@ -304,6 +304,23 @@ mod tests {
         assert_eq!((honest.crates_done, honest.crates_total), (2, 5));
     }
 
+    /// A caller without the token sees health, not the store nor the claims held.
+    #[test]
+    fn what_an_anonymous_caller_sees_is_redacted() {
+        let now = Instant::now();
+        let mut building = report(1, "1.0");
+        building.building = Some((ClaimKey { pipeline_id: 7, version: 2, attempt: 3 }, Progress::default()));
+        building.cache_message = "sccache on S3 (bucket secret-bucket at http://minio:9000)".into();
+        let reports = HashMap::from([(0, (now, building))]);
+        let mut health = cluster_health(&reports, expected(1, "1.0"), Duration::from_secs(10), now, "t".into());
+        assert!(health.members[0].building.is_some(), "token holders see the claim");
+        health.redact();
+        let shown = serde_json::to_string(&health).unwrap();
+        assert!(health.members[0].building.is_none(), "{shown}");
+        assert!(!shown.contains("secret-bucket") && !shown.contains("\"attempt\""), "{shown}");
+        assert!(health.all_healthy, "health itself is still shown");
+    }
+
     #[test]
     fn each_ordinal_is_judged_at_the_moment_of_asking() {
         let start = Instant::now();

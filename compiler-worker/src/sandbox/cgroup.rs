@@ -62,6 +62,14 @@ fn write(path: &Path, value: &str) -> Result<(), String> {
     std::fs::write(path, value).map_err(|e| format!("writing {value:?} to {}: {e}", path.display()))
 }
 
+/// SIGKILLs every process in the group `dir`.
+fn kill_members(dir: &Path) {
+    let Ok(text) = std::fs::read_to_string(dir.join("cgroup.procs")) else { return };
+    for pid in text.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+    }
+}
+
 /// Removes the build groups of members that are gone (`kiln-member-<pid>-...`
 /// beside `dir`, whose process no longer runs): what a killed member left.
 fn remove_orphans(dir: &Path) {
@@ -73,13 +81,8 @@ fn remove_orphans(dir: &Path) {
             continue;
         };
         if !Path::new(&format!("/proc/{pid}")).exists() {
-            let path = entry.path();
-            if let Ok(text) = std::fs::read_to_string(path.join("cgroup.procs")) {
-                for pid in text.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
-                    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
-                }
-            }
-            let _ = std::fs::remove_dir(&path);
+            kill_members(&entry.path());
+            let _ = std::fs::remove_dir(entry.path());
         }
     }
 }
@@ -161,12 +164,7 @@ impl BuildGroup {
 
     /// SIGKILLs every process in the group.
     pub fn kill_all(&self) {
-        for dir in self.dirs() {
-            let Ok(text) = std::fs::read_to_string(dir.join("cgroup.procs")) else { continue };
-            for pid in text.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
-            }
-        }
+        self.dirs().into_iter().for_each(kill_members);
     }
 
     /// The counters a build's limits are read from: (OOM kills, process-limit hits).

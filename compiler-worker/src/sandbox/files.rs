@@ -133,7 +133,8 @@ pub fn written_since(dirs: &[std::path::PathBuf], since: std::time::SystemTime) 
                 && metadata.file_type().is_file()
                 && (metadata.ctime(), metadata.ctime_nsec()) >= since
             {
-                total = total.saturating_add(metadata.blocks().saturating_mul(512).max(metadata.len().min(1 << 40)));
+                // The blocks it holds on disk (a sparse file costs what it wrote).
+                total = total.saturating_add(metadata.blocks().saturating_mul(512));
             }
         }
     }

@@ -120,7 +120,7 @@ pub struct Mounts {
     pub programs: Vec<PathBuf>,
 }
 
-fn is_root() -> bool {
+pub(crate) fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
 

@@ -119,7 +119,7 @@ pub(crate) fn fresh_target(root: &Path) -> anyhow::Result<()> {
     if target.exists() {
         std::fs::remove_dir_all(&target).with_context(|| format!("removing {}", target.display()))?;
     }
-    let how = if nix::unistd::geteuid().is_root() { "-al" } else { "--archive" };
+    let how = if super::is_root() { "-al" } else { "--archive" };
     let mut cp = std::process::Command::new("cp");
     if how == "--archive" {
         cp.arg("--reflink=auto");

@@ -1384,6 +1384,19 @@ async fn twenty_thousand_silent_connections_neither_lock_out_a_probe_nor_stay_op
     assert_eq!(answer.status(), 200);
     println!("/healthz answered in {} ms with 20,000 silent connections held", started.elapsed().as_millis());
 
+    // A client that starts a request and never finishes its headers (slowloris) is
+    // closed too, after the header-read timeout.
+    let mut slow = std::net::TcpStream::connect(("127.0.0.1", farm.port)).unwrap();
+    std::io::Write::write_all(&mut slow, b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: 1").unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+    let mut rest = Vec::new();
+    let ended = std::io::Read::read_to_end(&mut slow, &mut rest);
+    assert!(
+        ended.is_ok() || ended.as_ref().is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
+        "{ended:?}"
+    );
+    assert!(!String::from_utf8_lossy(&rest).contains("healthy"), "never answered: {}", String::from_utf8_lossy(&rest));
+
     // Every silent connection is closed by the leader (end of stream, or a reset).
     for (mut child, mut lines) in clients {
         let closed = tokio::task::spawn_blocking(move || lines.next().map(|l| l.unwrap())).await.unwrap();
