@@ -38,12 +38,13 @@ pub const RESOLVED: &str = include_str!("../depset/resolved.json");
 pub const RUNTIME_PACKAGE: &str = "kiln-pipeline-runtime";
 /// The runtime's files, relative to its directory. A unit test checks that this
 /// list names every file of pipeline-runtime/src.
-pub const RUNTIME_FILES: [(&str, &str); 6] = [
+pub const RUNTIME_FILES: [(&str, &str); 7] = [
     ("Cargo.toml", include_str!("../../pipeline-runtime/Cargo.toml")),
     ("src/lib.rs", include_str!("../../pipeline-runtime/src/lib.rs")),
     ("src/contract.rs", include_str!("../../pipeline-runtime/src/contract.rs")),
     ("src/exchange.rs", include_str!("../../pipeline-runtime/src/exchange.rs")),
     ("src/host.rs", include_str!("../../pipeline-runtime/src/host.rs")),
+    ("src/progress.rs", include_str!("../../pipeline-runtime/src/progress.rs")),
     ("src/share.rs", include_str!("../../pipeline-runtime/src/share.rs")),
 ];
 /// The anchor crate's package name, built alongside every pipeline so that cargo
