@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::Progress;
+use crate::progress::Progress;
 
 /// How long a host keeps trying to reach a peer, and waits for a peer's records.
 const PEER_TIMEOUT: Duration = Duration::from_secs(60);

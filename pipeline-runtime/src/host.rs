@@ -17,7 +17,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use crate::contract::{HostStatus, Phase, StartOrder, RESTART_EXIT_CODE};
-use crate::Progress;
+use crate::progress::Progress;
 
 /// What the HTTP thread and the worker thread share.
 #[derive(Debug)]

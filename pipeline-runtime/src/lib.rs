@@ -23,6 +23,7 @@
 pub mod contract;
 pub mod exchange;
 pub mod host;
+pub mod progress;
 pub mod share;
 
 use std::collections::BTreeMap;
@@ -30,7 +31,7 @@ use std::fmt::Display;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
@@ -39,6 +40,7 @@ use serde::Deserialize;
 use serde::Serialize;
 
 pub use contract::RESTART_EXIT_CODE;
+pub use progress::Progress;
 pub use share::Share;
 
 /// What a pipeline's job may fail with.
@@ -56,14 +58,6 @@ pub trait Job: Send + Sync {
 
     /// Folds `other` into `into`: two values of one key, from one host or two.
     fn combine(&self, into: &mut Self::Value, other: Self::Value);
-}
-
-/// Counts a host reports while it works.
-#[derive(Debug, Default)]
-pub struct Progress {
-    pub records_read: AtomicU64,
-    pub records_sent: AtomicU64,
-    pub records_received: AtomicU64,
 }
 
 #[derive(Debug, Default, Deserialize)]

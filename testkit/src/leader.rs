@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use kiln_core::api::{PipelineRecord, Status};
 
-use crate::wait_until;
+use crate::wait::wait_until;
 
 #[derive(Debug, Clone)]
 pub struct Leader {

@@ -11,80 +11,23 @@
 //! - [`TestCertificates`]: a CA and a leader certificate, for farms over TLS.
 //! - [`require_root`]: the one message for tests that need root.
 
+pub mod certificates;
 pub mod farm;
 pub mod leader;
+pub mod machine;
 pub mod nonroot;
 pub mod process;
 pub mod s3;
-pub mod tls;
+pub mod wait;
 
-use std::future::Future;
-use std::path::PathBuf;
-use std::time::{Duration, Instant};
-
+pub use certificates::TestCertificates;
 pub use farm::{Farm, FarmSetup, Member};
 pub use leader::Leader;
+pub use machine::{free_port, installed, require_root};
 pub use nonroot::NonRoot;
 pub use process::{Process, processes_mentioning};
 pub use s3::S3Server;
-pub use tls::TestCertificates;
-
-/// A port on 127.0.0.1 that was free a moment ago.
-pub fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binding a free port on loopback");
-    listener.local_addr().expect("a bound socket has an address").port()
-}
-
-/// Polls `check` until it gives `Some`, every `every`, and fails the test with
-/// `what` and the last observation if `timeout` passes first. The timeout bounds a
-/// test that would otherwise hang; it decides nothing about speed.
-pub async fn wait_until<T, F, Fut>(what: &str, timeout: Duration, every: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, String>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        let last = match check().await {
-            Ok(value) => return value,
-            Err(last) => last,
-        };
-        assert!(Instant::now() < deadline, "{what}: not within {timeout:?}; last seen: {last}");
-        tokio::time::sleep(every).await;
-    }
-}
-
-/// [`wait_until`] for code outside an async runtime.
-pub fn wait_until_blocking<T>(
-    what: &str,
-    timeout: Duration,
-    every: Duration,
-    mut check: impl FnMut() -> Result<T, String>,
-) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let last = match check() {
-            Ok(value) => return value,
-            Err(last) => last,
-        };
-        assert!(Instant::now() < deadline, "{what}: not within {timeout:?}; last seen: {last}");
-        std::thread::sleep(every);
-    }
-}
-
-/// A tool that `scripts/install-deps` installs (on PATH or in ~/.cargo/bin).
-pub fn installed(binary: &str) -> PathBuf {
-    kiln_process::find_tool(binary).unwrap_or_else(|| panic!("{binary} is not installed: run scripts/install-deps"))
-}
-
-/// Stops a test that needs root with one clear message, up front, before it has
-/// started anything.
-pub fn require_root(why: &str) {
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "this test needs root ({why}); run the suite as root, as CI does (scripts/test)"
-    );
-}
+pub use wait::{wait_until, wait_until_blocking};
 
 /// Lowercase hex SHA-256 of `bytes`.
 pub fn sha256(bytes: &[u8]) -> String {

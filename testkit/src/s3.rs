@@ -4,7 +4,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::{Process, free_port, installed, wait_until_blocking};
+use crate::machine::{free_port, installed};
+use crate::process::Process;
+use crate::wait::wait_until_blocking;
 
 #[derive(Debug)]
 pub struct S3Server {
