@@ -1,14 +1,13 @@
-//! Real Kiln processes for the benchmarks, from the test kit (`kiln-testkit`):
-//! members of a farm started from `ServerArgs`, a real S3-compatible server, and
-//! the leader's API. What is here is the benchmarks' own: a farm that fails with an
-//! error rather than a panic where a figure is at stake, and the submissions they
-//! time.
+//! Real Kiln processes for the benchmarks: the test kit's farm (`kiln-testkit`) with
+//! its benchmarks preset, a real S3-compatible server, and what the comparisons
+//! time on a farm ([`Timed`]).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use kiln_core::api::Status;
+pub use kiln_testkit::Farm;
 use kiln_testkit::{FarmSetup, S3Server};
 
 pub const TOKEN: &str = "bench-cluster-token-0123456789";
@@ -21,103 +20,80 @@ pub struct Setup {
     pub profile: String,
 }
 
-/// A farm of N members, each a `kiln server` process.
-#[derive(Debug)]
-pub struct Farm {
-    inner: kiln_testkit::Farm,
-    pub http: reqwest::Client,
+/// Starts `workers` members with `extra` options each, and waits until the
+/// cluster is healthy. With `shared_build_root`, every member sees its own
+/// directory at that one path (a private mount), as under `kiln up`; otherwise
+/// each builds in `member-<i>/build`.
+pub async fn start(
+    setup: &Setup,
+    workers: u32,
+    shared_build_root: Option<PathBuf>,
+    extra: &[String],
+) -> anyhow::Result<Farm> {
+    // The first farm of a run builds the dependency set in release.
+    Ok(Farm::start_all(
+        // The builder's `cargo finished` lines are comparison 1's trace.
+        preset(setup, &setup.depset_cache, "warn,kiln_compiler_worker::builder=info"),
+        workers,
+        shared_build_root,
+        extra,
+        Duration::from_secs(900),
+    )
+    .await)
 }
 
-impl Farm {
-    /// Starts `workers` members with `extra` options each, and waits until the
-    /// cluster is healthy. With `shared_build_root`, every member sees its own
-    /// directory at that one path (a private mount), as under `kiln up`; otherwise
-    /// each builds in `member-<i>/build`.
-    pub async fn start(
-        setup: &Setup,
-        workers: u32,
-        shared_build_root: Option<PathBuf>,
-        extra: &[String],
-    ) -> anyhow::Result<Farm> {
-        // The first farm of a run builds the dependency set in release.
-        let inner = kiln_testkit::Farm::start_all(
-            // The builder's `cargo finished` lines are comparison 1's trace.
-            testkit_setup(setup, &setup.depset_cache, "warn,kiln_compiler_worker::builder=info"),
-            workers,
-            shared_build_root,
-            extra,
-            Duration::from_secs(900),
-        )
-        .await;
-        Ok(Farm { inner, http: reqwest::Client::new() })
-    }
+/// Starts member 0 (the leader) of a farm of `workers` and returns at once, for a
+/// comparison that times the start itself or brings members of its own: its
+/// prebuilt dependency sets in `depset_cache`, its build root privately mounted at
+/// `build_root` when given, its log at `log` level (read back with
+/// [`Farm::member_log`]).
+pub fn spawn_leader(
+    setup: &Setup,
+    depset_cache: &Path,
+    build_root: Option<PathBuf>,
+    workers: u32,
+    extra: &[String],
+    log: &str,
+) -> Farm {
+    let mut farm = Farm::new(preset(setup, depset_cache, log), workers as usize);
+    farm.shared_build_root = build_root;
+    farm.start(kiln_testkit::Member { ordinal: 0, workers, extra: extra.to_vec() });
+    farm
+}
 
-    /// Starts member 0 (the leader) of a farm of `workers` and returns at once, for
-    /// a comparison that times the start itself or brings members of its own: its
-    /// prebuilt dependency sets in `depset_cache`, its build root privately mounted
-    /// at `build_root` when given, its log at `log` level (read back with
-    /// [`Farm::member_log`]).
-    pub fn spawn_leader(
-        setup: &Setup,
-        depset_cache: &Path,
-        build_root: Option<PathBuf>,
-        workers: u32,
-        extra: &[String],
-        log: &str,
-    ) -> Farm {
-        let mut inner = kiln_testkit::Farm::new(testkit_setup(setup, depset_cache, log), workers as usize);
-        inner.shared_build_root = build_root;
-        inner.start(kiln_testkit::Member { ordinal: 0, workers, extra: extra.to_vec() });
-        Farm { inner, http: reqwest::Client::new() }
-    }
+fn preset(setup: &Setup, depset_cache: &Path, log: &str) -> FarmSetup {
+    FarmSetup::benchmarks(setup.kiln.clone(), depset_cache.to_path_buf(), TOKEN, &setup.profile, log)
+}
 
-    /// What member `ordinal` has logged so far.
-    pub fn member_log(&self, ordinal: u32) -> String {
-        self.inner.members[ordinal as usize].as_ref().map(|p| p.output()).unwrap_or_default()
-    }
+/// What the comparisons time on a farm: submissions through the REST API and the
+/// wait for their builds, failing with an error rather than a panic where a figure
+/// is at stake.
+pub trait Timed {
+    /// Submits the program in `dir` as `name`; returns its id.
+    async fn submit_program(&self, name: &str, dir: &Path) -> anyhow::Result<u64>;
+    /// Submits the program in `dir` as `name`; returns the record the answer holds.
+    async fn submit_record(&self, name: &str, dir: &Path) -> anyhow::Result<kiln_core::api::PipelineRecord>;
+    /// Waits until pipeline `id` has finished, and returns its record; a build
+    /// that did not succeed is an error.
+    async fn wait_success(&self, id: u64) -> anyhow::Result<serde_json::Value>;
+    /// The id the next new pipeline will get: ids are handed out in sequence.
+    async fn next_id(&self) -> anyhow::Result<u64>;
+}
 
-    pub fn url(&self) -> String {
-        self.inner.url()
-    }
-
-    /// Waits until the leader answers at all (its members may still be preparing).
-    pub async fn wait_answering(&self) {
-        self.inner.leader().wait_answering(Duration::from_secs(120)).await
-    }
-
-    /// `GET path` of the leader, as JSON: (status, body).
-    pub async fn get_json(&self, path: &str) -> anyhow::Result<(u16, serde_json::Value)> {
-        Ok(self.inner.leader().get_json(path).await)
-    }
-
-    /// Member `ordinal`'s own build root (what its private mount shows at the
-    /// shared path).
-    pub fn build_root(&self, ordinal: u32) -> PathBuf {
-        self.inner.build_root(ordinal)
-    }
-
-    pub fn leader_pid(&self) -> u32 {
-        self.inner.members[0].as_ref().map(|p| p.pid() as u32).unwrap_or(0)
-    }
-
-    /// Submits the program in `dir` as `name` through the REST API; returns its id.
-    pub async fn submit(&self, name: &str, dir: &Path) -> anyhow::Result<u64> {
+impl Timed for Farm {
+    async fn submit_program(&self, name: &str, dir: &Path) -> anyhow::Result<u64> {
         Ok(self.submit_record(name, dir).await?.id)
     }
 
-    /// Submits the program in `dir` as `name`; returns the record the answer holds.
-    pub async fn submit_record(&self, name: &str, dir: &Path) -> anyhow::Result<kiln_core::api::PipelineRecord> {
-        self.inner.leader().submit_dir(name, dir).await
+    async fn submit_record(&self, name: &str, dir: &Path) -> anyhow::Result<kiln_core::api::PipelineRecord> {
+        self.leader().submit_dir(name, dir).await
     }
 
-    /// Waits until pipeline `id` has finished, and returns its record; a build that
-    /// did not succeed is an error.
-    pub async fn wait_success(&self, id: u64) -> anyhow::Result<serde_json::Value> {
+    async fn wait_success(&self, id: u64) -> anyhow::Result<serde_json::Value> {
         // The figures come from the leader's own timestamps, so a slow poll costs no
         // precision, and keeps this process from competing with the builds.
         let finished = [Status::Success, Status::CompileError, Status::SystemError];
         let record = self
-            .inner
             .leader()
             .wait_status_every(&id.to_string(), &finished, Duration::from_secs(900), Duration::from_millis(100))
             .await;
@@ -127,22 +103,8 @@ impl Farm {
         Ok(serde_json::to_value(record)?)
     }
 
-    /// The id the next new pipeline will get: ids are handed out in sequence.
-    pub async fn next_id(&self) -> anyhow::Result<u64> {
-        Ok(self.inner.leader().pipelines().await.iter().map(|p| p.id).max().unwrap_or(0) + 1)
-    }
-}
-
-fn testkit_setup(setup: &Setup, depset_cache: &Path, log: &str) -> FarmSetup {
-    FarmSetup {
-        kiln: setup.kiln.clone(),
-        depset_cache: depset_cache.to_path_buf(),
-        cluster_token: TOKEN.into(),
-        options: vec![format!("--profile={}", setup.profile)],
-        cache_off_by_default: false,
-        log: log.into(),
-        open_api: true,
-        run_as: None,
+    async fn next_id(&self) -> anyhow::Result<u64> {
+        Ok(self.leader().pipelines().await.iter().map(|p| p.id).max().unwrap_or(0) + 1)
     }
 }
 

@@ -1,4 +1,4 @@
-//! Comparisons 11 to 15: programs of the size users build (issue 16). A
+//! Comparisons 11 to 15: programs of the size users build. A
 //! generated SQL-shaped program (`programs::write_sql`: a schema crate and K
 //! operator crates of F views each, about 40,000 lines by default) through the
 //! farm against plain cargo, across workers through the shared cache, eight at
@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
-use crate::farm::{Farm, S3, Setup};
+use crate::farm::{self, Farm, S3, Setup, Timed};
 use crate::measures::{WarmColdRounds, ms, plain_cargo, submit_on};
 use crate::programs::{self, SqlShape};
 use crate::stats::{Row, median, percentile};
@@ -37,7 +37,7 @@ pub async fn large_vs_cargo(
     shape: SqlShape,
     rounds: usize,
 ) -> anyhow::Result<Row> {
-    let unsandboxed = Farm::start(setup, 1, None, &["--sccache=off".to_owned(), "--sandbox=off".to_owned()]).await?;
+    let unsandboxed = farm::start(setup, 1, None, &["--sccache=off".to_owned(), "--sandbox=off".to_owned()]).await?;
     let root = farm.build_root(0);
     let work = work.join("large-vs-cargo");
     let (mut through_farm, mut plain, mut without_sandbox) = (Vec::new(), Vec::new(), Vec::new());
@@ -74,7 +74,7 @@ pub async fn large_vs_cargo(
 
 /// Submission to success of one new program, as the leader records it.
 async fn build_time(farm: &Farm, dir: &Path) -> anyhow::Result<f64> {
-    let id = farm.submit("large", dir).await?;
+    let id = farm.submit_program("large", dir).await?;
     let record = farm.wait_success(id).await?;
     Ok((ms(&record, "finished_at_ms")? - ms(&record, "submitted_at_ms")?) as f64)
 }
@@ -121,7 +121,7 @@ pub async fn large_memory(farm: &Farm, work: &Path, shape: SqlShape) -> anyhow::
             peak
         })
     };
-    let id = farm.submit("memory", &dir).await?;
+    let id = farm.submit_program("memory", &dir).await?;
     let built = farm.wait_success(id).await;
     sampling.cancel();
     let (member, build, largest) = sampler.await?;
@@ -156,7 +156,7 @@ pub async fn large_across_workers(setup: &Setup, work: &Path, shape: SqlShape, r
     let s3_dir = tempfile::Builder::new().prefix("kiln-bench-s3-").tempdir()?;
     let s3 = S3::start(s3_dir.path())?;
     let root = std::path::PathBuf::from("/tmp/kiln-bench-build-root-large");
-    let farm = Farm::start(setup, 2, Some(root), &s3.member_flags()?).await?;
+    let farm = farm::start(setup, 2, Some(root), &s3.member_flags()?).await?;
     let work = work.join("large-across");
     let changed = 2;
     let mut measured = WarmColdRounds::default();
@@ -206,7 +206,7 @@ async fn batch(farm: &Farm, work: &Path, shape: SqlShape, serial: u64) -> anyhow
     let started = Instant::now();
     let mut ids = Vec::new();
     for (k, dir) in dirs.iter().enumerate() {
-        ids.push(farm.submit(&format!("batch-{serial}-{k}"), dir).await?);
+        ids.push(farm.submit_program(&format!("batch-{serial}-{k}"), dir).await?);
     }
     for id in ids {
         farm.wait_success(id).await?;
@@ -268,7 +268,7 @@ pub async fn large_scale_out(
 /// which already says `success` (the binary cache), over `count` submissions.
 pub async fn binary_cache(farm: &Farm, work: &Path, count: usize) -> anyhow::Result<Row> {
     let dir = programs::write(&work.join("binary-cache"), "known", fresh(98, 0), 2, 50, fresh(98, 0))?;
-    let first = farm.submit("known", &dir).await?;
+    let first = farm.submit_program("known", &dir).await?;
     let built = farm.wait_success(first).await?;
     let sha = built["binary_sha256"].as_str().context("a binary")?.to_owned();
     let mut times = Vec::new();

@@ -124,7 +124,7 @@ async fn main() -> anyhow::Result<()> {
 
     say("starting a 1-worker farm (the first run builds the dependency set in release, about a minute)");
     let off = ["--sccache=off".to_owned()];
-    let one = farm::Farm::start(&setup, 1, None, &off).await?;
+    let one = farm::start(&setup, 1, None, &off).await?;
     if wanted(1) {
         say("1. farm overhead");
         // Each round is half a second: more of them steady the ratio.
@@ -167,7 +167,7 @@ async fn main() -> anyhow::Result<()> {
     }
     if wanted(4) || wanted(6) || wanted(13) {
         say("starting a 2-worker farm");
-        let two = farm::Farm::start(&setup, 2, None, &off).await?;
+        let two = farm::start(&setup, 2, None, &off).await?;
         if wanted(4) {
             say("4. scale-out (8 pipelines, 1 vs 2 workers)");
             keep(&mut rows, measures::scale_out(&one, &two, work.path(), rounds).await?, &say);

@@ -8,7 +8,7 @@ use anyhow::{Context, bail};
 use futures::StreamExt;
 use tokio::io::AsyncWriteExt;
 
-use crate::farm::{Farm, S3, Setup, TOKEN};
+use crate::farm::{self, Farm, S3, Setup, TOKEN, Timed};
 use crate::programs;
 use crate::stats::{Row, median, percentile};
 
@@ -49,7 +49,7 @@ pub async fn farm_overhead(setup: &Setup, farm: &Farm, work: &Path, rounds: usiz
     let root = farm.build_root(0);
     let program = |variant| programs::write(work, "overhead", variant, 2, 150, 0);
     // Warm: the operators compiled, once, by the farm.
-    let id = farm.submit("overhead", &program(0)?).await?;
+    let id = farm.submit_program("overhead", &program(0)?).await?;
     farm.wait_success(id).await?;
     let (mut through_farm, mut plain, mut queued, mut compiling, mut delivering) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
@@ -57,7 +57,7 @@ pub async fn farm_overhead(setup: &Setup, farm: &Farm, work: &Path, rounds: usiz
         // The two sides take turns going first, so neither always meets a warmer machine.
         for side in [round % 2, (round + 1) % 2] {
             if side == 0 {
-                let id = farm.submit("overhead", &program(2 * round + 1)?).await?;
+                let id = farm.submit_program("overhead", &program(2 * round + 1)?).await?;
                 let record = farm.wait_success(id).await?;
                 let (submitted, started) = (ms(&record, "submitted_at_ms")?, ms(&record, "started_at_ms")?);
                 through_farm.push((ms(&record, "finished_at_ms")? - submitted) as f64);
@@ -104,7 +104,7 @@ pub async fn time_to_start(farm: &Farm, work: &Path, count: usize) -> anyhow::Re
     let mut waits = Vec::new();
     for variant in 0..count as u64 {
         let dir = programs::write(work, "start", variant, 0, 0, 0)?;
-        let id = farm.submit("start", &dir).await?;
+        let id = farm.submit_program("start", &dir).await?;
         let record = farm.wait_success(id).await?;
         waits.push((ms(&record, "started_at_ms")? - ms(&record, "submitted_at_ms")?) as f64);
     }
@@ -138,10 +138,10 @@ pub async fn submit_on(
             break;
         }
         let filler = programs::write(work, "filler", 0, 0, 0, 0)?;
-        let id = farm.submit(&format!("filler-{next}"), &filler).await?;
+        let id = farm.submit_program(&format!("filler-{next}"), &filler).await?;
         farm.wait_success(id).await?;
     }
-    let id = farm.submit(name, dir).await?;
+    let id = farm.submit_program(name, dir).await?;
     if id % u64::from(workers) != u64::from(ordinal) {
         bail!("{name} got id {id}, not on ordinal {ordinal}: another client is submitting to this farm");
     }
@@ -232,7 +232,7 @@ async fn warm_cold(setup: &Setup, work: &Path, rounds: usize, tag: &str, extra: 
     let mut flags = s3.member_flags()?;
     flags.extend(extra.iter().cloned());
     let root = PathBuf::from(format!("/tmp/kiln-bench-build-root-{tag}"));
-    let farm = Farm::start(setup, 2, Some(root), &flags).await?;
+    let farm = farm::start(setup, 2, Some(root), &flags).await?;
     let work = work.join(format!("warm-cold-{tag}"));
     let work = work.as_path();
     let (operators, functions) = (4, 250);
@@ -263,7 +263,7 @@ async fn batch(farm: &Farm, work: &Path, tag: &str, serial: u64) -> anyhow::Resu
         // Each pipeline's operator is new to cargo: every build compiles.
         let variant = 1_000_000 * u64::from(std::process::id()) + 100 * serial + k;
         let dir = programs::write(work, &format!("scale-{tag}-{k}"), variant, 1, 200, variant)?;
-        ids.push(farm.submit(&format!("scale-{tag}-{k}"), &dir).await?);
+        ids.push(farm.submit_program(&format!("scale-{tag}-{k}"), &dir).await?);
     }
     for id in ids {
         farm.wait_success(id).await?;
@@ -333,11 +333,11 @@ impl Uploader {
         let mut client =
             kiln_proto::cluster_client::ClusterClient::connect(farm.url()).await?.max_decoding_message_size(64 << 20);
         let member = kiln_proto::Member { ordinal: 1, workers: 2, incarnation: 0x0b1e, version: "bench".into() };
-        let (_, settings) = farm.get_json("/v0/cache-settings").await?;
+        let (_, settings) = farm.get_json("/v0/cache-settings").await;
         let depset = settings["depset"].as_str().context("the leader names its dependency set")?.to_owned();
         // Pipeline 1 is ordinal 1's.
         let dir = programs::write(work, "upload", 0, 0, 0, 0)?;
-        let id = farm.submit("upload", &dir).await?;
+        let id = farm.submit_program("upload", &dir).await?;
         if id % 2 != 1 {
             bail!("the upload pipeline got id {id}, not ordinal 1's: the farm was not new");
         }
@@ -402,8 +402,8 @@ fn raw_copy(path: &Path, into: &Path) -> anyhow::Result<f64> {
 pub async fn upload_throughput(setup: &Setup, work: &Path, rounds: usize, mib: u64) -> anyhow::Result<Row> {
     let bytes = mib << 20;
     let off = ["--sccache=off".to_owned(), "--claim-lease=1h".to_owned()];
-    let farm = Farm::spawn_leader(setup, &setup.depset_cache, None, 2, &off, "warn");
-    farm.wait_answering().await;
+    let farm = farm::spawn_leader(setup, &setup.depset_cache, None, 2, &off, "warn");
+    farm.wait_leader(std::time::Duration::from_secs(120)).await;
     let farm = &farm;
     let mut uploader = Uploader::claim(farm, work).await?;
     let (mut leader_rates, mut raw_rates, mut peaks) = (Vec::new(), Vec::new(), Vec::new());
@@ -510,7 +510,7 @@ pub async fn health_probe(farm: &Farm, seconds: u64) -> anyhow::Result<Row> {
 /// the coordinator reports every host ready and started.
 pub async fn multihost_start(setup: &Setup, farm: &Farm, work: &Path, rounds: usize) -> anyhow::Result<Row> {
     let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/pipelines/wordcount");
-    let id = farm.submit("wordcount", &examples).await?;
+    let id = farm.submit_program("wordcount", &examples).await?;
     farm.wait_success(id).await?;
     let binary = work.join("wordcount");
     let bytes = farm.http.get(format!("{}/v0/pipelines/{id}/binary", farm.url())).send().await?.error_for_status()?;
@@ -576,18 +576,18 @@ pub async fn sandbox_cost(setup: &Setup, work: &Path, rounds: usize) -> anyhow::
     // the sandbox, target/ is an overlay of the pristine set) when root allows it.
     let private =
         |side: &str| nix::unistd::geteuid().is_root().then(|| PathBuf::from(format!("/tmp/kiln-bench-sandbox-{side}")));
-    let on = Farm::start(setup, 1, private("on"), &cached("--sandbox=auto")).await?;
-    let off = Farm::start(setup, 1, private("off"), &cached("--sandbox=off")).await?;
+    let on = farm::start(setup, 1, private("on"), &cached("--sandbox=auto")).await?;
+    let off = farm::start(setup, 1, private("off"), &cached("--sandbox=off")).await?;
     let program = |side: &str, variant| programs::write(&work.join(side), "sandbox", variant, 2, 150, 0);
     for (side, farm) in [("on", &on), ("off", &off)] {
-        let id = farm.submit("sandbox", &program(side, 0)?).await?;
+        let id = farm.submit_program("sandbox", &program(side, 0)?).await?;
         farm.wait_success(id).await?;
     }
     let (mut with, mut without) = (Vec::new(), Vec::new());
     for round in 0..rounds as u64 {
         for side in [round % 2, (round + 1) % 2] {
             let (name, farm, samples) = if side == 0 { ("on", &on, &mut with) } else { ("off", &off, &mut without) };
-            let id = farm.submit("sandbox", &program(name, round + 1)?).await?;
+            let id = farm.submit_program("sandbox", &program(name, round + 1)?).await?;
             let record = farm.wait_success(id).await?;
             samples.push((ms(&record, "finished_at_ms")? - ms(&record, "submitted_at_ms")?) as f64);
         }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
 
-use crate::farm::{Farm, S3, Setup};
+use crate::farm::{self, S3, Setup, Timed};
 use crate::programs;
 use crate::stats::{Row, median};
 
@@ -105,7 +105,7 @@ async fn start_member(setup: &Setup, set: &Path, store: &S3, work: &Path, varian
     let mut extra = store.member_flags()?;
     extra.push(format!("--depset={}", set.display()));
     let started = now_ms()?;
-    let farm = Farm::spawn_leader(
+    let farm = farm::spawn_leader(
         setup,
         prebuilt.path(),
         Some(PathBuf::from(BUILD_ROOT)),
@@ -116,7 +116,7 @@ async fn start_member(setup: &Setup, set: &Path, store: &S3, work: &Path, varian
     let program = programs::write(work, "first-claim", variant, 0, 0, 0)?;
     let answering = Instant::now();
     let id = loop {
-        match farm.submit("first-claim", &program).await {
+        match farm.submit_program("first-claim", &program).await {
             Ok(id) => break id,
             Err(e) if answering.elapsed() > Duration::from_secs(60) => {
                 return Err(e.context("the new member's leader did not answer within a minute"));

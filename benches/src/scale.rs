@@ -15,7 +15,7 @@ use base64::Engine;
 use futures::StreamExt;
 use kiln_proto::cluster_client::ClusterClient;
 
-use crate::farm::{Farm, Setup, TOKEN};
+use crate::farm::{self, Farm, Setup, TOKEN};
 use crate::stats::{Row, median, percentile};
 
 /// Simulated members, ordinals 1..=256; the leader is ordinal 0.
@@ -190,7 +190,7 @@ pub async fn catalog_at_scale(setup: &Setup, large: u64, quick: bool, say: &dyn 
         "--claim-lease=1h".to_owned(),
         "--heartbeat-window=10s".to_owned(),
     ];
-    let farm = Farm::spawn_leader(setup, prebuilt.path(), None, WORKERS, &extra, "warn");
+    let farm = farm::spawn_leader(setup, prebuilt.path(), None, WORKERS, &extra, "warn");
     let http = reqwest::Client::new();
     let url = farm.url();
     let answering = Instant::now();

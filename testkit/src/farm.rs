@@ -3,12 +3,14 @@
 //! [`ServerArgs`], the same struct `kiln server` parses.
 
 use std::ffi::OsString;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use kiln::server::ServerArgs;
 
-use crate::{Leader, Process, free_port};
+use crate::leader::Leader;
+use crate::machine::free_port;
+use crate::process::Process;
 
 /// What every member of a farm shares.
 #[derive(Debug, Clone)]
@@ -29,7 +31,54 @@ pub struct FarmSetup {
     /// generated token in `<member-0>/api-token`, as a real farm does.
     pub open_api: bool,
     /// Run the members as this user rather than as the test's (root).
-    pub run_as: Option<std::sync::Arc<crate::NonRoot>>,
+    pub run_as: Option<std::sync::Arc<crate::nonroot::NonRoot>>,
+}
+
+impl FarmSetup {
+    /// The end-to-end tests' preset: the dev profile (builds in seconds), fast
+    /// heartbeats and retries (a fault shows within seconds, not minutes), plain
+    /// cargo unless a test asks for sccache, the API open, members logging at info.
+    pub fn tests(kiln: PathBuf, depset_cache: PathBuf, cluster_token: &str) -> FarmSetup {
+        FarmSetup {
+            kiln,
+            depset_cache,
+            cluster_token: cluster_token.into(),
+            options: [
+                "--profile=dev",
+                "--heartbeat-interval=500ms",
+                "--heartbeat-window=3s",
+                "--upload-min-delay=100ms",
+                "--upload-max-delay=1s",
+            ]
+            .map(String::from)
+            .to_vec(),
+            cache_off_by_default: true,
+            log: "info".into(),
+            open_api: true,
+            run_as: None,
+        }
+    }
+
+    /// The benchmarks' preset: the profile being measured, the compile cache as
+    /// each comparison asks, the production heartbeats, members logging at `log`.
+    pub fn benchmarks(
+        kiln: PathBuf,
+        depset_cache: PathBuf,
+        cluster_token: &str,
+        profile: &str,
+        log: &str,
+    ) -> FarmSetup {
+        FarmSetup {
+            kiln,
+            depset_cache,
+            cluster_token: cluster_token.into(),
+            options: vec![format!("--profile={profile}")],
+            cache_off_by_default: false,
+            log: log.into(),
+            open_api: true,
+            run_as: None,
+        }
+    }
 }
 
 /// One member to start: its ordinal, N, and options of its own.
@@ -55,7 +104,7 @@ pub struct Farm {
     pub http: reqwest::Client,
     /// When set ([`Farm::serve_tls`]), the leader serves TLS with these
     /// certificates and every member and client trusts their CA.
-    pub tls: Option<std::sync::Arc<crate::TestCertificates>>,
+    pub tls: Option<std::sync::Arc<crate::certificates::TestCertificates>>,
 }
 
 impl Farm {
@@ -94,7 +143,7 @@ impl Farm {
 
     /// Serves TLS with `certs` (before any member starts): the leader's port and the
     /// workers' /healthz, every member trusting the CA, [`Farm::url`] https://.
-    pub fn serve_tls(&mut self, certs: std::sync::Arc<crate::TestCertificates>) {
+    pub fn serve_tls(&mut self, certs: std::sync::Arc<crate::certificates::TestCertificates>) {
         self.http = certs.client();
         self.tls = Some(certs);
     }
@@ -207,5 +256,65 @@ impl Farm {
             p.name = format!("{} (killed)", p.name);
             self.stopped.push(p);
         }
+    }
+
+    /// `GET path` of the leader, as JSON: (status, body).
+    pub async fn get_json(&self, path: &str) -> (u16, serde_json::Value) {
+        self.leader().get_json(path).await
+    }
+
+    /// Waits until `/cluster_healthz` answers 200.
+    pub async fn wait_healthy(&self, timeout: Duration) {
+        self.leader().wait_healthy(timeout).await
+    }
+
+    /// Waits until the leader answers at all (its members may still be preparing).
+    pub async fn wait_leader(&self, timeout: Duration) {
+        self.leader().wait_answering(timeout).await
+    }
+
+    /// Submits program directories through the real CLI (`kiln submit`), waiting
+    /// for their builds when `wait` is set.
+    pub fn submit(&self, dirs: &[&Path], wait: bool) -> std::process::Output {
+        let mut command = std::process::Command::new(&self.setup.kiln);
+        command.arg("submit").args(dirs).arg(format!("--leader={}", self.url()));
+        if let Some(certs) = &self.tls {
+            command.arg(format!("--tls-ca={}", certs.ca.display()));
+        }
+        if wait {
+            command.args(["--wait", "--timeout=5m"]);
+        }
+        command.output().expect("running kiln submit")
+    }
+
+    /// Pipeline `key`'s record as the API gives it (a test reads its fields).
+    pub async fn pipeline(&self, key: &str) -> serde_json::Value {
+        let (status, body) = self.get_json(&format!("/v0/pipelines/{key}")).await;
+        assert_eq!(status, 200, "GET pipeline {key}: {body}");
+        body
+    }
+
+    /// Waits until pipeline `key` reaches one of `statuses`; returns its record.
+    pub async fn wait_status(&self, key: &str, statuses: &[&str], timeout: Duration) -> serde_json::Value {
+        let what = format!("pipeline {key} reaches {statuses:?}");
+        crate::wait::wait_until(&what, timeout, Duration::from_millis(50), || async {
+            let record = self.pipeline(key).await;
+            if statuses.contains(&record["status"].as_str().unwrap_or("")) {
+                Ok(record)
+            } else {
+                Err(record.to_string())
+            }
+        })
+        .await
+    }
+
+    /// What member `ordinal` has logged so far.
+    pub fn member_log(&self, ordinal: u32) -> String {
+        self.members[ordinal as usize].as_ref().map(|p| p.output()).unwrap_or_default()
+    }
+
+    /// The leader's process id (0 when it is not running).
+    pub fn leader_pid(&self) -> u32 {
+        self.members[0].as_ref().map(|p| p.pid() as u32).unwrap_or(0)
     }
 }

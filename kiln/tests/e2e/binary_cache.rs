@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use crate::common::{Farm, KILN, Member, copy_program, examples, sha256, text};
+use crate::common::{Farm, KILN, Member, copy_program, examples, sha256, test_farm, text};
 use kiln_core::api::Status;
 
 const ENDED: [Status; 4] = [Status::Success, Status::CompileError, Status::SystemError, Status::Cancelled];
@@ -20,7 +20,7 @@ async fn started(farm: &mut Farm) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_program_built_before_is_served_at_once_under_any_name_and_nothing_else_is() {
-    let mut farm = Farm::new(1);
+    let mut farm = test_farm(1);
     started(&mut farm).await;
     let leader = farm.leader();
     let hello = examples().join("hello");
@@ -95,7 +95,7 @@ async fn two_farms_with_the_same_settings_build_the_same_bytes() {
     common::require_root("both farms build at one path through private mount namespaces");
     let mut shas = Vec::new();
     for farm_number in 0..2 {
-        let mut farm = Farm::new(1);
+        let mut farm = test_farm(1);
         farm.shared_build_root = Some(repro_root());
         started(&mut farm).await;
         let leader = farm.leader();

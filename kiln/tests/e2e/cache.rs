@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use crate::common::{
     Farm, KILN, Member, S3_ACCESS_KEY, S3_BUCKET, S3_SECRET_KEY, S3Server, copy_program, examples, free_port,
-    spawn_kiln, text,
+    spawn_kiln, test_farm, test_farm_as, text,
 };
 
 /// The one absolute path every member of a test farm builds at (each through its
@@ -37,7 +37,7 @@ async fn built(farm: &Farm, dir: &Path) -> serde_json::Value {
 #[tokio::test(flavor = "multi_thread")]
 async fn what_one_worker_compiled_is_a_hit_for_the_others_and_for_ci() {
     common::require_root("every member builds at one path through a private mount namespace");
-    let mut farm = Farm::new(2);
+    let mut farm = test_farm(2);
     farm.shared_build_root = Some(shared_build_root());
     let s3 = common::start_s3(farm.dir.path());
     farm.start(cached_member(0, 2, &s3));
@@ -58,8 +58,8 @@ async fn what_one_worker_compiled_is_a_hit_for_the_others_and_for_ci() {
     assert!(b["cache"]["hits"].as_u64().unwrap() >= 1, "B hit what A's worker compiled: {b}");
     assert_eq!(b["cache"]["misses"], 0, "B compiled nothing A had: {b}");
     // What B's hits saved is what compiling textops cost A's worker: recorded with
-    // the entry there, read back here (issue 16: it was 0 % when measured against
-    // the few milliseconds of reading the hits).
+    // the entry there, read back here (measured against the few milliseconds of
+    // reading the hits instead, it once came out as 0 %).
     let saved = b["cache"]["saved_ms"].as_u64().unwrap();
     assert!(saved > 0, "B's record says how much compile time its hits saved: {b}");
     assert!(saved <= a["compile_ms"].as_u64().unwrap(), "no more than A's whole build took: {a}\n{b}");
@@ -99,7 +99,7 @@ async fn what_one_worker_compiled_is_a_hit_for_the_others_and_for_ci() {
         .unwrap();
     assert_eq!(again["cache"]["misses"], 0, "every cacheable crate hit after the wipe: {again}\n{again_log}");
 
-    // 3. A CI job: the farm's environment, asked of the farm itself (issue 15), the
+    // 3. A CI job: the farm's environment, asked of the farm itself, the
     // farm's layout, a plain cargo build.
     let ci_env = Command::new(KILN).arg("ci-env").arg(format!("--leader={}", farm.url())).output().unwrap();
     assert!(ci_env.status.success(), "{}", text(&ci_env));
@@ -161,7 +161,7 @@ async fn what_one_worker_compiled_is_a_hit_for_the_others_and_for_ci() {
         stats["stats"]["cache_hits"]["counts"].as_object().unwrap().values().filter_map(|v| v.as_u64()).sum();
     assert!(hits >= 1, "the CI build hit what the farm stored: {stats}");
 
-    // Issue 15, shown 5: every metric the chart's Grafana dashboard queries is in a
+    // Every metric the chart's Grafana dashboard queries is in a
     // real scrape of this farm, which built with a shared cache.
     let exposition = farm.http.get(format!("{}/metrics", farm.url())).send().await.unwrap().text().await.unwrap();
     let scraped = common::dashboard::scraped_metric_names(&exposition);
@@ -225,7 +225,7 @@ async fn a_misconfigured_or_failing_store_is_reported_in_plain_words() {
         assert!(!output.contains(S3_SECRET_KEY) && !output.contains("wrong-secret"), "{name}: no secret in the log");
     }
 
-    let mut farm = Farm::new(1);
+    let mut farm = test_farm(1);
     farm.start(cached_member(0, 1, &s3));
     farm.wait_healthy(Duration::from_secs(300)).await;
     s3.stop();
@@ -290,7 +290,7 @@ async fn prune_deletes_only_what_its_limits_select_under_the_prefix() {
     assert!(outside.exists(), "nothing outside the key prefix is touched");
 }
 
-/// Issue 11, point 7: a farm whose members are not root (they run as `nobody`)
+/// A farm whose members are not root (they run as `nobody`)
 /// builds in the sandbox (bubblewrap in a user namespace), at one build-root path
 /// (the member's own user namespace gives it a private mount), so what one worker
 /// compiled is a hit for the other, as with root.
@@ -298,7 +298,7 @@ async fn prune_deletes_only_what_its_limits_select_under_the_prefix() {
 async fn a_farm_of_non_root_members_shares_its_cache_across_workers() {
     common::require_root("the test makes the non-root user's home and becomes that user with setpriv");
     let user = std::sync::Arc::new(kiln_testkit::NonRoot::prepare(Path::new(KILN), &common::sccache()));
-    let mut farm = Farm::with_user(2, Some(user.clone()));
+    let mut farm = test_farm_as(2, user.clone());
     let build_root = user.home.path().join("build-root");
     farm.shared_build_root = Some(build_root.clone());
     let s3 = common::start_s3(farm.dir.path());

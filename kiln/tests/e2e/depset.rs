@@ -1,4 +1,4 @@
-//! End-to-end tests of the operator's dependency set (issue 13): a set made with
+//! End-to-end tests of the operator's dependency set: a set made with
 //! `kiln depset create` from real crates of crates.io, vendored once (with the
 //! network) and kept in `~/.cache/kiln/test-depsets/`, then used offline by real
 //! farms.
@@ -9,7 +9,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use crate::common::{
-    Farm, KILN, Member, examples, free_port, processes_mentioning, sha256, spawn_kiln, text, wait_until, write_program,
+    KILN, Member, examples, free_port, processes_mentioning, sha256, spawn_kiln, test_farm, text, wait_until,
+    write_program,
 };
 
 /// The operator's manifest: real crates, with the features the programs use.
@@ -129,7 +130,7 @@ fn copied_crates(parent: &Path) -> PathBuf {
     dir
 }
 
-/// Issue 13, tests 1, 2 and 3: `kiln up --depset` with a set of real crates builds a
+/// `kiln up --depset` with a set of real crates builds a
 /// program using all of them on each ordinal; a program of crates copied from
 /// crates.io builds as it is and matches a plain `cargo build`; programs asking for
 /// a crate, a version or a feature the set lacks are refused, naming it and what
@@ -155,7 +156,7 @@ async fn a_farm_builds_programs_against_the_operators_set_and_refuses_what_it_la
         "--no-api-token=true".into(),
     ];
     let mut up = spawn_kiln("kiln-up", dir.path(), &up_args);
-    let mut farm = Farm::new(0);
+    let mut farm = test_farm(0);
     farm.port = port;
     farm.wait_healthy(Duration::from_secs(900)).await;
     let (_, health) = farm.get_json("/cluster_healthz").await;
@@ -244,7 +245,7 @@ async fn a_farm_builds_programs_against_the_operators_set_and_refuses_what_it_la
     assert!(left.is_empty(), "{left:?}");
 }
 
-/// Issue 13, test 4: a member started with another set is named in
+/// A member started with another set is named in
 /// /cluster_healthz (503) and given no work until it matches; the records name the
 /// leader's set.
 #[tokio::test(flavor = "multi_thread")]
@@ -252,7 +253,7 @@ async fn a_member_with_another_set_gets_no_work_until_it_matches() {
     let set = real_set();
     let fingerprint = fingerprint_of(&set);
     let with_set = vec![format!("--depset={}", set.display())];
-    let mut farm = Farm::new(2);
+    let mut farm = test_farm(2);
     farm.start(Member { ordinal: 0, workers: 2, extra: with_set.clone() });
     // Member 1 runs the built-in set.
     farm.start(Member { ordinal: 1, workers: 2, extra: Vec::new() });
@@ -284,7 +285,7 @@ async fn a_member_with_another_set_gets_no_work_until_it_matches() {
     farm.wait_healthy(Duration::from_secs(60)).await;
 }
 
-/// Issue 13, test 5: `kiln depset check` names the vendored crate whose file was
+/// `kiln depset check` names the vendored crate whose file was
 /// altered, and a member refuses to install such a set.
 #[test]
 fn an_altered_set_is_refused_naming_the_crate() {

@@ -7,8 +7,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use crate::common::{
-    Farm, KILN, Member, TOKEN, examples, free_port, manifest, processes_mentioning, sha256, spawn_kiln, text,
-    wait_until, write_program,
+    Farm, KILN, Member, TOKEN, examples, free_port, manifest, processes_mentioning, sha256, spawn_kiln, test_farm,
+    text, wait_until, write_program,
 };
 use kiln_proto::cluster_client::ClusterClient;
 use kiln_proto::upload_chunk::Part;
@@ -26,7 +26,7 @@ fn member(ordinal: u32, workers: u32) -> Member {
 
 /// A farm of `workers` separately started members, healthy.
 async fn healthy_farm(workers: u32) -> Farm {
-    let mut farm = Farm::new(workers as usize);
+    let mut farm = test_farm(workers as usize);
     for ordinal in 0..workers {
         farm.start(member(ordinal, workers));
     }
@@ -41,7 +41,7 @@ fn example_dirs() -> Vec<std::path::PathBuf> {
 
 /// 1. `kiln up` with three workers builds every example: each on ordinal `id % 3`,
 /// each download matching its SHA-256 and running; Ctrl-C leaves no process behind.
-/// Its API wants the token it generated (issue 12, point 4), which the client
+/// Its API wants the token it generated, which the client
 /// commands run from the same directory find without flags.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_local_farm_builds_every_example_on_its_ordinal() {
@@ -63,7 +63,7 @@ async fn a_local_farm_builds_every_example_on_its_ordinal() {
     ];
     let mut up = spawn_kiln("kiln-up", dir.path(), &up_args);
     // A handle on kiln up's leader, for the HTTP helpers; its members are kiln up's.
-    let mut farm = Farm::new(0);
+    let mut farm = test_farm(0);
     farm.port = port;
     farm.wait_healthy(Duration::from_secs(300)).await;
 
@@ -115,7 +115,7 @@ async fn a_local_farm_builds_every_example_on_its_ordinal() {
     let left = processes_mentioning(data_dir.to_str().unwrap());
     assert!(left.is_empty(), "no member process is left behind: {left:?}");
 
-    // Issue 15: a quiet terminal (here a pipe): the URLs and a line per member, no
+    // A quiet terminal (here a pipe): the URLs and a line per member, no
     // member log line; the members' logs are in their files.
     let said = up.output();
     assert!(said.contains(&format!("leader at http://127.0.0.1:{port}")), "the leader's URL: {said}");
@@ -131,7 +131,7 @@ async fn a_local_farm_builds_every_example_on_its_ordinal() {
     assert!(member_lines.is_empty(), "no member log line on the terminal: {member_lines:#?}");
 }
 
-/// Issue 15, point 4: a member that fails the same way before it was ever ready
+/// A member that fails the same way before it was ever ready
 /// stops `kiln up` with its error and a non-zero exit, rather than a restart loop.
 #[tokio::test(flavor = "multi_thread")]
 async fn kiln_up_gives_up_on_a_crash_loop() {
@@ -163,7 +163,7 @@ async fn kiln_up_gives_up_on_a_crash_loop() {
 /// refused with the rule named; neither disturbs what is already built.
 #[tokio::test(flavor = "multi_thread")]
 async fn compile_errors_and_bad_programs_are_reported_without_disturbing_others() {
-    let mut farm = Farm::new(2);
+    let mut farm = test_farm(2);
     farm.start(member(0, 2));
     farm.start(member(1, 2));
     farm.wait_healthy(Duration::from_secs(300)).await;
@@ -247,7 +247,7 @@ async fn compile_errors_and_bad_programs_are_reported_without_disturbing_others(
 /// included (here a build script that would sleep for ten minutes).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_new_version_cancels_the_build_in_flight() {
-    let mut farm = Farm::new(1);
+    let mut farm = test_farm(1);
     farm.start(member(0, 1));
     farm.wait_healthy(Duration::from_secs(300)).await;
     let slow_build = "fn main() { std::thread::sleep(std::time::Duration::from_secs(600)); }";
@@ -320,7 +320,7 @@ async fn uploads_survive_a_leader_restart() {
 /// 4. The leader stays away longer than the upload budget: `Failed to upload binary`.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_exhausted_upload_budget_is_a_system_error() {
-    let mut farm = Farm::new(2);
+    let mut farm = test_farm(2);
     farm.start(member(0, 2));
     farm.start(Member { ordinal: 1, workers: 2, extra: vec!["--upload-budget=2s".into()] });
     farm.wait_healthy(Duration::from_secs(300)).await;
@@ -363,7 +363,7 @@ fn with_token<T>(message: T, token: &str) -> tonic::Request<T> {
 /// cluster token are refused.
 #[tokio::test(flavor = "multi_thread")]
 async fn corrupted_uploads_and_calls_without_the_token_are_refused() {
-    let mut farm = Farm::new(1);
+    let mut farm = test_farm(1);
     farm.start(Member { ordinal: 0, workers: 1, extra: vec!["--api-token=user-api-token".into()] });
     farm.wait_healthy(Duration::from_secs(300)).await;
     let mut client = grpc(&farm).await;
@@ -381,7 +381,7 @@ async fn corrupted_uploads_and_calls_without_the_token_are_refused() {
         },
         kiln_proto::UploadChunk { part: Some(Part::Data(bytes::Bytes::from_static(b"tampered"))) },
     ];
-    // An upload names its claim, and only the claim's holder may send one (issue 12):
+    // An upload names its claim, and only the claim's holder may send one:
     // a stranger's is refused before any byte is stored. (The hash check of a
     // holder's upload is `artifacts::tests::a_mismatch_leaves_nothing_behind`.)
     let refused = client.upload_artifact(with_token(futures::stream::iter(chunks), TOKEN)).await.unwrap_err();
@@ -464,7 +464,7 @@ async fn the_scaling_guard_fires_with_the_exact_message() {
         too_high.output()
     );
 
-    let mut farm = Farm::new(2);
+    let mut farm = test_farm(2);
     farm.start(member(0, 2));
     farm.wait_leader(Duration::from_secs(60)).await;
     // Pipeline 1 belongs to ordinal 1, which is not running: it stays pending.
@@ -498,7 +498,7 @@ async fn the_scaling_guard_fires_with_the_exact_message() {
 /// back as a cache hit.
 #[tokio::test(flavor = "multi_thread")]
 async fn builds_through_sccache_record_its_figures() {
-    let mut farm = Farm::new(1);
+    let mut farm = test_farm(1);
     let with_cache = || Member {
         ordinal: 0,
         workers: 1,
@@ -550,14 +550,14 @@ async fn builds_through_sccache_record_its_figures() {
     );
 }
 
-/// Issue 12, test 2: a client with the cluster token, but not the member's own
+/// A client with the cluster token, but not the member's own
 /// incarnation, cannot take over an ordinal while its member reports, claim its
 /// work, report or upload for its claim, or finish it with another pipeline's
 /// binary; `/cluster_healthz` names the conflict, the real build completes and
 /// the victim's download is the real binary.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stolen_cluster_token_cannot_hijack_a_members_claims() {
-    let mut farm = Farm::new(1);
+    let mut farm = test_farm(1);
     farm.start(member(0, 1));
     farm.wait_healthy(Duration::from_secs(300)).await;
     let other = farm.submit(&[&examples().join("hello")], true);
@@ -663,7 +663,7 @@ async fn a_stolen_cluster_token_cannot_hijack_a_members_claims() {
     );
 }
 
-/// Issue 12, point 5: a farm whose leader serves TLS (a CA and a certificate made
+/// A farm whose leader serves TLS (a CA and a certificate made
 /// in the test with rcgen) builds the examples end to end: both members report and
 /// upload over TLS, the CLI submits, waits and downloads over TLS, and a worker's
 /// /healthz is HTTPS too. A client without the CA, or with another CA, gets a plain
@@ -675,7 +675,7 @@ async fn a_stolen_cluster_token_cannot_hijack_a_members_claims() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_farm_over_tls_builds_end_to_end_and_plain_or_untrusted_clients_get_plain_errors() {
     let certs = std::sync::Arc::new(kiln_testkit::TestCertificates::new());
-    let mut farm = Farm::new(2);
+    let mut farm = test_farm(2);
     farm.serve_tls(certs.clone());
     let health_port = free_port();
     farm.start(member(0, 2));

@@ -105,7 +105,7 @@ const VALUE_SETS: [(&str, &[&str]); 9] = [
             "depset.volume.persistentVolumeClaim.readOnly=true",
         ],
     ),
-    // Issue 15, point 6: every value of a chart ready for production at once.
+    // Every value of a chart ready for production at once.
     (
         "production",
         &[
@@ -222,7 +222,7 @@ fn each_value_set_produces_what_it_says() {
     assert_eq!(binding["subjects"][0]["name"], "kiln-compiler-server");
     let token = find(&defaults, "Secret", "kiln-cluster-token");
     assert!(token["data"]["token"].as_str().unwrap().len() >= 48);
-    // Issue 12, point 6: members reach each other on the leader's port; the API's
+    // Members reach each other on the leader's port; the API's
     // clients come from where the values say (by default the release's namespace).
     let policy = find(&defaults, "NetworkPolicy", "kiln-compiler-server");
     assert_eq!(policy["spec"]["policyTypes"], serde_json::json!(["Ingress"]));
@@ -248,7 +248,7 @@ fn each_value_set_produces_what_it_says() {
     assert!(render(&["leader.bindAddress=everywhere"]).is_err(), "not an address: refused by the schema");
     let off = documents(&render(&["networkPolicy.enabled=false"]).unwrap());
     assert!(!off.iter().any(|d| d["kind"] == "NetworkPolicy"));
-    // Issue 12, point 4: the API wants a token by default, generated like the
+    // The API wants a token by default, generated like the
     // cluster token and mounted as a file readable by the member only.
     let api = find(&defaults, "Secret", "kiln-api-token");
     assert!(api["data"]["token"].as_str().unwrap().len() >= 48);
@@ -303,7 +303,7 @@ fn each_value_set_produces_what_it_says() {
     let account = find(&irsa, "ServiceAccount", "kiln-compiler-server");
     assert_eq!(account["metadata"]["annotations"]["eks.amazonaws.com/role-arn"], "arn:aws:iam::123456789012:role/kiln");
 
-    // Issue 12, point 5: TLS mounts the kubernetes.io/tls Secret (cert-manager's
+    // TLS mounts the kubernetes.io/tls Secret (cert-manager's
     // keys) readable by the member only, and switches every URL and probe to https.
     let tls = documents(&render(VALUE_SETS[5].1).unwrap());
     let sts = find(&tls, "StatefulSet", "kiln-compiler-server");
@@ -330,7 +330,7 @@ fn each_value_set_produces_what_it_says() {
     assert!(env_value(plain, "KILN_TLS_CERT").is_none(), "no TLS unless asked");
     assert_eq!(plain["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["httpGet"]["scheme"], "HTTP");
 
-    // Issue 13: the operator's set from the image (a path) or from a volume.
+    // The operator's set from the image (a path) or from a volume.
     let with_set = documents(&render(VALUE_SETS[6].1).unwrap());
     let sts = find(&with_set, "StatefulSet", "kiln-compiler-server");
     assert_eq!(env_value(sts, "KILN_DEPSET").unwrap()["value"], "/opt/team/depset");
@@ -357,7 +357,7 @@ fn selects(match_labels: &Value, labels: &Value) -> bool {
     match_labels.as_object().is_some_and(|m| !m.is_empty() && m.iter().all(|(k, v)| labels[k.as_str()] == *v))
 }
 
-/// Issue 15, point 6: a chart ready for production. The defaults request resources
+/// A chart ready for production. The defaults request resources
 /// sized for compiling, give the first start 30 minutes, and keep a
 /// PodDisruptionBudget; the ServiceMonitor and the dashboard come only when asked,
 /// and every value says what it asks.
@@ -461,7 +461,7 @@ fn production_values_produce_what_they_say() {
     assert!(container.get("startupProbe").is_none());
 }
 
-/// Issue 15, point 6: the dashboard parses, has its panels, queries through its
+/// The dashboard parses, has its panels, queries through its
 /// Prometheus datasource variable, and uses only metrics the leader exports.
 #[test]
 fn the_dashboard_has_its_panels_and_uses_only_exported_metrics() {
@@ -675,7 +675,7 @@ fn authorized<T>(message: T) -> tonic::Request<T> {
     request
 }
 
-/// Issue 12, point 3: with N from the Kubernetes API, a caller holding the cluster
+/// With N from the Kubernetes API, a caller holding the cluster
 /// token cannot make the leader panic by reporting another N: its heartbeats and
 /// claims are refused (FAILED_PRECONDITION, naming both sizes) and the leader keeps
 /// serving; only the API's own count trips the guard.

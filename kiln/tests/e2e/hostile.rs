@@ -5,10 +5,10 @@
 use crate::common;
 use std::time::Duration;
 
-use crate::common::{Farm, Member, examples, manifest, text, write_program};
+use crate::common::{Farm, Member, examples, manifest, test_farm, test_farm_as, text, write_program};
 
 async fn one_member_farm() -> Farm {
-    let mut farm = Farm::new(1);
+    let mut farm = test_farm(1);
     farm.start(Member { ordinal: 0, workers: 1, extra: Vec::new() });
     farm.wait_healthy(Duration::from_secs(300)).await;
     farm
@@ -186,7 +186,7 @@ async fn a_build_reaches_no_secret_no_network_and_leaves_no_process() {
 /// `--sandbox=off` it builds, and says so.
 #[tokio::test(flavor = "multi_thread")]
 async fn without_a_sandbox_a_member_refuses_to_build_unless_told_to() {
-    let mut farm = Farm::new(1);
+    let mut farm = test_farm(1);
     farm.start(Member { ordinal: 0, workers: 1, extra: vec!["--sandbox-bwrap=/nonexistent/bwrap".into()] });
     farm.wait_leader(Duration::from_secs(300)).await;
     let output = farm.submit(&[&examples().join("hello")], false);
@@ -271,7 +271,7 @@ async fn a_build_cannot_change_what_a_later_build_sees() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_build_cannot_change_what_a_later_build_sees_through_an_overlay() {
     common::require_root("a member's private mount namespace needs root here");
-    let mut farm = Farm::new(1);
+    let mut farm = test_farm(1);
     farm.shared_build_root = Some(farm.dir.path().join("shared-root"));
     farm.start(Member { ordinal: 0, workers: 1, extra: Vec::new() });
     farm.wait_healthy(Duration::from_secs(300)).await;
@@ -316,7 +316,7 @@ async fn poison_then_rebuild(farm: Farm) -> Farm {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_memory_hog_and_a_fork_bomb_hit_their_limits_and_the_worker_goes_on() {
     common::require_root("the process limit counts the build user's processes, and only a root member has one");
-    let mut farm = Farm::new(1);
+    let mut farm = test_farm(1);
     // Its own build user, so the bomb's process count is this farm's alone.
     let extra = ["--build-memory=512M", "--build-processes=48", "--build-uid=64123"].map(String::from).to_vec();
     farm.start(Member { ordinal: 0, workers: 1, extra });
@@ -446,7 +446,7 @@ pub fn snoop(_: proc_macro::TokenStream) -> proc_macro::TokenStream {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_proc_macro_under_the_compile_cache_is_confined_like_a_build_script() {
     common::require_root("builds run as an unprivileged build user only when the member is root");
-    let mut farm = Farm::new(1);
+    let mut farm = test_farm(1);
     let s3 = common::start_s3(farm.dir.path());
     let mut extra = vec!["--sccache=auto".to_owned(), format!("--sccache-binary={}", common::sccache().display())];
     extra.extend(s3.flags(common::S3_BUCKET, common::S3_SECRET_KEY));
@@ -525,7 +525,7 @@ async fn a_proc_macro_under_the_compile_cache_is_confined_like_a_build_script() 
 /// every later build starts from is made from nothing, not from that `target/`.
 #[tokio::test(flavor = "multi_thread")]
 async fn leftovers_in_target_never_become_the_pristine_set() {
-    let mut farm = Farm::new(1);
+    let mut farm = test_farm(1);
     let root = farm.build_root(0);
     let planted = root.join("target/debug/deps/libplanted-0123456789abcdef.rlib");
     std::fs::create_dir_all(planted.parent().unwrap()).unwrap();
@@ -548,7 +548,7 @@ async fn a_pipeline_reuses_only_its_own_earlier_outputs() {
         if private_mounts && !nix::unistd::geteuid().is_root() {
             continue;
         }
-        let mut farm = Farm::new(1);
+        let mut farm = test_farm(1);
         if private_mounts {
             farm.shared_build_root = Some(farm.dir.path().join("shared-root"));
         }
@@ -627,7 +627,7 @@ async fn wait_for_no_sleepers(tag: &str, after: &str) {
 /// it when it is cancelled by a new version and when it times out.
 #[tokio::test(flavor = "multi_thread")]
 async fn detached_processes_end_with_a_cancelled_or_timed_out_build() {
-    let mut farm = Farm::new(1);
+    let mut farm = test_farm(1);
     farm.start(Member { ordinal: 0, workers: 1, extra: vec!["--build-timeout=20s".into()] });
     farm.wait_healthy(Duration::from_secs(300)).await;
 
@@ -654,7 +654,7 @@ async fn detached_processes_end_with_a_cancelled_or_timed_out_build() {
     assert!(output.status.success(), "the worker goes on: {}", text(&output));
 }
 
-/// Issue 12, test 1: package names that would make a path are refused at
+/// Package names that would make a path are refused at
 /// submission and by `kiln layout`, naming the rule, and nothing is written
 /// outside the build root.
 #[tokio::test(flavor = "multi_thread")]
@@ -795,7 +795,7 @@ fn main() {
 }
 "#;
 
-/// Issue 27, 1: a build script plants a forged entry under the key of a crate that
+/// A build script plants a forged entry under the key of a crate that
 /// another program will compile, the key learnt on another farm with the same
 /// settings (same build root, toolchain, dependency set, sccache). The victim's
 /// binary is still its own, no other submission is served a forged binary, and
@@ -806,7 +806,7 @@ async fn a_forged_cache_entry_reaches_no_other_program(kind: &str) {
     // The attacker's own farm: learns the honest crate's key, and an entry of the
     // same crate with other contents.
     let (learnt, evil_entry) = {
-        let mut farm = Farm::new(1);
+        let mut farm = test_farm(1);
         farm.shared_build_root = Some(build_root.clone());
         let store = Store::start(kind, &farm.dir.path().join("store"));
         farm.start(Member { ordinal: 0, workers: 1, extra: store.flags() });
@@ -824,7 +824,7 @@ async fn a_forged_cache_entry_reaches_no_other_program(kind: &str) {
     };
 
     // The victim's farm, same settings, a store of its own.
-    let mut farm = Farm::new(1);
+    let mut farm = test_farm(1);
     farm.shared_build_root = Some(build_root);
     let store = Store::start(kind, &farm.dir.path().join("store"));
     farm.start(Member { ordinal: 0, workers: 1, extra: store.flags() });
@@ -933,7 +933,7 @@ fn main() {
 }
 "#;
 
-/// Issue 27, 2 and 3: links a build plants lead nowhere. A process left behind
+/// Links a build plants lead nowhere. A process left behind
 /// renames a link (to a root-only secret, to `/proc/self/environ`, to `/dev/zero`)
 /// or a FIFO over the binary as soon as cargo has made it: no download holds a
 /// secret, the build ends `compile_error` saying what it found, and the ordinal
@@ -952,7 +952,7 @@ async fn links_a_build_plants_lead_nowhere_as_a_non_root_member() {
     common::require_root("the test makes the non-root user's home and becomes that user with setpriv");
     let user =
         std::sync::Arc::new(kiln_testkit::NonRoot::prepare(std::path::Path::new(common::KILN), &common::sccache()));
-    let mut farm = Farm::with_user(1, Some(user.clone()));
+    let mut farm = test_farm_as(1, user.clone());
     farm.start(Member { ordinal: 0, workers: 1, extra: Vec::new() });
     farm.wait_healthy(Duration::from_secs(600)).await;
     links_lead_nowhere(farm, Some(&user)).await;
@@ -1052,13 +1052,13 @@ async fn links_lead_nowhere(farm: Farm, user: Option<&kiln_testkit::NonRoot>) {
     let _ = farm.member(0).terminate();
 }
 
-/// Issue 27, 4: a pipeline whose builds take their member down (here the member
+/// A pipeline whose builds take their member down (here the member
 /// is SIGKILLed while it builds, as an OOM kill of its pod would) is built again
 /// twice, then ends `system_error` saying why, instead of going back to the queue
 /// for good; the member then builds the next program.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_build_that_keeps_killing_its_member_ends_system_error() {
-    let mut farm = Farm::new(2);
+    let mut farm = test_farm(2);
     let member = |ordinal| Member { ordinal, workers: 2, extra: Vec::new() };
     farm.start(member(0));
     farm.start(member(1));
@@ -1094,7 +1094,7 @@ async fn a_build_that_keeps_killing_its_member_ends_system_error() {
     assert!(output.status.success(), "{}", text(&output));
 }
 
-/// Issue 27, 4: a fork bomb, a build that writes 1 GiB to /tmp over and over, one
+/// A fork bomb, a build that writes 1 GiB to /tmp over and over, one
 /// that prints a 3 GiB line without a newline, and one that fills its `target/`
 /// past `--build-disk` and waits, each on ordinal 0 of a
 /// two-member farm, while ordinal 1 builds honest programs: each attack fails its
@@ -1103,7 +1103,7 @@ async fn a_build_that_keeps_killing_its_member_ends_system_error() {
 #[tokio::test(flavor = "multi_thread")]
 async fn attacks_on_one_member_fail_their_builds_while_the_other_builds() {
     common::require_root("the build's cgroup, its sized /tmp and its own build user need a root member");
-    let mut farm = Farm::new(2);
+    let mut farm = test_farm(2);
     farm.shared_build_root = Some(std::path::PathBuf::from("/tmp/kiln-test-containment"));
     let limits = ["--build-processes=128", "--build-tmp-size=512M", "--build-disk=1G"].map(String::from).to_vec();
     farm.start(Member { ordinal: 0, workers: 2, extra: limits });
@@ -1262,7 +1262,7 @@ fn main() {
 }
 "#;
 
-/// Issue 27, 3: the chart's path. A member that is not root, renewing `target/`
+/// The chart's path. A member that is not root, renewing `target/`
 /// without a mount namespace of its own (as the chart's pod without user
 /// namespaces does), with secrets where the chart mounts them: a build reads no
 /// secret, and its rewrite of every rlib it can find leaves the member's prebuilt
@@ -1285,7 +1285,7 @@ async fn a_non_root_members_build_reads_no_secret_and_leaves_its_prebuilt_set_al
         std::fs::set_permissions(secret, std::os::unix::fs::PermissionsExt::from_mode(0o400)).unwrap();
         user.give(secret);
     }
-    let mut farm = Farm::with_user(1, Some(user.clone()));
+    let mut farm = test_farm_as(1, user.clone());
     farm.start(Member { ordinal: 0, workers: 1, extra: Vec::new() });
     farm.wait_healthy(Duration::from_secs(600)).await;
     let (_, health) = farm.get_json("/cluster_healthz").await;
@@ -1349,7 +1349,7 @@ while left:
 print("all closed", flush=True)
 "#;
 
-/// Issue 27, 4: 20,000 connections that never send a byte (held by two client
+/// 20,000 connections that never send a byte (held by two client
 /// processes, as one process may hold only 20,000 files here), against a leader
 /// whose cap is 2,000. A new connection takes the place of the oldest silent one,
 /// so `/healthz` still answers (its time is printed; speed is the benchmarks' to
@@ -1358,7 +1358,7 @@ print("all closed", flush=True)
 #[tokio::test(flavor = "multi_thread")]
 async fn twenty_thousand_silent_connections_neither_lock_out_a_probe_nor_stay_open() {
     use std::io::BufRead;
-    let mut farm = Farm::new(1);
+    let mut farm = test_farm(1);
     farm.start(Member { ordinal: 0, workers: 1, extra: vec!["--max-connections=2000".into()] });
     farm.wait_healthy(Duration::from_secs(300)).await;
     let mut clients = Vec::new();

@@ -1,4 +1,4 @@
-//! End-to-end tests of a farm that runs for months (issue 14): files no pipeline
+//! End-to-end tests of a farm that runs for months: files no pipeline
 //! references are collected after the retention, a claim its worker stops
 //! reporting goes back to pending after the lease, and a stored binary that fails
 //! its hash is rebuilt while downloads say so. Real `kiln server` processes; the
@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use crate::common::{Farm, KILN, Member, TOKEN, manifest, sha256, text, wait_until, write_program};
+use crate::common::{Farm, KILN, Member, TOKEN, manifest, sha256, test_farm, text, wait_until, write_program};
 use kiln_proto::cluster_client::ClusterClient;
 
 fn program(parent: &Path, name: &str, greeting: &str) -> PathBuf {
@@ -45,12 +45,12 @@ fn download_and_run(farm: &Farm, key: &str) -> String {
     String::from_utf8_lossy(&Command::new(&binary).output().unwrap().stdout).into_owned()
 }
 
-/// Issue 14, test 1: with `--retention 2s`, a deleted pipeline's binary and source
+/// With `--retention 2s`, a deleted pipeline's binary and source
 /// are removed shortly after; a pipeline sharing them keeps them, and still
 /// downloads.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_deleted_pipelines_files_go_after_the_retention_and_shared_ones_stay() {
-    let mut farm = Farm::new(1);
+    let mut farm = test_farm(1);
     farm.start(Member { ordinal: 0, workers: 1, extra: vec!["--retention=2s".into()] });
     farm.wait_healthy(Duration::from_secs(300)).await;
     let shared = program(farm.dir.path(), "shared", "built once, used twice");
@@ -93,13 +93,13 @@ async fn a_deleted_pipelines_files_go_after_the_retention_and_shared_ones_stay()
     assert_eq!(again.status.as_str(), "success");
 }
 
-/// Issue 14, test 4: a byte of a stored binary flipped on disk. The next download
+/// A byte of a stored binary flipped on disk. The next download
 /// answers 503 "being rebuilt" (not 404), every pipeline that used that binary is
 /// built again (attempt 2, the reason in its history), and the new download
 /// verifies and runs.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_corrupt_binary_is_rebuilt_and_downloads_say_so_meanwhile() {
-    let mut farm = Farm::new(1);
+    let mut farm = test_farm(1);
     farm.start(Member { ordinal: 0, workers: 1, extra: vec![] });
     farm.wait_healthy(Duration::from_secs(300)).await;
     let dir = program(farm.dir.path(), "fragile", "rebuilt after a bad disk");
@@ -141,13 +141,13 @@ async fn a_corrupt_binary_is_rebuilt_and_downloads_say_so_meanwhile() {
     assert!(farm.member(0).running());
 }
 
-/// Issue 14, test 3: a worker that claims a build and then stops reporting it
+/// A worker that claims a build and then stops reporting it
 /// (a gRPC client of the test's: it claims, then heartbeats naming no build) has
 /// it put back to pending for its ordinal after the lease, the reason in the
 /// record's history; the real worker of that ordinal then builds it (attempt 2).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_claim_its_worker_stops_reporting_goes_back_after_the_lease() {
-    let mut farm = Farm::new(2);
+    let mut farm = test_farm(2);
     farm.start(Member { ordinal: 0, workers: 2, extra: vec!["--claim-lease=2s".into()] });
     farm.wait_leader(Duration::from_secs(300)).await;
     let dir = program(farm.dir.path(), "orphan", "built by the real worker");
@@ -256,7 +256,7 @@ impl Drop for SmallVolume {
     }
 }
 
-/// Issue 14, test 2: the leader's data volume (a 48 MiB tmpfs made for the test;
+/// The leader's data volume (a 48 MiB tmpfs made for the test;
 /// the build root is bound in from the real disk) fills up. An upload that does not
 /// fit is refused as "disk full" and retried, not lost; past the critical watermark
 /// `/healthz` and `/cluster_healthz` name the volume and no work is handed out; a
@@ -266,7 +266,7 @@ impl Drop for SmallVolume {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_full_volume_loses_nothing_and_the_farm_builds_again_once_space_is_freed() {
     common::require_root("mounting a small volume");
-    let mut farm = Farm::new(2);
+    let mut farm = test_farm(2);
     let real_build = tempfile::tempdir().unwrap();
     let mut volume = SmallVolume::mount(&farm.member_dir(0), 48);
     volume.bind(real_build.path(), "build");
@@ -338,13 +338,13 @@ fn base64_of(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
-/// The list API pages (issue 14, point 3): pages follow the `Link` header to the
+/// The list API pages: pages follow the `Link` header to the
 /// end, filters by status and name prefix hold, `kiln status` sees every page, and
 /// hostile queries get a 400 that says what was wrong (or, for a name, are only
 /// ever echoed encoded), never a 500 or a forged header.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_list_pages_and_refuses_hostile_queries_in_words() {
-    let mut farm = Farm::new(1);
+    let mut farm = test_farm(1);
     farm.start(Member { ordinal: 0, workers: 1, extra: vec![] });
     farm.wait_healthy(Duration::from_secs(300)).await;
     for n in 0..5 {

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
-use crate::common::{Farm, KILN, Member, examples, processes_mentioning};
+use crate::common::{KILN, Member, examples, processes_mentioning, test_farm};
 
 static LAUNCHES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
@@ -134,7 +134,7 @@ async fn tampering_proxy(leader: String) -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_farm_built_word_count_gives_one_answer_on_any_number_of_hosts() {
     let _turn = one_launch_at_a_time().await;
-    let mut farm = Farm::new(1);
+    let mut farm = test_farm(1);
     farm.start(Member { ordinal: 0, workers: 1, extra: Vec::new() });
     farm.wait_healthy(Duration::from_secs(300)).await;
     let submitted = farm.submit(&[&examples().join("wordcount")], true);

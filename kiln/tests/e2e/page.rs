@@ -1,4 +1,4 @@
-//! Issue 15: what people look at. The status page in a real headless browser
+//! What people look at. The status page in a real headless browser
 //! (Debian's chromium, driven over its DevTools protocol), build progress as a
 //! pipeline of several crates compiles, and `kiln cancel` of a long build.
 
@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use crate::common::{Farm, KILN, Member, examples, manifest, processes_mentioning, text, wait_until, write_program};
+use crate::common::{
+    Farm, KILN, Member, examples, manifest, processes_mentioning, test_farm, text, wait_until, write_program,
+};
 use headless_chrome::protocol::cdp::Page::CaptureScreenshotFormatOption;
 use headless_chrome::{Browser, LaunchOptions, Tab};
 use kiln_core::api::{PipelineRecord, Status};
@@ -74,12 +76,12 @@ async fn wait_in_page(tab: &Tab, what: &str, js: &str, timeout: Duration) {
     .await
 }
 
-/// Issue 15, shown 1: the page, in a real browser, behind the token; members and
+/// The page, in a real browser, behind the token; members and
 /// pipelines with their statuses; a new submission appears without a reload; a
 /// hostile build log is shown as text and runs nothing.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_status_page_shows_the_farm_live_and_only_to_token_holders() {
-    let mut farm = Farm::new(2);
+    let mut farm = test_farm(2);
     for ordinal in 0..2 {
         farm.start(Member { ordinal, workers: 2, extra: vec![format!("--api-token={API_TOKEN}")] });
     }
@@ -275,12 +277,12 @@ fn main() {
 }
 "#;
 
-/// Issue 15, shown 2: a pipeline of five crates reports 0/5, then 4/5 while its
+/// A pipeline of five crates reports 0/5, then 4/5 while its
 /// last build script waits; `kiln cancel` ends that long build `cancelled` within
 /// seconds and leaves no process; the same program submitted again builds.
 #[tokio::test(flavor = "multi_thread")]
 async fn progress_goes_from_zero_to_n_and_cancel_stops_a_long_build() {
-    let mut farm = Farm::new(1);
+    let mut farm = test_farm(1);
     farm.start(Member { ordinal: 0, workers: 1, extra: vec![format!("--api-token={API_TOKEN}")] });
     farm.wait_healthy(Duration::from_secs(300)).await;
     let leader = leader(&farm);

@@ -1,16 +1,16 @@
-//! The end-to-end tests' defaults over the one test kit (`kiln-testkit`): the
-//! `kiln` binary under test, the test token, fast heartbeats, and helpers that
-//! read the API as JSON.
+//! What the end-to-end tests add to the one test kit (`kiln-testkit`): the `kiln`
+//! binary under test, the test token, the examples, programs written inline, and
+//! the tests' S3 bucket.
 
 pub mod dashboard;
 
 use std::ffi::OsString;
-use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
 
-pub use kiln_testkit::{Member, Process, free_port, processes_mentioning, require_root, sha256, wait_until};
+pub use kiln_testkit::{
+    Farm, FarmSetup, Member, Process, free_port, processes_mentioning, require_root, sha256, wait_until,
+};
 
 pub const KILN: &str = env!("CARGO_BIN_EXE_kiln");
 pub const TOKEN: &str = "test-cluster-token-0123456789";
@@ -51,107 +51,20 @@ pub fn spawn_kiln(name: &str, dir: &Path, args: &[String]) -> Process {
     Process::start(name, Path::new(KILN), &args, &[("KILN_LOG".into(), "info".into())], dir).unwrap()
 }
 
-/// A test farm: the kit's farm with the tests' member defaults (the dev profile,
-/// fast heartbeats and retries, plain cargo unless a test asks for sccache).
-pub struct Farm(kiln_testkit::Farm);
-
-impl Deref for Farm {
-    type Target = kiln_testkit::Farm;
-    fn deref(&self) -> &Self::Target {
-        &self.0
-    }
+/// A test farm: the kit's farm with the tests' preset ([`FarmSetup::tests`]) and
+/// the `kiln` binary under test.
+pub fn test_farm(slots: usize) -> Farm {
+    Farm::new(FarmSetup::tests(PathBuf::from(KILN), depset_cache(), TOKEN), slots)
 }
 
-impl DerefMut for Farm {
-    fn deref_mut(&mut self) -> &mut Self::Target {
-        &mut self.0
-    }
-}
-
-impl Farm {
-    pub fn new(slots: usize) -> Farm {
-        Farm::with_user(slots, None)
-    }
-
-    /// A farm whose members run as `user` (see `kiln_testkit::NonRoot`), with a
-    /// dependency set of their own.
-    pub fn with_user(slots: usize, user: Option<std::sync::Arc<kiln_testkit::NonRoot>>) -> Farm {
-        let (kiln, depset_cache) = match &user {
-            Some(user) => {
-                let cache = user.home.path().join("depset-cache");
-                std::fs::create_dir_all(&cache).unwrap();
-                user.give(&cache);
-                (user.kiln(), cache)
-            }
-            None => (PathBuf::from(KILN), depset_cache()),
-        };
-        let setup = kiln_testkit::FarmSetup {
-            kiln,
-            depset_cache,
-            cluster_token: TOKEN.into(),
-            options: [
-                "--profile=dev",
-                "--heartbeat-interval=500ms",
-                "--heartbeat-window=3s",
-                "--upload-min-delay=100ms",
-                "--upload-max-delay=1s",
-            ]
-            .map(String::from)
-            .to_vec(),
-            cache_off_by_default: true,
-            log: "info".into(),
-            open_api: true,
-            run_as: user,
-        };
-        Farm(kiln_testkit::Farm::new(setup, slots))
-    }
-
-    pub async fn get_json(&self, path: &str) -> (u16, serde_json::Value) {
-        self.leader().get_json(path).await
-    }
-
-    /// Waits until `/cluster_healthz` answers 200.
-    pub async fn wait_healthy(&self, timeout: Duration) {
-        self.leader().wait_healthy(timeout).await
-    }
-
-    /// Waits until the leader answers at all.
-    pub async fn wait_leader(&self, timeout: Duration) {
-        self.leader().wait_answering(timeout).await
-    }
-
-    /// Submits an examples directory (or any directory) through the real CLI.
-    pub fn submit(&self, dirs: &[&Path], wait: bool) -> std::process::Output {
-        let mut command = Command::new(KILN);
-        command.arg("submit").args(dirs).arg(format!("--leader={}", self.url()));
-        if let Some(certs) = &self.tls {
-            command.arg(format!("--tls-ca={}", certs.ca.display()));
-        }
-        if wait {
-            command.args(["--wait", "--timeout=5m"]);
-        }
-        command.output().unwrap()
-    }
-
-    pub async fn pipeline(&self, key: &str) -> serde_json::Value {
-        let (status, body) = self.get_json(&format!("/v0/pipelines/{key}")).await;
-        assert_eq!(status, 200, "GET pipeline {key}: {body}");
-        body
-    }
-
-    /// Waits until pipeline `key` reaches one of `statuses`.
-    pub async fn wait_status(&self, key: &str, statuses: &[&str], timeout: Duration) -> serde_json::Value {
-        let what = format!("pipeline {key} reaches {statuses:?}");
-        wait_until(&what, timeout, Duration::from_millis(50), || async {
-            let record = self.pipeline(key).await;
-            if statuses.contains(&record["status"].as_str().unwrap_or("")) {
-                Ok(record)
-            } else {
-                Err(record.to_string())
-            }
-        })
-        .await
-    }
+/// A test farm whose members run as `user` (see `kiln_testkit::NonRoot`), with the
+/// user's own copy of the binary and a dependency set of its own.
+pub fn test_farm_as(slots: usize, user: std::sync::Arc<kiln_testkit::NonRoot>) -> Farm {
+    let cache = user.home.path().join("depset-cache");
+    std::fs::create_dir_all(&cache).unwrap();
+    user.give(&cache);
+    let setup = FarmSetup { run_as: Some(user.clone()), ..FarmSetup::tests(user.kiln(), cache, TOKEN) };
+    Farm::new(setup, slots)
 }
 
 /// Writes a program into a new directory under `parent`.
