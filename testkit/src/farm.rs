@@ -6,7 +6,7 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use kiln::server::ServerArgs;
+use kiln::ServerArgs;
 
 use crate::{Leader, Process, free_port};
 
