@@ -21,7 +21,7 @@ pub struct SecretFile<'a> {
 impl SecretFile<'_> {
     /// The secret, trimmed of surrounding whitespace (a trailing newline an editor
     /// or `echo` left is not part of the token). Warns when users other than the
-    /// file's owner can read it.
+    /// file's owner can read it, naming the file and its flag.
     pub fn read(&self) -> anyhow::Result<String> {
         use std::os::unix::fs::MetadataExt;
         let file = self.path;
@@ -30,8 +30,12 @@ impl SecretFile<'_> {
         if let Ok(metadata) = std::fs::metadata(file)
             && metadata.mode() & 0o077 != 0
         {
+            // The file is named by its flag and its own name, not its whole path:
+            // a directory may be named after what it holds (a Secret's name, or
+            // in the tests the secret itself).
             tracing::warn!(
-                file = %file.display(),
+                file = %file.file_name().unwrap_or(file.as_os_str()).to_string_lossy(),
+                flag = self.flag,
                 mode = format!("{:o}", metadata.mode() & 0o777),
                 "{} is readable by other users: chmod 600 it (in the chart, the Secret's defaultMode)",
                 self.what
@@ -123,7 +127,8 @@ mod tests {
         let (token, log) = logged(|| secret(&file).read());
         assert_eq!(token.unwrap(), "s3cret-token", "surrounding whitespace and the newline are not the token");
         assert!(log.contains("the cluster token file is readable by other users: chmod 600 it"), "{log}");
-        assert!(log.contains("644"), "the mode is shown: {log}");
+        assert!(log.contains("644") && log.contains("--cluster-token-file"), "the mode and flag are shown: {log}");
+        assert!(!log.contains(&dir.path().display().to_string()), "only the file's own name is logged: {log}");
         assert!(!log.contains("s3cret-token"), "the secret itself is never logged: {log}");
 
         std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
