@@ -8,7 +8,7 @@ use base64::Engine;
 use kiln_core::api::{ErrorBody, PipelineRecord, SHA256_HEADER, SubmitFile, SubmitRequest, SubmitResponse};
 use kiln_core::program::ProgramFile;
 
-use crate::LeaderArgs;
+use crate::config::leader::LeaderArgs;
 
 #[derive(Debug, Clone)]
 pub struct Client {

@@ -6,7 +6,7 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use kiln::server::ServerArgs;
+use kiln::ServerArgs;
 
 use crate::leader::Leader;
 use crate::machine::free_port;

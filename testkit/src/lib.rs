@@ -5,7 +5,7 @@
 //!   a file that is printed when a test fails, killed with its group when dropped.
 //! - [`free_port`], [`wait_until`]: no fixed sleeps; wait for the event itself.
 //! - [`Leader`]: a typed client of the leader's API (`kiln_core::api` types).
-//! - [`Farm`]: members started one by one from [`kiln::server::ServerArgs`], so a
+//! - [`Farm`]: members started one by one from [`kiln::ServerArgs`], so a
 //!   test can kill and restart any of them.
 //! - [`S3Server`]: the real S3-compatible server s3s-fs on loopback.
 //! - [`TestCertificates`]: a CA and a leader certificate, for farms over TLS.

@@ -22,8 +22,12 @@ use std::sync::{Arc, Mutex};
 use kiln_process::supervisor::{Event, MemberLog, MemberSpec, RestartPolicy, Supervisor};
 
 use crate::client::Client;
-use crate::server::ServerArgs;
-use crate::{DEFAULT_PORT, LeaderArgs, commands, default_data_dir};
+use crate::cmd::status::print_table;
+use crate::cmd::submit::{report_failures, submit_dirs, wait_for};
+use crate::config::cache::CacheArgs;
+use crate::config::leader::{ApiTokenArgs, DEFAULT_PORT, LeaderArgs, default_data_dir};
+use crate::config::secret::SecretFile;
+use crate::config::server::{DEFAULT_PROFILE, ServerArgs};
 
 #[derive(Debug, Args)]
 pub struct UpArgs {
@@ -38,14 +42,14 @@ pub struct UpArgs {
     #[arg(long, env = "KILN_PORT", default_value_t = DEFAULT_PORT)]
     pub port: u16,
     /// The cargo profile pipelines are built with.
-    #[arg(long, env = "KILN_BUILD_PROFILE", default_value = "release")]
+    #[arg(long, env = "KILN_BUILD_PROFILE", default_value = DEFAULT_PROFILE)]
     pub profile: String,
     /// The build root every member sees: one absolute path, privately mounted over
     /// each member's own directory, so sccache hits are shared across members.
     #[arg(long, env = "KILN_BUILD_ROOT", default_value = "/tmp/kiln-farm/build-root")]
     pub build_root: PathBuf,
     #[command(flatten)]
-    pub cache: crate::cache::CacheArgs,
+    pub cache: CacheArgs,
     /// Where the prebuilt dependency set is kept, shared by the members. Defaults to
     /// <data-dir>/depset-cache.
     #[arg(long, env = "KILN_DEPSET_CACHE")]
@@ -79,13 +83,10 @@ pub const CRASH_LOOP_EXITS: u32 = 3;
 /// The farm's cluster token's file, made with a random token on first use.
 fn cluster_token_file(data_dir: &Path) -> anyhow::Result<PathBuf> {
     let path = data_dir.join("cluster-token");
-    crate::secret_file(&path)?;
+    SecretFile { path: &path, what: "the cluster token file", flag: "--data-dir" }.read_or_create()?;
     Ok(path)
 }
 
-/// Each member's `kiln server` arguments: the options given after `--`, then what
-/// the local farm decides (names, directories, the shared build root, the token).
-/// Built as [`ServerArgs`] and rendered by it, so a member reads exactly these.
 /// The farm's API token's file (beside the cluster token), unless the options after
 /// `--` give the API a token of their own or none.
 fn api_token_file(data_dir: &Path, base: &ServerArgs) -> anyhow::Result<Option<PathBuf>> {
@@ -96,15 +97,8 @@ fn api_token_file(data_dir: &Path, base: &ServerArgs) -> anyhow::Result<Option<P
         return Ok(Some(file.clone()));
     }
     let path = data_dir.join("api-token");
-    crate::secret_file(&path)?;
+    SecretFile { path: &path, what: "the API token file", flag: "--data-dir" }.read_or_create()?;
     Ok(Some(path))
-}
-
-/// The local leader's URL: https:// when the options after `--` give it a
-/// certificate (which must then hold 127.0.0.1).
-fn leader_url(base: &ServerArgs, port: u16) -> String {
-    let scheme = if base.tls.server().is_some() { "https" } else { "http" };
-    format!("{scheme}://127.0.0.1:{port}")
 }
 
 fn server_options(args: &UpArgs) -> anyhow::Result<ServerArgs> {
@@ -112,6 +106,9 @@ fn server_options(args: &UpArgs) -> anyhow::Result<ServerArgs> {
         .map_err(|e| anyhow::anyhow!("the `kiln server` options after `--` are not valid: {e}"))
 }
 
+/// Each member's `kiln server` arguments: the options given after `--`, then what
+/// the local farm decides (names, directories, the shared build root, the token).
+/// Built as [`ServerArgs`] and rendered by it, so a member reads exactly these.
 fn member_specs(args: &UpArgs, data_dir: &Path, token_file: &Path) -> anyhow::Result<Vec<MemberSpec>> {
     let program = std::env::current_exe().context("finding the kiln binary")?;
     let base = server_options(args)?;
@@ -133,11 +130,10 @@ fn member_specs(args: &UpArgs, data_dir: &Path, token_file: &Path) -> anyhow::Re
                     .or(base.depset.clone()),
                 cluster_token: None,
                 cluster_token_file: Some(token_file.to_owned()),
-                api: crate::ApiTokenArgs {
-                    api_token: base.api.api_token.clone(),
-                    api_token_file: api_token_file.clone(),
-                },
-                leader_url: Some(leader_url(&base, args.port)),
+                api: ApiTokenArgs { api_token: base.api.api_token.clone(), api_token_file: api_token_file.clone() },
+                // https:// when the options after `--` give the leader a certificate
+                // (which must then hold 127.0.0.1).
+                leader_url: Some(base.loopback_leader_url(args.port)),
                 listen: std::net::SocketAddr::from(([127, 0, 0, 1], args.port)),
                 profile: args.profile.clone(),
                 // Without a bucket, the members share one local sccache directory, so
@@ -244,11 +240,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     let token_file = cluster_token_file(&data_dir)?;
     let base = server_options(&args)?;
     let leader = LeaderArgs {
-        url: leader_url(&base, args.port),
-        api: crate::ApiTokenArgs {
-            api_token: base.api.api_token.clone(),
-            api_token_file: api_token_file(&data_dir, &base)?,
-        },
+        url: base.loopback_leader_url(args.port),
+        api: ApiTokenArgs { api_token: base.api.api_token.clone(), api_token_file: api_token_file(&data_dir, &base)? },
         tls_ca: base.tls.tls_ca.clone(),
     };
     if let Ok(stale) = std::net::TcpListener::bind(("127.0.0.1", args.port)) {
@@ -293,10 +286,10 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
             if dirs.is_empty() {
                 return std::future::pending().await;
             }
-            let submitted = commands::submit_dirs(&client, &dirs, None).await?;
-            let records = commands::wait_for(&client, &submitted, Duration::from_secs(3600)).await?;
-            commands::print_table(&records);
-            commands::report_failures(&client, &records).await
+            let submitted = submit_dirs(&client, &dirs, None).await?;
+            let records = wait_for(&client, &submitted, Duration::from_secs(3600)).await?;
+            print_table(&records);
+            report_failures(&client, &records).await
         }
     };
     tokio::pin!(job);

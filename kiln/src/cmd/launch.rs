@@ -24,7 +24,10 @@ use kiln_pipeline_runtime::contract::{self, HostArgs, Phase, RESTART_EXIT_CODE};
 use kiln_process::supervisor::{Event, MemberSpec, RestartPolicy, Supervisor};
 
 use crate::client::Client;
-use crate::{LeaderArgs, parse_duration};
+use crate::cmd::download::fetch_verified;
+use crate::config::command_line::CommandLine;
+use crate::config::leader::LeaderArgs;
+use crate::config::units::{parse_duration, parse_size};
 
 #[derive(Debug, Args)]
 pub struct LaunchArgs {
@@ -44,7 +47,7 @@ pub struct LaunchArgs {
     pub config: Option<PathBuf>,
     /// The most memory each host may use (e.g. 2G). Without it, this machine's memory
     /// is divided among the hosts.
-    #[arg(long, env = "KILN_LAUNCH_MEMORY_PER_HOST", value_parser = crate::cache::parse_size)]
+    #[arg(long, env = "KILN_LAUNCH_MEMORY_PER_HOST", value_parser = parse_size)]
     pub memory_per_host: Option<u64>,
     /// Where each member gets its working and storage directories. Without it, a new
     /// directory under the system's temporary directory, removed after a run that
@@ -85,7 +88,7 @@ pub struct CoordinatorArgs {
 impl CoordinatorArgs {
     /// The `kiln coordinator` command line that parses back as these arguments.
     pub fn to_args(&self) -> Vec<OsString> {
-        let mut line = crate::command_line::CommandLine(vec!["coordinator".into()]);
+        let mut line = CommandLine(vec!["coordinator".into()]);
         line.value("--listen", &self.listen);
         line.value("--hosts", &self.hosts);
         line.value("--host-template", &self.host_template);
@@ -99,6 +102,8 @@ fn coordinator_listen() -> SocketAddr {
     SocketAddr::V4(SocketAddrV4::new(layout::coordinator_address(), HTTP_PORT))
 }
 
+/// `kiln coordinator`: the coordinator of a multihost deployment, as `kiln launch`
+/// starts it.
 pub async fn coordinator(args: CoordinatorArgs) -> anyhow::Result<ExitCode> {
     layout::check_host_count(args.hosts)?;
     let config = CoordinatorConfig {
@@ -172,7 +177,7 @@ async fn binary(args: &LaunchArgs, run_dir: &Path) -> anyhow::Result<(PathBuf, S
         (Some(pipeline), None) => {
             let client = Client::new(&args.leader)?;
             let output = run_dir.join("pipeline");
-            let (record, sha) = crate::commands::fetch_verified(&client, pipeline, &output).await?;
+            let (record, sha) = fetch_verified(&client, pipeline, &output).await?;
             eprintln!("kiln launch: {} version {} (sha256 {sha}, verified)", record.name, record.version);
             Ok((output, record.name))
         }
@@ -256,6 +261,8 @@ fn describe(status: &DeploymentStatus, hosts: u32) -> String {
     }
 }
 
+/// `kiln launch`: checks, fetches, starts the members and follows the deployment;
+/// the members' directories are kept unless a run in a directory of its own completed.
 pub async fn launch(args: LaunchArgs) -> anyhow::Result<ExitCode> {
     // Checks first, before anything is clamped, fetched or started.
     let hosts = layout::check_host_count(args.hosts)?;

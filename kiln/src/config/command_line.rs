@@ -6,7 +6,7 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::format_duration;
+use crate::config::units::format_duration;
 
 /// A command line being written, one `--flag=value` at a time.
 pub(crate) struct CommandLine(pub(crate) Vec<OsString>);
