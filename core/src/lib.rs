@@ -9,7 +9,7 @@
 //! - [`cluster`]: the member-to-leader contract in domain terms, and its one
 //!   conversion from and to the protobuf of `kiln-proto`.
 //! - [`retry`]: how a failed gRPC call is read (transient, permanent, stale).
-//! - [`tls`]: what a failed TLS connection to the leader means, in plain words.
+//! - [`tls_failure`]: what a failed TLS connection to the leader means, in plain words.
 //! - [`disk`]: how full a volume is, against the members' watermarks.
 
 pub mod api;
@@ -21,4 +21,4 @@ pub mod identity;
 pub mod program;
 pub mod retry;
 pub mod scaling;
-pub mod tls;
+pub mod tls_failure;

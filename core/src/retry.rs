@@ -70,7 +70,7 @@ impl Failure {
 pub fn status_text(status: &tonic::Status) -> String {
     use std::error::Error;
     match status.source() {
-        Some(source) => format!("{}: {}", status.message(), crate::tls::describe_failure(source)),
+        Some(source) => format!("{}: {}", status.message(), crate::tls_failure::describe_failure(source)),
         None => status.message().to_owned(),
     }
 }

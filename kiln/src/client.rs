@@ -105,12 +105,12 @@ impl Client {
     /// The error of a request that got no answer: a TLS problem explained, or the
     /// usual hint.
     fn unreachable(&self, error: &reqwest::Error) -> anyhow::Error {
-        match kiln_core::tls::explain(error) {
+        match kiln_core::tls_failure::explain(error) {
             Some(tls) => anyhow::anyhow!("cannot reach the leader at {}: {tls}", self.base),
             None => anyhow::anyhow!(
                 "cannot reach the leader at {}: {}. Is the farm running (`kiln up`)? Set --leader or KILN_LEADER otherwise",
                 self.base,
-                kiln_core::tls::chain(error)
+                kiln_core::tls_failure::chain(error)
             ),
         }
     }
