@@ -13,7 +13,7 @@ fn marker(cut: u64) -> String {
 pub const DEFAULT_MAX_LOG_BYTES: usize = 2 << 20;
 /// The largest `--max-log-bytes`: a final report carries the log, and must fit the
 /// leader's message limit with room to spare.
-pub const LIMIT_MAX_LOG_BYTES: usize = kiln_proto::MAX_MESSAGE_BYTES / 2;
+pub const LIMIT_MAX_LOG_BYTES: usize = crate::link::grpc::MAX_MESSAGE_BYTES / 2;
 
 #[derive(Debug, Default)]
 pub struct CappedLog {

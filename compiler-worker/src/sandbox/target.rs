@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 
 use super::{Sandbox, files};
-use crate::builder::BuildSettings;
+use crate::builder::settings::BuildSettings;
 
 /// The one absolute path every worker builds at (sccache keys compilations on
 /// absolute paths), and the places in it:

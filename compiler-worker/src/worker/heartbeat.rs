@@ -1,0 +1,108 @@
+//! The worker's heartbeats, in the background every `--heartbeat-interval`:
+//! liveness, the member's state and the build in hand go to the leader; its answer
+//! feeds the scaling guard (the leader's N) and may cancel the build in hand,
+//! when the leader no longer wants it (a new version, a deletion).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kiln_core::cluster::ClaimKey;
+use kiln_core::scaling::ScalingGuard;
+use tokio_util::sync::CancellationToken;
+
+use crate::link::{Heartbeat, HeartbeatAnswer, LeaderLink, Progress};
+use crate::worker::shared::{Shared, lock};
+
+/// Who beats, how often, and against which dependency set.
+#[derive(Debug, Clone)]
+pub(crate) struct Beats {
+    pub ordinal: u32,
+    pub depset: String,
+    pub interval: Duration,
+}
+
+/// Beats until `shutdown`. A failing leader is said once, and again when it is back.
+pub(crate) async fn heartbeat_loop<L: LeaderLink>(
+    link: Arc<L>,
+    beats: Beats,
+    shared: Arc<Shared>,
+    guard: ScalingGuard,
+    shutdown: CancellationToken,
+) {
+    let mut was_failing = false;
+    let mut ticker = tokio::time::interval(beats.interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            () = shutdown.cancelled() => return,
+        }
+        let (beat, sent) = snapshot(&shared, &beats.depset);
+        match link.heartbeat(beat).await {
+            Ok(answer) => {
+                if was_failing {
+                    tracing::info!(ordinal = beats.ordinal, "leader reachable again");
+                    was_failing = false;
+                }
+                act_on_answer(answer, sent, &shared, &guard, beats.ordinal);
+            }
+            Err(failure) => {
+                if !was_failing {
+                    tracing::warn!(ordinal = beats.ordinal, error = %failure, "heartbeat failed; will keep trying");
+                    was_failing = true;
+                }
+            }
+        }
+    }
+}
+
+/// The heartbeat to send now, and the build in hand it names (with its token).
+pub(crate) fn snapshot(shared: &Shared, depset: &str) -> (Heartbeat, Option<(ClaimKey, CancellationToken)>) {
+    let current = lock(&shared.current).clone();
+    let cache = lock(&shared.cache_state).clone();
+    // One lock, released before the guard's statement ends: a second lock in the
+    // same expression would wait for the first forever.
+    let (sandbox, sandbox_unavailable) = lock(&shared.sandbox).clone();
+    let disk = lock(&shared.disk).clone();
+    let beat = Heartbeat {
+        cache,
+        current: current.as_ref().map(|(claim, _)| {
+            let (crates_done, crates_total) = shared.progress.get();
+            (*claim, Progress { crates_done, crates_total })
+        }),
+        preparing: shared.preparing(),
+        sandbox,
+        sandbox_unavailable,
+        depset: depset.to_owned(),
+        disk_used_percent: disk.used_percent,
+        disk_critical: disk.critical,
+    };
+    (beat, current)
+}
+
+/// Acts on the leader's answer to a heartbeat that named `sent` as the build in
+/// hand: the scaling guard sees the leader's N, and a build the leader no longer
+/// wants is cancelled, if it is still the one in hand (a newer claim taken while
+/// the answer was on its way is not the one the leader meant).
+pub(crate) fn act_on_answer(
+    answer: HeartbeatAnswer,
+    sent: Option<(ClaimKey, CancellationToken)>,
+    shared: &Shared,
+    guard: &ScalingGuard,
+    ordinal: u32,
+) {
+    guard.observe_replicas(answer.leader_workers);
+    let still_current = || shared.current_claim() == sent.as_ref().map(|(claim, _)| *claim);
+    if answer.cancel_current
+        && still_current()
+        && let Some((claim, cancel)) = sent
+    {
+        tracing::info!(
+            id = claim.pipeline_id,
+            version = claim.version,
+            ordinal,
+            "the leader no longer wants this build: cancelling it"
+        );
+        cancel.cancel();
+    }
+}
