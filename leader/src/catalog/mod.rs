@@ -29,7 +29,8 @@ use kiln_core::api::{Change, Status};
 use kiln_core::program::ProgramFile;
 
 use crate::records::{self, RecordError};
-use crate::rules::{ClaimKey, Pipeline, Report, ReportRefused, assigned_ordinal};
+pub use crate::rules::Submitted;
+use crate::rules::{ClaimKey, Pipeline, Report, ReportRefused};
 pub use tables::Kind;
 use tables::{
     Books, COUNTS, LOGS, MEMBERS, META, NAMES, PIPELINES, SOURCES, SOURCES_BYTES, SOURCES_COUNT, STATUS_IDS,
@@ -75,12 +76,6 @@ macro_rules! impl_from_redb {
     )*};
 }
 impl_from_redb!(redb::DatabaseError, redb::TransactionError, redb::TableError, redb::StorageError, redb::CommitError);
-
-#[derive(Debug)]
-pub struct Submitted {
-    pub record: Pipeline,
-    pub change: Change,
-}
 
 /// What the list API asks for: ids after `after`, at most `limit`, optionally of
 /// one status and with names starting with `name_prefix`.
@@ -296,21 +291,8 @@ impl Catalog {
                     let Some(old) = load(&books.pipelines, id)? else {
                         return Err(corrupt(format!("pipeline {id}"), "its name is taken but it has no record"));
                     };
-                    let mut record = old.clone();
-                    let change = if record.source_sha256 != source_sha256 {
-                        record.new_version(source_sha256.to_owned(), now_ms);
-                        record.worker = assigned_ordinal(id, workers);
-                        Change::Updated
-                    } else if matches!(record.status, Status::SystemError | Status::Cancelled) {
-                        let reason = format!("submitted again after it ended {}", record.status);
-                        record.error = None;
-                        record.finished_at_ms = None;
-                        record.requeue(now_ms, &reason);
-                        Change::Updated
-                    } else {
-                        Change::Unchanged
-                    };
-                    (Some(old), Submitted { record, change })
+                    let submitted = crate::rules::resubmit(&old, source_sha256, workers, now_ms);
+                    (Some(old), submitted)
                 }
                 None => {
                     let id = meta.get(NEXT_ID)?.map(|v| v.value()).unwrap_or(1);
@@ -329,12 +311,9 @@ impl Catalog {
                     books.add(SOURCES_BYTES, bytes.len() as i64)?;
                 }
                 if let Some((depset, settings)) = binary_cache {
-                    // A binary any pipeline may be served, or else one built for this
-                    // pipeline alone (its build ran its submitter's code).
                     let mut found = None;
                     let id = submitted.record.id;
-                    for only_for in [None, Some(id)] {
-                        let key = crate::rules::binary_key(source_sha256, depset, settings, only_for);
+                    for key in crate::rules::binary_cache_candidates(source_sha256, depset, settings, id) {
                         if let Some(cached) = books.cached_binary(&key)? {
                             found = Some((key, cached));
                             break;
@@ -343,10 +322,7 @@ impl Catalog {
                     if let Some((key, cached)) = found {
                         let record = &mut submitted.record;
                         record.serve_cached(key, depset, &cached, now_ms);
-                        let log = format!(
-                            "binary cache hit: the same source ({source_sha256}), dependency set ({depset}) and build settings ({settings}) were built as pipeline {} version {}; its binary {} is served without a build ({} ms of build saved).\n",
-                            cached.pipeline_id, cached.version, cached.sha256, cached.compile_ms
-                        );
+                        let log = crate::rules::binary_cache_hit_log(source_sha256, depset, settings, &cached);
                         txn.open_table(LOGS)?.insert(record.id, log.as_str())?;
                     }
                 }
@@ -592,8 +568,7 @@ impl Catalog {
                     return Err(corrupt(format!("artifact {sha256}"), "it was removed before its upload was recorded"));
                 }
                 let mut record = old.clone();
-                record.uploaded =
-                    Some(crate::rules::Uploaded { attempt: claim.attempt, sha256: sha256.to_owned(), size });
+                record.upload_received(claim, sha256, size);
                 books.put(Some(&old), Some(&record), now_ms)?;
             }
             Ok(())
@@ -818,28 +793,21 @@ fn migrate_from_schema_zero(txn: &redb::WriteTransaction) -> Result<(), CatalogE
     Ok(())
 }
 
-/// The record of `claim` if `member` (ordinal, incarnation) holds it: the claim is
-/// current, the pipeline is that ordinal's, and the incarnation is the one the
-/// catalog knows for it. Anything else is refused.
+/// The record of `claim` if `member` (ordinal, incarnation) holds it, as
+/// [`crate::rules::held_by`] decides from the record and the incarnation the
+/// catalog knows for its ordinal.
 fn check_holder(
     pipelines: &impl ReadableTable<u64, &'static [u8]>,
     members: &impl ReadableTable<u32, u64>,
     claim: &ClaimKey,
-    (ordinal, incarnation): (u32, u64),
+    member: (u32, u64),
 ) -> Result<Pipeline, CatalogError> {
-    let stale =
-        || ReportRefused::StaleClaim { pipeline_id: claim.pipeline_id, version: claim.version, attempt: claim.attempt };
-    let Some(record) = load(pipelines, claim.pipeline_id)? else {
-        return Err(stale().into());
+    let record = load(pipelines, claim.pipeline_id)?;
+    let known = match &record {
+        Some(record) => members.get(record.worker)?.map(|v| v.value()),
+        None => None,
     };
-    if !record.is_current(claim) {
-        return Err(stale().into());
-    }
-    let known = members.get(record.worker)?.map(|v| v.value());
-    if record.worker != ordinal || known != Some(incarnation) {
-        return Err(ReportRefused::NotTheHolder { id: record.id, holder: record.worker, ordinal }.into());
-    }
-    Ok(record)
+    Ok(crate::rules::held_by(record, claim, member, known)?)
 }
 
 #[cfg(test)]
