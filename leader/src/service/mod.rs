@@ -13,6 +13,8 @@ mod claims;
 mod members;
 mod pipelines;
 mod retention;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
