@@ -40,8 +40,8 @@ use redb::{Database, ReadableDatabase};
 use kiln_core::api::Status;
 use kiln_core::program::ProgramFile;
 
-pub use crate::rules::Submitted;
 use crate::rules::Pipeline;
+pub use crate::rules::Submitted;
 pub use error::CatalogError;
 use error::corrupt;
 pub use tables::Kind;

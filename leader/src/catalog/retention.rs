@@ -68,47 +68,47 @@ impl Catalog {
     ) -> Result<Collected, CatalogError> {
         let cutoff = now_ms.saturating_sub(retention_ms);
         self.write(|txn| {
-        let mut collected = Collected::default();
-        {
-            let mut books = Books::open(txn)?;
-            let mut sources = txn.open_table(SOURCES)?;
-            let mut due = Vec::new();
-            for entry in books.unreferenced.iter()? {
-                let (key, since) = entry?;
-                let (code, sha) = key.value();
-                if since.value() <= cutoff {
-                    due.push((code, sha.to_owned()));
-                }
-            }
-            for (code, sha) in due {
-                let kind = Kind::from_code(code);
-                if kind.is_none() || books.referenced(kind.unwrap_or(Kind::Source), &sha)? {
-                    books.unreferenced.remove((code, sha.as_str()))?;
-                    continue;
-                }
-                match kind {
-                    Some(Kind::Source) => {
-                        if let Some(bytes) = sources.remove(sha.as_str())? {
-                            let size = bytes.value().len() as i64;
-                            drop(bytes);
-                            books.add(SOURCES_COUNT, -1)?;
-                            books.add(SOURCES_BYTES, -size)?;
-                            collected.sources += 1;
-                        }
+            let mut collected = Collected::default();
+            {
+                let mut books = Books::open(txn)?;
+                let mut sources = txn.open_table(SOURCES)?;
+                let mut due = Vec::new();
+                for entry in books.unreferenced.iter()? {
+                    let (key, since) = entry?;
+                    let (code, sha) = key.value();
+                    if since.value() <= cutoff {
+                        due.push((code, sha.to_owned()));
                     }
-                    Some(Kind::Artifact) => match remove_artifact(&sha) {
-                        Ok(()) => collected.artifacts += 1,
-                        Err(error) => {
-                            tracing::warn!(sha256 = %sha, %error, "could not remove an unreferenced artifact; trying again later");
-                            continue;
-                        }
-                    },
-                    None => {}
                 }
-                books.unreferenced.remove((code, sha.as_str()))?;
+                for (code, sha) in due {
+                    let kind = Kind::from_code(code);
+                    if kind.is_none() || books.referenced(kind.unwrap_or(Kind::Source), &sha)? {
+                        books.unreferenced.remove((code, sha.as_str()))?;
+                        continue;
+                    }
+                    match kind {
+                        Some(Kind::Source) => {
+                            if let Some(bytes) = sources.remove(sha.as_str())? {
+                                let size = bytes.value().len() as i64;
+                                drop(bytes);
+                                books.add(SOURCES_COUNT, -1)?;
+                                books.add(SOURCES_BYTES, -size)?;
+                                collected.sources += 1;
+                            }
+                        }
+                        Some(Kind::Artifact) => match remove_artifact(&sha) {
+                            Ok(()) => collected.artifacts += 1,
+                            Err(error) => {
+                                tracing::warn!(sha256 = %sha, %error, "could not remove an unreferenced artifact; trying again later");
+                                continue;
+                            }
+                        },
+                        None => {}
+                    }
+                    books.unreferenced.remove((code, sha.as_str()))?;
+                }
             }
-        }
-        Ok(collected)
+            Ok(collected)
         })
     }
 }

@@ -80,7 +80,6 @@ impl Catalog {
         })
     }
 
-
     /// Removes a pipeline and its log. Its source and artifact are released: the
     /// collector removes them after the retention unless another record points at
     /// them. Its id is never reused.

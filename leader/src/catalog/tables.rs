@@ -185,8 +185,8 @@ impl<'t> Books<'t> {
             version: record.version,
             compile_ms: record.compile_ms.unwrap_or(0),
         };
-        let bytes = serde_json::to_vec(&cached)
-            .map_err(|e| corrupt(format!("binary cache entry {key}"), &e.to_string()))?;
+        let bytes =
+            serde_json::to_vec(&cached).map_err(|e| corrupt(format!("binary cache entry {key}"), &e.to_string()))?;
         self.binaries.insert(key.as_str(), bytes.as_slice())?;
         Ok(())
     }

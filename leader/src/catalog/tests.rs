@@ -92,13 +92,7 @@ fn a_restarted_member_gets_its_work_back_and_old_reports_are_refused() {
     let refused = c.report(&again.claim_key(), (1, 222), success(&"b".repeat(64)), None, 6);
     assert!(matches!(refused, Err(CatalogError::Refused(ReportRefused::NotUploaded { .. }))), "another binary");
     let done = c
-        .report(
-            &again.claim_key(),
-            (1, 222),
-            Report::CompileError { error: "e".into(), figures },
-            Some("log text"),
-            6,
-        )
+        .report(&again.claim_key(), (1, 222), Report::CompileError { error: "e".into(), figures }, Some("log text"), 6)
         .unwrap();
     assert_eq!(done.status, Status::CompileError);
     assert_eq!(c.log(1).unwrap().as_deref(), Some("log text"));
@@ -211,10 +205,7 @@ fn a_known_binary_is_served_at_once_while_it_is_stored_and_never_after_it_is_los
 
     // The same source under another name: success at once, no claim.
     let again = c.submit("again", "s", &src("same"), 1, farm, 2).unwrap().record;
-    assert_eq!(
-        (again.status, again.binary_sha256.as_deref(), again.attempt),
-        (Status::Success, Some(sha.as_str()), 0)
-    );
+    assert_eq!((again.status, again.binary_sha256.as_deref(), again.attempt), (Status::Success, Some(sha.as_str()), 0));
     let hit = again.binary_cache_hit.as_ref().expect("recorded as a binary cache hit");
     assert_eq!((hit.pipeline_id, hit.version, hit.saved_ms), (1, 1, 900));
     assert!(c.log(again.id).unwrap().unwrap().contains("binary cache hit"));

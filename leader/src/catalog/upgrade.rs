@@ -26,7 +26,9 @@ pub fn upgrade(db: &Database, now_ms: u64) -> Result<(), CatalogError> {
         drop(Books::open(&txn)?);
         let schema = txn.open_table(META)?.get(SCHEMA_KEY)?.map(|v| v.value());
         match schema {
-            Some(found) if found > CATALOG_SCHEMA => return Err(CatalogError::Newer { found, supported: CATALOG_SCHEMA }),
+            Some(found) if found > CATALOG_SCHEMA => {
+                return Err(CatalogError::Newer { found, supported: CATALOG_SCHEMA });
+            }
             Some(CATALOG_SCHEMA) => {}
             found => {
                 if found.is_none() {

@@ -250,9 +250,6 @@ impl Pipeline {
         self.finish(Figures::default(), now_ms);
     }
 
-    /// This version is served `cached` from the binary cache under `key`: it ends
-    /// `success` at once, without a claim or a build.
-
     /// Stops the pipeline where it is, pending or in flight: it ends `cancelled`.
     /// Its worker's claim is no longer current, so the worker's next heartbeat is
     /// told to drop the build (and every report of it is refused).
@@ -291,7 +288,6 @@ impl Pipeline {
         self.status.in_flight() && self.claim_key() == *claim
     }
 
-    /// Applies a worker's report. Only the current claim may report, and only forward.
     /// Ends the build: its figures, its history event, its end time.
     pub(super) fn finish(&mut self, figures: Figures, now_ms: u64) {
         self.rebuilding = None;

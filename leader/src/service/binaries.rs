@@ -30,7 +30,6 @@ impl LeaderState {
         );
     }
 
-
     /// Opens the binary of a pipeline that succeeded, verified against its hash.
     /// A binary that fails it is removed and every pipeline that used it goes back
     /// to be rebuilt: the answer says so (503, "being rebuilt"), never a 404.

@@ -167,7 +167,10 @@ async fn a_build_that_uploads_its_binary_and_reports_success_ends_success() {
     leader.holds(holder, key).await.unwrap();
     leader.uploaded(holder, key, sha.clone(), size).await.unwrap();
     let done = leader.report(holder, key, success(&sha), Some("the log".into())).await.unwrap();
-    assert_eq!((done.status, done.binary_sha256.as_deref(), done.binary_size), (Status::Success, Some(&*sha), Some(size)));
+    assert_eq!(
+        (done.status, done.binary_sha256.as_deref(), done.binary_size),
+        (Status::Success, Some(&*sha), Some(size))
+    );
 
     let (found, log) = leader.log("alpha").await.unwrap();
     assert_eq!((found, log.as_deref()), (done, Some("the log")));
