@@ -2,9 +2,18 @@
 //! API for users, the gRPC service for workers, cluster health and the leader's side
 //! of the scaling guard.
 //!
-//! Layers: [`rules`] (pure), [`records`] (what the catalog stores), [`catalog`], [`artifacts`] and [`health`] (state),
-//! [`service`] (the operations), [`http`] and [`grpc`] (transport), [`error`] (the one
-//! mapping of errors to HTTP and gRPC codes).
+//! Layers, each using only those listed before it:
+//! - [`rules`]: pure decisions over records (the pipeline's life, what a
+//!   submission changes, who holds a claim and what a report or upload changes,
+//!   the binary cache's key), tested without storage or network.
+//! - [`records`]: how the catalog's records are encoded.
+//! - [`catalog`], [`artifacts`] and [`health`]: state. The catalog loads a
+//!   record, asks a rule, and stores the answer in one transaction.
+//! - [`error`] (the one mapping of errors to HTTP and gRPC codes) and [`metrics`].
+//! - [`service`]: the operations, one file per capability (pipelines, members,
+//!   claims and leases, retention, binaries) over one shared `LeaderState`.
+//! - Transport: [`grpc`] for workers, [`auth`], [`page`] and [`http`] for users,
+//!   [`tls`] and [`listener`] under both.
 
 pub mod artifacts;
 pub mod auth;

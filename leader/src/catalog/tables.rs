@@ -1,4 +1,4 @@
-//! The catalog's tables, and the one place that writes a pipeline record: [`Books::put`]
+//! The catalog's tables, how a record is read from them, and the one place that writes a pipeline record: [`Books::put`]
 //! keeps every index, counter and reference count in step with the records, in the
 //! same transaction, so they can never disagree with what is stored.
 //!
@@ -11,7 +11,7 @@
 //!   their bytes: what `/metrics` reads, never a scan.
 //! - `refs` `(kind, sha256)` and `unreferenced` `(kind, sha256) → since`: how many
 //!   records point at each source and artifact; one that drops to none is
-//!   scheduled for collection after the retention (see `collect` in `mod.rs`).
+//!   scheduled for collection after the retention (see `collect` in `retention.rs`).
 //! - `binaries` `binary key → CachedBinary` (JSON): the binary cache. Every
 //!   `success` whose worker said what it built with is indexed under its key
 //!   ([`crate::rules::binary_key`]); an entry is only served while its artifact is
@@ -20,8 +20,9 @@
 use redb::{ReadableTable, Table, TableDefinition, WriteTransaction};
 
 use kiln_core::api::Status;
+use kiln_core::program::ProgramFile;
 
-use super::CatalogError;
+use crate::catalog::error::{CatalogError, corrupt};
 use crate::records;
 use crate::rules::{CachedBinary, Pipeline};
 
@@ -38,6 +39,25 @@ pub const COUNTS: TableDefinition<&str, u64> = TableDefinition::new("counts");
 pub const REFS: TableDefinition<(u8, &str), u64> = TableDefinition::new("refs");
 pub const UNREFERENCED: TableDefinition<(u8, &str), u64> = TableDefinition::new("unreferenced_since_ms");
 pub const BINARIES: TableDefinition<&str, &[u8]> = TableDefinition::new("binary_cache");
+
+/// The `meta` key of the next pipeline id: ids are never reused.
+pub const NEXT_ID: &str = "next_pipeline_id";
+
+/// The record `id` as stored, or None.
+pub fn load(pipelines: &impl ReadableTable<u64, &'static [u8]>, id: u64) -> Result<Option<Pipeline>, CatalogError> {
+    let bytes = pipelines.get(id)?.map(|v| v.value().to_vec());
+    bytes.map(|bytes| decode(id, &bytes)).transpose()
+}
+
+/// A stored pipeline record, read.
+pub fn decode(id: u64, bytes: &[u8]) -> Result<Pipeline, CatalogError> {
+    records::decode_pipeline(bytes).map_err(|error| CatalogError::Corrupt { what: format!("pipeline {id}"), error })
+}
+
+/// A stored source, read.
+pub fn decode_source(sha: &str, bytes: &[u8]) -> Result<Vec<ProgramFile>, CatalogError> {
+    records::decode_source(bytes).map_err(|error| CatalogError::Corrupt { what: format!("source {sha}"), error })
+}
 
 /// What a reference points at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -165,8 +185,8 @@ impl<'t> Books<'t> {
             version: record.version,
             compile_ms: record.compile_ms.unwrap_or(0),
         };
-        let bytes = serde_json::to_vec(&cached)
-            .map_err(|e| super::corrupt(format!("binary cache entry {key}"), &e.to_string()))?;
+        let bytes =
+            serde_json::to_vec(&cached).map_err(|e| corrupt(format!("binary cache entry {key}"), &e.to_string()))?;
         self.binaries.insert(key.as_str(), bytes.as_slice())?;
         Ok(())
     }

@@ -1,0 +1,38 @@
+//! What a submission makes of a pipeline: a name the catalog does not know
+//! becomes a new pipeline (`Pipeline::new`); a known name is decided here. The
+//! catalog allocates ids, stores sources and looks up the binary cache.
+
+use kiln_core::api::{Change, Status};
+
+use crate::rules::pipeline::{Pipeline, assigned_ordinal};
+
+/// A submission as stored: the record, and what the submission changed.
+#[derive(Debug)]
+pub struct Submitted {
+    pub record: Pipeline,
+    pub change: Change,
+}
+
+/// A submission of `source_sha256` under the name of `old`, in a set of `workers`
+/// members. Another source is a new version, pending, built by the ordinal the
+/// set's size now assigns. The same source changes nothing, except that a version
+/// that ended `system_error` or `cancelled` goes back to `pending` (the same
+/// version, the same ordinal, its error cleared): submitting it again is how a
+/// user retries it.
+pub fn resubmit(old: &Pipeline, source_sha256: &str, workers: u32, now_ms: u64) -> Submitted {
+    let mut record = old.clone();
+    let change = if record.source_sha256 != source_sha256 {
+        record.new_version(source_sha256.to_owned(), now_ms);
+        record.worker = assigned_ordinal(record.id, workers);
+        Change::Updated
+    } else if matches!(record.status, Status::SystemError | Status::Cancelled) {
+        let reason = format!("submitted again after it ended {}", record.status);
+        record.error = None;
+        record.finished_at_ms = None;
+        record.requeue(now_ms, &reason);
+        Change::Updated
+    } else {
+        Change::Unchanged
+    };
+    Submitted { record, change }
+}

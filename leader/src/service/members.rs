@@ -1,0 +1,182 @@
+//! The members as the leader sees them: every worker call passes the scaling
+//! guard and the incarnation check here, heartbeats record each member's state,
+//! and cluster health is computed from them (the leader's own data volume
+//! included).
+
+use std::time::{Instant, SystemTime};
+
+use kiln_core::disk;
+use kiln_core::scaling::ScalingDetected;
+
+use crate::error::ApiError;
+use crate::health::{ClusterHealth, Expected, MemberReport, cluster_health};
+use crate::rules::ClaimKey;
+use crate::service::{LeaderState, MemberId, now_ms};
+
+impl LeaderState {
+    /// Applies the scaling guard and notices restarts; called on every worker call.
+    pub async fn member_seen(&self, member: MemberId) -> Result<(), ApiError> {
+        if let Some(refused) = self.size_refusal(member) {
+            return Err(refused);
+        }
+        if let Some(detected) = self.observe(member) {
+            return Err(ApiError::Conflict(detected.to_string()));
+        }
+        let MemberId { ordinal, incarnation, .. } = member;
+        // A second incarnation of an ordinal does not take over while the first one
+        // still reports: the leader keeps the first until its heartbeats stop.
+        let known = self.catalog(move |c| c.incarnation_of(ordinal)).await?;
+        if let Some(known) = known.filter(|k| *k != incarnation)
+            && self.reports_within_window(ordinal, known)
+        {
+            self.members.conflict(ordinal, incarnation, Instant::now());
+            tracing::warn!(ordinal, incarnation, holder = known, "refused a second incarnation of a live member");
+            return Err(ApiError::Conflict(format!(
+                "ordinal {ordinal} is held by another incarnation that still reports; this one is refused until that one's heartbeats stop (within {}s)",
+                self.config.heartbeat_window.as_secs()
+            )));
+        }
+        let requeued = self.catalog(move |c| c.member_seen(ordinal, incarnation, now_ms())).await?;
+        if !requeued.is_empty() {
+            tracing::warn!(ordinal, ?requeued, "member restarted: its builds in flight are pending again");
+            self.wake_workers();
+        }
+        Ok(())
+    }
+
+    /// Whether `incarnation` of `ordinal` reported within the heartbeat window (or
+    /// the leader started too recently to know).
+    fn reports_within_window(&self, ordinal: u32, incarnation: u64) -> bool {
+        let window = self.config.heartbeat_window;
+        match self.members.snapshot().get(&ordinal) {
+            Some((at, report)) => report.incarnation == incarnation && at.elapsed() <= window,
+            None => self.started.elapsed() <= window,
+        }
+    }
+
+    /// Feeds the member's view of N to the scaling guard. With N from the Kubernetes
+    /// API, the member's view is only checked (see [`LeaderState::size_refusal`]).
+    fn observe(&self, member: MemberId) -> Option<ScalingDetected> {
+        if !self.config.n_from_kubernetes {
+            self.guard.observe_replicas(member.workers);
+            self.guard.observe_ordinal(member.ordinal);
+        }
+        self.guard.detected()
+    }
+
+    /// With N from the Kubernetes API: the refusal of a member whose N or ordinal
+    /// disagrees with the StatefulSet's. A caller with the cluster token must not be
+    /// able to make the leader panic; its guard trips only when the API says so.
+    fn size_refusal(&self, member: MemberId) -> Option<ApiError> {
+        let workers = self.guard.workers();
+        if !self.config.n_from_kubernetes || (member.workers == workers && member.ordinal < workers) {
+            return None;
+        }
+        tracing::warn!(
+            ordinal = member.ordinal,
+            reported_workers = member.workers,
+            workers,
+            "refused a member whose N disagrees with the StatefulSet's"
+        );
+        Some(ApiError::Conflict(format!(
+            "this member reports N = {} (ordinal {}), but the StatefulSet has {workers} replicas: refused (the leader takes N from the Kubernetes API)",
+            member.workers, member.ordinal
+        )))
+    }
+
+    /// A heartbeat: records the member's state, and says whether the build it holds
+    /// is still wanted.
+    pub async fn heartbeat(
+        &self,
+        member: MemberId,
+        report: MemberReport,
+        current: Option<ClaimKey>,
+    ) -> Result<bool, ApiError> {
+        if let Some(refused) = self.size_refusal(member) {
+            return Err(refused);
+        }
+        if self.observe(member).is_some() {
+            // Answer anyway: the reply carries the leader's N, from which the member
+            // applies the scaling guard on its side too.
+            return Ok(true);
+        }
+        self.member_seen(member).await?;
+        self.members.record(member.ordinal, report, Instant::now());
+        match current {
+            None => Ok(false),
+            Some(claim) => {
+                // Only the holder's heartbeat renews a lease: another member naming
+                // someone else's build is told to drop it, and renews nothing.
+                let holder = (member.ordinal, member.incarnation);
+                let current = match self.catalog(move |c| c.check_holds(&claim, holder)).await {
+                    Ok(()) => true,
+                    Err(ApiError::Conflict(_)) => false,
+                    Err(other) => return Err(other),
+                };
+                if current {
+                    self.renew_lease(claim);
+                }
+                Ok(!current)
+            }
+        }
+    }
+
+    pub fn cluster_health(&self) -> ClusterHealth {
+        let now = Instant::now();
+        let expected = Expected {
+            workers: self.config.workers,
+            version: &self.config.version,
+            depset: self.config.depset.fingerprint(),
+        };
+        let mut health = cluster_health(
+            &self.members.snapshot(),
+            expected,
+            self.config.heartbeat_window,
+            now,
+            humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+        );
+        // A second live incarnation of an ordinal is a conflict to show, not to hide.
+        for (ordinal, incarnation) in self.members.conflicts(self.config.heartbeat_window, now) {
+            if let Some(member) = health.members.iter_mut().find(|m| m.ordinal == ordinal) {
+                let conflict = format!("a second incarnation ({incarnation:x}) asked for this ordinal and was refused");
+                member.message = if member.healthy { conflict } else { format!("{}; {conflict}", member.message) };
+                member.healthy = false;
+            }
+        }
+        if let Some(full) = self.data_disk_critical()
+            && let Some(leader) = health.members.iter_mut().find(|m| m.ordinal == 0)
+        {
+            leader.message = if leader.healthy { full } else { format!("{}; {full}", leader.message) };
+            leader.healthy = false;
+        }
+        health.all_healthy = health.members.iter().all(|m| m.healthy);
+        health
+    }
+
+    /// A cheap check that this process can serve: the catalog answers and its
+    /// data volume is below the critical watermark.
+    pub async fn self_check(&self) -> Result<(), ApiError> {
+        if let Some(full) = self.data_disk_critical() {
+            return Err(ApiError::DiskFull(full));
+        }
+        self.catalog(|c| c.get(0)).await.map(|_| ())
+    }
+
+    /// How full the leader's data volume is, in percent.
+    pub fn data_disk_used(&self) -> Option<f64> {
+        disk::used_percent(&self.config.data_dir).ok()
+    }
+
+    /// The leader's data volume above the critical watermark, in words.
+    pub(super) fn data_disk_critical(&self) -> Option<String> {
+        let used = self.data_disk_used()?;
+        let marks = self.config.watermarks;
+        (marks.pressure(used) == disk::Pressure::Critical).then(|| {
+            format!(
+                "the leader's data volume is {used:.0}% full (critical watermark {:.0}%): no work is handed out until space is freed in {}",
+                marks.critical,
+                self.config.data_dir.display()
+            )
+        })
+    }
+}

@@ -1,0 +1,298 @@
+//! Tests of the leader's operations as a worker and a user call them: a real
+//! catalog and artifact store in a temporary directory, no sockets, no
+//! processes. Time is never waited out: a lease runs out by looking ahead of the
+//! clock.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use kiln_core::api::{CacheFigures, CacheSettings, Status};
+use kiln_core::depset::DepSet;
+use kiln_core::disk::Watermarks;
+use kiln_core::program::ProgramFile;
+use kiln_core::scaling::ScalingGuard;
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncReadExt;
+
+use super::{LeaderConfig, LeaderState, MemberId};
+use crate::error::ApiError;
+use crate::health::MemberReport;
+use crate::rules::{Figures, Pipeline, Report};
+
+/// The members of the test farm: the leader (ordinal 0) and one worker.
+const WORKERS: u32 = 2;
+/// The build settings fingerprint the farm's members report.
+const SETTINGS: &str = "settings-of-the-farm";
+
+fn config(data_dir: &Path) -> LeaderConfig {
+    LeaderConfig {
+        data_dir: data_dir.to_owned(),
+        workers: WORKERS,
+        version: "test".into(),
+        cluster_token: "cluster-token".into(),
+        api_token: None,
+        heartbeat_window: Duration::from_secs(10),
+        max_artifact_bytes: 1 << 20,
+        n_from_kubernetes: false,
+        protect_metrics: false,
+        depset: DepSet::embedded(),
+        retention: Duration::from_secs(3600),
+        claim_lease: Duration::from_secs(60),
+        // However full the test machine's disk, these tests are about claims:
+        // no watermark stops the leader handing out work.
+        watermarks: Watermarks { high: f64::INFINITY, critical: f64::INFINITY },
+        cache_settings: CacheSettings::default(),
+        serves_tls: false,
+        binary_cache: None,
+        max_connections: 16,
+    }
+}
+
+/// A leader over a fresh data directory, its configuration changed by `change`.
+fn leader(change: impl FnOnce(&mut LeaderConfig)) -> (tempfile::TempDir, LeaderState) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path());
+    change(&mut config);
+    let leader = LeaderState::open(config, ScalingGuard::new(WORKERS)).unwrap();
+    (dir, leader)
+}
+
+fn member(ordinal: u32, incarnation: u64) -> MemberId {
+    MemberId { ordinal, workers: WORKERS, incarnation }
+}
+
+/// What `member` says in a heartbeat: healthy, idle, the leader's dependency set.
+fn heartbeat_of(leader: &LeaderState, member: MemberId) -> MemberReport {
+    MemberReport {
+        workers: WORKERS,
+        version: "test".into(),
+        incarnation: member.incarnation,
+        cache_healthy: true,
+        cache_message: String::new(),
+        preparing: false,
+        sandbox: "none (test)".into(),
+        sandbox_unavailable: false,
+        depset: leader.config.depset.fingerprint().to_owned(),
+        disk_used_percent: 10.0,
+        disk_critical: String::new(),
+        building: None,
+    }
+}
+
+fn program(main: &str) -> Vec<ProgramFile> {
+    let file = |path: &str, content: &str| ProgramFile {
+        path: path.into(),
+        content: content.as_bytes().to_vec(),
+        executable: false,
+    };
+    vec![
+        file("Cargo.toml", "[package]\nname = \"app\"\nversion = \"0.1.0\"\nedition = \"2021\"\n"),
+        file("src/main.rs", main),
+    ]
+}
+
+/// `member`'s claim, answered at once: its next pipeline, or None.
+async fn claim(leader: &LeaderState, member: MemberId) -> Option<(Pipeline, Vec<ProgramFile>)> {
+    let depset = leader.config.depset.fingerprint().to_owned();
+    leader.claim(member, &depset, Duration::ZERO).await.unwrap()
+}
+
+/// Stores `bytes` as an artifact, as an upload's bytes are: its hash and size.
+async fn store(leader: &LeaderState, bytes: &[u8]) -> (String, u64) {
+    let sha = hex::encode(Sha256::digest(bytes));
+    let mut writer = leader.artifacts.begin(&sha, bytes.len() as u64).unwrap();
+    writer.write(bytes.to_vec()).await.unwrap();
+    let size = writer.finish().await.unwrap();
+    (sha, size)
+}
+
+fn uploading() -> Report {
+    Report::Uploading { compile_ms: 5, cache: CacheFigures::default() }
+}
+
+fn success(sha: &str) -> Report {
+    Report::Success {
+        binary_sha256: sha.into(),
+        // The worker's word; the leader records its own measure of the upload.
+        binary_size: 1,
+        figures: Figures::default(),
+        build_settings: SETTINGS.into(),
+        ran_submitted_code: false,
+    }
+}
+
+/// `member` claims its next pipeline and builds it into `binary`, as a worker does.
+async fn build(leader: &LeaderState, member: MemberId, binary: &[u8]) -> Pipeline {
+    let (record, _) = claim(leader, member).await.expect("a pipeline to build");
+    let key = record.claim_key();
+    leader.report(member, key, uploading(), None).await.unwrap();
+    let (sha, size) = store(leader, binary).await;
+    leader.uploaded(member, key, sha.clone(), size).await.unwrap();
+    leader.report(member, key, success(&sha), Some("built".into())).await.unwrap()
+}
+
+fn is_conflict<T: std::fmt::Debug>(result: &Result<T, ApiError>) -> bool {
+    matches!(result, Err(ApiError::Conflict(_)))
+}
+
+#[tokio::test]
+async fn a_claim_hands_a_member_its_ordinals_pipeline_and_another_ordinal_nothing() {
+    let (_dir, leader) = leader(|_| {});
+    let submitted = leader.submit("alpha".into(), program("fn main() {}")).await.unwrap().record;
+    assert_eq!((submitted.id, submitted.worker, submitted.status), (1, 1, Status::Pending));
+
+    assert!(claim(&leader, member(0, 10)).await.is_none(), "pipeline 1 is ordinal 1's, not ordinal 0's");
+    let (claimed, source) = claim(&leader, member(1, 11)).await.expect("ordinal 1 gets its pipeline");
+    assert_eq!((claimed.id, claimed.status, claimed.attempt), (1, Status::Compiling, 1));
+    assert_eq!(source, program("fn main() {}"), "the claim carries the submitted source");
+    assert_eq!(leader.find("alpha").await.unwrap().status, Status::Compiling);
+    assert!(claim(&leader, member(1, 11)).await.is_none(), "a pipeline is handed out once");
+}
+
+#[tokio::test]
+async fn a_build_that_uploads_its_binary_and_reports_success_ends_success() {
+    let (_dir, leader) = leader(|_| {});
+    leader.submit("alpha".into(), program("fn main() {}")).await.unwrap();
+    let holder = member(1, 11);
+    let (claimed, _) = claim(&leader, holder).await.unwrap();
+    let key = claimed.claim_key();
+    assert_eq!(leader.report(holder, key, uploading(), None).await.unwrap().status, Status::Uploading);
+
+    let absent = leader.report(holder, key, success(&"f".repeat(64)), None).await;
+    assert!(matches!(absent, Err(ApiError::NotFound(_))), "success names a binary the leader holds: {absent:?}");
+    let (sha, size) = store(&leader, b"the binary").await;
+    let not_recorded = leader.report(holder, key, success(&sha), None).await;
+    assert!(is_conflict(&not_recorded), "stored, but not uploaded under this claim: {not_recorded:?}");
+
+    leader.holds(holder, key).await.unwrap();
+    leader.uploaded(holder, key, sha.clone(), size).await.unwrap();
+    let done = leader.report(holder, key, success(&sha), Some("the log".into())).await.unwrap();
+    assert_eq!(
+        (done.status, done.binary_sha256.as_deref(), done.binary_size),
+        (Status::Success, Some(&*sha), Some(size))
+    );
+
+    let (found, log) = leader.log("alpha").await.unwrap();
+    assert_eq!((found, log.as_deref()), (done, Some("the log")));
+    let (served, mut file, served_size) = leader.open_binary(&leader.find("1").await.unwrap()).await.unwrap();
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes).await.unwrap();
+    assert_eq!((served, served_size, bytes.as_slice()), (sha, size, b"the binary".as_slice()));
+}
+
+#[tokio::test]
+async fn reports_and_uploads_from_another_ordinal_are_refused_and_change_nothing() {
+    let (_dir, leader) = leader(|_| {});
+    leader.submit("alpha".into(), program("fn main() {}")).await.unwrap();
+    let (holder, stranger) = (member(1, 11), member(0, 10));
+    let (claimed, _) = claim(&leader, holder).await.unwrap();
+    let key = claimed.claim_key();
+    let (sha, size) = store(&leader, b"the binary").await;
+    let before = leader.find("alpha").await.unwrap();
+
+    for report in [Report::Compiling, uploading(), success(&sha)] {
+        let refused = leader.report(stranger, key, report, Some("not mine".into())).await;
+        assert!(is_conflict(&refused), "{refused:?}");
+        assert!(format!("{refused:?}").contains("claimed by ordinal 1"), "{refused:?}");
+    }
+    assert!(is_conflict(&leader.uploaded(stranger, key, sha.clone(), size).await));
+    assert!(is_conflict(&leader.holds(stranger, key).await));
+    let drop_it = leader.heartbeat(stranger, heartbeat_of(&leader, stranger), Some(key)).await.unwrap();
+    assert!(drop_it, "a member naming another's build is told to drop it");
+
+    assert_eq!(leader.find("alpha").await.unwrap(), before);
+    assert_eq!(leader.log("alpha").await.unwrap().1, None, "the refused report's log was not kept");
+    leader.uploaded(holder, key, sha.clone(), size).await.unwrap();
+    assert_eq!(leader.report(holder, key, success(&sha), None).await.unwrap().status, Status::Success);
+}
+
+#[tokio::test]
+async fn an_old_incarnations_reports_and_uploads_are_refused_and_change_nothing() {
+    let (_dir, mut leader) = leader(|_| {});
+    // As if the leader had been up longer than a heartbeat window, so that a
+    // member it has not heard from within one is not alive any more.
+    let window = leader.config.heartbeat_window;
+    leader.started = Instant::now().checked_sub(2 * window).expect("the machine has been up for 20 s");
+    leader.submit("alpha".into(), program("fn main() {}")).await.unwrap();
+    let (old, new) = (member(1, 111), member(1, 222));
+    let (first, _) = claim(&leader, old).await.unwrap();
+
+    // The ordinal restarts: its new incarnation gets the build back, as attempt 2.
+    let (second, _) = claim(&leader, new).await.expect("the restarted member's build is pending again");
+    assert_eq!((second.id, second.attempt), (1, 2));
+    let drop_it = leader.heartbeat(new, heartbeat_of(&leader, new), Some(second.claim_key())).await.unwrap();
+    assert!(!drop_it, "the new incarnation holds the build");
+    let (sha, size) = store(&leader, b"the binary").await;
+    let before = leader.find("alpha").await.unwrap();
+
+    // The old incarnation, still running somewhere, speaks for its build and the new one's.
+    for key in [first.claim_key(), second.claim_key()] {
+        let refused = leader.report(old, key, uploading(), None).await;
+        assert!(is_conflict(&refused), "{refused:?}");
+        let refused = leader.uploaded(old, key, sha.clone(), size).await;
+        assert!(is_conflict(&refused), "{refused:?}");
+    }
+    assert_eq!(leader.find("alpha").await.unwrap(), before);
+    assert_eq!(leader.report(new, second.claim_key(), uploading(), None).await.unwrap().status, Status::Uploading);
+}
+
+#[tokio::test]
+async fn a_claim_whose_lease_runs_out_is_pending_again_for_its_ordinal_and_the_late_report_is_refused() {
+    let (_dir, leader) = leader(|_| {});
+    let lease = leader.config.claim_lease;
+    leader.submit("alpha".into(), program("fn main() {}")).await.unwrap();
+    let holder = member(1, 11);
+    let (claimed, _) = claim(&leader, holder).await.unwrap();
+    let key = claimed.claim_key();
+    assert_eq!(leader.expire_leases().await.unwrap(), 0, "within its lease");
+    assert_eq!(leader.expire_leases_looking_ahead(lease / 2).await.unwrap(), 0, "half of it gone");
+
+    assert_eq!(leader.expire_leases_looking_ahead(lease + Duration::from_secs(1)).await.unwrap(), 1);
+    let requeued = leader.find("alpha").await.unwrap();
+    assert_eq!((requeued.status, requeued.worker, requeued.attempt), (Status::Pending, 1, 1));
+    let event = &requeued.history.last().unwrap().event;
+    assert!(event.contains("longer than the claim lease"), "{event}");
+
+    let late = leader.report(holder, key, uploading(), None).await;
+    assert!(is_conflict(&late) && format!("{late:?}").contains("no longer current"), "{late:?}");
+    let (sha, size) = store(&leader, b"the binary").await;
+    assert!(is_conflict(&leader.uploaded(holder, key, sha, size).await));
+    let drop_it = leader.heartbeat(holder, heartbeat_of(&leader, holder), Some(key)).await.unwrap();
+    assert!(drop_it, "the late holder is told to drop the build");
+    assert_eq!(leader.find("alpha").await.unwrap(), requeued, "the late calls changed nothing");
+
+    assert!(claim(&leader, member(0, 10)).await.is_none(), "it stays with its ordinal");
+    let (again, _) = claim(&leader, holder).await.expect("its ordinal claims it again");
+    assert_eq!((again.id, again.attempt), (1, 2));
+}
+
+#[tokio::test]
+async fn the_binary_cache_serves_an_identical_submission_only_while_the_artifact_is_stored() {
+    let (_dir, leader) = leader(|config| {
+        config.binary_cache = Some(SETTINGS.into());
+        config.retention = Duration::ZERO;
+    });
+    let source = program("fn main() { println!(\"cached\") }");
+    leader.submit("first".into(), source.clone()).await.unwrap();
+    let built = build(&leader, member(1, 11), b"the binary").await;
+    assert_eq!(built.status, Status::Success);
+
+    let served = leader.submit("second".into(), source.clone()).await.unwrap().record;
+    assert_eq!((served.status, &served.binary_sha256), (Status::Success, &built.binary_sha256));
+    assert_eq!(served.binary_cache_hit.as_ref().map(|hit| (hit.pipeline_id, hit.version)), Some((1, 1)));
+    assert!(claim(&leader, member(0, 10)).await.is_none(), "nothing to build for pipeline 2");
+
+    // Pipeline 2 still references the artifact: it stays, and is served again.
+    leader.delete("first").await.unwrap();
+    assert_eq!(leader.collect().await.unwrap().artifacts, 0);
+    let third = leader.submit("third".into(), source.clone()).await.unwrap().record;
+    assert_eq!(third.status, Status::Success);
+
+    for name in ["second", "third"] {
+        leader.delete(name).await.unwrap();
+    }
+    assert_eq!(leader.collect().await.unwrap().artifacts, 1);
+    assert!(!leader.artifacts.contains(built.binary_sha256.as_deref().unwrap()));
+    let fourth = leader.submit("fourth".into(), source).await.unwrap().record;
+    assert_eq!((fourth.status, fourth.binary_cache_hit), (Status::Pending, None), "its artifact is gone: built again");
+}
