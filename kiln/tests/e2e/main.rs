@@ -14,3 +14,4 @@ mod hostile;
 mod lifecycle;
 mod multihost;
 mod page;
+mod structure;
