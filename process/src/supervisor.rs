@@ -1,5 +1,5 @@
 //! One supervisor for every group of child processes Kiln runs: the members of `kiln
-//! up`, and (later) the hosts of a multihost launch.
+//! up`, and the hosts of a multihost launch (`kiln launch`).
 //!
 //! Each member runs in its own process group and dies with its parent; its output is
 //! prefixed with its name (`member-2 | ...`) on the terminal, or written to its own

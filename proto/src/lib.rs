@@ -1,7 +1,8 @@
 //! The protobuf contract between Kiln workers and the leader (`kiln.cluster.v1`).
 //!
-//! **Boundary:** only this crate and the leader's gRPC layer know the wire format;
-//! everything else speaks in the domain types of `kiln-leader` and
+//! **Boundary:** only this crate, the leader's gRPC layer (`leader/src/grpc.rs`) and
+//! the worker's link (`compiler-worker/src/link/grpc.rs`) know the wire format;
+//! everything else speaks in the domain types of `kiln-core`, `kiln-leader` and
 //! `kiln-compiler-worker`.
 
 #![allow(missing_debug_implementations, clippy::all)]
