@@ -170,18 +170,7 @@ impl LeaderLink for GrpcLink {
                 let answer = answer.into_inner();
                 Ok(HeartbeatAnswer { leader_workers: answer.leader_workers, cancel_current: answer.cancel_current })
             }
-            Err(status) => {
-                // Said on every refused beat, in the leader's words: a wrong token
-                // is the operator's to fix, and nothing else will tell them.
-                if status.code() == tonic::Code::Unauthenticated {
-                    tracing::error!(
-                        ordinal = self.member.ordinal,
-                        "the leader refuses this member's cluster token: {}",
-                        status.message()
-                    );
-                }
-                Err(Failure::of(&status))
-            }
+            Err(status) => Err(Failure::of(&status)),
         }
     }
 

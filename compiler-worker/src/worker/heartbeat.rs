@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kiln_core::cluster::ClaimKey;
+use kiln_core::retry::Disposition;
 use kiln_core::scaling::ScalingGuard;
 use tokio_util::sync::CancellationToken;
 
@@ -50,6 +51,12 @@ pub(crate) async fn heartbeat_loop<L: LeaderLink>(
                 if !was_failing {
                     tracing::warn!(ordinal = beats.ordinal, error = %failure, "heartbeat failed; will keep trying");
                     was_failing = true;
+                }
+                // Said on every refused beat: a refusal that asking again cannot
+                // change (a wrong cluster token) is the operator's to fix, and
+                // nothing else will tell them.
+                if failure.disposition == Disposition::Permanent {
+                    tracing::error!(ordinal = beats.ordinal, "the leader refuses this member: {failure}");
                 }
             }
         }
