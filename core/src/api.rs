@@ -157,6 +157,21 @@ pub struct PipelineRecord {
     /// pipeline version named here, so nothing was built.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub binary_cache_hit: Option<BinaryCacheHit>,
+    /// Set when another ordinal holds or built this version because `worker` was
+    /// missing: "built by ordinal `built_by` for ordinal `worker` (failover)".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub built_by: Option<u32>,
+}
+
+impl PipelineRecord {
+    /// Who builds it, in words: "ordinal 2", or "ordinal 1 for ordinal 2
+    /// (failover)" when another member covers for its own.
+    pub fn builder(&self) -> String {
+        match self.built_by {
+            Some(by) => format!("ordinal {by} for ordinal {} (failover)", self.worker),
+            None => format!("ordinal {}", self.worker),
+        }
+    }
 }
 
 /// Where a binary served from the binary cache was built.

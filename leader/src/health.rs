@@ -99,6 +99,13 @@ pub struct MemberHealth {
     pub disk_used_percent: Option<f64>,
     /// The build it said it has in hand, and how far it has come.
     pub building: Option<Building>,
+    /// Silent for longer than `--failover-after`: the healthy members build its
+    /// pipelines.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub missing: bool,
+    /// While it is missing: the healthy ordinals that build its pipelines.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub covered_by: Vec<u32>,
 }
 
 /// A build in a member's hands, as its last heartbeat described it.
@@ -184,6 +191,8 @@ pub fn cluster_health(
                 depset: None,
                 disk_used_percent: None,
                 building: None,
+                missing: false,
+                covered_by: Vec::new(),
             },
             Some((at, report)) => {
                 let age = now.saturating_duration_since(*at);
@@ -228,6 +237,8 @@ pub fn cluster_health(
                         crates_done: progress.crates_done,
                         crates_total: progress.crates_total,
                     }),
+                    missing: false,
+                covered_by: Vec::new(),
                 }
             }
         })

@@ -117,8 +117,7 @@ async fn metrics(State(state): State<Arc<LeaderState>>, headers: HeaderMap) -> R
     if state.config.protect_metrics && !authorized(&state, &headers) {
         return Ok(unauthorized());
     }
-    let counts = state.counts().await?;
-    let text = state.metrics.render(&counts, state.artifacts.usage(), state.data_disk_used(), &state.cluster_health());
+    let text = state.metrics_text().await?;
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response())
 }
 

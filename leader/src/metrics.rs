@@ -26,6 +26,14 @@ struct OrdinalLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FailoverLabel {
+    /// The member that built it.
+    ordinal: String,
+    /// The missing member it built it for.
+    for_ordinal: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabel {
     kind: String,
 }
@@ -48,6 +56,8 @@ pub struct Metrics {
     crates_total: Family<OrdinalLabel, Gauge>,
     pipelines: Family<StatusLabel, Gauge>,
     queue_depth: Family<OrdinalLabel, Gauge>,
+    failover_claims: Family<FailoverLabel, Counter>,
+    member_missing: Family<OrdinalLabel, Gauge>,
     member_healthy: Family<OrdinalLabel, Gauge>,
     stored_objects: Family<KindLabel, Gauge>,
     stored_bytes: Family<KindLabel, Gauge>,
@@ -124,6 +134,18 @@ impl Metrics {
         registry.register("pipelines", "Pipelines in the catalog, by status", pipelines.clone());
         let queue_depth = Family::<OrdinalLabel, Gauge>::default();
         registry.register("queue_depth", "Pending pipelines, by the ordinal that will build them", queue_depth.clone());
+        let failover_claims = Family::<FailoverLabel, Counter>::default();
+        registry.register(
+            "failover_claims",
+            "Pipelines built by ordinal `ordinal` for the missing ordinal `for_ordinal` (failover)",
+            failover_claims.clone(),
+        );
+        let member_missing = Family::<OrdinalLabel, Gauge>::default();
+        registry.register(
+            "member_missing",
+            "1 while the member has been silent for longer than --failover-after: the healthy members build its pipelines",
+            member_missing.clone(),
+        );
         let member_healthy = Family::<OrdinalLabel, Gauge>::default();
         registry.register(
             "member_healthy",
@@ -178,6 +200,8 @@ impl Metrics {
             crates_total,
             pipelines,
             queue_depth,
+            failover_claims,
+            member_missing,
             member_healthy,
         }
     }
@@ -203,6 +227,12 @@ impl Metrics {
         }
     }
 
+    /// Counts a pipeline of the missing ordinal `for_ordinal` claimed by `ordinal`.
+    pub fn failover_claimed(&self, ordinal: u32, for_ordinal: u32) {
+        let label = FailoverLabel { ordinal: ordinal.to_string(), for_ordinal: for_ordinal.to_string() };
+        self.failover_claims.get_or_create(&label).inc();
+    }
+
     /// Counts a submission served from the binary cache, which saved `saved_ms`.
     pub fn binary_cache_hit(&self, saved_ms: u64) {
         self.binary_cache_hits.inc();
@@ -224,6 +254,7 @@ impl Metrics {
         }
         self.queue_depth.clear();
         self.member_healthy.clear();
+        self.member_missing.clear();
         self.disk_used.clear();
         self.crates_done.clear();
         self.crates_total.clear();
@@ -232,6 +263,7 @@ impl Metrics {
             let depth = counts.pending_by_ordinal.get(&member.ordinal).copied().unwrap_or(0);
             self.queue_depth.get_or_create(&label).set(depth as i64);
             self.member_healthy.get_or_create(&label).set(i64::from(member.healthy));
+            self.member_missing.get_or_create(&label).set(i64::from(member.missing));
             if let Some(used) = member.disk_used_percent {
                 self.disk_used.get_or_create(&label).set(used);
             }

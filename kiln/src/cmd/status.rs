@@ -30,7 +30,7 @@ pub fn progress_bar(progress: kiln_core::api::Progress) -> String {
 
 pub fn print_table(records: &[PipelineRecord]) {
     println!(
-        "{:>4}  {:<20} {:>3}  {:<13} {:>6}  {:<13} {:<12} ERROR",
+        "{:>4}  {:<20} {:>3}  {:<13} {:>7}  {:<13} {:<12} ERROR",
         "ID", "NAME", "VER", "STATUS", "WORKER", "CACHE H/M", "BINARY"
     );
     for r in records {
@@ -44,13 +44,22 @@ pub fn print_table(records: &[PipelineRecord]) {
         if let Some(progress) = r.progress.filter(|_| r.status == Status::Compiling) {
             error = progress_bar(progress);
         }
+        // Built by another member for a missing one: "1 for 2", and the words
+        // where there is nothing else to say.
+        let worker = match r.built_by {
+            Some(by) => format!("{by} for {}", r.worker),
+            None => r.worker.to_string(),
+        };
+        if r.built_by.is_some() && error.is_empty() {
+            error = format!("built by {}", r.builder());
+        }
         println!(
-            "{:>4}  {:<20} {:>3}  {:<13} {:>6}  {:<13} {:<12} {error}",
+            "{:>4}  {:<20} {:>3}  {:<13} {:>7}  {:<13} {:<12} {error}",
             r.id,
             r.name,
             r.version,
             r.status.as_str(),
-            r.worker,
+            worker,
             cache,
             binary
         );

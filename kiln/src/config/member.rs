@@ -107,6 +107,13 @@ impl MemberConfig {
                 humantime::format_duration(args.heartbeat_interval)
             );
         }
+        if !args.failover_after.is_zero() && args.failover_after < args.heartbeat_window {
+            bail!(
+                "--failover-after ({}) must be 0 (never) or at least --heartbeat-window ({}): a member is missing only once it has been unhealthy",
+                humantime::format_duration(args.failover_after),
+                humantime::format_duration(args.heartbeat_window)
+            );
+        }
         let leader = identity.is_leader().then(|| {
             let config = LeaderConfig {
                 data_dir: args.data_dir.clone(),
@@ -121,6 +128,7 @@ impl MemberConfig {
                 depset: facts.depset.clone(),
                 retention: args.retention,
                 claim_lease: args.claim_lease,
+                failover_after: args.failover_after,
                 watermarks,
                 cache_settings: kiln_core::api::CacheSettings {
                     bucket: args.cache.bucket.clone(),

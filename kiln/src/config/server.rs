@@ -184,6 +184,12 @@ pub struct ServerArgs {
     /// name the build it works on) goes back to pending for the same ordinal.
     #[arg(long, env = "KILN_CLAIM_LEASE", default_value = "3m", value_parser = parse_duration)]
     pub claim_lease: Duration,
+    /// A member silent for this long is missing: the healthy members build its
+    /// pending pipelines and its claims (failover), each chosen by rendezvous
+    /// hashing; when it is back, new pipelines of its ordinal go to it again.
+    /// `0`: never (a missing member's pipelines wait for it, as in the seed).
+    #[arg(long, env = "KILN_FAILOVER_AFTER", default_value = "2m", value_parser = parse_duration)]
+    pub failover_after: Duration,
     /// Above this share of its volume in use (percent), a member prunes its build
     /// root (least recently used crates and targets), then its local cache.
     #[arg(long, env = "KILN_DISK_HIGH_WATERMARK", default_value_t = 85.0)]
@@ -268,6 +274,7 @@ impl ServerArgs {
         line.value("--max-connections", &self.max_connections);
         line.duration("--retention", self.retention);
         line.duration("--claim-lease", self.claim_lease);
+        line.duration("--failover-after", self.failover_after);
         line.value("--disk-high-watermark", &self.disk_high_watermark);
         line.value("--disk-critical-watermark", &self.disk_critical_watermark);
         self.tls.to_args(&mut line);
@@ -371,6 +378,7 @@ mod tests {
             "--no-api-token=true",
             "--retention=2h",
             "--claim-lease=7m",
+            "--failover-after=45s",
             "--disk-high-watermark=71.5",
             "--disk-critical-watermark=93.5",
         ];

@@ -14,50 +14,65 @@ use crate::catalog::tables::{
     status_count_key,
 };
 use crate::catalog::{Catalog, MAX_LOG_BYTES};
-use crate::rules::{self, ClaimKey, Pipeline, Report};
+use crate::rules::{self, ClaimKey, Coverage, Pipeline, Report};
 
 impl Catalog {
-    /// Hands the oldest pending pipeline of `ordinal` to it, with its source: the
-    /// first entry of the `(ordinal, pending)` index, O(log n). An unreadable record
-    /// found there is taken out of the queue (and named in the log), not handed out.
+    /// Hands member `ordinal` its next pipeline, with its source: the oldest
+    /// pending one of its own ordinal (the first entry of the `(ordinal, pending)`
+    /// index, O(log n)); when it has none, the oldest pending one of a missing
+    /// member that `coverage` says this member wins (failover). An unreadable
+    /// record found there is taken out of the queue (and named in the log), not
+    /// handed out.
     pub fn claim(
         &self,
         ordinal: u32,
         depset: &str,
+        coverage: &Coverage,
         now_ms: u64,
     ) -> Result<Option<(Pipeline, Vec<ProgramFile>)>, CatalogError> {
         let pending = status_code(Status::Pending);
+        let healthy = coverage.healthy_with(ordinal);
         self.write(|txn| {
             let mut books = Books::open(txn)?;
             let sources = txn.open_table(SOURCES)?;
-            let claimed = loop {
-                let first = match books.by_status.range((ordinal, pending, 0)..=(ordinal, pending, u64::MAX))?.next() {
-                    Some(entry) => Some(entry?.0.value().2),
-                    None => None,
-                };
-                let Some(id) = first else { break None };
-                let record = match load(&books.pipelines, id) {
-                    Ok(Some(record)) => record,
-                    Ok(None) | Err(_) => {
-                        tracing::error!(id, ordinal, "catalog record unreadable or missing: taken out of the queue");
-                        books.by_status.remove((ordinal, pending, id))?;
-                        books.status_ids.remove((pending, id))?;
-                        books.add(&status_count_key(Status::Pending), -1)?;
-                        books.add(&pending_count_key(ordinal), -1)?;
-                        continue;
+            let queues = std::iter::once(ordinal).chain(coverage.missing.iter().copied().filter(|k| *k != ordinal));
+            for queue in queues {
+                // Its own queue: the first entry. A missing member's: the first this
+                // member wins, every member computing the same winner.
+                let wins = |id: u64| queue == ordinal || Coverage::covering_member(id, &healthy) == Some(ordinal);
+                loop {
+                    let mut first = None;
+                    for entry in books.by_status.range((queue, pending, 0)..=(queue, pending, u64::MAX))? {
+                        let id = entry?.0.value().2;
+                        if wins(id) {
+                            first = Some(id);
+                            break;
+                        }
                     }
-                };
-                let mut claimed = record.clone();
-                claimed.claim(now_ms);
-                claimed.depset = Some(depset.to_owned());
-                let source = match sources.get(claimed.source_sha256.as_str())? {
-                    Some(bytes) => decode_source(&claimed.source_sha256, bytes.value())?,
-                    None => return Err(corrupt(format!("pipeline {}", claimed.id), "its source is missing")),
-                };
-                books.put(Some(&record), Some(&claimed), now_ms)?;
-                break Some((claimed, source));
-            };
-            Ok(claimed)
+                    let Some(id) = first else { break };
+                    let record = match load(&books.pipelines, id) {
+                        Ok(Some(record)) => record,
+                        Ok(None) | Err(_) => {
+                            tracing::error!(id, ordinal = queue, "catalog record unreadable or missing: taken out of the queue");
+                            books.by_status.remove((queue, pending, id))?;
+                            books.status_ids.remove((pending, id))?;
+                            books.add(&status_count_key(Status::Pending), -1)?;
+                            books.add(&pending_count_key(queue), -1)?;
+                            continue;
+                        }
+                    };
+                    let mut claimed = record.clone();
+                    claimed.claim(ordinal, now_ms);
+                    claimed.depset = Some(depset.to_owned());
+                    let source = match sources.get(claimed.source_sha256.as_str())? {
+                        Some(bytes) => decode_source(&claimed.source_sha256, bytes.value())?,
+                        None => return Err(corrupt(format!("pipeline {}", claimed.id), "its source is missing")),
+                    };
+                    books.put(Some(&record), Some(&claimed), now_ms)?;
+                    return Ok(Some((claimed, source)));
+                }
+            }
+            Ok(None)
         })
     }
 
@@ -161,7 +176,8 @@ impl Catalog {
         })
     }
 
-    /// The claims in flight (`compiling` or `uploading`), with their ordinal.
+    /// The claims in flight (`compiling` or `uploading`), with the ordinal that
+    /// holds each.
     pub fn in_flight(&self) -> Result<Vec<(ClaimKey, u32)>, CatalogError> {
         self.read(|txn| {
             let index = txn.open_table(STATUS_IDS)?;
@@ -172,7 +188,7 @@ impl Catalog {
                 for entry in index.range((code, 0)..=(code, u64::MAX))? {
                     let id = entry?.0.value().1;
                     match load(&pipelines, id) {
-                        Ok(Some(record)) => claims.push((record.claim_key(), record.worker)),
+                        Ok(Some(record)) => claims.push((record.claim_key(), record.holder())),
                         Ok(None) => {}
                         Err(error) => {
                             tracing::error!(id, %error, "catalog record unreadable: its lease is not watched")
@@ -184,7 +200,7 @@ impl Catalog {
         })
     }
 
-    /// Puts `claim` back to `pending` for the same ordinal if it is still current,
+    /// Puts `claim` back to `pending` for its own ordinal if it is still current,
     /// with `reason` in its history; returns the record when it did.
     pub fn requeue_claim(&self, claim: &ClaimKey, reason: &str, now_ms: u64) -> Result<Option<Pipeline>, CatalogError> {
         self.write(|txn| {
@@ -214,7 +230,7 @@ fn check_holder(
 ) -> Result<Pipeline, CatalogError> {
     let record = load(pipelines, claim.pipeline_id)?;
     let known = match &record {
-        Some(record) => members.get(record.worker)?.map(|v| v.value()),
+        Some(record) => members.get(record.holder())?.map(|v| v.value()),
         None => None,
     };
     Ok(rules::held_by(record, claim, member, known)?)

@@ -3,7 +3,8 @@
 //! same transaction, so they can never disagree with what is stored.
 //!
 //! - `by_status` `(ordinal, status, id)`: a claim takes the first pending id of its
-//!   ordinal in O(log n); the leases walk the in-flight ones.
+//!   ordinal in O(log n); a build in flight is under its holder's ordinal (the
+//!   member covering for another, in a failover), so a member's restart finds it.
 //! - `status_ids` `(status, id)`: the list API's status filter, in id order.
 //! - `by_artifact` `(sha256, id)`: the pipelines whose binary is that artifact,
 //!   all rebuilt when it fails its hash.
@@ -230,7 +231,7 @@ impl<'t> Books<'t> {
 
     fn index(&mut self, record: &Pipeline) -> Result<(), CatalogError> {
         let code = status_code(record.status);
-        self.by_status.insert((record.worker, code, record.id), ())?;
+        self.by_status.insert((record.queue_ordinal(), code, record.id), ())?;
         self.status_ids.insert((code, record.id), ())?;
         if let Some(sha) = &record.binary_sha256 {
             self.by_artifact.insert((sha.as_str(), record.id), ())?;
@@ -244,7 +245,7 @@ impl<'t> Books<'t> {
 
     fn unindex(&mut self, record: &Pipeline) -> Result<(), CatalogError> {
         let code = status_code(record.status);
-        self.by_status.remove((record.worker, code, record.id))?;
+        self.by_status.remove((record.queue_ordinal(), code, record.id))?;
         self.status_ids.remove((code, record.id))?;
         if let Some(sha) = &record.binary_sha256 {
             self.by_artifact.remove((sha.as_str(), record.id))?;

@@ -10,7 +10,7 @@ use super::claims::truncate_log;
 use super::tables::{META, NAMES, NEXT_ID, PIPELINES, SOURCES};
 use super::upgrade::SCHEMA_KEY;
 use super::*;
-use crate::rules::{Figures, Pipeline, Report, ReportRefused};
+use crate::rules::{Coverage, Figures, Pipeline, Report, ReportRefused};
 fn src(text: &str) -> Vec<ProgramFile> {
     vec![ProgramFile { path: "src/main.rs".into(), content: text.as_bytes().to_vec(), executable: false }]
 }
@@ -42,12 +42,12 @@ fn claims_are_exclusive_and_by_ordinal() {
     for name in ["a", "b", "c", "d"] {
         c.submit(name, name, &src(name), 3, None, 0).unwrap();
     }
-    let (first, source) = c.claim(1, "set", 1).unwrap().unwrap();
+    let (first, source) = c.claim(1, "set", &Coverage::default(), 1).unwrap().unwrap();
     assert_eq!((first.id, source), (1, src("a")));
-    let (second, _) = c.claim(1, "set", 1).unwrap().unwrap();
+    let (second, _) = c.claim(1, "set", &Coverage::default(), 1).unwrap().unwrap();
     assert_eq!(second.id, 4);
-    assert!(c.claim(1, "set", 1).unwrap().is_none(), "nothing is handed out twice");
-    assert_eq!(c.claim(0, "set", 1).unwrap().unwrap().0.id, 3);
+    assert!(c.claim(1, "set", &Coverage::default(), 1).unwrap().is_none(), "nothing is handed out twice");
+    assert_eq!(c.claim(0, "set", &Coverage::default(), 1).unwrap().unwrap().0.id, 3);
 }
 
 #[test]
@@ -55,7 +55,7 @@ fn a_restarted_member_gets_its_work_back_and_old_reports_are_refused() {
     let (dir, c) = catalog();
     c.submit("a", "s", &src("x"), 2, None, 0).unwrap();
     assert!(c.member_seen(1, 111, 0).unwrap().is_empty());
-    let (record, _) = c.claim(1, "set", 1).unwrap().unwrap();
+    let (record, _) = c.claim(1, "set", &Coverage::default(), 1).unwrap().unwrap();
     let old_claim = record.claim_key();
     drop(c);
     let c = Catalog::open(&dir.path().join("catalog.redb"), 0).unwrap();
@@ -68,7 +68,7 @@ fn a_restarted_member_gets_its_work_back_and_old_reports_are_refused() {
     assert_eq!(c.get(1).unwrap().unwrap().status, Status::Pending);
     let refused = c.report(&old_claim, (1, 111), Report::Compiling, None, 4);
     assert!(matches!(refused, Err(CatalogError::Refused(ReportRefused::StaleClaim { .. }))));
-    let (again, _) = c.claim(1, "set", 5).unwrap().unwrap();
+    let (again, _) = c.claim(1, "set", &Coverage::default(), 5).unwrap().unwrap();
     assert_eq!(again.attempt, 2);
     let figures = Figures { cache: CacheFigures::default(), ..Figures::default() };
     // Not from another ordinal, nor from the incarnation that restarted away.
@@ -132,7 +132,7 @@ fn a_schema_zero_catalog_is_rewritten_once_and_keeps_everything() {
     let c = Catalog::open(&path, 0).unwrap();
     assert_eq!(c.get(1).unwrap().unwrap(), pipeline);
     assert_eq!(c.source("s").unwrap().unwrap(), src("old"));
-    let (claimed, source) = c.claim(1, "set", 5).unwrap().unwrap();
+    let (claimed, source) = c.claim(1, "set", &Coverage::default(), 5).unwrap().unwrap();
     assert_eq!((claimed.id, source), (1, src("old")));
     drop(c);
     let c = Catalog::open(&path, 0).unwrap();
@@ -161,7 +161,7 @@ fn build(c: &Catalog, ordinal: u32, sha: &str, now: u64) -> Pipeline {
 /// [`build`], by a build that ran code of its submitter or not.
 fn build_running(c: &Catalog, ordinal: u32, sha: &str, now: u64, ran_submitted_code: bool) -> Pipeline {
     c.member_seen(ordinal, 7, now).unwrap();
-    let (record, _) = c.claim(ordinal, "set", now).unwrap().expect("something to claim");
+    let (record, _) = c.claim(ordinal, "set", &Coverage::default(), now).unwrap().expect("something to claim");
     let claim = record.claim_key();
     c.record_upload(&claim, (ordinal, 7), sha, 10, || true, now).unwrap();
     let success = Report::Success {
@@ -209,7 +209,7 @@ fn a_known_binary_is_served_at_once_while_it_is_stored_and_never_after_it_is_los
     let hit = again.binary_cache_hit.as_ref().expect("recorded as a binary cache hit");
     assert_eq!((hit.pipeline_id, hit.version, hit.saved_ms), (1, 1, 900));
     assert!(c.log(again.id).unwrap().unwrap().contains("binary cache hit"));
-    assert!(c.claim(0, "set", 3).unwrap().is_none(), "nothing to build");
+    assert!(c.claim(0, "set", &Coverage::default(), 3).unwrap().is_none(), "nothing to build");
 
     // Other settings, another set, another source: built.
     for (name, source, farm) in [
@@ -291,7 +291,7 @@ fn counters_move_with_every_write() {
     assert_counts_match_a_scan(&c);
     build(&c, 1, &"a".repeat(64), 10);
     c.member_seen(2, 1, 11).unwrap();
-    c.claim(2, "set", 11).unwrap().unwrap();
+    c.claim(2, "set", &Coverage::default(), 11).unwrap().unwrap();
     assert_counts_match_a_scan(&c);
     c.member_seen(2, 2, 12).unwrap();
     c.delete(3, 13).unwrap();
@@ -315,10 +315,10 @@ fn an_unreadable_record_is_skipped_and_blocks_nothing() {
     let page = c.page(&PageQuery { limit: 10, ..PageQuery::default() }).unwrap();
     assert_eq!(page.records.iter().map(|r| r.id).collect::<Vec<_>>(), [1, 3, 4]);
     assert_eq!(page.unreadable, [2]);
-    assert_eq!(c.claim(0, "set", 5).unwrap().unwrap().0.id, 1);
-    assert_eq!(c.claim(0, "set", 5).unwrap().unwrap().0.id, 3, "the unreadable record is passed over");
-    assert_eq!(c.claim(0, "set", 5).unwrap().unwrap().0.id, 4);
-    assert!(c.claim(0, "set", 5).unwrap().is_none());
+    assert_eq!(c.claim(0, "set", &Coverage::default(), 5).unwrap().unwrap().0.id, 1);
+    assert_eq!(c.claim(0, "set", &Coverage::default(), 5).unwrap().unwrap().0.id, 3, "the unreadable record is passed over");
+    assert_eq!(c.claim(0, "set", &Coverage::default(), 5).unwrap().unwrap().0.id, 4);
+    assert!(c.claim(0, "set", &Coverage::default(), 5).unwrap().is_none());
     assert!(matches!(c.get(2), Err(CatalogError::Corrupt { .. })), "asked for by id, it is an error naming it");
 }
 
@@ -380,12 +380,12 @@ fn a_claim_whose_lease_ran_out_goes_back_to_its_ordinal() {
     let (_dir, c) = catalog();
     c.submit("a", "s", &src("x"), 2, None, 0).unwrap();
     c.member_seen(1, 9, 0).unwrap();
-    let (record, _) = c.claim(1, "set", 1).unwrap().unwrap();
+    let (record, _) = c.claim(1, "set", &Coverage::default(), 1).unwrap().unwrap();
     assert_eq!(c.in_flight().unwrap(), vec![(record.claim_key(), 1)]);
     let requeued = c.requeue_claim(&record.claim_key(), "its lease ran out", 2).unwrap().unwrap();
     assert_eq!((requeued.status, requeued.worker), (Status::Pending, 1));
     assert!(c.requeue_claim(&record.claim_key(), "again", 3).unwrap().is_none(), "only a current claim");
-    assert_eq!(c.claim(1, "set", 4).unwrap().unwrap().0.attempt, 2);
+    assert_eq!(c.claim(1, "set", &Coverage::default(), 4).unwrap().unwrap().0.attempt, 2);
 }
 
 /// A catalog written by Kiln before the indexes (catalog schema 1, the code of
@@ -414,5 +414,61 @@ fn the_previous_schemas_catalog_opens_and_serves_every_record() {
     // The queue works from the built index: the first pending id of ordinal 1.
     let pending = all.records.iter().find(|r| r.status == Status::Pending && r.worker == 1).map(|r| r.id);
     c.member_seen(1, 77, 2_000).unwrap();
-    assert_eq!(c.claim(1, "set", 2_000).unwrap().map(|(r, _)| r.id), pending);
+    assert_eq!(c.claim(1, "set", &Coverage::default(), 2_000).unwrap().map(|(r, _)| r.id), pending);
+}
+
+/// With ordinal 2 missing, ordinals 0 and 1 take its pending pipelines after
+/// their own, each the ones it wins, each once; the record says so; a build in
+/// flight is found under its holder when that member restarts; once ordinal 2
+/// is back, its new pipelines go to it.
+#[test]
+fn a_missing_members_pipelines_go_to_the_members_that_win_them() {
+    let (_dir, c) = catalog();
+    // ids 1..=12 on 3 members: 4 per ordinal (2, 5, 8, 11 are ordinal 2's).
+    for id in 1..=12u64 {
+        let name = format!("p{id}");
+        c.submit(&name, &name, &src(&name), 3, None, 0).unwrap();
+    }
+    for ordinal in [0, 1] {
+        c.member_seen(ordinal, 10, 0).unwrap();
+    }
+    let coverage = Coverage { missing: vec![2], healthy: vec![0, 1] };
+    let mut taken: Vec<(u32, u64)> = Vec::new();
+    for ordinal in [0, 1] {
+        while let Some((record, _)) = c.claim(ordinal, "set", &coverage, 1).unwrap() {
+            taken.push((ordinal, record.id));
+        }
+    }
+    let mut ids: Vec<u64> = taken.iter().map(|(_, id)| *id).collect();
+    ids.sort_unstable();
+    assert_eq!(ids, (1..=12).collect::<Vec<_>>(), "each once: {taken:?}");
+    for (ordinal, id) in &taken {
+        let record = c.get(*id).unwrap().unwrap();
+        assert_eq!(record.holder(), *ordinal);
+        if id % 3 == 2 {
+            assert_eq!(record.built_by, Some(*ordinal), "pipeline {id}");
+            assert_eq!(Coverage::covering_member(*id, &[0, 1]), Some(*ordinal), "pipeline {id} went to its winner");
+        } else {
+            assert_eq!((record.built_by, record.worker), (None, *ordinal), "its own ordinal's pipeline {id}");
+        }
+    }
+    // Its own queue first: ordinal 0's first claim was one of its own.
+    assert_eq!(taken.iter().find(|(o, _)| *o == 0).map(|(_, id)| id % 3), Some(0));
+    // A member covering for ordinal 2 restarts: the failover builds it held are found.
+    let covered_by_1 = taken.iter().filter(|(o, id)| *o == 1 && id % 3 == 2).count();
+    let held_by_1 = taken.iter().filter(|(o, _)| *o == 1).count();
+    assert_eq!(c.member_seen(1, 11, 3).unwrap().len(), held_by_1, "{covered_by_1} of them for ordinal 2");
+    // Ordinal 2 is back: what is pending of its ordinal (the builds ordinal 1's
+    // restart sent back), and what is new (id 14), is its own.
+    for name in ["p13", "p14"] {
+        c.submit(name, name, &src(name), 3, None, 4).unwrap();
+    }
+    let back = Coverage { missing: vec![], healthy: vec![0, 1, 2] };
+    assert!(c.claim(0, "set", &back, 5).unwrap().is_none(), "nothing of ordinal 2's goes to ordinal 0 now");
+    let mut own = Vec::new();
+    while let Some((record, _)) = c.claim(2, "set", &back, 5).unwrap() {
+        own.push((record.id, record.built_by));
+    }
+    assert!(own.contains(&(14, None)), "its new pipeline: {own:?}");
+    assert!(own.iter().all(|(id, by)| id % 3 == 2 && by.is_none()), "{own:?}");
 }

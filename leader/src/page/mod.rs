@@ -359,7 +359,11 @@ fn pipelines_table(records: &[PipelineRecord]) -> Markup {
                             td { a href={ "/ui/pipelines/" (r.id) } { (r.name) } }
                             td.num { (r.version) }
                             td { (status_cell(r)) }
-                            td.num { (r.worker) }
+                            td.num {
+                                @if let Some(by) = r.built_by {
+                                    span title=(r.builder()) { (by) " for " (r.worker) }
+                                } @else { (r.worker) }
+                            }
                             td.num { (seconds(r.compile_ms)) }
                             td.num.wide { (seconds(r.upload_ms)) }
                             td { (cache_cell(r)) }
@@ -413,7 +417,7 @@ async fn pipeline_part(state: &LeaderState, key: &str, form: &str) -> Result<(St
             dt { "Status" } dd { (status_cell(&r)) }
             @if let Some(error) = &r.error { dt { "Error" } dd { (error) } }
             @if let Some(why) = &r.rebuilding { dt { "Rebuilding" } dd { (why) } }
-            dt { "Worker" } dd { "ordinal " (r.worker) ", attempt " (r.attempt) }
+            dt { "Worker" } dd { (r.builder()) ", attempt " (r.attempt) }
             dt { "Compile" } dd { (seconds(r.compile_ms)) }
             dt { "Upload" } dd { (seconds(r.upload_ms)) @if r.upload_retries > 0 { " (" (r.upload_retries) " retries)" } }
             dt { "Cache" } dd { (cache_cell(&r)) }

@@ -66,9 +66,9 @@ impl Report {
 }
 
 /// The record of `claim` if `holder` (ordinal, incarnation) holds it: the
-/// pipeline exists (`record`), the claim is its current one, the pipeline is that
-/// ordinal's, and the incarnation is `known_incarnation`, the one the catalog
-/// knows for the pipeline's ordinal. Anything else is refused: a build its
+/// pipeline exists (`record`), the claim is its current one, it was handed to
+/// that ordinal (its own, or the one covering for it), and the incarnation is
+/// `known_incarnation`, the one the catalog knows for that ordinal. Anything else is refused: a build its
 /// worker restarted away from, or another member's, must not move the record.
 pub fn held_by(
     record: Option<Pipeline>,
@@ -82,8 +82,8 @@ pub fn held_by(
     if !record.is_current(claim) {
         return Err(stale());
     }
-    if record.worker != ordinal || known_incarnation != Some(incarnation) {
-        return Err(ReportRefused::NotTheHolder { id: record.id, holder: record.worker, ordinal });
+    if record.holder() != ordinal || known_incarnation != Some(incarnation) {
+        return Err(ReportRefused::NotTheHolder { id: record.id, holder: record.holder(), ordinal });
     }
     Ok(record)
 }

@@ -8,9 +8,12 @@
 //! - `claims.rs`: who may report or upload under a claim, and what a report or an
 //!   upload changes.
 //! - `binary_cache.rs`: the key that decides a binary, and what a hit serves.
+//! - `failover.rs`: who is missing, and which healthy member builds each of a
+//!   missing member's pipelines.
 
 mod binary_cache;
 mod claims;
+mod failover;
 mod pipeline;
 mod submission;
 #[cfg(test)]
@@ -18,6 +21,7 @@ pub(crate) mod tests;
 
 pub use binary_cache::{CachedBinary, binary_cache_candidates, binary_cache_hit_log, binary_key};
 pub use claims::{Report, ReportRefused, held_by};
+pub use failover::Coverage;
 pub use kiln_core::cluster::{ClaimKey, Figures};
 pub use pipeline::{HISTORY_LEN, MAX_MEMBER_LOSSES, NotCancellable, Pipeline, Uploaded, assigned_ordinal};
 pub use submission::{Submitted, resubmit};

@@ -70,6 +70,11 @@ pub struct Pipeline {
     /// to the queue for good.
     #[serde(default)]
     pub members_lost: u32,
+    /// The ordinal that holds this version's claim, or built it, when that is not
+    /// `worker`: another member covered for a missing one (failover). None when
+    /// its own ordinal builds it.
+    #[serde(default)]
+    pub built_by: Option<u32>,
 }
 
 /// How many of its member's restarts a version's builds may cause.
@@ -124,6 +129,7 @@ impl From<&Pipeline> for api::PipelineRecord {
             history: p.history.clone(),
             progress: None,
             binary_cache_hit: p.binary_cache_hit.clone(),
+            built_by: p.built_by,
         }
     }
 }
@@ -158,6 +164,7 @@ impl Pipeline {
             binary_key: None,
             binary_cache_hit: None,
             members_lost: 0,
+            built_by: None,
         }
     }
 
@@ -191,6 +198,7 @@ impl Pipeline {
         let from = self.status;
         self.status = Status::Pending;
         self.started_at_ms = None;
+        self.built_by = None;
         self.updated_at_ms = now_ms;
         self.note(now_ms, format!("back to pending from {from} (attempt {}): {reason}", self.attempt));
     }
@@ -227,6 +235,7 @@ impl Pipeline {
         self.binary_key = None;
         self.binary_cache_hit = None;
         self.members_lost = 0;
+        self.built_by = None;
     }
 
     /// The member building this version restarted (`ordinal`, a new incarnation):
@@ -268,15 +277,34 @@ impl Pipeline {
         Ok(())
     }
 
-    /// Hands the pipeline to its worker: the claim that worker must quote.
-    pub fn claim(&mut self, now_ms: u64) -> ClaimKey {
+    /// Hands the pipeline to member `by`, its own ordinal or one covering for it
+    /// (failover): the claim that member must quote.
+    pub fn claim(&mut self, by: u32, now_ms: u64) -> ClaimKey {
         self.status = Status::Compiling;
         self.attempt += 1;
         self.uploaded = None;
         self.started_at_ms = Some(now_ms);
         self.updated_at_ms = now_ms;
-        self.note(now_ms, format!("claimed by ordinal {} (attempt {})", self.worker, self.attempt));
+        self.built_by = (by != self.worker).then_some(by);
+        let event = match self.built_by {
+            Some(by) => format!("claimed by ordinal {by} for ordinal {} (failover, attempt {})", self.worker, self.attempt),
+            None => format!("claimed by ordinal {} (attempt {})", self.worker, self.attempt),
+        };
+        self.note(now_ms, event);
         self.claim_key()
+    }
+
+    /// The ordinal that holds the current claim (or built the version): its own,
+    /// or the one that covered for it.
+    pub fn holder(&self) -> u32 {
+        self.built_by.unwrap_or(self.worker)
+    }
+
+    /// The ordinal whose queue indexes the record: a build in flight is its
+    /// holder's (a member's restart finds every build it held), anything else its
+    /// own ordinal's.
+    pub fn queue_ordinal(&self) -> u32 {
+        if self.status.in_flight() { self.holder() } else { self.worker }
     }
 
     pub fn claim_key(&self) -> ClaimKey {

@@ -28,12 +28,12 @@ fn success() -> Report {
 fn a_version_whose_builds_keep_killing_their_member_ends_system_error() {
     let mut r = record(4);
     for lost in 1..MAX_MEMBER_LOSSES {
-        r.claim(lost as u64);
+        r.claim(r.worker, lost as u64);
         r.status = Status::Compiling;
         r.member_lost(1, 10 + lost as u64);
         assert_eq!(r.status, Status::Pending, "loss {lost}");
     }
-    r.claim(20);
+    r.claim(r.worker, 20);
     r.status = Status::Compiling;
     r.member_lost(1, 21);
     assert_eq!(r.status, Status::SystemError);
@@ -57,7 +57,7 @@ fn ordinals_follow_the_modulus() {
 #[test]
 fn a_build_goes_forward_under_its_claim() {
     let mut r = record(4);
-    let claim = r.claim(10);
+    let claim = r.claim(r.worker, 10);
     assert_eq!((r.status, r.attempt), (Status::Compiling, 1));
     r.apply(&claim, Report::Uploading { compile_ms: 5, cache: CacheFigures::default() }, 11).unwrap();
     let refused = r.apply(&claim, success(), 12);
@@ -75,9 +75,9 @@ fn a_build_goes_forward_under_its_claim() {
 #[test]
 fn a_new_version_or_a_requeue_makes_old_claims_stale() {
     let mut r = record(2);
-    let first = r.claim(1);
+    let first = r.claim(r.worker, 1);
     r.requeue(2, "a test");
-    let second = r.claim(3);
+    let second = r.claim(r.worker, 3);
     assert_eq!(second.attempt, 2);
     assert!(matches!(r.apply(&first, success(), 4), Err(ReportRefused::StaleClaim { .. })));
     r.new_version("t".into(), 5);
@@ -88,7 +88,7 @@ fn a_new_version_or_a_requeue_makes_old_claims_stale() {
 #[test]
 fn the_history_keeps_the_latest_events_and_says_why() {
     let mut r = record(5);
-    let claim = r.claim(1);
+    let claim = r.claim(r.worker, 1);
     r.requeue(2, "its lease ran out");
     assert!(r.history.last().unwrap().event.contains("its lease ran out"), "{:?}", r.history);
     for t in 0..100 {
@@ -103,7 +103,7 @@ fn the_history_keeps_the_latest_events_and_says_why() {
 #[test]
 fn a_cancelled_build_takes_no_more_reports_and_an_ended_one_cannot_be_cancelled() {
     let mut r = record(6);
-    let claim = r.claim(1);
+    let claim = r.claim(r.worker, 1);
     r.cancel(2, "by the API").unwrap();
     assert_eq!(r.status, Status::Cancelled);
     assert!(r.status.finished());
@@ -119,7 +119,7 @@ fn a_cancelled_build_takes_no_more_reports_and_an_ended_one_cannot_be_cancelled(
 fn a_success_is_keyed_by_source_depset_and_settings_and_a_new_version_forgets_the_key() {
     let mut r = record(8);
     r.depset = Some("set".into());
-    let claim = r.claim(1);
+    let claim = r.claim(r.worker, 1);
     r.uploaded = Some(Uploaded { attempt: claim.attempt, sha256: "ab".into(), size: 7 });
     r.apply(&claim, success(), 2).unwrap();
     assert_eq!(r.binary_key.as_deref(), Some(binary_key("s", "set", "settings", None).as_str()));
@@ -131,7 +131,7 @@ fn a_success_is_keyed_by_source_depset_and_settings_and_a_new_version_forgets_th
     assert_ne!(binary_key("s", "set", "settings", None), binary_key("s", "set", "settings", Some(8)));
     let mut own = record(8);
     own.depset = Some("set".into());
-    let claim = own.claim(1);
+    let claim = own.claim(own.worker, 1);
     own.uploaded = Some(Uploaded { attempt: claim.attempt, sha256: "ab".into(), size: 7 });
     let ran_code = match success() {
         Report::Success { binary_sha256, binary_size, figures, build_settings, .. } => {
@@ -157,7 +157,7 @@ fn a_success_is_keyed_by_source_depset_and_settings_and_a_new_version_forgets_th
 #[test]
 fn no_going_backwards() {
     let mut r = record(1);
-    let claim = r.claim(1);
+    let claim = r.claim(r.worker, 1);
     r.apply(&claim, Report::Uploading { compile_ms: 1, cache: CacheFigures::default() }, 2).unwrap();
     let back = r.apply(&claim, Report::Compiling, 3);
     assert!(matches!(back, Err(ReportRefused::BadTransition { .. })));
@@ -178,7 +178,7 @@ fn the_same_source_again_changes_nothing_while_the_version_is_alive_or_succeeded
     let mut r = record(4);
     let again = resubmit(&r, "s", 3, 5);
     assert_eq!((again.change, &again.record), (Change::Unchanged, &r), "pending: nothing changes");
-    let claim = r.claim(1);
+    let claim = r.claim(r.worker, 1);
     assert_eq!(resubmit(&r, "s", 3, 5).change, Change::Unchanged, "compiling: the build goes on");
     r.upload_received(&claim, "ab", 7);
     r.apply(&claim, success(), 2).unwrap();
@@ -190,7 +190,7 @@ fn the_same_source_again_changes_nothing_while_the_version_is_alive_or_succeeded
 fn the_same_source_after_a_system_error_or_a_cancellation_is_retried_as_the_same_version() {
     for end in [Status::SystemError, Status::Cancelled] {
         let mut r = record(4);
-        let claim = r.claim(1);
+        let claim = r.claim(r.worker, 1);
         match end {
             Status::SystemError => {
                 let report = Report::SystemError { error: "disk gone".into(), figures: Figures::default() };
@@ -212,7 +212,7 @@ fn the_same_source_after_a_system_error_or_a_cancellation_is_retried_as_the_same
 #[test]
 fn another_source_is_a_new_version_for_the_ordinal_the_set_assigns_now() {
     let mut r = record(4);
-    let claim = r.claim(1);
+    let claim = r.claim(r.worker, 1);
     r.upload_received(&claim, "ab", 7);
     r.apply(&claim, success(), 2).unwrap();
     // Submitted into a set of 3, now submitted again into a set of 2.
@@ -227,7 +227,7 @@ fn another_source_is_a_new_version_for_the_ordinal_the_set_assigns_now() {
 #[test]
 fn only_the_current_incarnation_of_the_claims_ordinal_holds_it() {
     let mut r = record(4);
-    let claim = r.claim(1);
+    let claim = r.claim(r.worker, 1);
     let holder = (1, 7);
     assert_eq!(held_by(Some(r.clone()), &claim, holder, Some(7)), Ok(r.clone()));
     let not_the_holder = |refused| matches!(refused, Err(ReportRefused::NotTheHolder { id: 4, holder: 1, .. }));
@@ -238,7 +238,7 @@ fn only_the_current_incarnation_of_the_claims_ordinal_holds_it() {
     assert!(stale(held_by(None, &claim, holder, Some(7))), "a deleted pipeline");
     r.requeue(2, "its lease ran out");
     assert!(stale(held_by(Some(r.clone()), &claim, holder, Some(7))), "a requeued claim, even from its holder");
-    let next = r.claim(3);
+    let next = r.claim(r.worker, 3);
     assert!(stale(held_by(Some(r.clone()), &claim, holder, Some(7))), "the previous attempt");
     assert!(held_by(Some(r), &next, holder, Some(7)).is_ok());
 }
@@ -246,11 +246,11 @@ fn only_the_current_incarnation_of_the_claims_ordinal_holds_it() {
 #[test]
 fn an_upload_is_what_a_success_of_the_same_attempt_may_name() {
     let mut r = record(4);
-    let first = r.claim(1);
+    let first = r.claim(r.worker, 1);
     r.upload_received(&first, "aa", 7);
     assert_eq!(r.uploaded, Some(Uploaded { attempt: 1, sha256: "aa".into(), size: 7 }));
     r.requeue(2, "its worker restarted");
-    let second = r.claim(3);
+    let second = r.claim(r.worker, 3);
     let refused = r.apply(&second, success_of("aa"), 4);
     assert!(matches!(refused, Err(ReportRefused::NotUploaded { .. })), "an earlier attempt's upload: {refused:?}");
     r.upload_received(&second, "bb", 9);
@@ -269,4 +269,58 @@ fn a_submission_tries_the_shared_binary_before_its_own() {
     let cached = CachedBinary { sha256: "cd".into(), size: 9, pipeline_id: 3, version: 2, compile_ms: 500 };
     let log = binary_cache_hit_log("s", "set", "settings", &cached);
     assert!(log.contains("pipeline 3 version 2") && log.contains("500 ms of build saved"), "{log}");
+}
+
+/// Failover's choice: every member computes the same winner for a pipeline; the
+/// work of a missing member spreads over the healthy ones; one more member
+/// leaving moves only the pipelines it had won.
+#[test]
+fn the_covering_member_is_deterministic_spread_and_stable() {
+    let healthy = [0, 1, 3];
+    let winners: Vec<u32> = (0..3_000).map(|id| Coverage::covering_member(id, &healthy).unwrap()).collect();
+    let again: Vec<u32> = (0..3_000).map(|id| Coverage::covering_member(id, &[3, 1, 0]).unwrap()).collect();
+    assert_eq!(winners, again, "the order the members are listed in changes nothing");
+    for ordinal in healthy {
+        let won = winners.iter().filter(|w| **w == ordinal).count();
+        assert!((800..=1_200).contains(&won), "ordinal {ordinal} wins {won} of 3000 (a third is 1000)");
+    }
+    let fewer: Vec<u32> = (0..3_000).map(|id| Coverage::covering_member(id, &[0, 1]).unwrap()).collect();
+    for (id, (before, after)) in winners.iter().zip(&fewer).enumerate() {
+        if *before != 3 {
+            assert_eq!(before, after, "pipeline {id} moved although its winner stayed");
+        }
+    }
+    assert_eq!(Coverage::covering_member(7, &[]), None, "nobody healthy, nobody covers");
+}
+
+/// Who is missing: silent for longer than --failover-after; who may cover:
+/// reported within the heartbeat window. Zero turns failover off.
+#[test]
+fn coverage_follows_silence() {
+    use std::time::Duration;
+    let silence = |ordinal: u32| Duration::from_secs([1, 5, 200, 30][ordinal as usize]);
+    let (after, window) = (Duration::from_secs(120), Duration::from_secs(10));
+    let coverage = Coverage::of(4, silence, after, window);
+    assert_eq!(coverage, Coverage { missing: vec![2], healthy: vec![0, 1] }, "ordinal 3 is neither");
+    assert_eq!(coverage.healthy_with(3), vec![0, 1, 3], "a member asking for work is alive");
+    assert!(Coverage::of(4, silence, Duration::ZERO, window).missing.is_empty(), "0: never");
+}
+
+/// A failover claim: the record says who builds it for whom, only that member
+/// may report under it, and a requeue gives it back to its own ordinal.
+#[test]
+fn a_failover_claim_is_held_by_the_covering_member() {
+    let mut r = record(5); // ordinal 2 of 3
+    let claim = r.claim(1, 10);
+    assert_eq!((r.worker, r.built_by, r.holder(), r.queue_ordinal()), (2, Some(1), 1, 1));
+    let event = &r.history.last().unwrap().event;
+    assert_eq!(event, "claimed by ordinal 1 for ordinal 2 (failover, attempt 1)");
+    assert_eq!(r.to_api().builder(), "ordinal 1 for ordinal 2 (failover)");
+    assert!(held_by(Some(r.clone()), &claim, (1, 11), Some(11)).is_ok());
+    let refused = held_by(Some(r.clone()), &claim, (2, 22), Some(22)).unwrap_err();
+    assert_eq!(refused, ReportRefused::NotTheHolder { id: 5, holder: 1, ordinal: 2 });
+    r.requeue(11, "its holder went missing");
+    assert_eq!((r.status, r.built_by, r.queue_ordinal()), (Status::Pending, None, 2));
+    r.claim(2, 12);
+    assert_eq!((r.built_by, r.to_api().builder()), (None, "ordinal 2".to_owned()));
 }

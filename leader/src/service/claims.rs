@@ -1,7 +1,8 @@
 //! Claims and their leases: the long poll that hands a member its next
-//! pipeline, the reports and uploads under a claim (refused unless the caller
-//! holds it), and the lease that sends a claim its member stopped reporting back
-//! to `pending` for the same ordinal.
+//! pipeline (its own ordinal's, or a missing member's it covers for), the reports
+//! and uploads under a claim (refused unless the caller holds it), and the lease
+//! that sends a claim its member stopped reporting back to `pending` for its own
+//! ordinal.
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
@@ -9,7 +10,7 @@ use std::time::{Duration, Instant};
 use kiln_core::program::ProgramFile;
 
 use crate::error::ApiError;
-use crate::rules::{ClaimKey, Pipeline, Report};
+use crate::rules::{ClaimKey, Coverage, Pipeline, Report};
 use crate::service::{LeaderState, MemberId, now_ms};
 
 impl LeaderState {
@@ -40,16 +41,43 @@ impl LeaderState {
                 .filter(|(claim, _)| now.duration_since(*leases.entry(*claim).or_insert(now)) > lease)
                 .collect()
         };
+        let lease = humantime::format_duration(lease).to_string();
+        let reasons = expired.into_iter().map(|(claim, ordinal)| {
+            (claim, ordinal, format!("ordinal {ordinal} did not report this build for longer than the claim lease ({lease})"))
+        });
+        let requeued = self.requeue_claims(reasons.collect(), "claim lease ran out: the pipeline is pending again").await?;
+        Ok(requeued)
+    }
+
+    /// Sends every claim a missing member holds back to `pending` without waiting
+    /// for its lease: its member has been silent for longer than
+    /// `--failover-after`, and a healthy member builds it.
+    pub(super) async fn requeue_claims_of_missing(&self, coverage: &Coverage) -> Result<usize, ApiError> {
+        if coverage.missing.is_empty() {
+            return Ok(0);
+        }
+        let in_flight = self.catalog(|c| c.in_flight()).await?;
+        let after = humantime::format_duration(self.config.failover_after).to_string();
+        let held: Vec<(ClaimKey, u32, String)> = in_flight
+            .into_iter()
+            .filter(|(_, holder)| coverage.is_missing(*holder))
+            .map(|(claim, holder)| {
+                let why = format!("ordinal {holder} sent no heartbeat for longer than --failover-after ({after}): a healthy member builds it (failover)");
+                (claim, holder, why)
+            })
+            .collect();
+        self.requeue_claims(held, "member missing: its build is pending again for a healthy member").await
+    }
+
+    /// Puts each claim back to `pending` (if still current) with its reason, and
+    /// wakes the members when any went back.
+    async fn requeue_claims(&self, claims: Vec<(ClaimKey, u32, String)>, what: &'static str) -> Result<usize, ApiError> {
         let mut requeued = 0;
-        for (claim, ordinal) in expired {
-            let reason = format!(
-                "ordinal {ordinal} did not report this build for longer than the claim lease ({})",
-                humantime::format_duration(lease)
-            );
+        for (claim, ordinal, reason) in claims {
             if let Some(record) = self.catalog(move |c| c.requeue_claim(&claim, &reason, now_ms())).await? {
                 tracing::warn!(
                     pipeline = %record.name, id = record.id, version = record.version, ordinal,
-                    attempt = record.attempt, "claim lease ran out: the pipeline is pending again"
+                    attempt = record.attempt, "{what}"
                 );
                 requeued += 1;
             }
@@ -99,9 +127,18 @@ impl LeaderState {
             wakeups.borrow_and_update();
             let ordinal = member.ordinal;
             let set = leader_set.clone();
-            if let Some((record, source)) = self.catalog(move |c| c.claim(ordinal, &set, now_ms())).await? {
+            let coverage = self.coverage();
+            if let Some((record, source)) = self.catalog(move |c| c.claim(ordinal, &set, &coverage, now_ms())).await? {
                 self.renew_lease(record.claim_key());
-                tracing::info!(pipeline = %record.name, id = record.id, version = record.version, ordinal, attempt = record.attempt, "pipeline claimed");
+                match record.built_by {
+                    Some(_) => {
+                        self.metrics.failover_claimed(ordinal, record.worker);
+                        tracing::info!(pipeline = %record.name, id = record.id, version = record.version, ordinal, for_ordinal = record.worker, attempt = record.attempt, "pipeline claimed for a missing member (failover)");
+                    }
+                    None => {
+                        tracing::info!(pipeline = %record.name, id = record.id, version = record.version, ordinal, attempt = record.attempt, "pipeline claimed")
+                    }
+                }
                 return Ok(Some((record, source)));
             }
             tokio::select! {

@@ -10,7 +10,7 @@ use kiln_core::scaling::ScalingDetected;
 
 use crate::error::ApiError;
 use crate::health::{ClusterHealth, Expected, MemberReport, cluster_health};
-use crate::rules::ClaimKey;
+use crate::rules::{ClaimKey, Coverage};
 use crate::service::{LeaderState, MemberId, now_ms};
 
 impl LeaderState {
@@ -121,6 +121,51 @@ impl LeaderState {
         }
     }
 
+    /// Who is missing (silent for longer than `--failover-after`) and who is
+    /// healthy, now. A member the leader has not heard from since it started counts
+    /// as silent since then.
+    pub fn coverage(&self) -> Coverage {
+        self.coverage_at(Instant::now())
+    }
+
+    pub(super) fn coverage_at(&self, now: Instant) -> Coverage {
+        let reports = self.members.snapshot();
+        let silence = |ordinal: u32| {
+            let since = reports.get(&ordinal).map_or(self.started, |(at, _)| *at);
+            now.saturating_duration_since(since)
+        };
+        Coverage::of(self.config.workers, silence, self.config.failover_after, self.config.heartbeat_window)
+    }
+
+    /// Says when a member goes missing or comes back, sends the claims a missing
+    /// member held back to `pending` (a healthy member builds them), and wakes the
+    /// members so that they look at its queue. Returns the coverage it acted on.
+    pub async fn fail_over(&self) -> Result<Coverage, ApiError> {
+        let coverage = self.coverage();
+        let (lost, back) = {
+            let mut known = self.missing.lock().unwrap_or_else(|p| p.into_inner());
+            let lost: Vec<u32> = coverage.missing.iter().copied().filter(|o| !known.contains(o)).collect();
+            let back: Vec<u32> = known.iter().copied().filter(|o| !coverage.is_missing(*o)).collect();
+            known.clone_from(&coverage.missing);
+            (lost, back)
+        };
+        let after = humantime::format_duration(self.config.failover_after).to_string();
+        for ordinal in &lost {
+            tracing::warn!(
+                ordinal, failover_after = %after, covering = ?coverage.healthy,
+                "member missing: the healthy members build its pipelines (failover)"
+            );
+        }
+        for ordinal in &back {
+            tracing::info!(ordinal, "member back: new pipelines of its ordinal go to it again");
+        }
+        let requeued = self.requeue_claims_of_missing(&coverage).await?;
+        if !lost.is_empty() || requeued > 0 {
+            self.wake_workers();
+        }
+        Ok(coverage)
+    }
+
     pub fn cluster_health(&self) -> ClusterHealth {
         let now = Instant::now();
         let expected = Expected {
@@ -142,6 +187,24 @@ impl LeaderState {
                 member.message = if member.healthy { conflict } else { format!("{}; {conflict}", member.message) };
                 member.healthy = false;
             }
+        }
+        // A missing member stays unhealthy; its message names who covers for it.
+        let coverage = self.coverage_at(now);
+        for member in health.members.iter_mut().filter(|m| coverage.is_missing(m.ordinal)) {
+            let healthy = coverage.healthy_with(member.ordinal);
+            let covering: Vec<u32> = healthy.into_iter().filter(|o| *o != member.ordinal).collect();
+            let after = humantime::format_duration(self.config.failover_after);
+            let cover = match covering.as_slice() {
+                [] => format!("silent for longer than --failover-after ({after}), and no healthy member can cover for it"),
+                list => format!(
+                    "silent for longer than --failover-after ({after}): ordinals {} build its pipelines (failover)",
+                    list.iter().map(u32::to_string).collect::<Vec<_>>().join(", ")
+                ),
+            };
+            member.message = format!("{}; {cover}", member.message);
+            member.healthy = false;
+            member.missing = true;
+            member.covered_by = covering;
         }
         if let Some(full) = self.data_disk_critical()
             && let Some(leader) = health.members.iter_mut().find(|m| m.ordinal == 0)

@@ -59,6 +59,9 @@ pub struct LeaderConfig {
     /// A claim its member has not reported (in a heartbeat, a report or an upload)
     /// for this long goes back to `pending` for the same ordinal.
     pub claim_lease: Duration,
+    /// A member silent for this long is missing: the healthy members build its
+    /// pending pipelines and its claims (failover). Zero: never.
+    pub failover_after: Duration,
     /// Above the critical watermark of its data volume, the leader hands out no
     /// work and reports it in `/healthz` and `/cluster_healthz`.
     pub watermarks: kiln_core::disk::Watermarks,
@@ -91,6 +94,9 @@ pub struct LeaderState {
     /// When each claim in flight was last reported by its member. A claim the
     /// leader has not seen yet (after its own restart) starts a full lease.
     leases: Mutex<HashMap<ClaimKey, Instant>>,
+    /// The members found missing at the last look, to say when one goes missing
+    /// or comes back.
+    missing: Mutex<Vec<u32>>,
 }
 
 /// Wall-clock milliseconds since the epoch: the time the catalog's records and
@@ -125,6 +131,7 @@ impl LeaderState {
             metrics: Metrics::new(),
             started: Instant::now(),
             leases: Mutex::new(HashMap::new()),
+            missing: Mutex::new(Vec::new()),
         })
     }
 
@@ -140,6 +147,12 @@ impl LeaderState {
             .await
             .map_err(|e| ApiError::Internal(format!("catalog task failed: {e}")))?
             .map_err(ApiError::from)
+    }
+
+    /// `/metrics`: the Prometheus text, its gauges read now.
+    pub async fn metrics_text(&self) -> Result<String, ApiError> {
+        let counts = self.counts().await?;
+        Ok(self.metrics.render(&counts, self.artifacts.usage(), self.data_disk_used(), &self.cluster_health()))
     }
 
     /// Wakes the members' long-polling claims: a pipeline became pending.

@@ -25,13 +25,20 @@ impl LeaderState {
         Ok(collected)
     }
 
-    /// The leader's housekeeping until `shutdown`: claim leases and collection, each
-    /// on a period a fraction of its setting.
+    /// The leader's housekeeping until `shutdown`: claim leases, failover and
+    /// collection, each on a period a fraction of its setting.
     pub async fn maintain(self: Arc<Self>, shutdown: tokio_util::sync::CancellationToken) {
         let period = |of: Duration, max: Duration| (of / 4).clamp(Duration::from_millis(100), max);
         let mut leases = tokio::time::interval(period(self.config.claim_lease, Duration::from_secs(5)));
         let mut collection = tokio::time::interval(period(self.config.retention, Duration::from_secs(60)));
-        for timer in [&mut leases, &mut collection] {
+        // A missing member is noticed within a tenth of --failover-after (1 s at
+        // most), so its pipelines move on soon after it is declared missing.
+        let failover_period = match self.config.failover_after.is_zero() {
+            true => Duration::from_secs(3600),
+            false => (self.config.failover_after / 10).clamp(Duration::from_millis(100), Duration::from_secs(1)),
+        };
+        let mut failover = tokio::time::interval(failover_period);
+        for timer in [&mut leases, &mut collection, &mut failover] {
             timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         }
         loop {
@@ -39,6 +46,7 @@ impl LeaderState {
                 () = shutdown.cancelled() => return,
                 _ = leases.tick() => self.expire_leases().await.map(|_| ()),
                 _ = collection.tick() => self.collect().await.map(|_| ()),
+                _ = failover.tick(), if !self.config.failover_after.is_zero() => self.fail_over().await.map(|_| ()),
             };
             if let Err(e) = done {
                 tracing::warn!(error = %e, "leader housekeeping failed; trying again");

@@ -38,6 +38,7 @@ fn config(data_dir: &Path) -> LeaderConfig {
         depset: DepSet::embedded(),
         retention: Duration::from_secs(3600),
         claim_lease: Duration::from_secs(60),
+        failover_after: Duration::from_secs(20),
         // However full the test machine's disk, these tests are about claims:
         // no watermark stops the leader handing out work.
         watermarks: Watermarks { high: f64::INFINITY, critical: f64::INFINITY },
@@ -295,4 +296,104 @@ async fn the_binary_cache_serves_an_identical_submission_only_while_the_artifact
     assert!(!leader.artifacts.contains(built.binary_sha256.as_deref().unwrap()));
     let fourth = leader.submit("fourth".into(), source).await.unwrap().record;
     assert_eq!((fourth.status, fourth.binary_cache_hit), (Status::Pending, None), "its artifact is gone: built again");
+}
+
+/// Failover through the leader's operations: ordinal 2 of 3 goes silent while it
+/// builds. Once --failover-after has passed (waited for, as it is short here),
+/// its claim goes back to pending, the healthy members build its pipelines,
+/// its late report is refused, health names who covers, and the failover is
+/// counted. With --failover-after 0 nothing moves.
+#[tokio::test]
+async fn a_silent_members_pipelines_are_built_by_the_healthy_ones() {
+    let three = |ordinal: u32, incarnation: u64| MemberId { ordinal, workers: 3, incarnation };
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path());
+    config.workers = 3;
+    config.heartbeat_window = Duration::from_millis(200);
+    config.failover_after = Duration::from_millis(400);
+    let leader = LeaderState::open(config, ScalingGuard::new(3)).unwrap();
+    let (m0, m1, m2) = (three(0, 10), three(1, 11), three(2, 12));
+    let beat = |m: MemberId| {
+        let mut report = heartbeat_of(&leader, m);
+        report.workers = 3;
+        report
+    };
+    for m in [m0, m1, m2] {
+        leader.heartbeat(m, beat(m), None).await.unwrap();
+    }
+    // ids 1..=6: ordinal 2 has 2 and 5.
+    for id in 1..=6 {
+        leader.submit(format!("p{id}"), program(&format!("fn main() {{ let _ = {id}; }}"))).await.unwrap();
+    }
+    let (held, _) = claim(&leader, m2).await.unwrap();
+    assert_eq!(held.id, 2);
+
+    // Ordinals 0 and 1 keep reporting; ordinal 2 is silent until it is missing.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        for m in [m0, m1] {
+            leader.heartbeat(m, beat(m), None).await.unwrap();
+        }
+        if leader.fail_over().await.unwrap().missing == vec![2] {
+            break;
+        }
+        assert!(Instant::now() < deadline, "ordinal 2 never counted as missing: {:?}", leader.coverage());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let requeued = leader.find("p2").await.unwrap();
+    assert_eq!(requeued.status, Status::Pending);
+    assert!(requeued.history.last().unwrap().event.contains("--failover-after"), "{:?}", requeued.history);
+    let health = leader.cluster_health();
+    let missing = &health.members[2];
+    assert!(!health.all_healthy && missing.missing && missing.covered_by == vec![0, 1], "{missing:?}");
+    assert!(missing.message.contains("ordinals 0, 1 build its pipelines (failover)"), "{}", missing.message);
+
+    let mut built_for_2 = Vec::new();
+    for m in [m0, m1] {
+        while let Some((record, _)) = claim(&leader, m).await {
+            if record.worker == 2 {
+                assert_eq!(record.built_by, Some(m.ordinal));
+                built_for_2.push(record.id);
+                let (sha, size) = store(&leader, format!("binary {}", record.id).as_bytes()).await;
+                leader.uploaded(m, record.claim_key(), sha.clone(), size).await.unwrap();
+                let done = leader.report(m, record.claim_key(), success(&sha), None).await.unwrap();
+                assert_eq!(done.to_api().builder(), format!("ordinal {} for ordinal 2 (failover)", m.ordinal));
+            }
+        }
+    }
+    built_for_2.sort_unstable();
+    assert_eq!(built_for_2, vec![2, 5], "each of ordinal 2's pipelines once");
+    let late = leader.report(m2, held.claim_key(), uploading(), None).await;
+    assert!(is_conflict(&late), "the silent member's late report is refused: {late:?}");
+    let metrics = leader.metrics_text().await.unwrap();
+    let counted: u64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("kiln_failover_claims_total{") && l.contains("for_ordinal=\"2\""))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum();
+    assert_eq!(counted, 2, "{metrics}");
+    assert!(metrics.contains("kiln_member_missing{ordinal=\"2\"} 1"), "{metrics}");
+
+    // Back: its next new pipeline is its own.
+    leader.heartbeat(m2, beat(m2), None).await.unwrap();
+    assert!(leader.fail_over().await.unwrap().missing.is_empty());
+    for id in [7, 8] {
+        leader.submit(format!("p{id}"), program(&format!("fn main() {{ let _ = {id}; }}"))).await.unwrap();
+    }
+    let submitted = leader.find("p8").await.unwrap();
+    assert_eq!(submitted.worker, 2);
+    assert!(claim(&leader, m0).await.is_none(), "ordinal 0 covers for nobody now");
+    assert_eq!(claim(&leader, m2).await.map(|(r, _)| (r.id, r.built_by)), Some((submitted.id, None)));
+}
+
+/// `--failover-after 0`: a silent member's pipelines wait for it, as in the seed.
+#[tokio::test]
+async fn without_failover_a_silent_members_pipelines_wait_for_it() {
+    let (_dir, mut leader) = leader(|config| config.failover_after = Duration::ZERO);
+    let window = leader.config.heartbeat_window;
+    leader.started = Instant::now().checked_sub(100 * window).expect("the machine has been up for 1000 s");
+    leader.submit("alpha".into(), program("fn main() {}")).await.unwrap(); // ordinal 1 of 2
+    assert!(leader.fail_over().await.unwrap().missing.is_empty());
+    assert!(claim(&leader, member(0, 10)).await.is_none(), "ordinal 1's pipeline waits for it");
+    assert!(!leader.cluster_health().members[1].missing);
 }
