@@ -2,7 +2,6 @@
 //! builds of the example pipelines, real SIGKILLs.
 
 use crate::common;
-use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -280,41 +279,6 @@ async fn a_new_version_cancels_the_build_in_flight() {
         .filter(|(_, cmd)| cmd.contains("build-script-build"))
         .collect();
     assert!(left.is_empty(), "the cancelled build's processes are gone: {left:?}");
-}
-
-/// 3. The leader is SIGKILLed while the workers build and upload, and restarted:
-/// every upload completes, no pipeline is lost, none is built twice.
-#[tokio::test(flavor = "multi_thread")]
-async fn uploads_survive_a_leader_restart() {
-    let mut farm = healthy_farm(3).await;
-    // ids 1..=4 go to ordinals 1, 2, 0, 1.
-    let dirs = example_dirs();
-    let dirs: Vec<&Path> = dirs.iter().map(|d| d.as_path()).collect();
-    let submitted = farm.submit(&dirs, false);
-    assert!(submitted.status.success(), "{}", text(&submitted));
-    farm.wait_status("1", &["compiling"], Duration::from_secs(60)).await;
-    farm.wait_status("2", &["compiling"], Duration::from_secs(60)).await;
-    farm.kill(0);
-    // The workers finish compiling and find the leader gone: wait until both say so.
-    for ordinal in [1, 2] {
-        wait_for_log(&mut farm, ordinal, "upload failed; retrying").await;
-    }
-    farm.start(member(0, 3));
-    farm.wait_leader(Duration::from_secs(30)).await;
-    let mut retried = 0;
-    for id in 1..=4u64 {
-        let record = farm
-            .wait_status(&id.to_string(), &["success", "compile_error", "system_error"], Duration::from_secs(120))
-            .await;
-        assert_eq!(record["status"], "success", "{record}");
-        if record["worker"] != 0 {
-            assert_eq!(record["attempt"], 1, "a pipeline whose worker lived is built once: {record}");
-            retried += record["upload_retries"].as_u64().unwrap();
-        }
-    }
-    assert!(retried > 0, "uploads were really pending while the leader was down");
-    let (_, list) = farm.get_json("/v0/pipelines").await;
-    assert_eq!(list.as_array().unwrap().len(), 4, "nothing lost");
 }
 
 /// 4. The leader stays away longer than the upload budget: `Failed to upload binary`.

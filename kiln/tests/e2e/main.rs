@@ -9,6 +9,7 @@ mod binary_cache;
 mod cache;
 mod depset;
 mod farm;
+mod healing;
 mod helm;
 mod hostile;
 mod lifecycle;

@@ -53,7 +53,11 @@ impl Catalog {
                     let record = match load(&books.pipelines, id) {
                         Ok(Some(record)) => record,
                         Ok(None) | Err(_) => {
-                            tracing::error!(id, ordinal = queue, "catalog record unreadable or missing: taken out of the queue");
+                            tracing::error!(
+                                id,
+                                ordinal = queue,
+                                "catalog record unreadable or missing: taken out of the queue"
+                            );
                             books.by_status.remove((queue, pending, id))?;
                             books.status_ids.remove((pending, id))?;
                             books.add(&status_count_key(Status::Pending), -1)?;

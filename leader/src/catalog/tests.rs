@@ -316,7 +316,11 @@ fn an_unreadable_record_is_skipped_and_blocks_nothing() {
     assert_eq!(page.records.iter().map(|r| r.id).collect::<Vec<_>>(), [1, 3, 4]);
     assert_eq!(page.unreadable, [2]);
     assert_eq!(c.claim(0, "set", &Coverage::default(), 5).unwrap().unwrap().0.id, 1);
-    assert_eq!(c.claim(0, "set", &Coverage::default(), 5).unwrap().unwrap().0.id, 3, "the unreadable record is passed over");
+    assert_eq!(
+        c.claim(0, "set", &Coverage::default(), 5).unwrap().unwrap().0.id,
+        3,
+        "the unreadable record is passed over"
+    );
     assert_eq!(c.claim(0, "set", &Coverage::default(), 5).unwrap().unwrap().0.id, 4);
     assert!(c.claim(0, "set", &Coverage::default(), 5).unwrap().is_none());
     assert!(matches!(c.get(2), Err(CatalogError::Corrupt { .. })), "asked for by id, it is an error naming it");

@@ -16,22 +16,30 @@ pub struct Coverage {
     /// Ordinals silent for longer than `--failover-after`: their pending
     /// pipelines and claims are built by the healthy members. Sorted.
     pub missing: Vec<u32>,
-    /// Ordinals that reported within the heartbeat window: the members that may
-    /// cover for a missing one. Sorted.
+    /// Ordinals that reported within the heartbeat window and can build (their
+    /// dependency set is the leader's, their sandbox and disk allow it): the
+    /// members that may cover for a missing one. Sorted.
     pub healthy: Vec<u32>,
 }
 
 impl Coverage {
     /// The coverage of a set of `workers` members, from how long each has been
     /// silent (`silence(ordinal)`: since its last heartbeat, or since the leader
-    /// started when it has not reported yet). `failover_after` zero: never.
-    pub fn of(workers: u32, silence: impl Fn(u32) -> Duration, failover_after: Duration, window: Duration) -> Coverage {
+    /// started when it has not reported yet) and whether its last report says it
+    /// can build (`can_build`). `failover_after` zero: never.
+    pub fn of(
+        workers: u32,
+        silence: impl Fn(u32) -> Duration,
+        can_build: impl Fn(u32) -> bool,
+        failover_after: Duration,
+        window: Duration,
+    ) -> Coverage {
         let mut coverage = Coverage::default();
         for ordinal in 0..workers {
             let silent = silence(ordinal);
             if !failover_after.is_zero() && silent > failover_after {
                 coverage.missing.push(ordinal);
-            } else if silent <= window {
+            } else if silent <= window && can_build(ordinal) {
                 coverage.healthy.push(ordinal);
             }
         }

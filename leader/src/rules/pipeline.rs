@@ -287,7 +287,9 @@ impl Pipeline {
         self.updated_at_ms = now_ms;
         self.built_by = (by != self.worker).then_some(by);
         let event = match self.built_by {
-            Some(by) => format!("claimed by ordinal {by} for ordinal {} (failover, attempt {})", self.worker, self.attempt),
+            Some(by) => {
+                format!("claimed by ordinal {by} for ordinal {} (failover, attempt {})", self.worker, self.attempt)
+            }
             None => format!("claimed by ordinal {} (attempt {})", self.worker, self.attempt),
         };
         self.note(now_ms, event);

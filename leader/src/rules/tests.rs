@@ -294,16 +294,19 @@ fn the_covering_member_is_deterministic_spread_and_stable() {
 }
 
 /// Who is missing: silent for longer than --failover-after; who may cover:
-/// reported within the heartbeat window. Zero turns failover off.
+/// reported within the heartbeat window and able to build. Zero turns failover
+/// off.
 #[test]
 fn coverage_follows_silence() {
     use std::time::Duration;
     let silence = |ordinal: u32| Duration::from_secs([1, 5, 200, 30][ordinal as usize]);
     let (after, window) = (Duration::from_secs(120), Duration::from_secs(10));
-    let coverage = Coverage::of(4, silence, after, window);
+    let coverage = Coverage::of(4, silence, |_| true, after, window);
     assert_eq!(coverage, Coverage { missing: vec![2], healthy: vec![0, 1] }, "ordinal 3 is neither");
     assert_eq!(coverage.healthy_with(3), vec![0, 1, 3], "a member asking for work is alive");
-    assert!(Coverage::of(4, silence, Duration::ZERO, window).missing.is_empty(), "0: never");
+    assert!(Coverage::of(4, silence, |_| true, Duration::ZERO, window).missing.is_empty(), "0: never");
+    let unable = Coverage::of(4, silence, |ordinal| ordinal != 1, after, window);
+    assert_eq!(unable.healthy, vec![0], "a member that takes no work (another dependency set) covers for nobody");
 }
 
 /// A failover claim: the record says who builds it for whom, only that member

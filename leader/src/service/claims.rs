@@ -43,9 +43,14 @@ impl LeaderState {
         };
         let lease = humantime::format_duration(lease).to_string();
         let reasons = expired.into_iter().map(|(claim, ordinal)| {
-            (claim, ordinal, format!("ordinal {ordinal} did not report this build for longer than the claim lease ({lease})"))
+            (
+                claim,
+                ordinal,
+                format!("ordinal {ordinal} did not report this build for longer than the claim lease ({lease})"),
+            )
         });
-        let requeued = self.requeue_claims(reasons.collect(), "claim lease ran out: the pipeline is pending again").await?;
+        let requeued =
+            self.requeue_claims(reasons.collect(), "claim lease ran out: the pipeline is pending again").await?;
         Ok(requeued)
     }
 
@@ -71,7 +76,11 @@ impl LeaderState {
 
     /// Puts each claim back to `pending` (if still current) with its reason, and
     /// wakes the members when any went back.
-    async fn requeue_claims(&self, claims: Vec<(ClaimKey, u32, String)>, what: &'static str) -> Result<usize, ApiError> {
+    async fn requeue_claims(
+        &self,
+        claims: Vec<(ClaimKey, u32, String)>,
+        what: &'static str,
+    ) -> Result<usize, ApiError> {
         let mut requeued = 0;
         for (claim, ordinal, reason) in claims {
             if let Some(record) = self.catalog(move |c| c.requeue_claim(&claim, &reason, now_ms())).await? {

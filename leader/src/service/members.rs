@@ -134,7 +134,15 @@ impl LeaderState {
             let since = reports.get(&ordinal).map_or(self.started, |(at, _)| *at);
             now.saturating_duration_since(since)
         };
-        Coverage::of(self.config.workers, silence, self.config.failover_after, self.config.heartbeat_window)
+        // A member that takes no work (another dependency set, still preparing, no
+        // sandbox, a full disk) covers for nobody.
+        let depset = self.config.depset.fingerprint();
+        let can_build = |ordinal: u32| {
+            reports.get(&ordinal).is_some_and(|(_, r)| {
+                r.depset == depset && !r.preparing && !r.sandbox_unavailable && r.disk_critical.is_empty()
+            })
+        };
+        Coverage::of(self.config.workers, silence, can_build, self.config.failover_after, self.config.heartbeat_window)
     }
 
     /// Says when a member goes missing or comes back, sends the claims a missing
@@ -195,7 +203,9 @@ impl LeaderState {
             let covering: Vec<u32> = healthy.into_iter().filter(|o| *o != member.ordinal).collect();
             let after = humantime::format_duration(self.config.failover_after);
             let cover = match covering.as_slice() {
-                [] => format!("silent for longer than --failover-after ({after}), and no healthy member can cover for it"),
+                [] => {
+                    format!("silent for longer than --failover-after ({after}), and no healthy member can cover for it")
+                }
                 list => format!(
                     "silent for longer than --failover-after ({after}): ordinals {} build its pipelines (failover)",
                     list.iter().map(u32::to_string).collect::<Vec<_>>().join(", ")
