@@ -10,6 +10,7 @@
 //! Run it through `scripts/bench` (which builds Kiln in release first).
 
 mod farm;
+mod healing;
 mod large;
 mod measures;
 mod member_start;
@@ -211,6 +212,10 @@ async fn main() -> anyhow::Result<()> {
         // Filling the catalog to 100,000 takes minutes: --quick stops at 20,000.
         let large = if args.quick { 20_000 } else { 100_000 };
         keep(&mut rows, scale::catalog_at_scale(&setup, large, args.quick, &say).await?, &say);
+    }
+    if wanted(16) {
+        say("16. failover: a member killed in flight, until its pipeline compiles on another");
+        keep(&mut rows, healing::failover(&setup, work.path(), 5).await?, &say);
     }
     rows.sort_by_key(|r| r.number);
 
