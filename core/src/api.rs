@@ -157,6 +157,10 @@ pub struct PipelineRecord {
     /// pipeline version named here, so nothing was built.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub binary_cache_hit: Option<BinaryCacheHit>,
+    /// The build profile this version is built in (none: the farm's, for a
+    /// record stored before profiles were per pipeline).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<String>,
     /// Set when another ordinal holds or built this version because `worker` was
     /// missing: "built by ordinal `built_by` for ordinal `worker` (failover)".
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -243,6 +247,10 @@ impl std::fmt::Display for Change {
 pub struct SubmitRequest {
     pub name: String,
     pub files: Vec<SubmitFile>,
+    /// The build profile (one of [`crate::profile::PROFILES`]); the farm's when
+    /// left out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -18,6 +18,7 @@ pub mod depset;
 pub mod digest;
 pub mod disk;
 pub mod identity;
+pub mod profile;
 pub mod program;
 pub mod retry;
 pub mod scaling;

@@ -115,7 +115,13 @@ impl Client {
         }
     }
 
-    pub async fn submit(&self, name: &str, files: Vec<ProgramFile>) -> anyhow::Result<SubmitResponse> {
+    /// Submits `files` as pipeline `name`, in `profile` (the farm's when None).
+    pub async fn submit(
+        &self,
+        name: &str,
+        files: Vec<ProgramFile>,
+        profile: Option<&str>,
+    ) -> anyhow::Result<SubmitResponse> {
         let files = files
             .into_iter()
             .map(|f| SubmitFile {
@@ -124,7 +130,7 @@ impl Client {
                 executable: f.executable,
             })
             .collect();
-        let body = SubmitRequest { name: name.to_owned(), files };
+        let body = SubmitRequest { name: name.to_owned(), files, profile: profile.map(str::to_owned) };
         let response = self.send(self.request(reqwest::Method::POST, "/v0/pipelines").json(&body)).await?;
         response.json().await.context("reading the leader's answer")
     }

@@ -85,6 +85,7 @@ impl ClusterService {
         let assignment =
             self.state.claim(member_id, &request.depset, wait).await?.map(|(record, files)| pb::Assignment {
                 claim: Some(record.claim_key().into()),
+                profile: record.profile.clone().unwrap_or_else(|| self.state.config.default_profile.clone()),
                 name: record.name,
                 source_sha256: record.source_sha256,
                 source: Some(cluster::source_bundle(&files)),

@@ -137,7 +137,7 @@ async fn submit(State(state): State<Arc<LeaderState>>, body: axum::body::Bytes) 
             Ok(ProgramFile { path: f.path, content, executable: f.executable })
         })
         .collect::<Result<Vec<_>, ApiError>>()?;
-    let submitted = state.submit(request.name, files).await?;
+    let submitted = state.submit(request.name, files, request.profile).await?;
     let status = if submitted.change == Change::Created { StatusCode::CREATED } else { StatusCode::OK };
     Ok((status, Json(SubmitResponse { change: submitted.change, pipeline: state.shown(&submitted.record) }))
         .into_response())

@@ -66,7 +66,7 @@ impl Leader {
             tls_ca: self.tls_ca.clone(),
         };
         let client = kiln::client::Client::new(&leader)?;
-        Ok(client.submit(name, kiln::client::read_program(dir)?).await?.pipeline)
+        Ok(client.submit(name, kiln::client::read_program(dir)?, None).await?.pipeline)
     }
 
     /// Waits until pipeline `key` reaches one of `statuses`.

@@ -45,7 +45,7 @@ use output::{Collected, outcome, read_output};
 
 pub use build_root::{depset_source_mtime, write_build_root};
 pub use output::{BuildOutcome, BuildProgress};
-pub use prepare::{prepare_build_root, settings_fingerprint};
+pub use prepare::{prepare_build_root, prepare_profile, settings_fingerprint};
 pub use settings::{BuildSettings, FARM_CARGO_ENV, SandboxedCache, Wrapper};
 
 /// How often what a build wrote is measured against `--build-disk`.

@@ -75,21 +75,21 @@ async fn rustc_version() -> anyhow::Result<Vec<u8>> {
     Ok(rustc.stdout)
 }
 
-/// What decides a binary besides its source and its dependency set, as one
-/// SHA-256 (64 hex digits): the compiler (`rustc -vV`, which names the target),
-/// the profile, the build root and cargo's home (paths end up in the binary, in
-/// panic messages and debug information), and the environment cargo runs with.
-/// Members that agree on it build the same bytes from the same program; it keys
-/// the leader's binary cache (ARCHITECTURE.md, "Reproducible builds").
+/// What decides a binary besides its source, its dependency set and its profile
+/// (which the leader adds, per pipeline), as one SHA-256 (64 hex digits): the
+/// compiler (`rustc -vV`, which names the target), the build root and cargo's home
+/// (paths end up in the binary, in panic messages and debug information), and the
+/// environment cargo runs with. Members that agree on it build the same bytes from
+/// the same program in the same profile; it keys the leader's binary cache
+/// (ARCHITECTURE.md, "Reproducible builds").
 pub async fn settings_fingerprint(settings: &BuildSettings) -> anyhow::Result<String> {
     let rustc = rustc_version().await?;
     let cargo_home = std::env::var_os("CARGO_HOME")
         .or_else(|| std::env::var_os("HOME").map(|home| Path::new(&home).join(".cargo").into_os_string()))
         .unwrap_or_default();
     let environment: String = FARM_CARGO_ENV.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
-    let parts: [&[u8]; 5] = [
+    let parts: [&[u8]; 4] = [
         &rustc,
-        settings.profile.as_bytes(),
         settings.build_root.as_os_str().as_encoded_bytes(),
         cargo_home.as_encoded_bytes(),
         environment.as_bytes(),
@@ -190,6 +190,39 @@ pub async fn prepare_build_root(settings: &BuildSettings, wrapper: &Wrapper) -> 
     prune_depset_cache(cache, &key);
     std::fs::write(&marker, b"")?;
     keep_pristine(root, &marker_name).await
+}
+
+/// Adds the prebuilt dependency set of `settings.profile` to a build root
+/// prepared for another profile (the member's own): built the first time a
+/// pipeline asks for that profile, then kept in the pristine set beside the
+/// others, across restarts. Between builds only: `target/` is taken out of use
+/// (`sandbox::target::release_target`), made a plain copy of the pristine set, the
+/// set built there by the member (its own trusted code, as at startup), and the
+/// result becomes the pristine set; pipelines' layers start afresh over it.
+/// Without the compile cache (a sandboxed build's sccache lives in its sandbox):
+/// a full compile of the set in that profile, once per member.
+pub async fn prepare_profile(settings: &BuildSettings) -> anyhow::Result<()> {
+    let root = &settings.build_root;
+    let key = depset_key(settings).await?;
+    let marker_name = format!(".kiln-depset-{key}");
+    if root.join(PRISTINE).join(&marker_name).exists() {
+        return Ok(());
+    }
+    let started = Instant::now();
+    tracing::info!(profile = %settings.profile, "a pipeline asks for a profile this member has no prebuilt dependency set in: building it once");
+    crate::sandbox::target::release_target(settings)?;
+    let target = root.join("target");
+    std::fs::create_dir_all(&target)?;
+    copy_tree(&root.join(PRISTINE), &target).await?;
+    build_depset(settings, &Wrapper::default()).await?;
+    std::fs::write(target.join(&marker_name), b"")?;
+    keep_pristine(root, &marker_name).await?;
+    tracing::info!(
+        profile = %settings.profile,
+        seconds = started.elapsed().as_secs_f64(),
+        "dependency set prebuilt in this profile, kept beside the others"
+    );
+    Ok(())
 }
 
 async fn build_depset(settings: &BuildSettings, wrapper: &Wrapper) -> anyhow::Result<()> {

@@ -188,6 +188,7 @@ impl LeaderLink for GrpcLink {
                 claim: ClaimKey::from(a.claim?),
                 name: a.name,
                 files: cluster::program_files(a.source.unwrap_or_default()),
+                profile: a.profile,
             })
         }))
     }

@@ -43,6 +43,8 @@ pub struct Assignment {
     pub name: String,
     /// The program, as submitted.
     pub files: Vec<ProgramFile>,
+    /// The cargo profile to build it in; empty: this member's own.
+    pub profile: String,
 }
 
 /// Where a claimed build stands, as the member reports it.

@@ -272,6 +272,26 @@ fn overlay_target(settings: &BuildSettings, sandbox: &Sandbox, pipeline: u64) ->
     unlink_rewritten(&target)
 }
 
+/// Takes `target/` out of use between builds (before the pristine set changes):
+/// the last build's overlay unmounted, the record of whose `target/` it is
+/// forgotten, the directory removed. The next build renews it from the pristine
+/// set, as for a pipeline new to this worker.
+pub(crate) fn release_target(settings: &BuildSettings) -> anyhow::Result<()> {
+    use nix::mount::{MntFlags, umount2};
+    let target = BuildRoot::new(&settings.build_root).target();
+    match umount2(&target, MntFlags::MNT_DETACH) {
+        // Not a mount point, not there, or a member that may not mount (and so
+        // never mounted one).
+        Ok(()) | Err(nix::errno::Errno::EINVAL | nix::errno::Errno::ENOENT | nix::errno::Errno::EPERM) => {}
+        Err(e) => anyhow::bail!("unmounting the last build's {}: {e}", target.display()),
+    }
+    let _ = std::fs::remove_file(owner_file(settings));
+    if target.exists() {
+        std::fs::remove_dir_all(&target).with_context(|| format!("removing {}", target.display()))?;
+    }
+    Ok(())
+}
+
 /// Which pipeline's `target/` is in place: a file of the worker's, outside anything
 /// a build can write (a marker inside `target/` could be forged by a build).
 fn owner_file(settings: &BuildSettings) -> PathBuf {

@@ -31,6 +31,9 @@ pub(crate) struct CargoBuilds {
     pub shared: Arc<Shared>,
     /// The disk watermarks, looked at between builds.
     pub disk: DiskWatch,
+    /// The profiles whose prebuilt dependency set this member has made ready
+    /// besides its own (`builder::prepare_profile`).
+    pub profiles_ready: std::collections::HashSet<String>,
 }
 
 /// The sccache side of one build: the wrapper cargo runs with, and the figures so far.
@@ -61,6 +64,16 @@ impl Builds for CargoBuilds {
             }
         };
         let pipeline = assignment.claim.pipeline_id;
+        let settings = match self.settings_for(&assignment.profile).await {
+            Ok(settings) => settings,
+            Err(e) => {
+                return BuildResult::SystemError {
+                    error: format!("this worker cannot build in profile {:?}: {e:#}", assignment.profile),
+                    log: String::new(),
+                    figures: Figures { cache: self.cache_off_figures(), ..Figures::default() },
+                };
+            }
+        };
         // Who may write what others read, decided here from the layout this worker
         // is about to write, before anything of the build runs.
         let submitted_code = layout.submitted_code();
@@ -78,8 +91,7 @@ impl Builds for CargoBuilds {
             });
         }
         let mut cache = self.start_cache_run().await;
-        let outcome =
-            builder::build(&self.settings, &cache.wrapper, &layout, pipeline, cancel, &self.shared.progress).await;
+        let outcome = builder::build(&settings, &cache.wrapper, &layout, pipeline, cancel, &self.shared.progress).await;
         let mut cache_section = self.finish_cache_run(&mut cache.figures, &layout).await;
         if let (Some(why), true) = (&submitted_code, cache.figures.enabled) {
             cache_section.push_str(&format!(
@@ -107,7 +119,6 @@ impl Builds for CargoBuilds {
             Ok(BuildOutcome::Built { executable, log, elapsed }) => {
                 let log = log + &cache_section;
                 let figures = figures(elapsed, cache.figures);
-                let settings = self.settings.clone();
                 let path = executable.clone();
                 let taken =
                     tokio::task::spawn_blocking(move || sandbox::target::take_binary(&settings, &executable)).await;
@@ -138,6 +149,21 @@ impl Builds for CargoBuilds {
 }
 
 impl CargoBuilds {
+    /// The build settings of a build in `profile` (empty: the member's own),
+    /// its prebuilt dependency set made ready the first time it is asked for.
+    async fn settings_for(&mut self, profile: &str) -> anyhow::Result<BuildSettings> {
+        if profile.is_empty() || profile == self.settings.profile {
+            return Ok(self.settings.clone());
+        }
+        let profile = kiln_core::profile::check(profile)?;
+        let settings = BuildSettings { profile: profile.to_owned(), ..self.settings.clone() };
+        if !self.profiles_ready.contains(profile) {
+            builder::prepare_profile(&settings).await?;
+            self.profiles_ready.insert(profile.to_owned());
+        }
+        Ok(settings)
+    }
+
     fn cache_off_figures(&self) -> CacheFigures {
         CacheFigures { enabled: false, note: self.cache_note.clone(), ..Default::default() }
     }

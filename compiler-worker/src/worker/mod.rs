@@ -151,7 +151,14 @@ pub async fn run(config: WorkerConfig, guard: ScalingGuard, shutdown: Cancellati
     };
     let mut worker = Worker {
         link,
-        builds: CargoBuilds { settings: config.build, sccache, cache_note, shared: shared.clone(), disk },
+        builds: CargoBuilds {
+            settings: config.build,
+            sccache,
+            cache_note,
+            shared: shared.clone(),
+            disk,
+            profiles_ready: Default::default(),
+        },
         shared,
         ordinal,
         depset,

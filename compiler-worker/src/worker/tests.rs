@@ -66,7 +66,7 @@ fn claim(id: u64) -> ClaimKey {
 }
 
 fn assignment(id: u64) -> Assignment {
-    Assignment { claim: claim(id), name: format!("pipeline-{id}"), files: Vec::new() }
+    Assignment { claim: claim(id), name: format!("pipeline-{id}"), files: Vec::new(), profile: String::new() }
 }
 
 fn figures() -> Figures {

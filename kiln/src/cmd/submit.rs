@@ -24,6 +24,10 @@ pub struct SubmitArgs {
     /// The pipeline's name (one directory only). Defaults to the directory's name.
     #[arg(long)]
     pub name: Option<String>,
+    /// The build profile (`dev` or `release`); the farm's (its `--profile`) when
+    /// left out. The leader refuses one it does not know, naming those it does.
+    #[arg(long, env = "KILN_SUBMIT_PROFILE")]
+    pub profile: Option<String>,
     /// Show progress until every build ends; exit non-zero if any fails.
     #[arg(long)]
     pub wait: bool,
@@ -35,7 +39,12 @@ pub struct SubmitArgs {
 }
 
 /// Submits every directory; returns the submitted pipelines.
-pub async fn submit_dirs(client: &Client, dirs: &[PathBuf], name: Option<&str>) -> anyhow::Result<Vec<PipelineRecord>> {
+pub async fn submit_dirs(
+    client: &Client,
+    dirs: &[PathBuf],
+    name: Option<&str>,
+    profile: Option<&str>,
+) -> anyhow::Result<Vec<PipelineRecord>> {
     if name.is_some() && dirs.len() > 1 {
         bail!("--name names one pipeline, but {} directories were given", dirs.len());
     }
@@ -46,7 +55,8 @@ pub async fn submit_dirs(client: &Client, dirs: &[PathBuf], name: Option<&str>) 
             None => default_name(dir)?,
         };
         let files = read_program(dir)?;
-        let answer = client.submit(&name, files).await.with_context(|| format!("submitting {}", dir.display()))?;
+        let answer =
+            client.submit(&name, files, profile).await.with_context(|| format!("submitting {}", dir.display()))?;
         let p = &answer.pipeline;
         match &p.binary_cache_hit {
             Some(hit) => println!(
@@ -54,7 +64,11 @@ pub async fn submit_dirs(client: &Client, dirs: &[PathBuf], name: Option<&str>) 
                 answer.change, p.name, p.id, p.version, hit.pipeline_id, hit.version
             ),
             None => {
-                println!("{:<8} {} (id {}, version {}, worker {})", answer.change, p.name, p.id, p.version, p.worker)
+                let profile = p.profile.as_deref().unwrap_or("the farm's profile");
+                println!(
+                    "{:<8} {} (id {}, version {}, worker {}, {profile})",
+                    answer.change, p.name, p.id, p.version, p.worker
+                )
             }
         }
         submitted.push(answer.pipeline);
@@ -173,7 +187,7 @@ pub async fn report_failures(client: &Client, records: &[PipelineRecord]) -> any
 /// their end and exits non-zero if any failed.
 pub async fn run(args: SubmitArgs) -> anyhow::Result<ExitCode> {
     let client = Client::new(&args.leader)?;
-    let submitted = submit_dirs(&client, &args.dirs, args.name.as_deref()).await?;
+    let submitted = submit_dirs(&client, &args.dirs, args.name.as_deref(), args.profile.as_deref()).await?;
     if !args.wait {
         return Ok(ExitCode::SUCCESS);
     }

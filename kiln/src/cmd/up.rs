@@ -41,8 +41,8 @@ pub struct UpArgs {
     /// The leader's port on 127.0.0.1.
     #[arg(long, env = "KILN_PORT", default_value_t = DEFAULT_PORT)]
     pub port: u16,
-    /// The cargo profile pipelines are built with.
-    #[arg(long, env = "KILN_BUILD_PROFILE", default_value = DEFAULT_PROFILE)]
+    /// The cargo profile a pipeline is built in when its submission names none.
+    #[arg(long, env = "KILN_BUILD_PROFILE", default_value = DEFAULT_PROFILE, value_parser = kiln_core::profile::PROFILES)]
     pub profile: String,
     /// The build root every member sees: one absolute path, privately mounted over
     /// each member's own directory, so sccache hits are shared across members.
@@ -286,7 +286,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
             if dirs.is_empty() {
                 return std::future::pending().await;
             }
-            let submitted = submit_dirs(&client, &dirs, None).await?;
+            let submitted = submit_dirs(&client, &dirs, None, None).await?;
             let records = wait_for(&client, &submitted, Duration::from_secs(3600)).await?;
             print_table(&records);
             report_failures(&client, &records).await

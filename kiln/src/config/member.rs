@@ -144,6 +144,7 @@ impl MemberConfig {
                 serves_tls: args.tls.server().is_some(),
                 // Filled in by `run` from the leader's own worker's build settings.
                 binary_cache: None,
+                default_profile: args.profile.clone(),
                 max_connections: args.max_connections,
             };
             (config, args.listen)

@@ -93,8 +93,9 @@ pub struct ServerArgs {
     /// sharing one machine each build at the same absolute path.
     #[arg(long, env = "KILN_BUILD_ROOT_SOURCE")]
     pub build_root_source: Option<PathBuf>,
-    /// The cargo profile pipelines are built with.
-    #[arg(long, env = "KILN_BUILD_PROFILE", default_value = DEFAULT_PROFILE)]
+    /// The cargo profile a pipeline is built in when its submission names none
+    /// (`kiln submit --profile` chooses per pipeline).
+    #[arg(long, env = "KILN_BUILD_PROFILE", default_value = DEFAULT_PROFILE, value_parser = kiln_core::profile::PROFILES)]
     pub profile: String,
     /// A directory shared by the workers of one machine, holding the prebuilt
     /// dependency set so it is compiled once.

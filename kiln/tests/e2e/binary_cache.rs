@@ -109,3 +109,68 @@ async fn two_farms_with_the_same_settings_build_the_same_bytes() {
     }
     assert_eq!(shas[0], shas[1], "the same program, set and settings give the same binary on another farm");
 }
+
+/// A build profile per pipeline: the same source submitted with `--profile dev`
+/// and `--profile release` gives two binaries, each record naming its profile,
+/// both running; the member prebuilds the release set the first time a pipeline
+/// asks for it. The binary cache serves each profile its own binary and never one
+/// for the other; an unknown profile is refused with the known ones, storing
+/// nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn each_profile_gets_its_own_binary_and_the_binary_cache_keeps_them_apart() {
+    let mut farm = test_farm(1);
+    started(&mut farm).await; // the farm's profile is dev (the tests' preset)
+    let leader = farm.leader();
+    let hello = examples().join("hello");
+    let url = farm.url();
+    let submit = |name: &str, profile: &str| {
+        Command::new(KILN)
+            .args(["submit", hello.to_str().unwrap(), "--name", name, "--profile", profile, &format!("--leader={url}")])
+            .output()
+            .unwrap()
+    };
+
+    let refused = submit("hello-turbo", "turbo");
+    assert!(!refused.status.success());
+    assert!(
+        text(&refused).contains("unknown build profile \"turbo\": the known profiles are dev, release"),
+        "{}",
+        text(&refused)
+    );
+    assert!(leader.pipelines().await.is_empty(), "nothing stored");
+
+    let mut binaries = Vec::new();
+    for profile in ["dev", "release"] {
+        let name = format!("hello-{profile}");
+        let submitted = submit(&name, profile);
+        assert!(submitted.status.success(), "{}", text(&submitted));
+        assert!(text(&submitted).contains(&format!(", {profile})")), "{}", text(&submitted));
+        let record = leader.wait_status(&name, &ENDED, Duration::from_secs(900)).await;
+        assert_eq!((record.status, record.profile.as_deref()), (Status::Success, Some(profile)), "{record:?}");
+        let binary =
+            farm.http.get(format!("{url}/v0/pipelines/{name}/binary")).send().await.unwrap().bytes().await.unwrap();
+        assert_eq!(sha256(&binary), record.binary_sha256.clone().unwrap());
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(&name);
+        std::fs::write(&path, &binary).unwrap();
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        let ran = Command::new(&path).output().unwrap();
+        assert_eq!(text(&ran), "Hello From The Kiln Farm (5 words)\n", "{profile}");
+        binaries.push((record.id, record.binary_sha256.unwrap()));
+    }
+    assert_ne!(binaries[0].1, binaries[1].1, "two profiles, two binaries");
+    let log = farm.member_log(0);
+    let prebuilt = log.lines().find(|l| l.contains("dependency set prebuilt in this profile"));
+    eprintln!("{}", prebuilt.expect("the release set was prebuilt on demand"));
+
+    // Served from the binary cache, each profile its own.
+    for (profile, (id, sha)) in ["dev", "release"].iter().zip(&binaries) {
+        let name = format!("hello-{profile}-again");
+        let submitted = submit(&name, profile);
+        assert!(submitted.status.success(), "{}", text(&submitted));
+        let record = leader.pipeline(&name).await;
+        assert_eq!(record.status, Status::Success, "{record:?}");
+        assert_eq!(record.binary_cache_hit.as_ref().map(|hit| hit.pipeline_id), Some(*id), "{profile}: {record:?}");
+        assert_eq!(record.binary_sha256.as_ref(), Some(sha));
+    }
+}

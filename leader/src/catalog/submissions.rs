@@ -14,8 +14,9 @@ use crate::records;
 use crate::rules::{self, Pipeline};
 
 impl Catalog {
-    /// Stores a submission: a new pipeline, or what [`rules::resubmit`] makes of
-    /// the one of that name (a new version when its source changed). With
+    /// Stores a submission in `profile` (`.0`; `.1` is the farm's default): a new
+    /// pipeline, or what [`rules::resubmit`] makes of the one of that name (a new
+    /// version when its source or profile changed). With
     /// `binary_cache` (the farm's dependency set and build settings fingerprints),
     /// a new version whose binary the cache holds ends `success` at once, served
     /// that binary, and `binary_cache_hit` says so.
@@ -24,6 +25,7 @@ impl Catalog {
         name: &str,
         source_sha256: &str,
         files: &[ProgramFile],
+        profiles: (&str, &str),
         workers: u32,
         binary_cache: Option<(&str, &str)>,
         now_ms: u64,
@@ -39,14 +41,14 @@ impl Catalog {
                     let Some(old) = load(&books.pipelines, id)? else {
                         return Err(corrupt(format!("pipeline {id}"), "its name is taken but it has no record"));
                     };
-                    let submitted = rules::resubmit(&old, source_sha256, workers, now_ms);
+                    let submitted = rules::resubmit(&old, source_sha256, profiles, workers, now_ms);
                     (Some(old), submitted)
                 }
                 None => {
                     let id = meta.get(NEXT_ID)?.map(|v| v.value()).unwrap_or(1);
                     meta.insert(NEXT_ID, id + 1)?;
                     names.insert(name, id)?;
-                    let record = Pipeline::new(id, name, source_sha256, workers, now_ms);
+                    let record = Pipeline::new(id, name, source_sha256, profiles.0, workers, now_ms);
                     (None, Submitted { record, change: Change::Created })
                 }
             };
@@ -61,7 +63,7 @@ impl Catalog {
                 if let Some((depset, settings)) = binary_cache {
                     let mut found = None;
                     let id = submitted.record.id;
-                    for key in rules::binary_cache_candidates(source_sha256, depset, settings, id) {
+                    for key in rules::binary_cache_candidates(source_sha256, depset, settings, profiles.0, id) {
                         if let Some(cached) = books.cached_binary(&key)? {
                             found = Some((key, cached));
                             break;
@@ -70,7 +72,7 @@ impl Catalog {
                     if let Some((key, cached)) = found {
                         let record = &mut submitted.record;
                         record.serve_cached(key, depset, &cached, now_ms);
-                        let log = rules::binary_cache_hit_log(source_sha256, depset, settings, &cached);
+                        let log = rules::binary_cache_hit_log(source_sha256, depset, settings, profiles.0, &cached);
                         txn.open_table(LOGS)?.insert(record.id, log.as_str())?;
                     }
                 }

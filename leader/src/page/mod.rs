@@ -417,6 +417,7 @@ async fn pipeline_part(state: &LeaderState, key: &str, form: &str) -> Result<(St
             dt { "Status" } dd { (status_cell(&r)) }
             @if let Some(error) = &r.error { dt { "Error" } dd { (error) } }
             @if let Some(why) = &r.rebuilding { dt { "Rebuilding" } dd { (why) } }
+            dt { "Profile" } dd { (r.profile.as_deref().unwrap_or("the farm's")) }
             dt { "Worker" } dd { (r.builder()) ", attempt " (r.attempt) }
             dt { "Compile" } dd { (seconds(r.compile_ms)) }
             dt { "Upload" } dd { (seconds(r.upload_ms)) @if r.upload_retries > 0 { " (" (r.upload_retries) " retries)" } }

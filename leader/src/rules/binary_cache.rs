@@ -8,15 +8,23 @@ use serde::{Deserialize, Serialize};
 use crate::rules::pipeline::Pipeline;
 
 /// The binary cache's key: everything that decides a binary. The program's source
-/// checksum, the dependency set's fingerprint, and the build settings fingerprint
-/// a worker reports (toolchain `rustc -vV`, which names the target, the profile,
-/// the build root, cargo's home); and, for a binary whose build ran code of its
-/// submitter, the one pipeline it may be served to (`only_for`): such a build
-/// read compile-cache entries only its own pipeline's builds made. Each part is
-/// length-prefixed, so no two different tuples hash alike.
-pub fn binary_key(source_sha256: &str, depset: &str, build_settings: &str, only_for: Option<u64>) -> String {
+/// checksum, the dependency set's fingerprint, the build settings fingerprint a
+/// worker reports (toolchain `rustc -vV`, which names the target, the build root,
+/// cargo's home, the environment), the build profile; and, for a binary whose
+/// build ran code of its submitter, the one pipeline it may be served to
+/// (`only_for`): such a build read compile-cache entries only its own pipeline's
+/// builds made. Each part is length-prefixed, so no two different tuples hash
+/// alike.
+pub fn binary_key(
+    source_sha256: &str,
+    depset: &str,
+    build_settings: &str,
+    profile: &str,
+    only_for: Option<u64>,
+) -> String {
     let scope = only_for.map(|id| format!("pipeline {id}")).unwrap_or_default();
-    hex::encode(kiln_core::digest::sha256_of_parts([source_sha256, depset, build_settings, &scope]))
+    let profile = format!("profile {profile}");
+    hex::encode(kiln_core::digest::sha256_of_parts([source_sha256, depset, build_settings, &profile, &scope]))
 }
 
 /// A binary the binary cache holds: what a submission of the same key is served.
@@ -30,18 +38,31 @@ pub struct CachedBinary {
     pub compile_ms: u64,
 }
 
-/// The keys a submission of `source_sha256` as pipeline `pipeline_id` may be
-/// served under, in the order to try them: a binary any pipeline may be served,
-/// or else one built for this pipeline alone (its build ran its submitter's code).
-pub fn binary_cache_candidates(source_sha256: &str, depset: &str, settings: &str, pipeline_id: u64) -> [String; 2] {
-    [None, Some(pipeline_id)].map(|only_for| binary_key(source_sha256, depset, settings, only_for))
+/// The keys a submission of `source_sha256` in `profile` as pipeline
+/// `pipeline_id` may be served under, in the order to try them: a binary any
+/// pipeline may be served, or else one built for this pipeline alone (its build
+/// ran its submitter's code).
+pub fn binary_cache_candidates(
+    source_sha256: &str,
+    depset: &str,
+    settings: &str,
+    profile: &str,
+    pipeline_id: u64,
+) -> [String; 2] {
+    [None, Some(pipeline_id)].map(|only_for| binary_key(source_sha256, depset, settings, profile, only_for))
 }
 
 /// The build log of a version served from the binary cache: what it was served
 /// and why no build ran.
-pub fn binary_cache_hit_log(source_sha256: &str, depset: &str, settings: &str, cached: &CachedBinary) -> String {
+pub fn binary_cache_hit_log(
+    source_sha256: &str,
+    depset: &str,
+    settings: &str,
+    profile: &str,
+    cached: &CachedBinary,
+) -> String {
     format!(
-        "binary cache hit: the same source ({source_sha256}), dependency set ({depset}) and build settings ({settings}) were built as pipeline {} version {}; its binary {} is served without a build ({} ms of build saved).\n",
+        "binary cache hit: the same source ({source_sha256}), dependency set ({depset}), build settings ({settings}) and profile ({profile}) were built as pipeline {} version {}; its binary {} is served without a build ({} ms of build saved).\n",
         cached.pipeline_id, cached.version, cached.sha256, cached.compile_ms
     )
 }

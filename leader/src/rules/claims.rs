@@ -137,11 +137,12 @@ impl Pipeline {
                 let size = self.uploaded.as_ref().map_or(0, |u| u.size);
                 self.binary_sha256 = Some(binary_sha256);
                 self.binary_size = Some(size);
-                self.binary_key = match (&self.depset, build_settings.is_empty()) {
-                    (Some(depset), false) => Some(binary_key(
+                self.binary_key = match (&self.depset, &self.profile, build_settings.is_empty()) {
+                    (Some(depset), Some(profile), false) => Some(binary_key(
                         &self.source_sha256,
                         depset,
                         &build_settings,
+                        profile,
                         ran_submitted_code.then_some(self.id),
                     )),
                     _ => None,

@@ -75,6 +75,10 @@ pub struct Pipeline {
     /// its own ordinal builds it.
     #[serde(default)]
     pub built_by: Option<u32>,
+    /// The build profile of this version (a known one, checked at submission).
+    /// None in a record stored before profiles were per pipeline: the farm's.
+    #[serde(default)]
+    pub profile: Option<String>,
 }
 
 /// How many of its member's restarts a version's builds may cause.
@@ -130,13 +134,14 @@ impl From<&Pipeline> for api::PipelineRecord {
             progress: None,
             binary_cache_hit: p.binary_cache_hit.clone(),
             built_by: p.built_by,
+            profile: p.profile.clone(),
         }
     }
 }
 
 impl Pipeline {
-    /// A new pipeline, version 1, waiting for its worker.
-    pub fn new(id: u64, name: &str, source_sha256: &str, workers: u32, now_ms: u64) -> Pipeline {
+    /// A new pipeline, version 1, built in `profile`, waiting for its worker.
+    pub fn new(id: u64, name: &str, source_sha256: &str, profile: &str, workers: u32, now_ms: u64) -> Pipeline {
         Pipeline {
             id,
             name: name.to_owned(),
@@ -160,11 +165,12 @@ impl Pipeline {
             uploaded: None,
             depset: None,
             rebuilding: None,
-            history: vec![api::HistoryEvent { at_ms: now_ms, event: "submitted: version 1".into() }],
+            history: vec![api::HistoryEvent { at_ms: now_ms, event: format!("submitted: version 1 ({profile})") }],
             binary_key: None,
             binary_cache_hit: None,
             members_lost: 0,
             built_by: None,
+            profile: Some(profile.to_owned()),
         }
     }
 
@@ -180,12 +186,13 @@ impl Pipeline {
         self.into()
     }
 
-    /// A new pipeline, or a new version of one, waiting for its worker.
-    pub fn new_version(&mut self, source_sha256: String, now_ms: u64) {
+    /// A new version, of `source_sha256` in `profile`, waiting for its worker.
+    pub fn new_version(&mut self, source_sha256: String, profile: &str, now_ms: u64) {
         self.version += 1;
         self.source_sha256 = source_sha256;
+        self.profile = Some(profile.to_owned());
         self.reset_build(now_ms);
-        self.note(now_ms, format!("submitted: version {}", self.version));
+        self.note(now_ms, format!("submitted: version {} ({profile})", self.version));
     }
 
     /// Back to `pending` for the same version and ordinal (a retry, its worker

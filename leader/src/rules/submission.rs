@@ -13,16 +13,25 @@ pub struct Submitted {
     pub change: Change,
 }
 
-/// A submission of `source_sha256` under the name of `old`, in a set of `workers`
-/// members. Another source is a new version, pending, built by the ordinal the
-/// set's size now assigns. The same source changes nothing, except that a version
+/// A submission of `source_sha256` in `profile` under the name of `old`, in a set
+/// of `workers` members (`default_profile`: the farm's, which a record stored
+/// before profiles were per pipeline was built in). Another source or another
+/// profile is a new version, pending, built by the ordinal the set's size now
+/// assigns. The same source in the same profile changes nothing, except that a version
 /// that ended `system_error` or `cancelled` goes back to `pending` (the same
 /// version, the same ordinal, its error cleared): submitting it again is how a
 /// user retries it.
-pub fn resubmit(old: &Pipeline, source_sha256: &str, workers: u32, now_ms: u64) -> Submitted {
+pub fn resubmit(
+    old: &Pipeline,
+    source_sha256: &str,
+    (profile, default_profile): (&str, &str),
+    workers: u32,
+    now_ms: u64,
+) -> Submitted {
     let mut record = old.clone();
-    let change = if record.source_sha256 != source_sha256 {
-        record.new_version(source_sha256.to_owned(), now_ms);
+    let old_profile = record.profile.as_deref().unwrap_or(default_profile);
+    let change = if record.source_sha256 != source_sha256 || old_profile != profile {
+        record.new_version(source_sha256.to_owned(), profile, now_ms);
         record.worker = assigned_ordinal(record.id, workers);
         Change::Updated
     } else if matches!(record.status, Status::SystemError | Status::Cancelled) {

@@ -7,8 +7,11 @@ use kiln_core::api::{CacheFigures, Change, Status};
 use super::pipeline::first_line;
 use super::*;
 
+/// Submissions in release, the farm's profile.
+const REL: (&str, &str) = ("release", "release");
+
 pub(crate) fn record(id: u64) -> Pipeline {
-    Pipeline::new(id, &format!("p{id}"), "s", 3, 0)
+    Pipeline::new(id, &format!("p{id}"), "s", "release", 3, 0)
 }
 
 fn success() -> Report {
@@ -43,7 +46,7 @@ fn a_version_whose_builds_keep_killing_their_member_ends_system_error() {
     r.requeue(22, "submitted again after it ended system_error");
     assert_eq!((r.status, r.members_lost), (Status::Pending, 0));
     r.members_lost = 2;
-    r.new_version("t".into(), 23);
+    r.new_version("t".into(), "release", 23);
     assert_eq!(r.members_lost, 0);
 }
 
@@ -80,7 +83,7 @@ fn a_new_version_or_a_requeue_makes_old_claims_stale() {
     let second = r.claim(r.worker, 3);
     assert_eq!(second.attempt, 2);
     assert!(matches!(r.apply(&first, success(), 4), Err(ReportRefused::StaleClaim { .. })));
-    r.new_version("t".into(), 5);
+    r.new_version("t".into(), "release", 5);
     assert_eq!((r.version, r.status, r.attempt), (2, Status::Pending, 0));
     assert!(matches!(r.apply(&second, success(), 6), Err(ReportRefused::StaleClaim { .. })));
 }
@@ -122,13 +125,16 @@ fn a_success_is_keyed_by_source_depset_and_settings_and_a_new_version_forgets_th
     let claim = r.claim(r.worker, 1);
     r.uploaded = Some(Uploaded { attempt: claim.attempt, sha256: "ab".into(), size: 7 });
     r.apply(&claim, success(), 2).unwrap();
-    assert_eq!(r.binary_key.as_deref(), Some(binary_key("s", "set", "settings", None).as_str()));
+    assert_eq!(r.binary_key.as_deref(), Some(binary_key("s", "set", "settings", "release", None).as_str()));
     assert_ne!(
-        binary_key("s", "set", "settings", None),
-        binary_key("s", "sets", "ettings", None),
+        binary_key("s", "set", "settings", "release", None),
+        binary_key("s", "sets", "ettings", "release", None),
         "parts cannot run together"
     );
-    assert_ne!(binary_key("s", "set", "settings", None), binary_key("s", "set", "settings", Some(8)));
+    assert_ne!(
+        binary_key("s", "set", "settings", "release", None),
+        binary_key("s", "set", "settings", "release", Some(8))
+    );
     let mut own = record(8);
     own.depset = Some("set".into());
     let claim = own.claim(own.worker, 1);
@@ -142,10 +148,10 @@ fn a_success_is_keyed_by_source_depset_and_settings_and_a_new_version_forgets_th
     own.apply(&claim, ran_code, 2).unwrap();
     assert_eq!(
         own.binary_key.as_deref(),
-        Some(binary_key("s", "set", "settings", Some(8)).as_str()),
+        Some(binary_key("s", "set", "settings", "release", Some(8)).as_str()),
         "a build that ran submitted code is keyed for its own pipeline only"
     );
-    r.new_version("t".into(), 3);
+    r.new_version("t".into(), "release", 3);
     assert_eq!((r.binary_key.as_ref(), r.binary_cache_hit.as_ref()), (None, None));
     let cached = CachedBinary { sha256: "cd".into(), size: 9, pipeline_id: 8, version: 1, compile_ms: 500 };
     r.serve_cached("k".into(), "set", &cached, 4);
@@ -176,13 +182,13 @@ fn success_of(sha: &str) -> Report {
 #[test]
 fn the_same_source_again_changes_nothing_while_the_version_is_alive_or_succeeded() {
     let mut r = record(4);
-    let again = resubmit(&r, "s", 3, 5);
+    let again = resubmit(&r, "s", REL, 3, 5);
     assert_eq!((again.change, &again.record), (Change::Unchanged, &r), "pending: nothing changes");
     let claim = r.claim(r.worker, 1);
-    assert_eq!(resubmit(&r, "s", 3, 5).change, Change::Unchanged, "compiling: the build goes on");
+    assert_eq!(resubmit(&r, "s", REL, 3, 5).change, Change::Unchanged, "compiling: the build goes on");
     r.upload_received(&claim, "ab", 7);
     r.apply(&claim, success(), 2).unwrap();
-    let again = resubmit(&r, "s", 3, 5);
+    let again = resubmit(&r, "s", REL, 3, 5);
     assert_eq!((again.change, &again.record), (Change::Unchanged, &r), "success: its binary stays");
 }
 
@@ -198,7 +204,7 @@ fn the_same_source_after_a_system_error_or_a_cancellation_is_retried_as_the_same
             }
             _ => r.cancel(2, "by the API").unwrap(),
         }
-        let again = resubmit(&r, "s", 3, 9);
+        let again = resubmit(&r, "s", REL, 3, 9);
         let retried = &again.record;
         assert_eq!(again.change, Change::Updated, "{end}");
         assert_eq!((retried.status, retried.version, retried.worker), (Status::Pending, 1, 1), "{end}");
@@ -216,12 +222,12 @@ fn another_source_is_a_new_version_for_the_ordinal_the_set_assigns_now() {
     r.upload_received(&claim, "ab", 7);
     r.apply(&claim, success(), 2).unwrap();
     // Submitted into a set of 3, now submitted again into a set of 2.
-    let next = resubmit(&r, "t", 2, 9);
+    let next = resubmit(&r, "t", REL, 2, 9);
     let v2 = &next.record;
     assert_eq!(next.change, Change::Updated);
     assert_eq!((v2.version, v2.status, v2.worker, v2.attempt), (2, Status::Pending, 0, 0));
     assert_eq!((v2.source_sha256.as_str(), v2.binary_sha256.as_ref(), v2.submitted_at_ms), ("t", None, 9));
-    assert!(matches!(resubmit(v2, "t", 2, 10).change, Change::Unchanged), "the new source again: nothing");
+    assert!(matches!(resubmit(v2, "t", REL, 2, 10).change, Change::Unchanged), "the new source again: nothing");
 }
 
 #[test]
@@ -263,11 +269,11 @@ fn an_upload_is_what_a_success_of_the_same_attempt_may_name() {
 
 #[test]
 fn a_submission_tries_the_shared_binary_before_its_own() {
-    let [shared, own] = binary_cache_candidates("s", "set", "settings", 8);
-    assert_eq!(shared, binary_key("s", "set", "settings", None));
-    assert_eq!(own, binary_key("s", "set", "settings", Some(8)));
+    let [shared, own] = binary_cache_candidates("s", "set", "settings", "release", 8);
+    assert_eq!(shared, binary_key("s", "set", "settings", "release", None));
+    assert_eq!(own, binary_key("s", "set", "settings", "release", Some(8)));
     let cached = CachedBinary { sha256: "cd".into(), size: 9, pipeline_id: 3, version: 2, compile_ms: 500 };
-    let log = binary_cache_hit_log("s", "set", "settings", &cached);
+    let log = binary_cache_hit_log("s", "set", "settings", "release", &cached);
     assert!(log.contains("pipeline 3 version 2") && log.contains("500 ms of build saved"), "{log}");
 }
 
@@ -326,4 +332,28 @@ fn a_failover_claim_is_held_by_the_covering_member() {
     assert_eq!((r.status, r.built_by, r.queue_ordinal()), (Status::Pending, None, 2));
     r.claim(2, 12);
     assert_eq!((r.built_by, r.to_api().builder()), (None, "ordinal 2".to_owned()));
+}
+
+/// The profile is part of a version: the same source in another profile is a new
+/// version in that profile; a record stored before profiles were per pipeline
+/// counts as the farm's; the binary cache's key differs by profile.
+#[test]
+fn a_profile_is_part_of_the_version_and_of_the_binary_key() {
+    let mut r = record(1);
+    r.status = Status::Success;
+    let dev = resubmit(&r, "s", ("dev", "release"), 3, 5);
+    assert_eq!((dev.change, dev.record.version, dev.record.profile.as_deref()), (Change::Updated, 2, Some("dev")));
+    assert_eq!(dev.record.status, Status::Pending);
+    assert!(dev.record.history.last().unwrap().event.ends_with("(dev)"), "{:?}", dev.record.history);
+    assert_eq!(resubmit(&dev.record, "s", ("dev", "release"), 3, 6).change, Change::Unchanged);
+    let mut old = record(2);
+    old.status = Status::Success;
+    old.profile = None;
+    assert_eq!(
+        resubmit(&old, "s", ("release", "release"), 3, 7).change,
+        Change::Unchanged,
+        "stored before: the farm's"
+    );
+    assert_eq!(resubmit(&old, "s", ("dev", "release"), 3, 7).change, Change::Updated);
+    assert_ne!(binary_key("s", "set", "settings", "dev", None), binary_key("s", "set", "settings", "release", None));
 }

@@ -69,6 +69,8 @@ pub struct LeaderConfig {
     pub cache_settings: kiln_core::api::CacheSettings,
     /// The leader answers over TLS: the page's session cookie is then `Secure`.
     pub serves_tls: bool,
+    /// The profile a pipeline submitted without one is built in (`--profile`).
+    pub default_profile: String,
     /// The binary cache: the build settings fingerprint of this farm's members
     /// (the leader's own worker's, see `kiln_compiler_worker::builder::settings_fingerprint`).
     /// A submission whose source, dependency set and these settings were built

@@ -10,8 +10,22 @@ use crate::service::{LeaderState, now_ms};
 
 impl LeaderState {
     /// Validates a program and records it as a new pipeline or a new version.
-    pub async fn submit(&self, name: String, files: Vec<ProgramFile>) -> Result<Submitted, ApiError> {
+    /// Submits `files` as pipeline `name`, built in `profile` (the farm's when
+    /// None; an unknown one is refused, naming the known ones).
+    pub async fn submit(
+        &self,
+        name: String,
+        files: Vec<ProgramFile>,
+        profile: Option<String>,
+    ) -> Result<Submitted, ApiError> {
         program::validate_name(&name)?;
+        let default_profile = self.config.default_profile.clone();
+        let profile = match profile {
+            Some(profile) => {
+                kiln_core::profile::check(&profile).map_err(|e| ApiError::BadRequest(e.to_string()))?.to_owned()
+            }
+            None => default_profile.clone(),
+        };
         let set = self.config.depset.clone();
         let (sha, files) = tokio::task::spawn_blocking(move || -> Result<_, ApiError> {
             let sha = program::source_sha256(&files);
@@ -27,7 +41,7 @@ impl LeaderState {
             let sha = sha.clone();
             self.catalog(move |c| {
                 let cache = cache.as_ref().map(|(depset, settings)| (depset.as_str(), settings.as_str()));
-                c.submit(&name, &sha, &files, workers, cache, now_ms())
+                c.submit(&name, &sha, &files, (&profile, &default_profile), workers, cache, now_ms())
             })
             .await?
         };

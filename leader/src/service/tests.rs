@@ -45,6 +45,7 @@ fn config(data_dir: &Path) -> LeaderConfig {
         cache_settings: CacheSettings::default(),
         serves_tls: false,
         binary_cache: None,
+        default_profile: "release".into(),
         max_connections: 16,
     }
 }
@@ -139,7 +140,7 @@ fn is_conflict<T: std::fmt::Debug>(result: &Result<T, ApiError>) -> bool {
 #[tokio::test]
 async fn a_claim_hands_a_member_its_ordinals_pipeline_and_another_ordinal_nothing() {
     let (_dir, leader) = leader(|_| {});
-    let submitted = leader.submit("alpha".into(), program("fn main() {}")).await.unwrap().record;
+    let submitted = leader.submit("alpha".into(), program("fn main() {}"), None).await.unwrap().record;
     assert_eq!((submitted.id, submitted.worker, submitted.status), (1, 1, Status::Pending));
 
     assert!(claim(&leader, member(0, 10)).await.is_none(), "pipeline 1 is ordinal 1's, not ordinal 0's");
@@ -153,7 +154,7 @@ async fn a_claim_hands_a_member_its_ordinals_pipeline_and_another_ordinal_nothin
 #[tokio::test]
 async fn a_build_that_uploads_its_binary_and_reports_success_ends_success() {
     let (_dir, leader) = leader(|_| {});
-    leader.submit("alpha".into(), program("fn main() {}")).await.unwrap();
+    leader.submit("alpha".into(), program("fn main() {}"), None).await.unwrap();
     let holder = member(1, 11);
     let (claimed, _) = claim(&leader, holder).await.unwrap();
     let key = claimed.claim_key();
@@ -184,7 +185,7 @@ async fn a_build_that_uploads_its_binary_and_reports_success_ends_success() {
 #[tokio::test]
 async fn reports_and_uploads_from_another_ordinal_are_refused_and_change_nothing() {
     let (_dir, leader) = leader(|_| {});
-    leader.submit("alpha".into(), program("fn main() {}")).await.unwrap();
+    leader.submit("alpha".into(), program("fn main() {}"), None).await.unwrap();
     let (holder, stranger) = (member(1, 11), member(0, 10));
     let (claimed, _) = claim(&leader, holder).await.unwrap();
     let key = claimed.claim_key();
@@ -214,7 +215,7 @@ async fn an_old_incarnations_reports_and_uploads_are_refused_and_change_nothing(
     // member it has not heard from within one is not alive any more.
     let window = leader.config.heartbeat_window;
     leader.started = Instant::now().checked_sub(2 * window).expect("the machine has been up for 20 s");
-    leader.submit("alpha".into(), program("fn main() {}")).await.unwrap();
+    leader.submit("alpha".into(), program("fn main() {}"), None).await.unwrap();
     let (old, new) = (member(1, 111), member(1, 222));
     let (first, _) = claim(&leader, old).await.unwrap();
 
@@ -241,7 +242,7 @@ async fn an_old_incarnations_reports_and_uploads_are_refused_and_change_nothing(
 async fn a_claim_whose_lease_runs_out_is_pending_again_for_its_ordinal_and_the_late_report_is_refused() {
     let (_dir, leader) = leader(|_| {});
     let lease = leader.config.claim_lease;
-    leader.submit("alpha".into(), program("fn main() {}")).await.unwrap();
+    leader.submit("alpha".into(), program("fn main() {}"), None).await.unwrap();
     let holder = member(1, 11);
     let (claimed, _) = claim(&leader, holder).await.unwrap();
     let key = claimed.claim_key();
@@ -274,11 +275,11 @@ async fn the_binary_cache_serves_an_identical_submission_only_while_the_artifact
         config.retention = Duration::ZERO;
     });
     let source = program("fn main() { println!(\"cached\") }");
-    leader.submit("first".into(), source.clone()).await.unwrap();
+    leader.submit("first".into(), source.clone(), None).await.unwrap();
     let built = build(&leader, member(1, 11), b"the binary").await;
     assert_eq!(built.status, Status::Success);
 
-    let served = leader.submit("second".into(), source.clone()).await.unwrap().record;
+    let served = leader.submit("second".into(), source.clone(), None).await.unwrap().record;
     assert_eq!((served.status, &served.binary_sha256), (Status::Success, &built.binary_sha256));
     assert_eq!(served.binary_cache_hit.as_ref().map(|hit| (hit.pipeline_id, hit.version)), Some((1, 1)));
     assert!(claim(&leader, member(0, 10)).await.is_none(), "nothing to build for pipeline 2");
@@ -286,7 +287,7 @@ async fn the_binary_cache_serves_an_identical_submission_only_while_the_artifact
     // Pipeline 2 still references the artifact: it stays, and is served again.
     leader.delete("first").await.unwrap();
     assert_eq!(leader.collect().await.unwrap().artifacts, 0);
-    let third = leader.submit("third".into(), source.clone()).await.unwrap().record;
+    let third = leader.submit("third".into(), source.clone(), None).await.unwrap().record;
     assert_eq!(third.status, Status::Success);
 
     for name in ["second", "third"] {
@@ -294,7 +295,7 @@ async fn the_binary_cache_serves_an_identical_submission_only_while_the_artifact
     }
     assert_eq!(leader.collect().await.unwrap().artifacts, 1);
     assert!(!leader.artifacts.contains(built.binary_sha256.as_deref().unwrap()));
-    let fourth = leader.submit("fourth".into(), source).await.unwrap().record;
+    let fourth = leader.submit("fourth".into(), source, None).await.unwrap().record;
     assert_eq!((fourth.status, fourth.binary_cache_hit), (Status::Pending, None), "its artifact is gone: built again");
 }
 
@@ -323,7 +324,7 @@ async fn a_silent_members_pipelines_are_built_by_the_healthy_ones() {
     }
     // ids 1..=6: ordinal 2 has 2 and 5.
     for id in 1..=6 {
-        leader.submit(format!("p{id}"), program(&format!("fn main() {{ let _ = {id}; }}"))).await.unwrap();
+        leader.submit(format!("p{id}"), program(&format!("fn main() {{ let _ = {id}; }}")), None).await.unwrap();
     }
     let (held, _) = claim(&leader, m2).await.unwrap();
     assert_eq!(held.id, 2);
@@ -378,7 +379,7 @@ async fn a_silent_members_pipelines_are_built_by_the_healthy_ones() {
     leader.heartbeat(m2, beat(m2), None).await.unwrap();
     assert!(leader.fail_over().await.unwrap().missing.is_empty());
     for id in [7, 8] {
-        leader.submit(format!("p{id}"), program(&format!("fn main() {{ let _ = {id}; }}"))).await.unwrap();
+        leader.submit(format!("p{id}"), program(&format!("fn main() {{ let _ = {id}; }}")), None).await.unwrap();
     }
     let submitted = leader.find("p8").await.unwrap();
     assert_eq!(submitted.worker, 2);
@@ -392,8 +393,31 @@ async fn without_failover_a_silent_members_pipelines_wait_for_it() {
     let (_dir, mut leader) = leader(|config| config.failover_after = Duration::ZERO);
     let window = leader.config.heartbeat_window;
     leader.started = Instant::now().checked_sub(100 * window).expect("the machine has been up for 1000 s");
-    leader.submit("alpha".into(), program("fn main() {}")).await.unwrap(); // ordinal 1 of 2
+    leader.submit("alpha".into(), program("fn main() {}"), None).await.unwrap(); // ordinal 1 of 2
     assert!(leader.fail_over().await.unwrap().missing.is_empty());
     assert!(claim(&leader, member(0, 10)).await.is_none(), "ordinal 1's pipeline waits for it");
     assert!(!leader.cluster_health().members[1].missing);
+}
+
+/// A submission names its profile or gets the farm's; an unknown one is refused
+/// with the known ones, storing nothing; the binary cache never serves a binary
+/// built in one profile to a submission in another.
+#[tokio::test]
+async fn profiles_are_checked_recorded_and_kept_apart_by_the_binary_cache() {
+    let (_dir, leader) = leader(|config| config.binary_cache = Some(SETTINGS.into()));
+    let source = program("fn main() { println!(\"profiled\") }");
+    let refused = leader.submit("turbo".into(), source.clone(), Some("turbo".into())).await;
+    let Err(ApiError::BadRequest(message)) = refused else { panic!("{refused:?}") };
+    assert!(message.contains("\"turbo\"") && message.contains("dev, release"), "{message}");
+    assert!(leader.find("turbo").await.is_err(), "nothing stored");
+
+    let farm_default = leader.submit("default".into(), source.clone(), None).await.unwrap().record;
+    assert_eq!(farm_default.profile.as_deref(), Some("release"));
+    let release = build(&leader, member(1, 11), b"release binary").await;
+    assert_eq!((release.id, release.status), (farm_default.id, Status::Success));
+
+    let dev = leader.submit("dev".into(), source.clone(), Some("dev".into())).await.unwrap().record;
+    assert_eq!((dev.status, dev.profile.as_deref(), &dev.binary_cache_hit), (Status::Pending, Some("dev"), &None));
+    let again = leader.submit("again".into(), source, Some("release".into())).await.unwrap().record;
+    assert_eq!(again.binary_cache_hit.map(|hit| hit.pipeline_id), Some(release.id), "the release build serves release");
 }
