@@ -13,23 +13,33 @@ use crate::catalog::{Catalog, Submitted};
 use crate::records;
 use crate::rules::{self, Pipeline};
 
+/// The farm a submission is stored for.
+#[derive(Debug, Clone, Copy)]
+pub struct Farm<'a> {
+    /// The profile the submission names, and the farm's default (which a record
+    /// stored before profiles were per pipeline was built in).
+    pub profiles: (&'a str, &'a str),
+    /// N, which assigns a new version its ordinal.
+    pub workers: u32,
+    /// The binary cache: the farm's dependency set and build settings
+    /// fingerprints; None when it is off.
+    pub binary_cache: Option<(&'a str, &'a str)>,
+}
+
 impl Catalog {
-    /// Stores a submission in `profile` (`.0`; `.1` is the farm's default): a new
-    /// pipeline, or what [`rules::resubmit`] makes of the one of that name (a new
-    /// version when its source or profile changed). With
-    /// `binary_cache` (the farm's dependency set and build settings fingerprints),
-    /// a new version whose binary the cache holds ends `success` at once, served
-    /// that binary, and `binary_cache_hit` says so.
+    /// Stores a submission: a new pipeline, or what [`rules::resubmit`] makes of
+    /// the one of that name (a new version when its source or profile changed).
+    /// With the farm's binary cache, a new version whose binary the cache holds
+    /// ends `success` at once, served that binary, and `binary_cache_hit` says so.
     pub fn submit(
         &self,
         name: &str,
         source_sha256: &str,
         files: &[ProgramFile],
-        profiles: (&str, &str),
-        workers: u32,
-        binary_cache: Option<(&str, &str)>,
+        farm: Farm<'_>,
         now_ms: u64,
     ) -> Result<Submitted, CatalogError> {
+        let Farm { profiles, workers, binary_cache } = farm;
         self.write(|txn| {
             let mut books = Books::open(txn)?;
             let mut names = txn.open_table(NAMES)?;

@@ -11,8 +11,10 @@ use super::tables::{META, NAMES, NEXT_ID, PIPELINES, SOURCES};
 use super::upgrade::SCHEMA_KEY;
 use super::*;
 use crate::rules::{Coverage, Figures, Pipeline, Report, ReportRefused};
-/// Submissions in release, the farm's profile.
-const REL: (&str, &str) = ("release", "release");
+/// A farm of `workers` that submits in release, its own profile.
+fn on<'a>(workers: u32, binary_cache: Option<(&'a str, &'a str)>) -> Farm<'a> {
+    Farm { profiles: ("release", "release"), workers, binary_cache }
+}
 
 fn src(text: &str) -> Vec<ProgramFile> {
     vec![ProgramFile { path: "src/main.rs".into(), content: text.as_bytes().to_vec(), executable: false }]
@@ -27,23 +29,23 @@ fn catalog() -> (tempfile::TempDir, Catalog) {
 #[test]
 fn ids_grow_and_versions_follow_the_source() {
     let (_dir, c) = catalog();
-    let a = c.submit("a", "s1", &src("src"), REL, 3, None, 1).unwrap();
-    let b = c.submit("b", "s2", &src("src2"), REL, 3, None, 2).unwrap();
+    let a = c.submit("a", "s1", &src("src"), on(3, None), 1).unwrap();
+    let b = c.submit("b", "s2", &src("src2"), on(3, None), 2).unwrap();
     assert_eq!((a.record.id, b.record.id), (1, 2));
     assert_eq!((a.change, a.record.worker), (Change::Created, 1));
-    let same = c.submit("a", "s1", &src("src"), REL, 3, None, 3).unwrap();
+    let same = c.submit("a", "s1", &src("src"), on(3, None), 3).unwrap();
     assert_eq!((same.change, same.record.version), (Change::Unchanged, 1));
-    let next = c.submit("a", "s3", &src("src3"), REL, 3, None, 4).unwrap();
+    let next = c.submit("a", "s3", &src("src3"), on(3, None), 4).unwrap();
     assert_eq!((next.change, next.record.id, next.record.version), (Change::Updated, 1, 2));
     c.delete(2, 5).unwrap();
-    assert_eq!(c.submit("c", "s4", &src("x"), REL, 3, None, 5).unwrap().record.id, 3, "ids are never reused");
+    assert_eq!(c.submit("c", "s4", &src("x"), on(3, None), 5).unwrap().record.id, 3, "ids are never reused");
 }
 
 #[test]
 fn claims_are_exclusive_and_by_ordinal() {
     let (_dir, c) = catalog();
     for name in ["a", "b", "c", "d"] {
-        c.submit(name, name, &src(name), REL, 3, None, 0).unwrap();
+        c.submit(name, name, &src(name), on(3, None), 0).unwrap();
     }
     let (first, source) = c.claim(1, "set", &Coverage::default(), 1).unwrap().unwrap();
     assert_eq!((first.id, source), (1, src("a")));
@@ -56,7 +58,7 @@ fn claims_are_exclusive_and_by_ordinal() {
 #[test]
 fn a_restarted_member_gets_its_work_back_and_old_reports_are_refused() {
     let (dir, c) = catalog();
-    c.submit("a", "s", &src("x"), REL, 2, None, 0).unwrap();
+    c.submit("a", "s", &src("x"), on(2, None), 0).unwrap();
     assert!(c.member_seen(1, 111, 0).unwrap().is_empty());
     let (record, _) = c.claim(1, "set", &Coverage::default(), 1).unwrap().unwrap();
     let old_claim = record.claim_key();
@@ -186,13 +188,13 @@ fn a_binary_built_running_submitted_code_is_served_to_its_own_pipeline_only() {
     let (_dir, c) = catalog();
     let farm = Some(("set", SETTINGS));
     let sha = "b".repeat(64);
-    c.submit("scripted", "s", &src("same"), REL, 1, farm, 0).unwrap();
+    c.submit("scripted", "s", &src("same"), on(1, farm), 0).unwrap();
     build_running(&c, 0, &sha, 1, true);
-    let other = c.submit("other", "s", &src("same"), REL, 1, farm, 2).unwrap().record;
+    let other = c.submit("other", "s", &src("same"), on(1, farm), 2).unwrap().record;
     assert_eq!((other.status, other.binary_cache_hit), (Status::Pending, None), "not to another pipeline");
     c.delete(other.id, 2).unwrap();
-    c.submit("scripted", "t", &src("changed"), REL, 1, farm, 3).unwrap();
-    let back = c.submit("scripted", "s", &src("same"), REL, 1, farm, 4).unwrap().record;
+    c.submit("scripted", "t", &src("changed"), on(1, farm), 3).unwrap();
+    let back = c.submit("scripted", "s", &src("same"), on(1, farm), 4).unwrap().record;
     assert_eq!((back.status, back.binary_sha256.as_deref()), (Status::Success, Some(sha.as_str())), "{back:?}");
     assert_eq!(back.binary_cache_hit.as_ref().map(|h| (h.pipeline_id, h.version)), Some((1, 1)));
 }
@@ -202,12 +204,12 @@ fn a_known_binary_is_served_at_once_while_it_is_stored_and_never_after_it_is_los
     let (_dir, c) = catalog();
     let farm = Some(("set", SETTINGS));
     let sha = "a".repeat(64);
-    let first = c.submit("first", "s", &src("same"), REL, 1, farm, 0).unwrap();
+    let first = c.submit("first", "s", &src("same"), on(1, farm), 0).unwrap();
     assert_eq!(first.record.status, Status::Pending, "nothing is known yet");
     build(&c, 0, &sha, 1);
 
     // The same source under another name: success at once, no claim.
-    let again = c.submit("again", "s", &src("same"), REL, 1, farm, 2).unwrap().record;
+    let again = c.submit("again", "s", &src("same"), on(1, farm), 2).unwrap().record;
     assert_eq!((again.status, again.binary_sha256.as_deref(), again.attempt), (Status::Success, Some(sha.as_str()), 0));
     let hit = again.binary_cache_hit.as_ref().expect("recorded as a binary cache hit");
     assert_eq!((hit.pipeline_id, hit.version, hit.saved_ms), (1, 1, 900));
@@ -221,7 +223,7 @@ fn a_known_binary_is_served_at_once_while_it_is_stored_and_never_after_it_is_los
         ("source", "t", farm),
         ("off", "s", None),
     ] {
-        let r = c.submit(name, source, &src(source), REL, 1, farm, 4).unwrap().record;
+        let r = c.submit(name, source, &src(source), on(1, farm), 4).unwrap().record;
         assert_eq!((r.status, r.binary_cache_hit), (Status::Pending, None), "{name}");
         c.delete(r.id, 4).unwrap();
     }
@@ -230,17 +232,17 @@ fn a_known_binary_is_served_at_once_while_it_is_stored_and_never_after_it_is_los
     for id in [1, 2] {
         c.delete(id, 10).unwrap();
     }
-    let kept = c.submit("kept", "s", &src("same"), REL, 1, farm, 11).unwrap().record;
+    let kept = c.submit("kept", "s", &src("same"), on(1, farm), 11).unwrap().record;
     assert_eq!(kept.status, Status::Success, "the artifact is still stored");
     c.delete(kept.id, 12).unwrap();
     c.collect(10_000, 1000, |_| Ok(())).unwrap();
-    let collected = c.submit("collected", "s", &src("same"), REL, 1, farm, 10_001).unwrap().record;
+    let collected = c.submit("collected", "s", &src("same"), on(1, farm), 10_001).unwrap().record;
     assert_eq!(collected.status, Status::Pending, "its artifact is gone: built again");
 
     // A binary that failed its hash is never served again.
     build(&c, 0, &"b".repeat(64), 10_002);
     c.artifact_lost(&"b".repeat(64), "its bytes failed their hash", 10_003).unwrap();
-    let lost = c.submit("lost", "s", &src("same"), REL, 1, farm, 10_004).unwrap().record;
+    let lost = c.submit("lost", "s", &src("same"), on(1, farm), 10_004).unwrap().record;
     assert_eq!(lost.status, Status::Pending, "a lost binary is not served");
 }
 
@@ -263,7 +265,7 @@ fn pages_follow_ids_and_filter_by_status_and_name() {
     let (_dir, c) = catalog();
     for i in 1..=10 {
         let name = if i % 2 == 0 { format!("even-{i}") } else { format!("odd-{i}") };
-        c.submit(&name, &format!("s{i}"), &src(&name), REL, 3, None, i).unwrap();
+        c.submit(&name, &format!("s{i}"), &src(&name), on(3, None), i).unwrap();
     }
     let first = c.page(&PageQuery { limit: 4, ..PageQuery::default() }).unwrap();
     assert_eq!(first.records.iter().map(|r| r.id).collect::<Vec<_>>(), [1, 2, 3, 4]);
@@ -289,7 +291,7 @@ fn pages_follow_ids_and_filter_by_status_and_name() {
 fn counters_move_with_every_write() {
     let (_dir, c) = catalog();
     for i in 1..=9 {
-        c.submit(&format!("p{i}"), &format!("s{i}"), &src("x"), REL, 3, None, i).unwrap();
+        c.submit(&format!("p{i}"), &format!("s{i}"), &src("x"), on(3, None), i).unwrap();
     }
     assert_counts_match_a_scan(&c);
     build(&c, 1, &"a".repeat(64), 10);
@@ -298,7 +300,7 @@ fn counters_move_with_every_write() {
     assert_counts_match_a_scan(&c);
     c.member_seen(2, 2, 12).unwrap();
     c.delete(3, 13).unwrap();
-    c.submit("p4", "changed", &src("y"), REL, 3, None, 14).unwrap();
+    c.submit("p4", "changed", &src("y"), on(3, None), 14).unwrap();
     assert_counts_match_a_scan(&c);
     let counts = c.counts().unwrap();
     assert_eq!((counts.sources, counts.unreferenced["source"]), (10, 2), "s3 (deleted) and s4 (replaced) wait");
@@ -308,7 +310,7 @@ fn counters_move_with_every_write() {
 fn an_unreadable_record_is_skipped_and_blocks_nothing() {
     let (_dir, c) = catalog();
     for i in 1..=4 {
-        c.submit(&format!("p{i}"), &format!("s{i}"), &src("x"), REL, 1, None, i).unwrap();
+        c.submit(&format!("p{i}"), &format!("s{i}"), &src("x"), on(1, None), i).unwrap();
     }
     {
         let txn = c.db().unwrap().begin_write().unwrap();
@@ -333,9 +335,9 @@ fn an_unreadable_record_is_skipped_and_blocks_nothing() {
 fn unreferenced_files_go_after_the_retention_and_shared_ones_stay() {
     let (_dir, c) = catalog();
     let sha = "b".repeat(64);
-    c.submit("one", "s-shared", &src("same"), REL, 1, None, 0).unwrap();
+    c.submit("one", "s-shared", &src("same"), on(1, None), 0).unwrap();
     build(&c, 0, &sha, 1);
-    c.submit("two", "s-shared", &src("same"), REL, 1, None, 2).unwrap();
+    c.submit("two", "s-shared", &src("same"), on(1, None), 2).unwrap();
     build(&c, 0, &sha, 3);
     c.delete(1, 100).unwrap();
     let mut removed = Vec::new();
@@ -358,7 +360,7 @@ fn unreferenced_files_go_after_the_retention_and_shared_ones_stay() {
     let failed = c.collect(2000, 1000, |_| Err(std::io::Error::other("busy"))).unwrap();
     assert_eq!(failed.artifacts, 0);
     assert_eq!(c.counts().unwrap().unreferenced["artifact"], 1);
-    c.submit("three", "s3", &src("3"), REL, 1, None, 2100).unwrap();
+    c.submit("three", "s3", &src("3"), on(1, None), 2100).unwrap();
     build(&c, 0, &"c".repeat(64), 2100);
     assert_eq!(c.collect(9000, 1000, |_| panic!("it is referenced")).unwrap(), Collected::default());
 }
@@ -368,7 +370,7 @@ fn a_lost_artifact_sends_every_pipeline_using_it_back_to_be_rebuilt() {
     let (_dir, c) = catalog();
     let sha = "d".repeat(64);
     for (i, name) in ["a", "b"].into_iter().enumerate() {
-        c.submit(name, "same", &src("same"), REL, 1, None, i as u64).unwrap();
+        c.submit(name, "same", &src("same"), on(1, None), i as u64).unwrap();
         build(&c, 0, &sha, i as u64);
     }
     let rebuilt = c.artifact_lost(&sha, "its bytes failed their hash", 50).unwrap();
@@ -385,7 +387,7 @@ fn a_lost_artifact_sends_every_pipeline_using_it_back_to_be_rebuilt() {
 #[test]
 fn a_claim_whose_lease_ran_out_goes_back_to_its_ordinal() {
     let (_dir, c) = catalog();
-    c.submit("a", "s", &src("x"), REL, 2, None, 0).unwrap();
+    c.submit("a", "s", &src("x"), on(2, None), 0).unwrap();
     c.member_seen(1, 9, 0).unwrap();
     let (record, _) = c.claim(1, "set", &Coverage::default(), 1).unwrap().unwrap();
     assert_eq!(c.in_flight().unwrap(), vec![(record.claim_key(), 1)]);
@@ -434,7 +436,7 @@ fn a_missing_members_pipelines_go_to_the_members_that_win_them() {
     // ids 1..=12 on 3 members: 4 per ordinal (2, 5, 8, 11 are ordinal 2's).
     for id in 1..=12u64 {
         let name = format!("p{id}");
-        c.submit(&name, &name, &src(&name), REL, 3, None, 0).unwrap();
+        c.submit(&name, &name, &src(&name), on(3, None), 0).unwrap();
     }
     for ordinal in [0, 1] {
         c.member_seen(ordinal, 10, 0).unwrap();
@@ -468,7 +470,7 @@ fn a_missing_members_pipelines_go_to_the_members_that_win_them() {
     // Ordinal 2 is back: what is pending of its ordinal (the builds ordinal 1's
     // restart sent back), and what is new (id 14), is its own.
     for name in ["p13", "p14"] {
-        c.submit(name, name, &src(name), REL, 3, None, 4).unwrap();
+        c.submit(name, name, &src(name), on(3, None), 4).unwrap();
     }
     let back = Coverage { missing: vec![], healthy: vec![0, 1, 2] };
     assert!(c.claim(0, "set", &back, 5).unwrap().is_none(), "nothing of ordinal 2's goes to ordinal 0 now");

@@ -41,7 +41,9 @@ impl LeaderState {
             let sha = sha.clone();
             self.catalog(move |c| {
                 let cache = cache.as_ref().map(|(depset, settings)| (depset.as_str(), settings.as_str()));
-                c.submit(&name, &sha, &files, (&profile, &default_profile), workers, cache, now_ms())
+                let farm =
+                    crate::catalog::Farm { profiles: (&profile, &default_profile), workers, binary_cache: cache };
+                c.submit(&name, &sha, &files, farm, now_ms())
             })
             .await?
         };
