@@ -1,6 +1,9 @@
-//! The scaling guard. N is fixed for a process's life; when a member learns that the
-//! set has another size, the process panics with the one message operators look for,
-//! so that Kubernetes restarts the whole set with one consistent N.
+//! The scaling guard. By default (`--on-scaling=panic`, the seed's behaviour) N is
+//! fixed for a process's life; when a member learns that the set has another size,
+//! the process panics with the one message operators look for, so that Kubernetes
+//! restarts the whole set with one consistent N. With `--on-scaling=reshard` the
+//! guard takes the new N instead, and whoever follows [`ScalingGuard::resized`]
+//! (the leader moves pending pipelines to their new ordinals) acts on it.
 //!
 //! Detection happens deep inside request handlers and background tasks, where a
 //! panic would only end that task. So detectors [`ScalingGuard::trip`] the guard, and
@@ -27,35 +30,110 @@ impl fmt::Display for ScalingDetected {
     }
 }
 
+/// What a process does when the set's size changes (`--on-scaling`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnScaling {
+    /// Panic with the scaling guard's message: the seed's behaviour.
+    #[default]
+    Panic,
+    /// Take the new N without a restart.
+    Reshard,
+}
+
+impl OnScaling {
+    pub const NAMES: [&'static str; 2] = ["panic", "reshard"];
+
+    /// `panic` or `reshard`.
+    pub fn parse(name: &str) -> Option<OnScaling> {
+        match name {
+            "panic" => Some(OnScaling::Panic),
+            "reshard" => Some(OnScaling::Reshard),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnScaling::Panic => "panic",
+            OnScaling::Reshard => "reshard",
+        }
+    }
+}
+
 /// Shared by everything in a process that can notice a change of N.
 #[derive(Debug, Clone)]
 pub struct ScalingGuard {
-    workers: u32,
+    /// N as the process was started with.
+    started_with: u32,
+    on_scaling: OnScaling,
+    /// N now: `started_with` for ever under [`OnScaling::Panic`].
+    size: watch::Sender<u32>,
     sender: watch::Sender<Option<ScalingDetected>>,
 }
 
 impl ScalingGuard {
+    /// The seed's guard: N is fixed, a change panics.
     pub fn new(workers: u32) -> ScalingGuard {
-        ScalingGuard { workers, sender: watch::Sender::new(None) }
+        ScalingGuard::with(workers, OnScaling::Panic)
     }
 
+    pub fn with(workers: u32, on_scaling: OnScaling) -> ScalingGuard {
+        ScalingGuard {
+            started_with: workers,
+            on_scaling,
+            size: watch::Sender::new(workers),
+            sender: watch::Sender::new(None),
+        }
+    }
+
+    /// N now.
     pub fn workers(&self) -> u32 {
-        self.workers
+        *self.size.borrow()
+    }
+
+    pub fn on_scaling(&self) -> OnScaling {
+        self.on_scaling
+    }
+
+    /// Follows N: changes only under [`OnScaling::Reshard`].
+    pub fn resized(&self) -> watch::Receiver<u32> {
+        self.size.subscribe()
     }
 
     /// Records that the set has `replicas` members. Does nothing when that agrees
-    /// with N; the first disagreement wins.
+    /// with N. Otherwise, under `panic` the first disagreement trips the guard;
+    /// under `reshard`, N becomes `replicas` (at least 1).
     pub fn observe_replicas(&self, replicas: u32) {
-        if replicas != self.workers {
-            self.trip(ScalingDetected { replicas, workers: self.workers });
+        match self.on_scaling {
+            OnScaling::Panic if replicas != self.started_with => {
+                self.trip(ScalingDetected { replicas, workers: self.started_with })
+            }
+            OnScaling::Panic => {}
+            OnScaling::Reshard => self.resize(replicas.max(1)),
         }
     }
 
     /// Records that a member with `ordinal` exists: with ordinal ≥ N the set has at
-    /// least ordinal + 1 members.
+    /// least ordinal + 1 members (under `reshard`, N grows to that).
     pub fn observe_ordinal(&self, ordinal: u32) {
-        if ordinal >= self.workers {
-            self.trip(ScalingDetected { replicas: ordinal + 1, workers: self.workers });
+        let workers = self.workers();
+        if ordinal < workers {
+            return;
+        }
+        match self.on_scaling {
+            OnScaling::Panic => self.trip(ScalingDetected { replicas: ordinal + 1, workers: self.started_with }),
+            OnScaling::Reshard => self.resize(ordinal + 1),
+        }
+    }
+
+    fn resize(&self, workers: u32) {
+        let from = self.workers();
+        if self.size.send_if_modified(|n| std::mem::replace(n, workers) != workers) {
+            tracing::warn!(
+                from,
+                to = workers,
+                "the set's size changed: resharding to the new N (--on-scaling=reshard)"
+            );
         }
     }
 
@@ -113,5 +191,23 @@ mod tests {
         guard.observe_ordinal(5);
         guard.observe_replicas(4);
         assert_eq!(guard.tripped().await, ScalingDetected { replicas: 6, workers: 3 });
+        assert_eq!(guard.workers(), 3, "under panic N never changes");
+    }
+
+    #[test]
+    fn under_reshard_the_guard_takes_the_new_size_and_never_trips() {
+        let guard = ScalingGuard::with(3, OnScaling::Reshard);
+        let mut resized = guard.resized();
+        guard.observe_ordinal(3);
+        assert_eq!((guard.workers(), guard.detected()), (4, None));
+        assert!(resized.has_changed().unwrap());
+        assert_eq!(*resized.borrow_and_update(), 4);
+        guard.observe_replicas(4);
+        assert!(!resized.has_changed().unwrap(), "the same size is no change");
+        guard.observe_replicas(3);
+        guard.observe_replicas(0);
+        assert_eq!((guard.workers(), guard.detected()), (1, None), "at least one member");
+        assert_eq!(OnScaling::parse("reshard"), Some(OnScaling::Reshard));
+        assert_eq!(OnScaling::parse("restart"), None);
     }
 }

@@ -69,10 +69,18 @@ impl ClusterService {
                 (ClaimKey::from(claim), crate::health::bounded_progress(progress.crates_done, progress.crates_total))
             }),
         };
+        if request.leaving {
+            self.state.member_leaving(member_id).await?;
+            return Ok(Response::new(pb::HeartbeatResponse {
+                leader_workers: self.state.workers(),
+                leader_version: self.state.config.version.clone(),
+                cancel_current: true,
+            }));
+        }
         let current = request.current.map(ClaimKey::from);
         let cancel_current = self.state.heartbeat(member_id, report, current).await?;
         Ok(Response::new(pb::HeartbeatResponse {
-            leader_workers: self.state.config.workers,
+            leader_workers: self.state.workers(),
             leader_version: self.state.config.version.clone(),
             cancel_current,
         }))

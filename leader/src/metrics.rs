@@ -57,6 +57,7 @@ pub struct Metrics {
     pipelines: Family<StatusLabel, Gauge>,
     queue_depth: Family<OrdinalLabel, Gauge>,
     failover_claims: Family<FailoverLabel, Counter>,
+    resharded: Counter,
     member_missing: Family<OrdinalLabel, Gauge>,
     member_healthy: Family<OrdinalLabel, Gauge>,
     stored_objects: Family<KindLabel, Gauge>,
@@ -140,6 +141,12 @@ impl Metrics {
             "Pipelines built by ordinal `ordinal` for the missing ordinal `for_ordinal` (failover)",
             failover_claims.clone(),
         );
+        let resharded = Counter::default();
+        registry.register(
+            "resharded_pipelines",
+            "Pending pipelines moved to another ordinal because the set's size changed (--on-scaling=reshard)",
+            resharded.clone(),
+        );
         let member_missing = Family::<OrdinalLabel, Gauge>::default();
         registry.register(
             "member_missing",
@@ -201,6 +208,7 @@ impl Metrics {
             pipelines,
             queue_depth,
             failover_claims,
+            resharded,
             member_missing,
             member_healthy,
         }
@@ -231,6 +239,11 @@ impl Metrics {
     pub fn failover_claimed(&self, ordinal: u32, for_ordinal: u32) {
         let label = FailoverLabel { ordinal: ordinal.to_string(), for_ordinal: for_ordinal.to_string() };
         self.failover_claims.get_or_create(&label).inc();
+    }
+
+    /// Counts pending pipelines moved by a change of the set's size.
+    pub fn resharded(&self, moved: u64) {
+        self.resharded.inc_by(moved);
     }
 
     /// Counts a submission served from the binary cache, which saved `saved_ms`.

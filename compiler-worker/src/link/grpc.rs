@@ -93,6 +93,9 @@ pub fn connect(url: &str, token: &str, tls_ca: Option<&Path>) -> anyhow::Result<
 pub struct GrpcLink {
     client: LeaderClient,
     member: pb::Member,
+    /// Under `--on-scaling=reshard`, N follows the set: each call says N as the
+    /// guard holds it now.
+    size: Option<kiln_core::scaling::ScalingGuard>,
     /// A heartbeat's deadline: its interval, but never under 5 s.
     heartbeat_timeout: Duration,
 }
@@ -116,7 +119,22 @@ impl GrpcLink {
                 version: member.version.clone(),
             },
             heartbeat_timeout: heartbeat_interval.max(Duration::from_secs(5)),
+            size: None,
         })
+    }
+
+    /// Says N as `guard` holds it in every call, rather than N as started.
+    pub fn following(mut self, guard: kiln_core::scaling::ScalingGuard) -> GrpcLink {
+        self.size = Some(guard);
+        self
+    }
+
+    fn pb_member(&self) -> pb::Member {
+        let mut member = self.member.clone();
+        if let Some(guard) = &self.size {
+            member.workers = guard.workers();
+        }
+        member
     }
 
     fn report_message(&self, report: StatusReport) -> pb::StatusReport {
@@ -128,7 +146,7 @@ impl GrpcLink {
         };
         let (binary_sha256, binary_size) = report.binary.map(|b| (b.sha256, b.size)).unwrap_or_default();
         pb::StatusReport {
-            member: Some(self.member.clone()),
+            member: Some(self.pb_member()),
             claim: Some(report.claim.into()),
             status: status as i32,
             error: report.error,
@@ -151,7 +169,7 @@ fn with_timeout<T>(message: T, timeout: Duration) -> tonic::Request<T> {
 impl LeaderLink for GrpcLink {
     async fn heartbeat(&self, beat: Heartbeat) -> Result<HeartbeatAnswer, Failure> {
         let request = pb::HeartbeatRequest {
-            member: Some(self.member.clone()),
+            member: Some(self.pb_member()),
             cache: Some(pb::CacheState { healthy: beat.cache.healthy, message: beat.cache.message }),
             current: beat.current.map(|(claim, _)| claim.into()),
             preparing: beat.preparing,
@@ -164,6 +182,7 @@ impl LeaderLink for GrpcLink {
                 crates_done: progress.crates_done,
                 crates_total: progress.crates_total,
             }),
+            leaving: beat.leaving,
         };
         match self.client.clone().heartbeat(with_timeout(request, self.heartbeat_timeout)).await {
             Ok(answer) => {
@@ -176,7 +195,7 @@ impl LeaderLink for GrpcLink {
 
     async fn claim(&self, depset: &str) -> Result<Option<Assignment>, Failure> {
         let request = pb::ClaimRequest {
-            member: Some(self.member.clone()),
+            member: Some(self.pb_member()),
             wait_ms: CLAIM_WAIT.as_millis() as u32,
             depset: depset.to_owned(),
         };
@@ -204,7 +223,7 @@ impl LeaderLink for GrpcLink {
         })?;
         let header = pb::UploadChunk {
             part: Some(Part::Header(pb::UploadHeader {
-                member: Some(self.member.clone()),
+                member: Some(self.pb_member()),
                 claim: Some(upload.claim.into()),
                 sha256: upload.digest.sha256.clone(),
                 size: upload.digest.size,

@@ -172,6 +172,8 @@ pub struct Heartbeat {
     pub disk_used_percent: f64,
     /// Above the critical watermark even after pruning: why no work is taken.
     pub disk_critical: Option<String>,
+    /// The member is stopping and leaving the set (`--on-scaling=reshard`).
+    pub leaving: bool,
 }
 
 /// The leader's answer to a heartbeat.

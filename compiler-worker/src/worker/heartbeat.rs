@@ -83,8 +83,24 @@ pub(crate) fn snapshot(shared: &Shared, depset: &str) -> (Heartbeat, Option<(Cla
         depset: depset.to_owned(),
         disk_used_percent: disk.used_percent,
         disk_critical: disk.critical,
+        leaving: false,
     };
     (beat, current)
+}
+
+/// Under `--on-scaling=reshard`, tells the leader this member is stopping and
+/// leaving the set (its builds in flight go back to pending; the last ordinal
+/// leaving shrinks N). Once, best effort: a leader that does not answer in time
+/// finds the member missing instead.
+pub(crate) async fn say_leaving<L: LeaderLink>(link: &L, shared: &Shared, depset: &str, ordinal: u32) {
+    let (mut beat, _) = snapshot(shared, depset);
+    beat.leaving = true;
+    beat.current = None;
+    match tokio::time::timeout(Duration::from_secs(5), link.heartbeat(beat)).await {
+        Ok(Ok(_)) => tracing::info!(ordinal, "told the leader this member leaves the set"),
+        Ok(Err(failure)) => tracing::warn!(ordinal, error = %failure, "could not tell the leader this member leaves"),
+        Err(_) => tracing::warn!(ordinal, "the leader did not answer in time that this member leaves"),
+    }
 }
 
 /// Acts on the leader's answer to a heartbeat that named `sent` as the build in

@@ -84,13 +84,17 @@ pub async fn run(config: WorkerConfig, guard: ScalingGuard, shutdown: Cancellati
         incarnation: rand::random(),
         version: config.version.clone(),
     };
-    let link = Arc::new(GrpcLink::connect(
-        &config.leader_url,
-        &config.cluster_token,
-        config.tls_ca.as_deref(),
-        &member,
-        config.heartbeat_interval,
-    )?);
+    let link = Arc::new(
+        GrpcLink::connect(
+            &config.leader_url,
+            &config.cluster_token,
+            config.tls_ca.as_deref(),
+            &member,
+            config.heartbeat_interval,
+        )?
+        .following(guard.clone()),
+    );
+    let reshards = guard.on_scaling() == kiln_core::scaling::OnScaling::Reshard;
     let shared = Arc::new(Shared::default());
     shared.set_preparing(true);
     shared.set_cache_state(true, "not started yet".into());
@@ -170,6 +174,9 @@ pub async fn run(config: WorkerConfig, guard: ScalingGuard, shutdown: Cancellati
         sccache.stop().await;
     }
     heartbeats.abort();
+    if reshards && shutdown.is_cancelled() {
+        heartbeat::say_leaving(worker.link.as_ref(), &worker.shared, &worker.depset, ordinal).await;
+    }
     result
 }
 

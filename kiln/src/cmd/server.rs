@@ -144,7 +144,8 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
         }
     }
     let identity = config.identity.clone();
-    let guard = ScalingGuard::new(identity.workers);
+    let on_scaling = kiln_core::scaling::OnScaling::parse(&args.on_scaling).unwrap_or_default();
+    let guard = ScalingGuard::with(identity.workers, on_scaling);
     guard.observe_ordinal(identity.ordinal);
     if let Some(detected) = guard.detected() {
         panic!("{detected}");

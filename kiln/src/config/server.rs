@@ -51,6 +51,15 @@ pub struct ServerArgs {
     /// How often the StatefulSet's replica count is read again.
     #[arg(long, env = "KILN_KUBERNETES_POLL", default_value = "10s", value_parser = parse_duration)]
     pub kubernetes_poll: Duration,
+    /// What a member does when the set's size changes. `panic` (the seed's): it
+    /// exits with "SCALING DETECTED ..." so that the set restarts with one N.
+    /// `reshard`: it takes the new N without a restart (from the StatefulSet under
+    /// --kubernetes, otherwise from a member that starts for a bigger set or the
+    /// last one leaving); pending pipelines move to their new ordinals (rendezvous
+    /// hashing: about 1/N move), builds in flight finish where they are. Give every
+    /// member the same.
+    #[arg(long, env = "KILN_ON_SCALING", default_value = "panic", value_parser = kiln_core::scaling::OnScaling::NAMES)]
+    pub on_scaling: String,
     /// Where a worker (ordinal > 0) serves /healthz for its probes. The leader serves
     /// it on --listen.
     #[arg(long, env = "KILN_HEALTH_LISTEN")]
@@ -235,6 +244,7 @@ impl ServerArgs {
         line.opt("--kubernetes-api", &self.kubernetes_api);
         line.path("--kubernetes-service-account-dir", &self.kubernetes_service_account_dir);
         line.duration("--kubernetes-poll", self.kubernetes_poll);
+        line.value("--on-scaling", &self.on_scaling);
         line.opt("--health-listen", &self.health_listen);
         line.path("--data-dir", &self.data_dir);
         line.value("--listen", &self.listen);
@@ -380,6 +390,7 @@ mod tests {
             "--retention=2h",
             "--claim-lease=7m",
             "--failover-after=45s",
+            "--on-scaling=reshard",
             "--disk-high-watermark=71.5",
             "--disk-critical-watermark=93.5",
         ];

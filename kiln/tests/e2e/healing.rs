@@ -224,3 +224,89 @@ async fn a_leader_restart_loses_nothing() {
     assert_eq!(list.as_array().unwrap().len(), 12, "nothing lost");
     eprintln!("leader restart: killed with 2 builds in flight on ordinals 1 and 2 and {queued} queued; all 12 success");
 }
+
+/// Waits until `/cluster_healthz` answers 200 for a set of `n` members.
+async fn healthy_set_of(farm: &Farm, n: u64) {
+    wait_until(&format!("a healthy set of {n}"), Duration::from_secs(120), Duration::from_millis(100), || async {
+        let (status, body) = farm.get_json("/cluster_healthz").await;
+        if status == 200 && body["workers_expected"] == n { Ok(()) } else { Err(body.to_string()) }
+    })
+    .await
+}
+
+/// The leader's "resharded" log lines: (N, moved, pending) of each.
+fn reshards(log: &str) -> Vec<(u64, u64, u64)> {
+    let field = |line: &str, name: &str| -> u64 {
+        let at = line.find(&format!("{name}=")).unwrap_or_else(|| panic!("{name} in {line}")) + name.len() + 1;
+        line[at..].split(|c: char| !c.is_ascii_digit()).next().unwrap().parse().unwrap()
+    };
+    log.lines()
+        .filter(|l| l.contains("resharded: pending pipelines moved"))
+        .map(|l| (field(l, "workers"), field(l, "moved"), field(l, "pending")))
+        .collect()
+}
+
+/// At most 1/N of `pending` plus three standard deviations of a binomial draw
+/// (each pending pipeline moves with probability 1/N under rendezvous hashing).
+fn moved_bound(pending: u64, n: u64) -> f64 {
+    let (p, n) = (pending as f64, n as f64);
+    p / n + 3.0 * (p * (n - 1.0)).sqrt() / n
+}
+
+/// Resharding: with `--on-scaling=reshard` the farm goes 3 -> 4 -> 3 members with
+/// 40 pipelines queued. No process restarts (the three first members and the
+/// leader run throughout), none of the 40 is lost, none succeeds twice, and each
+/// change moves at most 1/N of what was pending plus the binomial slack; the
+/// counts are printed. The fourth member leaves with SIGTERM, as a StatefulSet
+/// scaled down stops its last pod: its build in flight goes back to pending.
+#[tokio::test(flavor = "multi_thread")]
+async fn with_reshard_the_farm_grows_and_shrinks_without_a_restart() {
+    const RESHARD: &str = "--on-scaling=reshard";
+    let mut farm = test_farm(4);
+    for ordinal in 0..3 {
+        farm.start(member(ordinal, 3, &[RESHARD]));
+    }
+    farm.wait_healthy(Duration::from_secs(300)).await;
+    let pids: Vec<i32> = (0..3).map(|o| farm.member(o).pid()).collect();
+    let dir = tempfile::tempdir().unwrap();
+    submit(&farm, &programs(dir.path(), 1, 40));
+
+    farm.start(member(3, 4, &[RESHARD]));
+    healthy_set_of(&farm, 4).await;
+    // The fourth member builds some of the 40, then leaves.
+    wait_until("ordinal 3 builds", Duration::from_secs(300), Duration::from_millis(100), || async {
+        let (_, list) = farm.get_json("/v0/pipelines").await;
+        let on_3 = list.as_array().unwrap().iter().filter(|r| r["worker"] == 3 && r["status"] != "pending").count();
+        if on_3 > 0 { Ok(()) } else { Err(format!("{on_3}")) }
+    })
+    .await;
+    let left = farm.member(3).terminate();
+    assert!(left.success(), "member 3 stops cleanly on SIGTERM: {left:?}");
+    healthy_set_of(&farm, 3).await;
+
+    let records = wait_ended(&farm, 1..=40).await;
+    for record in &records {
+        assert_eq!(record["status"], "success", "{record}");
+        assert_eq!(events(record, "success"), 1, "no duplicate success: {record}");
+    }
+    let (_, list) = farm.get_json("/v0/pipelines").await;
+    assert_eq!(list.as_array().unwrap().len(), 40, "nothing lost");
+    for (ordinal, pid) in pids.iter().enumerate() {
+        let process = farm.member(ordinal as u32);
+        assert!(process.running() && process.pid() == *pid, "member {ordinal} ran throughout");
+    }
+    let log = farm.member_log(0);
+    let changes = reshards(&log);
+    assert!(changes.iter().any(|(n, _, _)| *n == 4) && changes.iter().any(|(n, _, _)| *n == 3), "{changes:?}");
+    for (n, moved, pending) in &changes {
+        // Growing to N moves about 1/N of the pending; shrinking from N + 1 moves
+        // what the leaving member had, about 1/(N + 1).
+        let share = if *n == 4 { 4 } else { n + 1 };
+        let bound = moved_bound(*pending, share);
+        eprintln!("resharding to N = {n}: {moved} of {pending} pending pipelines moved (bound {bound:.1})");
+        assert!((*moved as f64) <= bound, "to N = {n}: {moved} of {pending} moved, more than {bound:.1}");
+    }
+    let metrics = farm.http.get(format!("{}/metrics", farm.url())).send().await.unwrap().text().await.unwrap();
+    let counted: u64 = changes.iter().map(|(_, moved, _)| moved).sum();
+    assert!(metrics.contains(&format!("kiln_resharded_pipelines_total {counted}")), "{metrics}");
+}

@@ -204,6 +204,36 @@ impl Catalog {
         })
     }
 
+    /// The set now has `workers` members: every pending pipeline whose ordinal
+    /// `sharding` changes moves to its new one. Returns (moved, pending). One
+    /// transaction, so a claim sees the pipelines before or after, never half.
+    pub fn reshard(
+        &self,
+        sharding: rules::Sharding,
+        workers: u32,
+        now_ms: u64,
+    ) -> Result<(usize, usize), CatalogError> {
+        let pending = status_code(Status::Pending);
+        self.write(|txn| {
+            let mut books = Books::open(txn)?;
+            let ids: Vec<u64> = books
+                .status_ids
+                .range((pending, 0)..=(pending, u64::MAX))?
+                .map(|e| e.map(|(k, _)| k.value().1))
+                .collect::<Result<_, _>>()?;
+            let mut moved = 0;
+            for id in &ids {
+                let Some(old) = load(&books.pipelines, *id)? else { continue };
+                let mut record = old.clone();
+                if record.reshard(sharding, workers, now_ms) {
+                    books.put(Some(&old), Some(&record), now_ms)?;
+                    moved += 1;
+                }
+            }
+            Ok((moved, ids.len()))
+        })
+    }
+
     /// Puts `claim` back to `pending` for its own ordinal if it is still current,
     /// with `reason` in its history; returns the record when it did.
     pub fn requeue_claim(&self, claim: &ClaimKey, reason: &str, now_ms: u64) -> Result<Option<Pipeline>, CatalogError> {

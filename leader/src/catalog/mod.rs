@@ -44,7 +44,6 @@ use crate::rules::Pipeline;
 pub use crate::rules::Submitted;
 pub use error::CatalogError;
 use error::corrupt;
-pub use submissions::Farm;
 pub use tables::Kind;
 use tables::{
     COUNTS, LOGS, NAMES, PIPELINES, SOURCES, SOURCES_BYTES, SOURCES_COUNT, STATUS_IDS, UNREFERENCED, decode,

@@ -11,20 +11,7 @@ use crate::catalog::error::{CatalogError, corrupt};
 use crate::catalog::tables::{Books, LOGS, META, NAMES, NEXT_ID, SOURCES, SOURCES_BYTES, SOURCES_COUNT, load};
 use crate::catalog::{Catalog, Submitted};
 use crate::records;
-use crate::rules::{self, Pipeline};
-
-/// The farm a submission is stored for.
-#[derive(Debug, Clone, Copy)]
-pub struct Farm<'a> {
-    /// The profile the submission names, and the farm's default (which a record
-    /// stored before profiles were per pipeline was built in).
-    pub profiles: (&'a str, &'a str),
-    /// N, which assigns a new version its ordinal.
-    pub workers: u32,
-    /// The binary cache: the farm's dependency set and build settings
-    /// fingerprints; None when it is off.
-    pub binary_cache: Option<(&'a str, &'a str)>,
-}
+use crate::rules::{self, Farm, Pipeline};
 
 impl Catalog {
     /// Stores a submission: a new pipeline, or what [`rules::resubmit`] makes of
@@ -39,7 +26,7 @@ impl Catalog {
         farm: Farm<'_>,
         now_ms: u64,
     ) -> Result<Submitted, CatalogError> {
-        let Farm { profiles, workers, binary_cache } = farm;
+        let Farm { profiles, workers, binary_cache, sharding } = farm;
         self.write(|txn| {
             let mut books = Books::open(txn)?;
             let mut names = txn.open_table(NAMES)?;
@@ -63,6 +50,10 @@ impl Catalog {
                 }
             };
             let mut submitted = submitted;
+            if submitted.change != Change::Unchanged && submitted.record.status == kiln_core::api::Status::Pending {
+                let record = &mut submitted.record;
+                record.worker = sharding.ordinal(record.id, workers);
+            }
             if submitted.change != Change::Unchanged {
                 if sources.get(source_sha256)?.is_none() {
                     let bytes = records::encode_source(files);

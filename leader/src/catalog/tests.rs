@@ -10,10 +10,10 @@ use super::claims::truncate_log;
 use super::tables::{META, NAMES, NEXT_ID, PIPELINES, SOURCES};
 use super::upgrade::SCHEMA_KEY;
 use super::*;
-use crate::rules::{Coverage, Figures, Pipeline, Report, ReportRefused};
+use crate::rules::{Coverage, Farm, Figures, Pipeline, Report, ReportRefused};
 /// A farm of `workers` that submits in release, its own profile.
 fn on<'a>(workers: u32, binary_cache: Option<(&'a str, &'a str)>) -> Farm<'a> {
-    Farm { profiles: ("release", "release"), workers, binary_cache }
+    Farm { profiles: ("release", "release"), workers, binary_cache, sharding: Default::default() }
 }
 
 fn src(text: &str) -> Vec<ProgramFile> {

@@ -10,11 +10,14 @@
 //! - `binary_cache.rs`: the key that decides a binary, and what a hit serves.
 //! - `failover.rs`: who is missing, and which healthy member builds each of a
 //!   missing member's pipelines.
+//! - `sharding.rs`: which ordinal builds a pipeline: `id % N`, or rendezvous
+//!   hashing under `--on-scaling=reshard`.
 
 mod binary_cache;
 mod claims;
 mod failover;
 mod pipeline;
+mod sharding;
 mod submission;
 #[cfg(test)]
 pub(crate) mod tests;
@@ -23,5 +26,6 @@ pub use binary_cache::{CachedBinary, binary_cache_candidates, binary_cache_hit_l
 pub use claims::{Report, ReportRefused, held_by};
 pub use failover::Coverage;
 pub use kiln_core::cluster::{ClaimKey, Figures};
-pub use pipeline::{HISTORY_LEN, MAX_MEMBER_LOSSES, NotCancellable, Pipeline, Uploaded, assigned_ordinal};
-pub use submission::{Submitted, resubmit};
+pub use pipeline::{HISTORY_LEN, MAX_MEMBER_LOSSES, NotCancellable, Pipeline, Uploaded};
+pub use sharding::{Sharding, assigned_ordinal};
+pub use submission::{Farm, Submitted, resubmit};

@@ -7,11 +7,7 @@ use kiln_core::api::{self, CacheFigures, Status};
 use kiln_core::cluster::{ClaimKey, Figures};
 use serde::{Deserialize, Serialize};
 
-/// The ordinal that builds pipeline `id` in a set of `workers` members.
-pub fn assigned_ordinal(id: u64, workers: u32) -> u32 {
-    // The remainder is below `workers`, a u32.
-    (id % u64::from(workers)) as u32
-}
+use super::sharding::{Sharding, assigned_ordinal};
 
 /// One pipeline as the leader keeps it: the catalog stores this type (in a
 /// versioned envelope, see `records.rs`), and the API shows it as
@@ -282,6 +278,23 @@ impl Pipeline {
         self.rebuilding = None;
         self.note(now_ms, format!("cancelled while {from} (attempt {}): {why}", self.attempt));
         Ok(())
+    }
+
+    /// The set now has `workers` members, spread by `sharding`: a pending
+    /// pipeline whose ordinal changes moves to its new one, saying so in its
+    /// history. Returns whether it moved. A build in flight finishes where it is.
+    pub fn reshard(&mut self, sharding: Sharding, workers: u32, now_ms: u64) -> bool {
+        let to = sharding.ordinal(self.id, workers);
+        if self.status != Status::Pending || to == self.worker {
+            return false;
+        }
+        let from = std::mem::replace(&mut self.worker, to);
+        self.updated_at_ms = now_ms;
+        self.note(
+            now_ms,
+            format!("moved from ordinal {from} to ordinal {to}: the set has {workers} members now (resharding)"),
+        );
+        true
     }
 
     /// Hands the pipeline to member `by`, its own ordinal or one covering for it

@@ -4,7 +4,8 @@
 
 use kiln_core::api::{Change, Status};
 
-use crate::rules::pipeline::{Pipeline, assigned_ordinal};
+use crate::rules::pipeline::Pipeline;
+use crate::rules::sharding::assigned_ordinal;
 
 /// A submission as stored: the record, and what the submission changed.
 #[derive(Debug)]
@@ -44,4 +45,19 @@ pub fn resubmit(
         Change::Unchanged
     };
     Submitted { record, change }
+}
+
+/// The farm a submission is stored for.
+#[derive(Debug, Clone, Copy)]
+pub struct Farm<'a> {
+    /// The profile the submission names, and the farm's default (which a record
+    /// stored before profiles were per pipeline was built in).
+    pub profiles: (&'a str, &'a str),
+    /// N, which assigns a new version its ordinal.
+    pub workers: u32,
+    /// The binary cache: the farm's dependency set and build settings
+    /// fingerprints; None when it is off.
+    pub binary_cache: Option<(&'a str, &'a str)>,
+    /// How pipelines are spread over the N members.
+    pub sharding: crate::rules::sharding::Sharding,
 }

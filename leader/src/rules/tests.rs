@@ -357,3 +357,32 @@ fn a_profile_is_part_of_the_version_and_of_the_binary_key() {
     assert_eq!(resubmit(&old, "s", ("dev", "release"), 3, 7).change, Change::Updated);
     assert_ne!(binary_key("s", "set", "settings", "dev", None), binary_key("s", "set", "settings", "release", None));
 }
+
+/// Rendezvous sharding: every ordinal of 0..N gets about 1/N; growing to N + 1
+/// moves only pipelines to the new ordinal (about 1/(N + 1) of them), shrinking
+/// back moves only the last ordinal's; modulo moves most.
+#[test]
+fn rendezvous_sharding_moves_about_one_nth() {
+    let ids = 1..=4_000u64;
+    let on = |sharding: Sharding, n: u32| ids.clone().map(|id| sharding.ordinal(id, n)).collect::<Vec<u32>>();
+    let (three, four) = (on(Sharding::Rendezvous, 3), on(Sharding::Rendezvous, 4));
+    let moved: Vec<(u32, u32)> = three.iter().zip(&four).filter(|(a, b)| a != b).map(|(a, b)| (*a, *b)).collect();
+    assert!(moved.iter().all(|(_, to)| *to == 3), "growing moves pipelines to the new ordinal only");
+    assert!((800..=1_200).contains(&moved.len()), "{} of 4000 moved (1/4 is 1000)", moved.len());
+    let modulo = on(Sharding::Modulo, 3).iter().zip(&on(Sharding::Modulo, 4)).filter(|(a, b)| a != b).count();
+    assert!(modulo > 2_500, "id % N moves most: {modulo}");
+    for ordinal in 0..3 {
+        let share = three.iter().filter(|o| **o == ordinal).count();
+        assert!((1_150..=1_520).contains(&share), "ordinal {ordinal} has {share} of 4000");
+    }
+    let mut r = record(7);
+    let to = Sharding::Rendezvous.ordinal(7, 5);
+    r.worker = (to + 1) % 5;
+    assert!(r.reshard(Sharding::Rendezvous, 5, 9));
+    assert_eq!(r.worker, to);
+    assert!(r.history.last().unwrap().event.contains("resharding"), "{:?}", r.history);
+    assert!(!r.reshard(Sharding::Rendezvous, 5, 10), "already there");
+    r.claim(to, 11);
+    r.worker = (to + 1) % 5;
+    assert!(!r.reshard(Sharding::Rendezvous, 5, 12), "a build in flight finishes where it is");
+}

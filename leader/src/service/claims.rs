@@ -76,7 +76,7 @@ impl LeaderState {
 
     /// Puts each claim back to `pending` (if still current) with its reason, and
     /// wakes the members when any went back.
-    async fn requeue_claims(
+    pub(super) async fn requeue_claims(
         &self,
         claims: Vec<(ClaimKey, u32, String)>,
         what: &'static str,

@@ -6,7 +6,7 @@
 use std::time::{Instant, SystemTime};
 
 use kiln_core::disk;
-use kiln_core::scaling::ScalingDetected;
+use kiln_core::scaling::{OnScaling, ScalingDetected};
 
 use crate::error::ApiError;
 use crate::health::{ClusterHealth, Expected, MemberReport, cluster_health};
@@ -19,7 +19,7 @@ impl LeaderState {
         if let Some(refused) = self.size_refusal(member) {
             return Err(refused);
         }
-        if let Some(detected) = self.observe(member) {
+        if let Some(detected) = self.observe(member).await? {
             return Err(ApiError::Conflict(detected.to_string()));
         }
         let MemberId { ordinal, incarnation, .. } = member;
@@ -56,12 +56,88 @@ impl LeaderState {
 
     /// Feeds the member's view of N to the scaling guard. With N from the Kubernetes
     /// API, the member's view is only checked (see [`LeaderState::size_refusal`]).
-    fn observe(&self, member: MemberId) -> Option<ScalingDetected> {
-        if !self.config.n_from_kubernetes {
-            self.guard.observe_replicas(member.workers);
-            self.guard.observe_ordinal(member.ordinal);
+    ///
+    /// Under `--on-scaling=reshard` a member's N is taken only when it is news: an
+    /// ordinal beyond N, or a larger N from an incarnation the leader has not seen
+    /// (a member just started for a bigger set). Members that were already there
+    /// take the leader's N from its answers, so their reports of the old N, on the
+    /// way, never shrink the set; the set shrinks when its last member leaves
+    /// ([`LeaderState::member_leaving`]) or the StatefulSet says so.
+    async fn observe(&self, member: MemberId) -> Result<Option<ScalingDetected>, ApiError> {
+        if self.config.n_from_kubernetes {
+            return Ok(self.guard.detected());
         }
-        self.guard.detected()
+        match self.guard.on_scaling() {
+            OnScaling::Panic => {
+                self.guard.observe_replicas(member.workers);
+                self.guard.observe_ordinal(member.ordinal);
+            }
+            OnScaling::Reshard => {
+                let left =
+                    self.left.lock().unwrap_or_else(|p| p.into_inner()).contains(&(member.ordinal, member.incarnation));
+                if left {
+                    return Err(ApiError::Conflict(format!(
+                        "ordinal {} said it left the set: a call of that incarnation after it is refused",
+                        member.ordinal
+                    )));
+                }
+                self.guard.observe_ordinal(member.ordinal);
+                if member.workers > self.workers() {
+                    let ordinal = member.ordinal;
+                    let known = self.catalog(move |c| c.incarnation_of(ordinal)).await?;
+                    if known != Some(member.incarnation) {
+                        self.guard.observe_replicas(member.workers);
+                    }
+                }
+            }
+        }
+        Ok(self.guard.detected())
+    }
+
+    /// Under `--on-scaling=reshard`, member `member` says it is leaving the set
+    /// (it was stopped): its builds in flight go back to `pending`, and when it
+    /// is the set's last ordinal, N shrinks to it (as a StatefulSet scaled down
+    /// stops its last pod). Under `panic` nothing changes: its builds wait for
+    /// their lease or failover, as for any member that stops.
+    pub async fn member_leaving(&self, member: MemberId) -> Result<(), ApiError> {
+        if self.guard.on_scaling() != OnScaling::Reshard || self.member_seen(member).await.is_err() {
+            return Ok(());
+        }
+        let ordinal = member.ordinal;
+        self.left.lock().unwrap_or_else(|p| p.into_inner()).insert((ordinal, member.incarnation));
+        let in_flight = self.catalog(|c| c.in_flight()).await?;
+        let held: Vec<(ClaimKey, u32, String)> = in_flight
+            .into_iter()
+            .filter(|(_, holder)| *holder == ordinal)
+            .map(|(claim, holder)| (claim, holder, format!("ordinal {holder} left the set (resharding)")))
+            .collect();
+        self.requeue_claims(held, "member left: its build is pending again").await?;
+        tracing::info!(ordinal, workers = self.workers(), "member leaving the set");
+        if !self.config.n_from_kubernetes && ordinal + 1 == self.workers() && ordinal > 0 {
+            self.guard.observe_replicas(ordinal);
+        }
+        self.reshard().await.map(|_| ())
+    }
+
+    /// Moves the pending pipelines to their ordinals in the set as it is now
+    /// (`--on-scaling=reshard`); a no-op when nothing changed. Returns how many
+    /// moved of how many pending.
+    pub async fn reshard(&self) -> Result<(usize, usize), ApiError> {
+        let (sharding, workers) = (self.sharding(), self.workers());
+        let (moved, pending) = self.catalog(move |c| c.reshard(sharding, workers, now_ms())).await?;
+        let before = self.sharded_for.swap(workers, std::sync::atomic::Ordering::Relaxed);
+        if moved > 0 || before != workers {
+            tracing::warn!(
+                from = before,
+                workers,
+                moved,
+                pending,
+                "resharded: pending pipelines moved to their new ordinals"
+            );
+            self.metrics.resharded(moved as u64);
+            self.wake_workers();
+        }
+        Ok((moved, pending))
     }
 
     /// With N from the Kubernetes API: the refusal of a member whose N or ordinal
@@ -69,7 +145,13 @@ impl LeaderState {
     /// able to make the leader panic; its guard trips only when the API says so.
     fn size_refusal(&self, member: MemberId) -> Option<ApiError> {
         let workers = self.guard.workers();
-        if !self.config.n_from_kubernetes || (member.workers == workers && member.ordinal < workers) {
+        // Under reshard, a member may still report the N it started with while the
+        // set grows or shrinks: only an ordinal outside the set is refused.
+        let agrees = match self.guard.on_scaling() {
+            OnScaling::Panic => member.workers == workers,
+            OnScaling::Reshard => true,
+        };
+        if !self.config.n_from_kubernetes || (agrees && member.ordinal < workers) {
             return None;
         }
         tracing::warn!(
@@ -95,7 +177,7 @@ impl LeaderState {
         if let Some(refused) = self.size_refusal(member) {
             return Err(refused);
         }
-        if self.observe(member).is_some() {
+        if self.observe(member).await?.is_some() {
             // Answer anyway: the reply carries the leader's N, from which the member
             // applies the scaling guard on its side too.
             return Ok(true);
@@ -142,7 +224,7 @@ impl LeaderState {
                 r.depset == depset && !r.preparing && !r.sandbox_unavailable && r.disk_critical.is_empty()
             })
         };
-        Coverage::of(self.config.workers, silence, can_build, self.config.failover_after, self.config.heartbeat_window)
+        Coverage::of(self.workers(), silence, can_build, self.config.failover_after, self.config.heartbeat_window)
     }
 
     /// Says when a member goes missing or comes back, sends the claims a missing
@@ -177,7 +259,7 @@ impl LeaderState {
     pub fn cluster_health(&self) -> ClusterHealth {
         let now = Instant::now();
         let expected = Expected {
-            workers: self.config.workers,
+            workers: self.workers(),
             version: &self.config.version,
             depset: self.config.depset.fingerprint(),
         };

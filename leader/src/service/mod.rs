@@ -37,7 +37,9 @@ use crate::rules::ClaimKey;
 #[derive(Debug, Clone)]
 pub struct LeaderConfig {
     pub data_dir: PathBuf,
-    /// N: the number of members in the set, the leader included.
+    /// N as the leader was started with: the number of members in the set, the
+    /// leader included. Under `--on-scaling=reshard` it follows the set
+    /// ([`LeaderState::workers`]).
     pub workers: u32,
     pub version: String,
     pub cluster_token: String,
@@ -99,6 +101,11 @@ pub struct LeaderState {
     /// The members found missing at the last look, to say when one goes missing
     /// or comes back.
     missing: Mutex<Vec<u32>>,
+    /// Incarnations that said they leave the set (`--on-scaling=reshard`): a late
+    /// call of theirs is refused, and never read as news of N.
+    left: Mutex<std::collections::HashSet<(u32, u64)>>,
+    /// The N the pending pipelines were last spread over.
+    sharded_for: std::sync::atomic::AtomicU32,
 }
 
 /// Wall-clock milliseconds since the epoch: the time the catalog's records and
@@ -123,6 +130,7 @@ impl LeaderState {
         if adopted > 0 {
             tracing::info!(artifacts = adopted, "artifacts no pipeline references: removed after the retention");
         }
+        let workers = config.workers;
         Ok(LeaderState {
             config,
             catalog: Arc::new(catalog),
@@ -134,6 +142,8 @@ impl LeaderState {
             started: Instant::now(),
             leases: Mutex::new(HashMap::new()),
             missing: Mutex::new(Vec::new()),
+            left: Mutex::new(Default::default()),
+            sharded_for: std::sync::atomic::AtomicU32::new(workers),
         })
     }
 
@@ -155,6 +165,21 @@ impl LeaderState {
     pub async fn metrics_text(&self) -> Result<String, ApiError> {
         let counts = self.counts().await?;
         Ok(self.metrics.render(&counts, self.artifacts.usage(), self.data_disk_used(), &self.cluster_health()))
+    }
+
+    /// N now: as started, or as the set has become under `--on-scaling=reshard`.
+    pub fn workers(&self) -> u32 {
+        self.guard.workers()
+    }
+
+    /// How pipelines are spread over the members: `id % N` (the seed's), or
+    /// rendezvous hashing under `--on-scaling=reshard`, so that a new N moves
+    /// about 1/N of them.
+    pub fn sharding(&self) -> crate::rules::Sharding {
+        match self.guard.on_scaling() {
+            kiln_core::scaling::OnScaling::Panic => crate::rules::Sharding::Modulo,
+            kiln_core::scaling::OnScaling::Reshard => crate::rules::Sharding::Rendezvous,
+        }
     }
 
     /// Wakes the members' long-polling claims: a pipeline became pending.

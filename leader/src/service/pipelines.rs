@@ -34,15 +34,19 @@ impl LeaderState {
         })
         .await
         .map_err(|e| ApiError::Internal(format!("validation task failed: {e}")))??;
-        let workers = self.config.workers;
+        let (workers, sharding) = (self.workers(), self.sharding());
         let cache = self.binary_cache_parts();
         let submitted = {
             let name = name.clone();
             let sha = sha.clone();
             self.catalog(move |c| {
                 let cache = cache.as_ref().map(|(depset, settings)| (depset.as_str(), settings.as_str()));
-                let farm =
-                    crate::catalog::Farm { profiles: (&profile, &default_profile), workers, binary_cache: cache };
+                let farm = crate::rules::Farm {
+                    profiles: (&profile, &default_profile),
+                    workers,
+                    binary_cache: cache,
+                    sharding,
+                };
                 c.submit(&name, &sha, &files, farm, now_ms())
             })
             .await?

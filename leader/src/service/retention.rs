@@ -26,7 +26,8 @@ impl LeaderState {
     }
 
     /// The leader's housekeeping until `shutdown`: claim leases, failover and
-    /// collection, each on a period a fraction of its setting.
+    /// collection, each on a period a fraction of its setting, and resharding
+    /// whenever N changes.
     pub async fn maintain(self: Arc<Self>, shutdown: tokio_util::sync::CancellationToken) {
         let period = |of: Duration, max: Duration| (of / 4).clamp(Duration::from_millis(100), max);
         let mut leases = tokio::time::interval(period(self.config.claim_lease, Duration::from_secs(5)));
@@ -38,6 +39,13 @@ impl LeaderState {
             false => (self.config.failover_after / 10).clamp(Duration::from_millis(100), Duration::from_secs(1)),
         };
         let mut failover = tokio::time::interval(failover_period);
+        // A new N (under --on-scaling=reshard), from a member or the StatefulSet.
+        let mut resized = self.guard.resized();
+        // N may differ from the one the catalog's pending pipelines were spread
+        // over (the leader restarted with another): spread them over this one.
+        if let Err(e) = self.reshard().await {
+            tracing::warn!(error = %e, "spreading the pending pipelines over the set failed; trying again when N changes");
+        }
         for timer in [&mut leases, &mut collection, &mut failover] {
             timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         }
@@ -47,6 +55,8 @@ impl LeaderState {
                 _ = leases.tick() => self.expire_leases().await.map(|_| ()),
                 _ = collection.tick() => self.collect().await.map(|_| ()),
                 _ = failover.tick(), if !self.config.failover_after.is_zero() => self.fail_over().await.map(|_| ()),
+                // The guard (the sender) lives as long as `self`: never an error.
+                _ = resized.changed() => self.reshard().await.map(|_| ()),
             };
             if let Err(e) = done {
                 tracing::warn!(error = %e, "leader housekeeping failed; trying again");

@@ -421,3 +421,56 @@ async fn profiles_are_checked_recorded_and_kept_apart_by_the_binary_cache() {
     let again = leader.submit("again".into(), source, Some("release".into())).await.unwrap().record;
     assert_eq!(again.binary_cache_hit.map(|hit| hit.pipeline_id), Some(release.id), "the release build serves release");
 }
+
+/// `--on-scaling=reshard` through the leader's operations: a member started for
+/// a bigger set grows N (never trips the guard) and the pending pipelines move; an
+/// old member's report of the old N changes nothing; the last member leaving
+/// shrinks N, its build in flight goes back to pending, and a late call of it is
+/// refused.
+#[tokio::test]
+async fn under_reshard_the_set_grows_and_shrinks_and_pending_pipelines_follow() {
+    use kiln_core::scaling::OnScaling;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path());
+    config.workers = 3;
+    let leader = LeaderState::open(config, ScalingGuard::with(3, OnScaling::Reshard)).unwrap();
+    let of = |ordinal: u32, workers: u32, incarnation: u64| MemberId { ordinal, workers, incarnation };
+    for id in 1..=30 {
+        leader.submit(format!("p{id}"), program(&format!("fn main() {{ let _ = {id}; }}")), None).await.unwrap();
+    }
+    let sharding = crate::rules::Sharding::Rendezvous;
+    assert_eq!(leader.find("p7").await.unwrap().worker, sharding.ordinal(7, 3), "spread by rendezvous");
+
+    // Ordinal 1 reports N = 3 (as started): nothing changes. A new member 3 for 4: N = 4.
+    leader.heartbeat(of(1, 3, 11), heartbeat_of(&leader, of(1, 3, 11)), None).await.unwrap();
+    assert_eq!(leader.workers(), 3);
+    let newcomer = of(3, 4, 33);
+    leader.heartbeat(newcomer, heartbeat_of(&leader, newcomer), None).await.unwrap();
+    assert_eq!((leader.workers(), leader.guard.detected()), (4, None));
+    let on_3: Vec<u64> = (1..=30).filter(|id| sharding.ordinal(*id, 4) == 3).collect();
+    // (The housekeeping loop does this when N changes.)
+    assert_eq!(leader.reshard().await.unwrap(), (on_3.len(), 30), "only the new ordinal's moved");
+    assert_eq!(leader.reshard().await.unwrap(), (0, 30), "once");
+    for id in 1..=30u64 {
+        assert_eq!(leader.find(&format!("p{id}")).await.unwrap().worker, sharding.ordinal(id, 4), "p{id}");
+    }
+    assert!(!on_3.is_empty() && on_3.len() < 15, "about a quarter moved: {on_3:?}");
+    // A stale report of N = 3 from an old member does not shrink the set.
+    leader.heartbeat(of(2, 3, 22), heartbeat_of(&leader, of(2, 3, 22)), None).await.unwrap();
+    assert_eq!(leader.workers(), 4);
+
+    // Member 3 claims one of its pipelines, then leaves: N = 3, its build pending again.
+    let (held, _) = claim(&leader, newcomer).await.expect("ordinal 3 has work");
+    leader.member_leaving(newcomer).await.unwrap();
+    assert_eq!(leader.workers(), 3);
+    let back = leader.find(&held.name).await.unwrap();
+    assert_eq!(back.status, Status::Pending);
+    assert!(back.worker < 3, "{back:?}");
+    assert!(back.history.iter().any(|e| e.event.contains("left the set")), "{:?}", back.history);
+    let late = leader.heartbeat(newcomer, heartbeat_of(&leader, newcomer), None).await;
+    assert!(is_conflict(&late), "a call after leaving is refused: {late:?}");
+    assert_eq!(leader.workers(), 3, "and does not grow the set again");
+    for id in 1..=30u64 {
+        assert!(leader.find(&format!("p{id}")).await.unwrap().worker < 3, "p{id} on a member of the set");
+    }
+}
