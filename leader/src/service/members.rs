@@ -100,9 +100,11 @@ impl LeaderState {
     /// stops its last pod). Under `panic` nothing changes: its builds wait for
     /// their lease or failover, as for any member that stops.
     pub async fn member_leaving(&self, member: MemberId) -> Result<(), ApiError> {
-        if self.guard.on_scaling() != OnScaling::Reshard || self.member_seen(member).await.is_err() {
+        if self.guard.on_scaling() != OnScaling::Reshard {
             return Ok(());
         }
+        // Only the member itself: a second incarnation of its ordinal is refused.
+        self.member_seen(member).await?;
         let ordinal = member.ordinal;
         self.left.lock().unwrap_or_else(|p| p.into_inner()).insert((ordinal, member.incarnation));
         let in_flight = self.catalog(|c| c.in_flight()).await?;

@@ -459,6 +459,13 @@ async fn under_reshard_the_set_grows_and_shrinks_and_pending_pipelines_follow() 
     leader.heartbeat(of(2, 3, 22), heartbeat_of(&leader, of(2, 3, 22)), None).await.unwrap();
     assert_eq!(leader.workers(), 4);
 
+    // A second incarnation of ordinal 3 (a stolen token, a stale pod) says it
+    // leaves while the first still reports: refused, nothing changes.
+    let impostor = of(3, 4, 99);
+    let refused = leader.member_leaving(impostor).await;
+    assert!(is_conflict(&refused), "{refused:?}");
+    assert_eq!(leader.workers(), 4, "an impostor's leaving shrinks nothing");
+
     // Member 3 claims one of its pipelines, then leaves: N = 3, its build pending again.
     let (held, _) = claim(&leader, newcomer).await.expect("ordinal 3 has work");
     leader.member_leaving(newcomer).await.unwrap();
