@@ -176,6 +176,13 @@ fn each_value_set_produces_what_it_says() {
     assert_eq!(sts["spec"]["podManagementPolicy"], "Parallel");
     assert_eq!(env_value(sts, "KILN_WORKERS").unwrap()["value"], "1");
     assert_eq!(env_value(sts, "KILN_SCCACHE").unwrap()["value"], "off", "sccache is off by default");
+    // The seed's guard by default; failover after two minutes.
+    assert_eq!(env_value(sts, "KILN_ON_SCALING").unwrap()["value"], "panic");
+    assert_eq!(env_value(sts, "KILN_FAILOVER_AFTER").unwrap()["value"], "2m");
+    let healing = documents(&render(&["lifecycle.onScaling=reshard", "lifecycle.failoverAfter=0"]).unwrap());
+    let healing = find(&healing, "StatefulSet", "kiln-compiler-server");
+    assert_eq!(env_value(healing, "KILN_ON_SCALING").unwrap()["value"], "reshard");
+    assert_eq!(env_value(healing, "KILN_FAILOVER_AFTER").unwrap()["value"], "0");
     let container = &sts["spec"]["template"]["spec"]["containers"][0];
     assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/healthz");
     assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
@@ -546,6 +553,8 @@ fn wrong_values_are_refused_by_the_schema() {
         (&["podDisruptionBudget.maxUnavailable=most"][..], "maxUnavailable"),
         (&["metrics.serviceMonitor.interval=often"][..], "interval"),
         (&["metrics.grafanaDashboard.labelValue=not/a/label"][..], "labelValue"),
+        (&["lifecycle.onScaling=restart"][..], "onScaling"),
+        (&["lifecycle.failoverAfter=soon"][..], "failoverAfter"),
     ] {
         let error = render(sets).expect_err(&format!("{sets:?} is refused"));
         assert!(error.contains("schema") && error.contains(expected), "{sets:?}: {error}");
@@ -667,6 +676,48 @@ async fn the_scaling_guard_fires_when_the_statefulset_is_scaled() {
     assert!(early_exit.is_none(), "it runs ({early_exit:?}): {}", restarted.output());
     let output = restarted.output();
     assert!(output.contains("using its 3 replicas") && output.contains("ordinal 1 of 3"), "{output}");
+}
+
+/// With `--on-scaling=reshard` (the chart's `lifecycle.onScaling: reshard`), the
+/// StatefulSet scaled from 2 to 3 replicas is followed without a restart: the
+/// member keeps running, never says SCALING DETECTED, and its leader expects 3.
+#[tokio::test(flavor = "multi_thread")]
+async fn with_reshard_a_scaled_statefulset_is_followed_without_a_restart() {
+    let replicas = Arc::new(AtomicU32::new(2));
+    let port = fake_api(replicas.clone(), "sa-token").await;
+    let dir = tempfile::tempdir().unwrap();
+    let leader_port = common::free_port();
+    let mut args = statefulset_member(dir.path(), port, leader_port);
+    args.push("--on-scaling=reshard".into());
+    let mut member = spawn_kiln("member-0", dir.path(), &args);
+    let expects = |n: u32| {
+        let url = format!("http://127.0.0.1:{leader_port}/cluster_healthz");
+        async move {
+            common::wait_until(
+                &format!("the leader expects {n}"),
+                Duration::from_secs(60),
+                Duration::from_millis(100),
+                || {
+                    let url = url.clone();
+                    async move {
+                        let body: Value = match reqwest::get(&url).await {
+                            Ok(response) => response.json().await.map_err(|e| e.to_string())?,
+                            Err(e) => return Err(e.to_string()),
+                        };
+                        if body["workers_expected"] == n { Ok(()) } else { Err(body.to_string()) }
+                    }
+                },
+            )
+            .await
+        }
+    };
+    expects(2).await;
+    replicas.store(3, Ordering::SeqCst);
+    expects(3).await;
+    let early_exit = member.child.try_wait().unwrap();
+    assert!(early_exit.is_none(), "it runs ({early_exit:?}): {}", member.output());
+    let output = member.output();
+    assert!(!output.contains("SCALING DETECTED") && output.contains("resharding to the new N"), "{output}");
 }
 
 fn authorized<T>(message: T) -> tonic::Request<T> {
