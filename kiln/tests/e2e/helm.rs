@@ -492,6 +492,8 @@ fn the_dashboard_has_its_panels_and_uses_only_exported_metrics() {
         "Disk use per member",
         "Leader data volume use",
         "Build progress of builds in flight",
+        "Members missing (failover)",
+        "Pipelines moved by resharding",
     ] {
         assert!(titles.contains(title), "no panel {title:?} in {titles:?}");
     }
@@ -521,6 +523,8 @@ fn the_dashboard_has_its_panels_and_uses_only_exported_metrics() {
         "kiln_leader_data_disk_used_percent",
         "kiln_build_crates_done",
         "kiln_build_crates_total",
+        "kiln_member_missing",
+        "kiln_resharded_pipelines_total",
     ] {
         assert!(names.contains(used), "the dashboard shows {used}: {names:?}");
     }
