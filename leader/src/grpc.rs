@@ -64,6 +64,7 @@ impl ClusterService {
                 0.0
             },
             disk_critical: crate::health::bounded_text(request.disk_critical),
+            cpus: bounded(request.cpus),
             building: request.current.map(|claim| {
                 let progress = request.progress.unwrap_or_default();
                 (ClaimKey::from(claim), crate::health::bounded_progress(progress.crates_done, progress.crates_total))

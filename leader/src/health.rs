@@ -34,6 +34,8 @@ pub struct MemberReport {
     pub disk_critical: String,
     /// The build it has in hand and how far it has come.
     pub building: Option<(ClaimKey, Progress)>,
+    /// Its share of the machine's CPUs, in words.
+    pub cpus: String,
 }
 
 /// The last report of every member that has reported since the leader started.
@@ -99,6 +101,8 @@ pub struct MemberHealth {
     pub disk_used_percent: Option<f64>,
     /// The build it said it has in hand, and how far it has come.
     pub building: Option<Building>,
+    /// Its share of the machine's CPUs: pinned to a CPU set or not, and cargo's jobs.
+    pub cpus: Option<String>,
     /// Silent for longer than `--failover-after`: the healthy members build its
     /// pipelines.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
@@ -191,6 +195,7 @@ pub fn cluster_health(
                 depset: None,
                 disk_used_percent: None,
                 building: None,
+                cpus: None,
                 missing: false,
                 covered_by: Vec::new(),
             },
@@ -237,6 +242,7 @@ pub fn cluster_health(
                         crates_done: progress.crates_done,
                         crates_total: progress.crates_total,
                     }),
+                    cpus: Some(report.cpus.clone()).filter(|c| !c.is_empty()),
                     missing: false,
                 covered_by: Vec::new(),
                 }
@@ -298,6 +304,7 @@ mod tests {
             disk_used_percent: 40.0,
             disk_critical: String::new(),
             building: None,
+            cpus: String::new(),
         }
     }
 

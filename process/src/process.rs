@@ -32,6 +32,40 @@ pub fn signal_group(pid: u32, signal: Signal) -> std::io::Result<()> {
     }
 }
 
+/// The CPUs this process may run on (its affinity), in order.
+pub fn usable_cpus() -> Vec<usize> {
+    match nix::sched::sched_getaffinity(Pid::from_raw(0)) {
+        Ok(set) => (0..nix::sched::CpuSet::count()).filter(|cpu| set.is_set(*cpu).unwrap_or(false)).collect(),
+        Err(_) => (0..std::thread::available_parallelism().map_or(1, |n| n.get())).collect(),
+    }
+}
+
+/// Pins the child of `command` (and everything it starts, which inherits the
+/// affinity) to `cpus`, as a pod's CPU request gives it its share of a node.
+/// CPUs outside this process's own set are left out; none left: not pinned.
+pub fn pin_to_cpus(command: &mut tokio::process::Command, cpus: &[usize]) -> std::io::Result<()> {
+    let mut set = nix::sched::CpuSet::new();
+    let mut any = false;
+    for cpu in cpus {
+        set.set(*cpu).map_err(std::io::Error::from)?;
+        any = true;
+    }
+    if !any {
+        return Ok(());
+    }
+    // SAFETY: runs in the forked child before exec and calls only
+    // sched_setaffinity(2), which is async-signal-safe; the set was built before
+    // the fork and is only read.
+    #[allow(unsafe_code)]
+    unsafe {
+        command.pre_exec(move || {
+            nix::sched::sched_setaffinity(Pid::from_raw(0), &set).map_err(std::io::Error::from)?;
+            Ok(())
+        });
+    }
+    Ok(())
+}
+
 /// Limits the child of `command` to `bytes` of data segment (RLIMIT_DATA: the heap
 /// and private writable mappings), so that a member over its share of memory fails
 /// its own allocations rather than starving the others.

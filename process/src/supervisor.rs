@@ -38,6 +38,8 @@ pub struct MemberSpec {
     pub working_dir: Option<PathBuf>,
     /// The most heap (RLIMIT_DATA) the member may use, in bytes.
     pub memory_limit: Option<u64>,
+    /// The CPUs the member (and what it starts) runs on; all when None.
+    pub cpus: Option<Vec<usize>>,
     /// Where its output goes: its own log file instead of the terminal.
     pub log: Option<MemberLog>,
 }
@@ -298,6 +300,11 @@ fn command(spec: &MemberSpec) -> tokio::process::Command {
     if let Some(bytes) = spec.memory_limit {
         crate::process::limit_memory(&mut command, bytes);
     }
+    if let Some(cpus) = &spec.cpus
+        && let Err(e) = crate::process::pin_to_cpus(&mut command, cpus)
+    {
+        tracing::warn!(member = %spec.name, error = %e, "cannot pin the member to its CPUs: it shares all of them");
+    }
     command
 }
 
@@ -397,6 +404,7 @@ mod tests {
             env: Vec::new(),
             working_dir: None,
             memory_limit: None,
+            cpus: None,
             log: None,
         }
     }

@@ -40,6 +40,11 @@ pub(super) fn clean_command(program: impl AsRef<std::ffi::OsStr>) -> tokio::proc
     command
 }
 
+/// cargo's `-j N` for the member's share of the CPUs, when it has one.
+pub(super) fn jobs(settings: &BuildSettings) -> Vec<OsString> {
+    settings.jobs.map(|n| vec!["-j".into(), n.to_string().into()]).unwrap_or_default()
+}
+
 pub(super) fn cargo_command(settings: &BuildSettings, wrapper: &Wrapper) -> tokio::process::Command {
     let mut command = clean_command(&settings.cargo);
     command

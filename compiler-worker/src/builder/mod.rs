@@ -72,7 +72,7 @@ pub async fn build(
     let binary_manifest = settings.build_root.join("src").join(&binary.dir_name).join("Cargo.toml");
     let laid_out = started.elapsed();
 
-    let args: Vec<OsString> = [
+    let mut args: Vec<OsString> = [
         "build",
         "--offline",
         "--profile",
@@ -86,6 +86,7 @@ pub async fn build(
     .iter()
     .map(Into::into)
     .collect();
+    args.extend(cargo::jobs(settings));
     let mut command = match &settings.sandbox {
         Some(sandbox) => sandboxed_cargo(settings, sandbox, wrapper, layout, pipeline)?,
         None => cargo_command(settings, wrapper),

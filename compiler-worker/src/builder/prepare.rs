@@ -232,6 +232,7 @@ async fn build_depset(settings: &BuildSettings, wrapper: &Wrapper) -> anyhow::Re
     // builds are offline.
     let mut command = cargo_command(settings, wrapper);
     command.args(["build", "--profile", &settings.profile, "-p", depset::PACKAGE]);
+    command.args(crate::builder::cargo::jobs(settings));
     if matches!(settings.depset.origin(), Origin::Directory(_)) {
         // Vendored: everything is in the build root.
         command.arg("--offline");

@@ -27,6 +27,11 @@ pub struct BuildSettings {
     pub build_root: PathBuf,
     /// The cargo profile: `release` or `dev`.
     pub profile: String,
+    /// cargo's `-j` (its jobs): the member's share of the machine's CPUs. None:
+    /// cargo's own default, every CPU the member may run on. A flag, not
+    /// `CARGO_BUILD_JOBS`: sccache hashes every `CARGO_*` variable rustc sees, and
+    /// members with different shares must still hit each other's entries.
+    pub jobs: Option<u32>,
     pub cargo: PathBuf,
     /// A directory shared by workers on one machine where the prebuilt dependency set
     /// is kept, so it is compiled once per machine rather than once per worker.

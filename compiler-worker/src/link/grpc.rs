@@ -183,6 +183,7 @@ impl LeaderLink for GrpcLink {
                 crates_total: progress.crates_total,
             }),
             leaving: beat.leaving,
+            cpus: beat.cpus,
         };
         match self.client.clone().heartbeat(with_timeout(request, self.heartbeat_timeout)).await {
             Ok(answer) => {

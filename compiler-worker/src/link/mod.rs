@@ -174,6 +174,8 @@ pub struct Heartbeat {
     pub disk_critical: Option<String>,
     /// The member is stopping and leaving the set (`--on-scaling=reshard`).
     pub leaving: bool,
+    /// Its share of the machine's CPUs, in words.
+    pub cpus: String,
 }
 
 /// The leader's answer to a heartbeat.

@@ -84,6 +84,7 @@ pub(crate) fn snapshot(shared: &Shared, depset: &str) -> (Heartbeat, Option<(Cla
         disk_used_percent: disk.used_percent,
         disk_critical: disk.critical,
         leaving: false,
+        cpus: lock(&shared.cpus).clone(),
     };
     (beat, current)
 }

@@ -76,6 +76,35 @@ pub struct WorkerConfig {
     pub watermarks: kiln_core::disk::Watermarks,
 }
 
+/// The member's share of the machine's CPUs, in words, for health: the CPUs it
+/// may run on (pinned to a set by `kiln up --cpus-per-member`, as a pod's CPU
+/// request gives it a share; or all of them) and cargo's jobs.
+pub fn cpu_share(jobs: Option<u32>) -> String {
+    let usable = kiln_process::process::usable_cpus();
+    let online = online_cpus().unwrap_or(usable.len());
+    let list = usable.iter().map(usize::to_string).collect::<Vec<_>>().join(",");
+    let jobs = jobs.map_or_else(|| format!("cargo -j {} (its default)", usable.len()), |n| format!("cargo -j {n}"));
+    if usable.len() < online {
+        format!("{} of {online} CPUs: pinned to CPU set {list}; {jobs}", usable.len())
+    } else {
+        format!("all {online} CPUs (not pinned); {jobs}")
+    }
+}
+
+/// How many CPUs the machine has online (`/sys/devices/system/cpu/online`, a
+/// list such as `0-3,6`).
+fn online_cpus() -> Option<usize> {
+    let text = std::fs::read_to_string("/sys/devices/system/cpu/online").ok()?;
+    let mut count = 0;
+    for part in text.trim().split(',').filter(|p| !p.is_empty()) {
+        count += match part.split_once('-') {
+            Some((a, b)) => b.parse::<usize>().ok()?.checked_sub(a.parse::<usize>().ok()?)? + 1,
+            None => part.parse::<usize>().map(|_| 1).ok()?,
+        };
+    }
+    Some(count)
+}
+
 /// Runs the worker until `shutdown` is cancelled. Scaling is reported through `guard`.
 pub async fn run(config: WorkerConfig, guard: ScalingGuard, shutdown: CancellationToken) -> anyhow::Result<()> {
     let member = Member {
@@ -96,6 +125,8 @@ pub async fn run(config: WorkerConfig, guard: ScalingGuard, shutdown: Cancellati
     );
     let reshards = guard.on_scaling() == kiln_core::scaling::OnScaling::Reshard;
     let shared = Arc::new(Shared::default());
+    *lock(&shared.cpus) = cpu_share(config.build.jobs);
+    tracing::info!(ordinal = config.identity.ordinal, cpus = %lock(&shared.cpus), "this member's share of the CPUs");
     shared.set_preparing(true);
     shared.set_cache_state(true, "not started yet".into());
     let ordinal = config.identity.ordinal;

@@ -25,6 +25,8 @@ pub(crate) struct Shared {
     pub disk: Mutex<DiskState>,
     /// How far the build in hand has come.
     pub progress: Arc<BuildProgress>,
+    /// The member's share of the CPUs, in words (see `cpu_share`).
+    pub cpus: Mutex<String>,
 }
 
 /// A lock that a panic elsewhere does not poison: every value here is whole

@@ -221,6 +221,7 @@ fn specs(
             env,
             working_dir: Some(dirs.dir),
             memory_limit: memory_per_host,
+            cpus: None,
             log: None,
         });
     }
@@ -240,6 +241,7 @@ fn specs(
         env: member_env(deployment_id),
         working_dir: Some(coordinator_dir),
         memory_limit: None,
+        cpus: None,
         log: None,
     });
     Ok(specs)

@@ -30,6 +30,7 @@ pub async fn run(args: PrepareArgs) -> anyhow::Result<ExitCode> {
     let settings = kiln_compiler_worker::builder::BuildSettings {
         build_root: args.build_root,
         profile: args.profile,
+        jobs: None,
         cargo: "cargo".into(),
         depset_cache: args.depset_cache,
         timeout: Duration::from_secs(3600),

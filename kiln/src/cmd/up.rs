@@ -41,6 +41,12 @@ pub struct UpArgs {
     /// The leader's port on 127.0.0.1.
     #[arg(long, env = "KILN_PORT", default_value_t = DEFAULT_PORT)]
     pub port: u16,
+    /// Each member's share of the machine, as a pod gets its CPU request: the
+    /// member runs pinned to this many CPUs of its own (taken in turn from the ones
+    /// `kiln up` may use) and cargo builds with as many jobs. Default: the CPUs
+    /// divided by the members, at least 1.
+    #[arg(long, env = "KILN_CPUS_PER_MEMBER", value_parser = clap::value_parser!(u32).range(1..))]
+    pub cpus_per_member: Option<u32>,
     /// The cargo profile a pipeline is built in when its submission names none.
     #[arg(long, env = "KILN_BUILD_PROFILE", default_value = DEFAULT_PROFILE, value_parser = kiln_core::profile::PROFILES)]
     pub profile: String,
@@ -113,6 +119,7 @@ fn member_specs(args: &UpArgs, data_dir: &Path, token_file: &Path) -> anyhow::Re
     let program = std::env::current_exe().context("finding the kiln binary")?;
     let base = server_options(args)?;
     let api_token_file = api_token_file(data_dir, &base)?;
+    let shares = cpu_shares(&kiln_process::process::usable_cpus(), args.workers, args.cpus_per_member);
     (0..args.workers)
         .map(|ordinal| {
             let member_dir = data_dir.join(format!("member-{ordinal}"));
@@ -145,6 +152,8 @@ fn member_specs(args: &UpArgs, data_dir: &Path, token_file: &Path) -> anyhow::Re
                 // A build user of its own per member: RLIMIT_NPROC counts per uid,
                 // so one member's fork bomb must not fail another member's builds.
                 build_uid: base.build_uid.saturating_add(ordinal),
+                // cargo's jobs: the member's share, unless the options after `--` say.
+                build_jobs: base.build_jobs.or(Some(shares[ordinal as usize].len() as u32)),
                 ..base.clone()
             };
             let mut env = member.secret_env();
@@ -158,8 +167,23 @@ fn member_specs(args: &UpArgs, data_dir: &Path, token_file: &Path) -> anyhow::Re
                 args: member.to_args(),
                 working_dir: None,
                 memory_limit: None,
+                cpus: Some(shares[ordinal as usize].clone()),
                 log: Some(MemberLog { path: member_log(data_dir, ordinal), echo: args.verbose }),
             })
+        })
+        .collect()
+}
+
+/// The CPUs of each of `workers` members: `per_member` of `usable` each (by
+/// default `usable / workers`, at least 1), taken in turn, so that members share
+/// a CPU only when there are more members than CPUs.
+pub fn cpu_shares(usable: &[usize], workers: u32, per_member: Option<u32>) -> Vec<Vec<usize>> {
+    let total = usable.len().max(1);
+    let per = per_member.map_or(total / workers.max(1) as usize, |n| n as usize).clamp(1, total);
+    (0..workers as usize)
+        .map(|ordinal| {
+            let cpus: Vec<usize> = (0..per).filter_map(|k| usable.get((ordinal * per + k) % total).copied()).collect();
+            if cpus.is_empty() { vec![0] } else { cpus }
         })
         .collect()
 }
@@ -338,4 +362,18 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     eprintln!("kiln up: stopping the farm");
     supervisor.stop().await;
     outcome
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cpu_shares;
+
+    #[test]
+    fn each_member_gets_its_share_of_the_cpus() {
+        assert_eq!(cpu_shares(&[0, 1], 2, None), vec![vec![0], vec![1]], "a core per member");
+        assert_eq!(cpu_shares(&[0, 1], 3, None), vec![vec![0], vec![1], vec![0]], "at least one, in turn");
+        assert_eq!(cpu_shares(&[0, 1, 2, 3], 2, None), vec![vec![0, 1], vec![2, 3]]);
+        assert_eq!(cpu_shares(&[2, 5], 1, Some(8)), vec![vec![2, 5]], "never more than there are");
+        assert_eq!(cpu_shares(&[0, 1, 2, 3], 2, Some(1)), vec![vec![0], vec![1]]);
+    }
 }

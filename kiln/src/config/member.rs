@@ -159,6 +159,7 @@ impl MemberConfig {
             build: BuildSettings {
                 build_root: args.build_root.clone(),
                 profile: args.profile.clone(),
+                jobs: args.build_jobs,
                 cargo: "cargo".into(),
                 depset_cache: args.depset_cache.clone(),
                 timeout: args.build_timeout,

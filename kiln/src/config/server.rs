@@ -165,6 +165,11 @@ pub struct ServerArgs {
     /// The most memory each process of a build may use (RLIMIT_DATA), e.g. 8G.
     #[arg(long, env = "KILN_BUILD_MEMORY", default_value = "8G", value_parser = parse_size)]
     pub build_memory: u64,
+    /// cargo's jobs (`-j`) for a build: the member's share of the CPUs (`kiln up
+    /// --cpus-per-member` sets it with the CPUs it pins the member to). Default:
+    /// every CPU the member may run on.
+    #[arg(long, env = "KILN_BUILD_JOBS", value_parser = clap::value_parser!(u32).range(1..))]
+    pub build_jobs: Option<u32>,
     /// The most processes a build's user may run (RLIMIT_NPROC).
     #[arg(long, env = "KILN_BUILD_PROCESSES", default_value_t = 1024)]
     pub build_processes: u64,
@@ -278,6 +283,7 @@ impl ServerArgs {
         line.value("--build-uid", &self.build_uid);
         line.value("--build-memory", &self.build_memory);
         line.value("--build-processes", &self.build_processes);
+        line.opt("--build-jobs", &self.build_jobs);
         line.value("--build-file-size", &self.build_file_size);
         line.value("--build-tmp-size", &self.build_tmp_size);
         line.value("--build-disk", &self.build_disk);
@@ -379,6 +385,7 @@ mod tests {
             "--build-tmp-size=1073741824",
             "--build-disk=2147483648",
             "--build-processes=99",
+            "--build-jobs=3",
             "--build-file-size=1048576",
             "--api-token-file=/api-token",
             "--protect-metrics=true",

@@ -79,6 +79,39 @@ async fn a_local_farm_builds_every_example_on_its_ordinal() {
     assert_eq!(refused.status(), 401, "a wrong token of the same length is refused");
     let (_, health) = farm.get_json("/cluster_healthz").await;
     assert!(health["members"][0]["cache"].as_str().is_some_and(|c| c.contains("with the API token")), "{health}");
+    // Each member gets its share of the machine, as a pod its CPU request: by
+    // default the CPUs divided by the members, at least one, taken in turn; health
+    // says which, and the kernel agrees.
+    let usable = kiln_process::process::usable_cpus();
+    let per = (usable.len() / 3).max(1);
+    for ordinal in 0..3usize {
+        let cpus = health["members"][ordinal]["cpus"].as_str().unwrap_or_default().to_owned();
+        assert!(cpus.contains(&format!("cargo -j {per}")), "member {ordinal}: {cpus}");
+        let share: Vec<usize> = (0..per).map(|k| usable[(ordinal * per + k) % usable.len()]).collect();
+        if share.len() < usable.len() {
+            let list = share.iter().map(usize::to_string).collect::<Vec<_>>().join(",");
+            assert!(cpus.contains(&format!("pinned to CPU set {list}")), "member {ordinal}: {cpus}");
+        }
+        let pid = processes_mentioning(&format!("kiln-compiler-server-{ordinal}"))
+            .into_iter()
+            .find(|(_, command)| command.contains(" server "))
+            .map(|(pid, _)| pid)
+            .unwrap_or_else(|| panic!("member {ordinal}'s process"));
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let allowed = status
+            .lines()
+            .find(|l| l.starts_with("Cpus_allowed_list:"))
+            .unwrap()
+            .split(':')
+            .nth(1)
+            .unwrap()
+            .trim()
+            .to_owned();
+        let expected = share.iter().map(usize::to_string).collect::<Vec<_>>().join(",");
+        if share.len() == 1 {
+            assert_eq!(allowed, expected, "member {ordinal} runs on its own CPU");
+        }
+    }
 
     let dirs = example_dirs();
     let mut submit = vec!["submit".to_owned()];

@@ -78,6 +78,7 @@ fn heartbeat_of(leader: &LeaderState, member: MemberId) -> MemberReport {
         disk_used_percent: 10.0,
         disk_critical: String::new(),
         building: None,
+        cpus: "all 2 CPUs (not pinned); cargo -j 2 (its default)".into(),
     }
 }
 
