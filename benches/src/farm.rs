@@ -42,6 +42,17 @@ pub async fn start(
     .await)
 }
 
+/// Starts `workers` members, member `i` pinned to CPU `cpus[i]` with cargo's jobs
+/// at 1: a core per member, as `kiln up --cpus-per-member 1` runs them (and as a
+/// pod gets a CPU request of 1).
+pub async fn start_pinned(setup: &Setup, cpus: &[usize], extra: &[String]) -> anyhow::Result<Farm> {
+    let mut preset = preset(setup, &setup.depset_cache, "warn,kiln_compiler_worker::builder=info");
+    preset.pin = Some(cpus.iter().map(|cpu| vec![*cpu]).collect());
+    let mut extra = extra.to_vec();
+    extra.push("--build-jobs=1".to_owned());
+    Ok(Farm::start_all(preset, cpus.len() as u32, None, &extra, Duration::from_secs(900)).await)
+}
+
 /// Starts member 0 (the leader) of a farm of `workers` and returns at once, for a
 /// comparison that times the start itself or brings members of its own: its
 /// prebuilt dependency sets in `depset_cache`, its build root privately mounted at

@@ -176,6 +176,8 @@ async fn main() -> anyhow::Result<()> {
         if wanted(13) {
             say("13. eight large programs, 1 vs 2 workers");
             keep(&mut rows, large::large_scale_out(&one, &two, work.path(), shape, 1).await?, &say);
+            say("13. eight large programs, 1 vs 2 members with a core each");
+            keep(&mut rows, large::large_scale_out_pinned(&setup, work.path(), shape, 1).await?, &say);
         }
         if wanted(6) {
             say("6. health probe under 200 requests/s");

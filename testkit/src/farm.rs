@@ -32,6 +32,9 @@ pub struct FarmSetup {
     pub open_api: bool,
     /// Run the members as this user rather than as the test's (root).
     pub run_as: Option<std::sync::Arc<crate::nonroot::NonRoot>>,
+    /// Pin member `i` to the CPUs `pin[i]` (`taskset`, as `kiln up
+    /// --cpus-per-member` pins its members), when given.
+    pub pin: Option<Vec<Vec<usize>>>,
 }
 
 impl FarmSetup {
@@ -56,6 +59,7 @@ impl FarmSetup {
             log: "info".into(),
             open_api: true,
             run_as: None,
+            pin: None,
         }
     }
 
@@ -77,6 +81,7 @@ impl FarmSetup {
             log: log.into(),
             open_api: true,
             run_as: None,
+            pin: None,
         }
     }
 }
@@ -238,6 +243,15 @@ impl Farm {
                 (program, wrapped)
             }
             None => (self.setup.kiln.clone(), args.to_args()),
+        };
+        let (program, args) = match self.setup.pin.as_ref().and_then(|pin| pin.get(member.ordinal as usize)) {
+            Some(cpus) => {
+                let list = cpus.iter().map(usize::to_string).collect::<Vec<_>>().join(",");
+                let mut wrapped: Vec<OsString> = vec!["-c".into(), list.into(), program.into_os_string()];
+                wrapped.extend(args);
+                (PathBuf::from("taskset"), wrapped)
+            }
+            None => (program, args),
         };
         let process = Process::start(&name, &program, &args, &env, self.dir.path())
             .unwrap_or_else(|e| panic!("starting {name}: {e}"));
