@@ -153,7 +153,7 @@ fn member_specs(args: &UpArgs, data_dir: &Path, token_file: &Path) -> anyhow::Re
                 // so one member's fork bomb must not fail another member's builds.
                 build_uid: base.build_uid.saturating_add(ordinal),
                 // cargo's jobs: the member's share, unless the options after `--` say.
-                build_jobs: base.build_jobs.or(Some(shares[ordinal as usize].len() as u32)),
+                build_jobs: base.build_jobs.or(Some(shares[ordinal as usize].len().max(1) as u32)),
                 ..base.clone()
             };
             let mut env = member.secret_env();
@@ -176,15 +176,12 @@ fn member_specs(args: &UpArgs, data_dir: &Path, token_file: &Path) -> anyhow::Re
 
 /// The CPUs of each of `workers` members: `per_member` of `usable` each (by
 /// default `usable / workers`, at least 1), taken in turn, so that members share
-/// a CPU only when there are more members than CPUs.
+/// a CPU only when there are more members than CPUs (none known: not pinned).
 pub fn cpu_shares(usable: &[usize], workers: u32, per_member: Option<u32>) -> Vec<Vec<usize>> {
     let total = usable.len().max(1);
     let per = per_member.map_or(total / workers.max(1) as usize, |n| n as usize).clamp(1, total);
     (0..workers as usize)
-        .map(|ordinal| {
-            let cpus: Vec<usize> = (0..per).filter_map(|k| usable.get((ordinal * per + k) % total).copied()).collect();
-            if cpus.is_empty() { vec![0] } else { cpus }
-        })
+        .map(|ordinal| (0..per).filter_map(|k| usable.get((ordinal * per + k) % total).copied()).collect())
         .collect()
 }
 
