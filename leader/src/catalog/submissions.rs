@@ -26,7 +26,6 @@ impl Catalog {
         farm: Farm<'_>,
         now_ms: u64,
     ) -> Result<Submitted, CatalogError> {
-        let Farm { profiles, workers, binary_cache, sharding } = farm;
         self.write(|txn| {
             let mut books = Books::open(txn)?;
             let mut names = txn.open_table(NAMES)?;
@@ -38,22 +37,18 @@ impl Catalog {
                     let Some(old) = load(&books.pipelines, id)? else {
                         return Err(corrupt(format!("pipeline {id}"), "its name is taken but it has no record"));
                     };
-                    let submitted = rules::resubmit(&old, source_sha256, profiles, workers, now_ms);
+                    let submitted = rules::resubmit(&old, source_sha256, &farm, now_ms);
                     (Some(old), submitted)
                 }
                 None => {
                     let id = meta.get(NEXT_ID)?.map(|v| v.value()).unwrap_or(1);
                     meta.insert(NEXT_ID, id + 1)?;
                     names.insert(name, id)?;
-                    let record = Pipeline::new(id, name, source_sha256, profiles.0, workers, now_ms);
+                    let record = rules::new_pipeline(id, name, source_sha256, &farm, now_ms);
                     (None, Submitted { record, change: Change::Created })
                 }
             };
             let mut submitted = submitted;
-            if submitted.change != Change::Unchanged && submitted.record.status == kiln_core::api::Status::Pending {
-                let record = &mut submitted.record;
-                record.worker = sharding.ordinal(record.id, workers);
-            }
             if submitted.change != Change::Unchanged {
                 if sources.get(source_sha256)?.is_none() {
                     let bytes = records::encode_source(files);
@@ -61,10 +56,10 @@ impl Catalog {
                     books.add(SOURCES_COUNT, 1)?;
                     books.add(SOURCES_BYTES, bytes.len() as i64)?;
                 }
-                if let Some((depset, settings)) = binary_cache {
+                if let Some((depset, settings)) = farm.binary_cache {
                     let mut found = None;
                     let id = submitted.record.id;
-                    for key in rules::binary_cache_candidates(source_sha256, depset, settings, profiles.0, id) {
+                    for key in rules::binary_cache_candidates(source_sha256, depset, settings, farm.profiles.0, id) {
                         if let Some(cached) = books.cached_binary(&key)? {
                             found = Some((key, cached));
                             break;
@@ -73,7 +68,8 @@ impl Catalog {
                     if let Some((key, cached)) = found {
                         let record = &mut submitted.record;
                         record.serve_cached(key, depset, &cached, now_ms);
-                        let log = rules::binary_cache_hit_log(source_sha256, depset, settings, profiles.0, &cached);
+                        let log =
+                            rules::binary_cache_hit_log(source_sha256, depset, settings, farm.profiles.0, &cached);
                         txn.open_table(LOGS)?.insert(record.id, log.as_str())?;
                     }
                 }

@@ -28,4 +28,4 @@ pub use failover::Coverage;
 pub use kiln_core::cluster::{ClaimKey, Figures};
 pub use pipeline::{HISTORY_LEN, MAX_MEMBER_LOSSES, NotCancellable, Pipeline, Uploaded};
 pub use sharding::{Sharding, assigned_ordinal};
-pub use submission::{Farm, Submitted, resubmit};
+pub use submission::{Farm, Submitted, new_pipeline, resubmit};

@@ -1,11 +1,12 @@
 //! What a submission makes of a pipeline: a name the catalog does not know
-//! becomes a new pipeline (`Pipeline::new`); a known name is decided here. The
-//! catalog allocates ids, stores sources and looks up the binary cache.
+//! becomes a new pipeline ([`new_pipeline`]); a known name is decided here
+//! ([`resubmit`]). Both give a pending version the ordinal the farm's sharding
+//! assigns now. The catalog allocates ids, stores sources and looks up the binary
+//! cache.
 
 use kiln_core::api::{Change, Status};
 
 use crate::rules::pipeline::Pipeline;
-use crate::rules::sharding::assigned_ordinal;
 
 /// A submission as stored: the record, and what the submission changed.
 #[derive(Debug)]
@@ -14,26 +15,27 @@ pub struct Submitted {
     pub change: Change,
 }
 
-/// A submission of `source_sha256` in `profile` under the name of `old`, in a set
-/// of `workers` members (`default_profile`: the farm's, which a record stored
-/// before profiles were per pipeline was built in). Another source or another
-/// profile is a new version, pending, built by the ordinal the set's size now
-/// assigns. The same source in the same profile changes nothing, except that a version
+/// A new pipeline `id` named `name`, of `source_sha256` in the submitted profile,
+/// pending for the ordinal `farm` assigns it.
+pub fn new_pipeline(id: u64, name: &str, source_sha256: &str, farm: &Farm<'_>, now_ms: u64) -> Pipeline {
+    let mut record = Pipeline::new(id, name, source_sha256, farm.profiles.0, farm.workers, now_ms);
+    record.worker = farm.sharding.ordinal(id, farm.workers);
+    record
+}
+
+/// A submission of `source_sha256` in the submitted profile under the name of
+/// `old` (a record stored before profiles were per pipeline was built in the
+/// farm's default). Another source or another profile is a new version, pending.
+/// The same source in the same profile changes nothing, except that a version
 /// that ended `system_error` or `cancelled` goes back to `pending` (the same
-/// version, the same ordinal, its error cleared): submitting it again is how a
-/// user retries it.
-pub fn resubmit(
-    old: &Pipeline,
-    source_sha256: &str,
-    (profile, default_profile): (&str, &str),
-    workers: u32,
-    now_ms: u64,
-) -> Submitted {
+/// version, its error cleared): submitting it again is how a user retries it.
+/// Whatever is pending goes to the ordinal `farm` assigns now.
+pub fn resubmit(old: &Pipeline, source_sha256: &str, farm: &Farm<'_>, now_ms: u64) -> Submitted {
+    let (profile, default_profile) = farm.profiles;
     let mut record = old.clone();
     let old_profile = record.profile.as_deref().unwrap_or(default_profile);
     let change = if record.source_sha256 != source_sha256 || old_profile != profile {
         record.new_version(source_sha256.to_owned(), profile, now_ms);
-        record.worker = assigned_ordinal(record.id, workers);
         Change::Updated
     } else if matches!(record.status, Status::SystemError | Status::Cancelled) {
         let reason = format!("submitted again after it ended {}", record.status);
@@ -44,6 +46,9 @@ pub fn resubmit(
     } else {
         Change::Unchanged
     };
+    if change == Change::Updated {
+        record.worker = farm.sharding.ordinal(record.id, farm.workers);
+    }
     Submitted { record, change }
 }
 

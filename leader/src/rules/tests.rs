@@ -10,6 +10,11 @@ use super::*;
 /// Submissions in release, the farm's profile.
 const REL: (&str, &str) = ("release", "release");
 
+/// A farm of `workers` members, `id % N`, the submission in `profiles`.
+fn farm(profiles: (&'static str, &'static str), workers: u32) -> Farm<'static> {
+    Farm { profiles, workers, binary_cache: None, sharding: Sharding::Modulo }
+}
+
 pub(crate) fn record(id: u64) -> Pipeline {
     Pipeline::new(id, &format!("p{id}"), "s", "release", 3, 0)
 }
@@ -182,13 +187,13 @@ fn success_of(sha: &str) -> Report {
 #[test]
 fn the_same_source_again_changes_nothing_while_the_version_is_alive_or_succeeded() {
     let mut r = record(4);
-    let again = resubmit(&r, "s", REL, 3, 5);
+    let again = resubmit(&r, "s", &farm(REL, 3), 5);
     assert_eq!((again.change, &again.record), (Change::Unchanged, &r), "pending: nothing changes");
     let claim = r.claim(r.worker, 1);
-    assert_eq!(resubmit(&r, "s", REL, 3, 5).change, Change::Unchanged, "compiling: the build goes on");
+    assert_eq!(resubmit(&r, "s", &farm(REL, 3), 5).change, Change::Unchanged, "compiling: the build goes on");
     r.upload_received(&claim, "ab", 7);
     r.apply(&claim, success(), 2).unwrap();
-    let again = resubmit(&r, "s", REL, 3, 5);
+    let again = resubmit(&r, "s", &farm(REL, 3), 5);
     assert_eq!((again.change, &again.record), (Change::Unchanged, &r), "success: its binary stays");
 }
 
@@ -204,7 +209,7 @@ fn the_same_source_after_a_system_error_or_a_cancellation_is_retried_as_the_same
             }
             _ => r.cancel(2, "by the API").unwrap(),
         }
-        let again = resubmit(&r, "s", REL, 3, 9);
+        let again = resubmit(&r, "s", &farm(REL, 3), 9);
         let retried = &again.record;
         assert_eq!(again.change, Change::Updated, "{end}");
         assert_eq!((retried.status, retried.version, retried.worker), (Status::Pending, 1, 1), "{end}");
@@ -222,12 +227,12 @@ fn another_source_is_a_new_version_for_the_ordinal_the_set_assigns_now() {
     r.upload_received(&claim, "ab", 7);
     r.apply(&claim, success(), 2).unwrap();
     // Submitted into a set of 3, now submitted again into a set of 2.
-    let next = resubmit(&r, "t", REL, 2, 9);
+    let next = resubmit(&r, "t", &farm(REL, 2), 9);
     let v2 = &next.record;
     assert_eq!(next.change, Change::Updated);
     assert_eq!((v2.version, v2.status, v2.worker, v2.attempt), (2, Status::Pending, 0, 0));
     assert_eq!((v2.source_sha256.as_str(), v2.binary_sha256.as_ref(), v2.submitted_at_ms), ("t", None, 9));
-    assert!(matches!(resubmit(v2, "t", REL, 2, 10).change, Change::Unchanged), "the new source again: nothing");
+    assert!(matches!(resubmit(v2, "t", &farm(REL, 2), 10).change, Change::Unchanged), "the new source again: nothing");
 }
 
 #[test]
@@ -341,20 +346,20 @@ fn a_failover_claim_is_held_by_the_covering_member() {
 fn a_profile_is_part_of_the_version_and_of_the_binary_key() {
     let mut r = record(1);
     r.status = Status::Success;
-    let dev = resubmit(&r, "s", ("dev", "release"), 3, 5);
+    let dev = resubmit(&r, "s", &farm(("dev", "release"), 3), 5);
     assert_eq!((dev.change, dev.record.version, dev.record.profile.as_deref()), (Change::Updated, 2, Some("dev")));
     assert_eq!(dev.record.status, Status::Pending);
     assert!(dev.record.history.last().unwrap().event.ends_with("(dev)"), "{:?}", dev.record.history);
-    assert_eq!(resubmit(&dev.record, "s", ("dev", "release"), 3, 6).change, Change::Unchanged);
+    assert_eq!(resubmit(&dev.record, "s", &farm(("dev", "release"), 3), 6).change, Change::Unchanged);
     let mut old = record(2);
     old.status = Status::Success;
     old.profile = None;
     assert_eq!(
-        resubmit(&old, "s", ("release", "release"), 3, 7).change,
+        resubmit(&old, "s", &farm(("release", "release"), 3), 7).change,
         Change::Unchanged,
         "stored before: the farm's"
     );
-    assert_eq!(resubmit(&old, "s", ("dev", "release"), 3, 7).change, Change::Updated);
+    assert_eq!(resubmit(&old, "s", &farm(("dev", "release"), 3), 7).change, Change::Updated);
     assert_ne!(binary_key("s", "set", "settings", "dev", None), binary_key("s", "set", "settings", "release", None));
 }
 

@@ -61,22 +61,36 @@ impl LeaderState {
         if coverage.missing.is_empty() {
             return Ok(0);
         }
-        let in_flight = self.catalog(|c| c.in_flight()).await?;
         let after = humantime::format_duration(self.config.failover_after).to_string();
+        let why = |holder: u32| {
+            format!(
+                "ordinal {holder} sent no heartbeat for longer than --failover-after ({after}): a healthy member builds it (failover)"
+            )
+        };
+        let what = "member missing: its build is pending again for a healthy member";
+        self.requeue_claims_held(|holder| coverage.is_missing(holder), why, what).await
+    }
+
+    /// Sends every claim in flight whose holder `gone` picks back to `pending`,
+    /// `why` of its holder the reason in its history.
+    pub(super) async fn requeue_claims_held(
+        &self,
+        gone: impl Fn(u32) -> bool,
+        why: impl Fn(u32) -> String,
+        what: &'static str,
+    ) -> Result<usize, ApiError> {
+        let in_flight = self.catalog(|c| c.in_flight()).await?;
         let held: Vec<(ClaimKey, u32, String)> = in_flight
             .into_iter()
-            .filter(|(_, holder)| coverage.is_missing(*holder))
-            .map(|(claim, holder)| {
-                let why = format!("ordinal {holder} sent no heartbeat for longer than --failover-after ({after}): a healthy member builds it (failover)");
-                (claim, holder, why)
-            })
+            .filter(|(_, holder)| gone(*holder))
+            .map(|(claim, holder)| (claim, holder, why(holder)))
             .collect();
-        self.requeue_claims(held, "member missing: its build is pending again for a healthy member").await
+        self.requeue_claims(held, what).await
     }
 
     /// Puts each claim back to `pending` (if still current) with its reason, and
     /// wakes the members when any went back.
-    pub(super) async fn requeue_claims(
+    async fn requeue_claims(
         &self,
         claims: Vec<(ClaimKey, u32, String)>,
         what: &'static str,

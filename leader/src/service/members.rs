@@ -107,13 +107,8 @@ impl LeaderState {
         self.member_seen(member).await?;
         let ordinal = member.ordinal;
         self.left.lock().unwrap_or_else(|p| p.into_inner()).insert((ordinal, member.incarnation));
-        let in_flight = self.catalog(|c| c.in_flight()).await?;
-        let held: Vec<(ClaimKey, u32, String)> = in_flight
-            .into_iter()
-            .filter(|(_, holder)| *holder == ordinal)
-            .map(|(claim, holder)| (claim, holder, format!("ordinal {holder} left the set (resharding)")))
-            .collect();
-        self.requeue_claims(held, "member left: its build is pending again").await?;
+        let why = |holder: u32| format!("ordinal {holder} left the set (resharding)");
+        self.requeue_claims_held(|holder| holder == ordinal, why, "member left: its build is pending again").await?;
         tracing::info!(ordinal, workers = self.workers(), "member leaving the set");
         if !self.config.n_from_kubernetes && ordinal + 1 == self.workers() && ordinal > 0 {
             self.guard.observe_replicas(ordinal);

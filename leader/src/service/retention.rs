@@ -33,12 +33,11 @@ impl LeaderState {
         let mut leases = tokio::time::interval(period(self.config.claim_lease, Duration::from_secs(5)));
         let mut collection = tokio::time::interval(period(self.config.retention, Duration::from_secs(60)));
         // A missing member is noticed within a tenth of --failover-after (1 s at
-        // most), so its pipelines move on soon after it is declared missing.
-        let failover_period = match self.config.failover_after.is_zero() {
-            true => Duration::from_secs(3600),
-            false => (self.config.failover_after / 10).clamp(Duration::from_millis(100), Duration::from_secs(1)),
-        };
-        let mut failover = tokio::time::interval(failover_period);
+        // most), so its pipelines move on soon after it is declared missing; with
+        // --failover-after 0 (never) the timer is not polled.
+        let mut failover = tokio::time::interval(
+            (self.config.failover_after / 10).clamp(Duration::from_millis(100), Duration::from_secs(1)),
+        );
         // A new N (under --on-scaling=reshard), from a member or the StatefulSet.
         let mut resized = self.guard.resized();
         // N may differ from the one the catalog's pending pipelines were spread
