@@ -30,6 +30,10 @@ impl fmt::Display for ScalingDetected {
     }
 }
 
+/// The largest set `--on-scaling=reshard` grows to: health, metrics and failover
+/// look at every ordinal below N, so N is never taken past this from anyone.
+pub const MAX_RESHARD_WORKERS: u32 = 1024;
+
 /// What a process does when the set's size changes (`--on-scaling`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum OnScaling {
@@ -114,19 +118,31 @@ impl ScalingGuard {
     }
 
     /// Records that a member with `ordinal` exists: with ordinal ≥ N the set has at
-    /// least ordinal + 1 members (under `reshard`, N grows to that).
-    pub fn observe_ordinal(&self, ordinal: u32) {
+    /// least ordinal + 1 members. Under `reshard` the set grows one member at a
+    /// time: the member with ordinal N makes it N + 1 (up to
+    /// [`MAX_RESHARD_WORKERS`]); an ordinal beyond that is not taken, and the
+    /// answer is false (the caller refuses it; it asks again once the members
+    /// before it joined).
+    pub fn observe_ordinal(&self, ordinal: u32) -> bool {
         let workers = self.workers();
         if ordinal < workers {
-            return;
+            return true;
         }
         match self.on_scaling {
-            OnScaling::Panic => self.trip(ScalingDetected { replicas: ordinal + 1, workers: self.started_with }),
-            OnScaling::Reshard => self.resize(ordinal + 1),
+            OnScaling::Panic => {
+                self.trip(ScalingDetected { replicas: ordinal + 1, workers: self.started_with });
+                false
+            }
+            OnScaling::Reshard if ordinal == workers && workers < MAX_RESHARD_WORKERS => {
+                self.resize(ordinal + 1);
+                true
+            }
+            OnScaling::Reshard => false,
         }
     }
 
     fn resize(&self, workers: u32) {
+        let workers = workers.min(MAX_RESHARD_WORKERS);
         let from = self.workers();
         if self.size.send_if_modified(|n| std::mem::replace(n, workers) != workers) {
             tracing::warn!(
@@ -198,7 +214,8 @@ mod tests {
     fn under_reshard_the_guard_takes_the_new_size_and_never_trips() {
         let guard = ScalingGuard::with(3, OnScaling::Reshard);
         let mut resized = guard.resized();
-        guard.observe_ordinal(3);
+        assert!(!guard.observe_ordinal(9), "a set grows one member at a time");
+        assert!(guard.observe_ordinal(3));
         assert_eq!((guard.workers(), guard.detected()), (4, None));
         assert!(resized.has_changed().unwrap());
         assert_eq!(*resized.borrow_and_update(), 4);
@@ -207,6 +224,8 @@ mod tests {
         guard.observe_replicas(3);
         guard.observe_replicas(0);
         assert_eq!((guard.workers(), guard.detected()), (1, None), "at least one member");
+        guard.observe_replicas(u32::MAX);
+        assert_eq!(guard.workers(), MAX_RESHARD_WORKERS, "never past the cap, whoever says so");
         assert_eq!(OnScaling::parse("reshard"), Some(OnScaling::Reshard));
         assert_eq!(OnScaling::parse("restart"), None);
     }

@@ -54,8 +54,8 @@ pub struct ServerArgs {
     /// What a member does when the set's size changes. `panic` (the seed's): it
     /// exits with "SCALING DETECTED ..." so that the set restarts with one N.
     /// `reshard`: it takes the new N without a restart (from the StatefulSet under
-    /// --kubernetes, otherwise from a member that starts for a bigger set or the
-    /// last one leaving); pending pipelines move to their new ordinals (rendezvous
+    /// --kubernetes, otherwise from the member with the next ordinal joining, one
+    /// at a time, or the last one leaving); pending pipelines move to their new ordinals (rendezvous
     /// hashing: about 1/N move), builds in flight finish where they are. Give every
     /// member the same.
     #[arg(long, env = "KILN_ON_SCALING", default_value = "panic", value_parser = kiln_core::scaling::OnScaling::NAMES)]

@@ -57,12 +57,13 @@ impl LeaderState {
     /// Feeds the member's view of N to the scaling guard. With N from the Kubernetes
     /// API, the member's view is only checked (see [`LeaderState::size_refusal`]).
     ///
-    /// Under `--on-scaling=reshard` a member's N is taken only when it is news: an
-    /// ordinal beyond N, or a larger N from an incarnation the leader has not seen
-    /// (a member just started for a bigger set). Members that were already there
-    /// take the leader's N from its answers, so their reports of the old N, on the
-    /// way, never shrink the set; the set shrinks when its last member leaves
-    /// ([`LeaderState::member_leaving`]) or the StatefulSet says so.
+    /// Under `--on-scaling=reshard` a member's own N is never taken: the set grows
+    /// when the member with ordinal N appears (one member at a time, up to
+    /// `MAX_RESHARD_WORKERS`; a member further out is refused until those before
+    /// it joined), so neither a stale report of the old N nor a hostile one of a
+    /// huge N moves it. Members take the leader's N from its answers; the set
+    /// shrinks when its last member leaves ([`LeaderState::member_leaving`]) or the
+    /// StatefulSet says so.
     async fn observe(&self, member: MemberId) -> Result<Option<ScalingDetected>, ApiError> {
         if self.config.n_from_kubernetes {
             return Ok(self.guard.detected());
@@ -81,13 +82,12 @@ impl LeaderState {
                         member.ordinal
                     )));
                 }
-                self.guard.observe_ordinal(member.ordinal);
-                if member.workers > self.workers() {
-                    let ordinal = member.ordinal;
-                    let known = self.catalog(move |c| c.incarnation_of(ordinal)).await?;
-                    if known != Some(member.incarnation) {
-                        self.guard.observe_replicas(member.workers);
-                    }
+                if !self.guard.observe_ordinal(member.ordinal) {
+                    return Err(ApiError::Conflict(format!(
+                        "ordinal {} is outside the set of {} members: under --on-scaling=reshard a set grows one member at a time (the next is ordinal {0}); ask again once the members before it joined",
+                        member.ordinal,
+                        self.workers()
+                    )));
                 }
             }
         }

@@ -448,6 +448,11 @@ async fn under_reshard_the_set_grows_and_shrinks_and_pending_pipelines_follow() 
     let newcomer = of(3, 4, 33);
     leader.heartbeat(newcomer, heartbeat_of(&leader, newcomer), None).await.unwrap();
     assert_eq!((leader.workers(), leader.guard.detected()), (4, None));
+    // A token holder posing as a far ordinal with a huge N: refused, N unchanged.
+    let hostile = of(9, u32::MAX, 77);
+    let refused = leader.heartbeat(hostile, heartbeat_of(&leader, hostile), None).await;
+    assert!(is_conflict(&refused), "{refused:?}");
+    assert_eq!(leader.workers(), 4, "no member's word makes the set huge");
     let on_3: Vec<u64> = (1..=30).filter(|id| sharding.ordinal(*id, 4) == 3).collect();
     // (The housekeeping loop does this when N changes.)
     assert_eq!(leader.reshard().await.unwrap(), (on_3.len(), 30), "only the new ordinal's moved");
