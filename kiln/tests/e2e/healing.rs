@@ -310,3 +310,63 @@ async fn with_reshard_the_farm_grows_and_shrinks_without_a_restart() {
     let counted: u64 = changes.iter().map(|(_, moved, _)| moved).sum();
     assert!(metrics.contains(&format!("kiln_resharded_pipelines_total {counted}")), "{metrics}");
 }
+
+/// Hostile calls of a cluster-token holder against a farm under
+/// `--on-scaling=reshard`, over real gRPC: a far ordinal with N = 2^32 - 1 is
+/// refused and N stays; a second incarnation of a live member saying it leaves is
+/// refused and the member stays; a next ordinal that joins with megabyte-long
+/// words in its heartbeat has them cut in health, and its own "leaving" shrinks
+/// the set back. The farm builds throughout.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_token_holders_hostile_calls_cannot_bend_the_set() {
+    use kiln_proto::cluster_client::ClusterClient;
+    const RESHARD: &str = "--on-scaling=reshard";
+    let mut farm = test_farm(2);
+    for ordinal in 0..2 {
+        farm.start(member(ordinal, 2, &[RESHARD]));
+    }
+    farm.wait_healthy(Duration::from_secs(300)).await;
+    let mut client = ClusterClient::connect(farm.url()).await.unwrap();
+    let beat = |ordinal: u32, workers: u32, incarnation: u64, leaving: bool| {
+        let mut request = tonic::Request::new(kiln_proto::HeartbeatRequest {
+            member: Some(kiln_proto::Member { ordinal, workers, incarnation, version: "0.1.0".into() }),
+            leaving,
+            cpus: "c".repeat(1 << 20),
+            sandbox: "s".repeat(1 << 20),
+            ..Default::default()
+        });
+        request.metadata_mut().insert("authorization", format!("Bearer {}", crate::common::TOKEN).parse().unwrap());
+        request
+    };
+    let expected = |farm: &Farm| {
+        let farm = farm.leader();
+        async move { farm.get_json("/cluster_healthz").await.1["workers_expected"].as_u64().unwrap() }
+    };
+
+    let far = client.heartbeat(beat(9, u32::MAX, 0xbad, false)).await.unwrap_err();
+    assert_eq!(far.code(), tonic::Code::FailedPrecondition, "{far:?}");
+    assert!(far.message().contains("one member at a time"), "{far:?}");
+    assert_eq!(expected(&farm).await, 2, "N stays");
+
+    let impostor = client.heartbeat(beat(1, 2, 0xbad, true)).await.unwrap_err();
+    assert_eq!(impostor.code(), tonic::Code::FailedPrecondition, "{impostor:?}");
+    farm.wait_healthy(Duration::from_secs(30)).await;
+    assert_eq!(expected(&farm).await, 2, "the live member 1 stays in the set");
+
+    client.heartbeat(beat(2, 3, 0xbad, false)).await.expect("the next ordinal joins");
+    assert_eq!(expected(&farm).await, 3);
+    let (_, health) = farm.get_json("/cluster_healthz").await;
+    for field in ["cpus", "sandbox"] {
+        let said = health["members"][2][field].as_str().unwrap_or_default();
+        assert!(said.len() <= 600, "{field} is cut: {} bytes", said.len());
+    }
+    client.heartbeat(beat(2, 3, 0xbad, true)).await.expect("it leaves");
+    farm.wait_healthy(Duration::from_secs(30)).await;
+    assert_eq!(expected(&farm).await, 2, "and the set is back to 2");
+
+    let dir = tempfile::tempdir().unwrap();
+    submit(&farm, &programs(dir.path(), 1, 2));
+    for record in wait_ended(&farm, 1..=2).await {
+        assert_eq!(record["status"], "success", "the farm builds on: {record}");
+    }
+}
