@@ -92,9 +92,14 @@ async fn a_local_farm_builds_every_example_on_its_ordinal() {
             let list = share.iter().map(usize::to_string).collect::<Vec<_>>().join(",");
             assert!(cpus.contains(&format!("pinned to CPU set {list}")), "member {ordinal}: {cpus}");
         }
-        let pid = processes_mentioning(&format!("kiln-compiler-server-{ordinal}"))
+        // This farm's member, by its data directory: other tests' farms run members
+        // of the same hostnames at the same time.
+        let member_dir = format!("{}/member-{ordinal}", data_dir.display());
+        let pid = processes_mentioning(&member_dir)
             .into_iter()
-            .find(|(_, command)| command.contains(" server "))
+            .find(|(_, command)| {
+                command.contains(" server ") && command.contains(&format!("kiln-compiler-server-{ordinal}"))
+            })
             .map(|(pid, _)| pid)
             .unwrap_or_else(|| panic!("member {ordinal}'s process"));
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
