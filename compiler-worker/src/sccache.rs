@@ -1,10 +1,13 @@
 //! sccache, the compiler cache every build goes through when it is available.
 //!
-//! With the sandbox on ([`SandboxedSccache`]), each build runs its own sccache
-//! server inside its sandbox, so that what sccache runs (rustc, and the proc-macros
-//! rustc loads) is as confined as the build, and the server holds no credentials: it
-//! reaches the store through the worker's [gateway](crate::sandbox::gateway). Its statistics
-//! are that build's by construction.
+//! With the sandbox on ([`SandboxedSccache`]), sccache's servers run in sandboxes,
+//! so that what they run (rustc, and the proc-macros rustc loads) is as confined as
+//! a build, and hold no credentials: they reach the store through the worker's
+//! [gateway](crate::sandbox::gateway). A build that runs no code of its submitter
+//! compiles through the member's long-lived server
+//! ([`crate::sandbox::cache_server`]), which keeps what it learned of the compiler;
+//! any other runs its own server in its own sandbox. The statistics are zeroed
+//! before each build and read after it, so they are that build's.
 //!
 //! With `--sandbox=off` ([`Sccache`]), each worker runs one server outside, with the
 //! cache's settings; cargo and the build scripts only learn the wrapper's path and
@@ -100,8 +103,9 @@ impl CompileCache {
     }
 
     pub async fn stop(&self) {
-        if let CompileCache::Server(s) = self {
-            s.stop().await;
+        match self {
+            CompileCache::Server(s) => s.stop().await,
+            CompileCache::Sandboxed(s) => s.server.stop("the member stops").await,
         }
     }
 }
@@ -116,6 +120,8 @@ pub struct SandboxedSccache {
     init: PathBuf,
     stats: PathBuf,
     describe: String,
+    /// The member's long-lived server, started on the first build that may use it.
+    server: std::sync::Arc<crate::sandbox::cache_server::CacheServer>,
 }
 
 /// The most of a statistics file that is read (a build could write any amount).
@@ -132,14 +138,34 @@ impl SandboxedSccache {
         // through its own mount, and may connect as the build user.
         std::fs::set_permissions(&gateway_dir, std::fs::Permissions::from_mode(0o700))?;
         let socket = gateway_dir.join("cache.sock");
-        let gateway = crate::sandbox::gateway::Gateway::start(store, &socket).await?;
+        let mut gateway = crate::sandbox::gateway::Gateway::start(store, &socket).await?;
         std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666))?;
+        let door = gateway_dir.join("shared.sock");
+        gateway.open_shared_door(&door)?;
+        std::fs::set_permissions(&door, std::fs::Permissions::from_mode(0o666))?;
+        let server = crate::sandbox::cache_server::CacheServer::new(
+            dir.join("cache-server"),
+            init.clone(),
+            binary.clone(),
+            door,
+            gateway.sandbox_env(),
+        );
         let describe = match store {
             CacheStore::LocalDisk { dir, .. } => format!("sccache on local disk ({})", dir.join("gateway").display()),
             CacheStore::S3(s3) => s3.describe(),
         };
-        let describe = format!("{describe}, one server per build in its sandbox; {}", gateway.writers());
-        Ok(SandboxedSccache { binary, gateway, init, stats: dir.join("sccache-stats.json"), describe })
+        let describe = format!(
+            "{describe}; builds that run no submitted code compile through the member's long-lived server in a sandbox of its own, the others through one of their own in theirs; {}",
+            gateway.writers()
+        );
+        Ok(SandboxedSccache {
+            binary,
+            gateway,
+            init,
+            stats: dir.join("sccache-stats.json"),
+            describe,
+            server: std::sync::Arc::new(server),
+        })
     }
 
     fn wrapper(&self) -> Wrapper {
@@ -151,6 +177,7 @@ impl SandboxedSccache {
                 gateway: self.gateway.socket().to_owned(),
                 env: self.gateway.sandbox_env(),
                 stats: self.stats.clone(),
+                server: Some(self.server.clone()),
             }),
         }
     }

@@ -32,6 +32,11 @@ pub fn private_build_root(source: &Path, target: &Path) -> Result<(), String> {
         .map_err(|e| format!("making mounts private: {e}"))?;
     mount(Some(source), target, None::<&str>, MsFlags::MS_BIND, None::<&str>)
         .map_err(|e| format!("bind-mounting {} at {}: {e}", source.display(), target.display()))?;
+    // Shared within this namespace only (the rest stays private): a sandbox made
+    // earlier, the long-lived cache server's, then sees each build's `target/`
+    // overlay as it is mounted (its copy is a slave: nothing flows back).
+    mount(None::<&str>, target, None::<&str>, MsFlags::MS_SHARED, None::<&str>)
+        .map_err(|e| format!("making {} a shared mount: {e}", target.display()))?;
     Ok(())
 }
 

@@ -17,7 +17,8 @@ use tokio_util::sync::CancellationToken;
 use kiln_core::program::Layout;
 
 use crate::builder::settings::{BuildSettings, FARM_CARGO_ENV, Wrapper};
-use crate::sandbox::target::{fresh_tmp, renew_target};
+use crate::sandbox::cache_server::{Served, ServerBuild};
+use crate::sandbox::target::{fresh_tmp, renew_target, unmount_target};
 use crate::sandbox::{self, Mounts, Sandbox};
 
 /// Environment variables cargo and rustc need; everything else is dropped.
@@ -62,19 +63,39 @@ pub(super) fn cargo_command(settings: &BuildSettings, wrapper: &Wrapper) -> toki
 
 /// cargo in the sandbox: the toolchain's own cargo, the farm's environment, a
 /// fresh `target/`, and what the build writes handed to the build user first.
-pub(super) fn sandboxed_cargo(
+/// With the cache on, a build that runs no submitted code compiles through the
+/// member's long-lived server (how, in the second value, for its log); any other
+/// starts its own in its sandbox.
+pub(super) async fn sandboxed_cargo(
     settings: &BuildSettings,
     sandbox: &Sandbox,
     wrapper: &Wrapper,
     layout: &Layout,
     pipeline: u64,
-) -> anyhow::Result<tokio::process::Command> {
+) -> anyhow::Result<(tokio::process::Command, Option<Served>)> {
     let root = &settings.build_root;
     std::fs::create_dir_all(&settings.work_dir)?;
     let lockfile = settings.work_dir.join("Cargo.lock");
     std::fs::copy(root.join("Cargo.lock"), &lockfile).context("copying the workspace lock file for the sandbox")?;
     let target = root.join("target");
     let renewing = Instant::now();
+    let server = match wrapper.in_sandbox.as_ref().and_then(|c| c.server.as_ref()) {
+        Some(server) if layout.submitted_code().is_none() => Some(server),
+        _ => None,
+    };
+    let for_build = ServerBuild { sandbox, root, limits: settings.limits };
+    if let Some(server) = server {
+        // The server binds target/ as the plain directory overlays are mounted on.
+        let followed = async {
+            if settings.private_mounts {
+                unmount_target(settings)?;
+            }
+            server.follow(&for_build).await
+        };
+        if let Err(e) = followed.await {
+            tracing::warn!(error = %format!("{e:#}"), "the member's long-lived sccache server could not start");
+        }
+    }
     renew_target(settings, sandbox, pipeline).context("renewing target/ from the pristine dependency set")?;
     tracing::debug!(renew_ms = renewing.elapsed().as_millis() as u64, "target/ renewed");
     let mut owned: Vec<&Path> = vec![&lockfile];
@@ -84,12 +105,27 @@ pub(super) fn sandboxed_cargo(
     let mut mounts = Mounts {
         build_root: root.clone(),
         crates,
-        lockfile: lockfile.clone(),
+        sources: None,
+        lockfile: Some(lockfile.clone()),
         tmp,
         writable: Vec::new(),
         programs: Vec::new(),
     };
     let cargo = sandbox.sysroot.join("bin/cargo");
+    let mut served = None;
+    let shared = match server {
+        Some(server) => match server.ready(&for_build, &mounts.crates).await {
+            Ok(how) => {
+                served = Some(how);
+                Some(server.socket())
+            }
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "the member's long-lived sccache server is not ready: this build starts its own");
+                None
+            }
+        },
+        None => None,
+    };
     let mut command = match &wrapper.in_sandbox {
         None => {
             sandbox::hand_over(sandbox, &owned, &[&target])
@@ -101,9 +137,11 @@ pub(super) fn sandboxed_cargo(
             owned.push(&cache.stats);
             sandbox::hand_over(sandbox, &owned, &[&target])
                 .context("handing the build's directories to the build user")?;
-            mounts.writable = vec![cache.gateway.clone(), cache.stats.clone()];
+            // The long-lived server's socket, or the gateway's for a server of its own.
+            let reach = shared.clone().unwrap_or_else(|| cache.gateway.clone());
+            mounts.writable = vec![reach, cache.stats.clone()];
             mounts.programs = vec![cache.init.clone(), cache.sccache.clone()];
-            let args: Vec<OsString> = vec![
+            let mut args: Vec<OsString> = vec![
                 "sandbox-init".into(),
                 "--relay-port".into(),
                 crate::sandbox::gateway::SANDBOX_PORT.to_string().into(),
@@ -113,14 +151,19 @@ pub(super) fn sandboxed_cargo(
                 cache.sccache.clone().into(),
                 "--stats".into(),
                 cache.stats.clone().into(),
-                "--".into(),
-                cargo.into(),
             ];
+            if shared.is_some() {
+                args.push("--shared-server".into());
+            }
+            args.extend(["--".into(), cargo.into()]);
             let mut command = sandbox.command(&mounts, &cache.init, &args);
-            command
-                .envs(cache.env.iter().map(|(k, v)| (k, v)))
-                .env("RUSTC_WRAPPER", &cache.sccache)
-                .env("SCCACHE_SERVER_UDS", SANDBOX_SCCACHE_SOCKET);
+            command.env("RUSTC_WRAPPER", &cache.sccache);
+            match &shared {
+                Some(socket) => command.env("SCCACHE_SERVER_UDS", socket),
+                None => command
+                    .envs(cache.env.iter().map(|(k, v)| (k, v)))
+                    .env("SCCACHE_SERVER_UDS", SANDBOX_SCCACHE_SOCKET),
+            };
             command
         }
     };
@@ -142,7 +185,7 @@ pub(super) fn sandboxed_cargo(
             command.pre_exec(move || join.enter());
         }
     }
-    Ok(command)
+    Ok((command, served))
 }
 
 /// Waits for cargo; on cancellation (None) or timeout (an error) kills its whole

@@ -87,15 +87,29 @@ pub async fn build(
     .map(Into::into)
     .collect();
     args.extend(cargo::jobs(settings));
-    let mut command = match &settings.sandbox {
-        Some(sandbox) => sandboxed_cargo(settings, sandbox, wrapper, layout, pipeline)?,
-        None => cargo_command(settings, wrapper),
+    let (mut command, served) = match &settings.sandbox {
+        Some(sandbox) => sandboxed_cargo(settings, sandbox, wrapper, layout, pipeline).await?,
+        None => (cargo_command(settings, wrapper), None),
+    };
+    // The long-lived cache server this build compiles through, if it does: a build
+    // that does not end by itself may leave compiles running in it.
+    let server = served.as_ref().and(wrapper.in_sandbox.as_ref()).and_then(|c| c.server.clone());
+    let stop_server = |why: &'static str| {
+        let server = server.clone();
+        async move {
+            if let Some(server) = server {
+                server.stop(why).await;
+            }
+        }
     };
     let group = settings.sandbox.as_ref().and_then(|s| s.group.as_ref().ok());
     let events_before = group.map(|g| g.events()).unwrap_or_default();
     let mut child = command.args(args).spawn().context("starting cargo: is it on PATH?")?;
     let spawned = started.elapsed();
     let collected = Arc::new(Mutex::new(Collected::new(settings.max_log_bytes)));
+    if let Some(served) = &served {
+        collected.lock().unwrap_or_else(|p| p.into_inner()).log.push_line(&format!("kiln: {served}"));
+    }
     let readers = read_output(&mut child, &collected, binary_manifest, progress.clone());
     // What the build writes to its space (target/, a disk-backed /tmp) is capped.
     let disk_cap = {
@@ -117,15 +131,23 @@ pub async fn build(
         }
     };
     let status = tokio::select! {
-        waited = wait_or_stop(&mut child, cancel, settings.timeout) => match waited? {
-            Some(status) => status,
-            None => return Ok(BuildOutcome::Cancelled),
+        waited = wait_or_stop(&mut child, cancel, settings.timeout) => match waited {
+            Ok(Some(status)) => status,
+            Ok(None) => {
+                stop_server("the build it served was cancelled").await;
+                return Ok(BuildOutcome::Cancelled);
+            }
+            Err(e) => {
+                stop_server("the build it served was stopped").await;
+                return Err(e);
+            }
         },
         used = disk_cap, if settings.sandbox.is_some() => {
             if let Some(pid) = child.id() {
                 let _ = kiln_process::process::signal_group(pid, nix::sys::signal::Signal::SIGKILL);
             }
             let _ = child.wait().await;
+            stop_server("the build it served was stopped at its disk limit").await;
             let gib = |b: u64| b as f64 / f64::from(1u32 << 30);
             let summary = format!(
                 "the build wrote {:.1} GiB to target/ and /tmp, more than its {:.1} GiB (--build-disk), and was stopped",

@@ -67,7 +67,8 @@ pub struct Wrapper {
     pub in_sandbox: Option<SandboxedCache>,
 }
 
-/// How a sandboxed build runs its own sccache server (see `sandbox::init`).
+/// How a sandboxed build reaches sccache: the member's long-lived server, or one
+/// of its own (see `sandbox::init`, `sandbox::cache_server`).
 #[derive(Debug, Clone)]
 pub struct SandboxedCache {
     /// The sandbox's first program: the `kiln` binary (`kiln sandbox-init`).
@@ -79,4 +80,6 @@ pub struct SandboxedCache {
     pub env: Vec<(String, String)>,
     /// Where the server's statistics are written when cargo is done.
     pub stats: PathBuf,
+    /// The member's long-lived server, for builds that run no submitted code.
+    pub server: Option<std::sync::Arc<crate::sandbox::cache_server::CacheServer>>,
 }

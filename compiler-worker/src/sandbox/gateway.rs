@@ -61,9 +61,10 @@ pub const SANDBOX_PORT: u16 = 4566;
 /// hundred megabytes; a bigger one is not cached, and the build goes on).
 pub const MAX_OBJECT_BYTES: usize = 512 << 20;
 
-/// Requests served at once. An object is held in memory while it passes, so this
-/// bounds what a build that floods the gateway costs the worker:
-/// `MAX_CONCURRENT × MAX_OBJECT_BYTES`; the rest wait their turn.
+/// Requests served at once on each of the gateway's two sockets. An object is held
+/// in memory while it passes, so this bounds what a build that floods the gateway
+/// costs the worker: `2 × MAX_CONCURRENT × MAX_OBJECT_BYTES`; the rest wait their
+/// turn.
 const MAX_CONCURRENT: usize = 4;
 
 /// The bucket name a sandbox's sccache uses for a local store.
@@ -181,6 +182,25 @@ fn parse_cost(text: &str) -> Option<u64> {
     text.trim().parse::<u64>().ok().map(|ms| ms.min(MAX_COST_MS))
 }
 
+/// One socket of the gateway: where the scope of what is written through it
+/// comes from.
+#[derive(Debug, Clone)]
+struct Door {
+    gate: Arc<Gate>,
+    /// A scope of its own (the member's long-lived cache server's door is always
+    /// [`Scope::Shared`]), or none: the build in hand's, as the worker set it.
+    fixed: Option<Scope>,
+}
+
+impl Door {
+    fn namespace(&self) -> Option<String> {
+        match &self.fixed {
+            Some(scope) => scope.namespace(),
+            None => self.gate.scope.lock().unwrap_or_else(|p| p.into_inner()).namespace(),
+        }
+    }
+}
+
 /// The running gateway. Dropping it stops it.
 #[derive(Debug)]
 pub struct Gateway {
@@ -188,12 +208,12 @@ pub struct Gateway {
     gate: Arc<Gate>,
     region: String,
     key_prefix: String,
-    served: tokio::task::JoinHandle<()>,
+    served: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Drop for Gateway {
     fn drop(&mut self) {
-        self.served.abort();
+        self.served.iter().for_each(|s| s.abort());
     }
 }
 
@@ -234,23 +254,18 @@ impl Gateway {
             scope: Mutex::new(Scope::Shared),
             ledger: Mutex::default(),
         });
-        if let Some(dir) = socket.parent() {
-            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        }
-        let _ = std::fs::remove_file(socket);
-        let listener = tokio::net::UnixListener::bind(socket)
-            .with_context(|| format!("listening on the cache gateway's socket {}", socket.display()))?;
-        let app = axum::Router::new()
-            .fallback(handle)
-            .layer(DefaultBodyLimit::max(MAX_OBJECT_BYTES))
-            .layer(tower::limit::ConcurrencyLimitLayer::new(MAX_CONCURRENT))
-            .with_state(gate.clone());
-        let served = tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, app).await {
-                tracing::error!(error = %e, "the cache gateway stopped");
-            }
-        });
-        Ok(Gateway { socket: socket.to_owned(), gate, region, key_prefix, served })
+        let served = serve(Door { gate: gate.clone(), fixed: None }, socket)?;
+        Ok(Gateway { socket: socket.to_owned(), gate, region, key_prefix, served: vec![served] })
+    }
+
+    /// Opens a second socket whose writes always go where every build reads, for
+    /// the member's long-lived cache server alone (see
+    /// [`crate::sandbox::cache_server`]): no build's scope, set or forgotten, can
+    /// reach it.
+    pub fn open_shared_door(&mut self, socket: &Path) -> anyhow::Result<()> {
+        let served = serve(Door { gate: self.gate.clone(), fixed: Some(Scope::Shared) }, socket)?;
+        self.served.push(served);
+        Ok(())
     }
 
     pub fn socket(&self) -> &Path {
@@ -299,6 +314,26 @@ impl Gateway {
     }
 }
 
+/// Serves `door` on the Unix socket `socket` (replaced if it exists).
+fn serve(door: Door, socket: &Path) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    if let Some(dir) = socket.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let _ = std::fs::remove_file(socket);
+    let listener = tokio::net::UnixListener::bind(socket)
+        .with_context(|| format!("listening on the cache gateway's socket {}", socket.display()))?;
+    let app = axum::Router::new()
+        .fallback(handle)
+        .layer(DefaultBodyLimit::max(MAX_OBJECT_BYTES))
+        .layer(tower::limit::ConcurrencyLimitLayer::new(MAX_CONCURRENT))
+        .with_state(door);
+    Ok(tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "the cache gateway stopped");
+        }
+    }))
+}
+
 /// An S3-style error answer.
 fn refuse(status: StatusCode, code: &str, message: &str) -> Response {
     let body = format!(
@@ -343,8 +378,9 @@ fn sccache_shaped(rest: &str) -> bool {
     DIGEST_HEX.contains(&digest.len()) && hex(digest) && [a, b, c].concat() == digest[..3]
 }
 
-async fn handle(State(gate): State<Arc<Gate>>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
-    let key = match object_key(&gate, &uri) {
+async fn handle(State(door): State<Door>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+    let gate = &door.gate;
+    let key = match object_key(gate, &uri) {
         Ok(key) => key,
         Err(why) => {
             tracing::warn!(%method, path = uri.path(), why, "the cache gateway refused a request from a build");
@@ -365,7 +401,7 @@ async fn handle(State(gate): State<Arc<Gate>>, method: Method, uri: Uri, headers
         };
     }
     let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok()).map(str::to_owned);
-    let namespace = gate.scope.lock().unwrap_or_else(|p| p.into_inner()).namespace();
+    let namespace = door.namespace();
     // The same key in the build's own namespace, when it has one.
     let own = namespace.map(|ns| format!("{}{ns}{}", gate.prefix, &key[gate.prefix.len()..]));
     let result = match method {

@@ -1,8 +1,12 @@
-//! The first program of a sandboxed build (`kiln sandbox-init`), run by bubblewrap
-//! inside the sandbox as the build user: it relays the sandbox's private
-//! `127.0.0.1:`[`SANDBOX_PORT`](crate::sandbox::gateway::SANDBOX_PORT) to the cache gateway's
-//! socket, starts the build's own sccache server, runs cargo through it, and writes
-//! the server's statistics where the worker reads them.
+//! The first program of a sandbox (`kiln sandbox-init`), run by bubblewrap inside
+//! it as the build user. In a build's sandbox it runs cargo, through the build's
+//! own sccache server or the member's long-lived one, and writes the server's
+//! statistics where the worker reads them. In the long-lived cache server's
+//! sandbox ([`crate::sandbox::cache_server`]) it runs only that server.
+//!
+//! Where a server runs here, this program relays the sandbox's private
+//! `127.0.0.1:`[`SANDBOX_PORT`](crate::sandbox::gateway::SANDBOX_PORT) to the cache
+//! gateway's socket, the server's only way to the store.
 //!
 //! Nothing here is trusted by the worker: a build can replace any of it (it runs as
 //! the build user), and then it only loses its own cache figures. What it cannot do
@@ -14,6 +18,19 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 
+/// Which sccache server this sandbox's compiles go through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerMode {
+    /// A build that starts its own server in its sandbox (a build that runs code
+    /// of its submitter, or a member without a long-lived server).
+    Own,
+    /// A build whose compiles go to the member's long-lived server, whose socket
+    /// its sandbox shows at `SCCACHE_SERVER_UDS`.
+    Shared,
+    /// The long-lived server's own sandbox: the relay and the server, no build.
+    Serve,
+}
+
 /// What the worker tells the sandbox's first program.
 #[derive(Debug, Clone)]
 pub struct InitArgs {
@@ -23,18 +40,24 @@ pub struct InitArgs {
     pub gateway: PathBuf,
     /// The sccache binary.
     pub sccache: PathBuf,
-    /// Where the server's statistics (JSON) go when cargo is done.
-    pub stats: PathBuf,
-    /// cargo and its arguments.
+    pub mode: ServerMode,
+    /// Where the server's statistics (JSON) go when cargo is done (a build's).
+    pub stats: Option<PathBuf>,
+    /// cargo and its arguments (a build's).
     pub command: Vec<OsString>,
 }
 
-/// Runs the build; returns cargo's exit code (125 when cargo could not be started).
+/// Runs the build, or the long-lived server; returns cargo's exit code (the
+/// server's under [`ServerMode::Serve`]; 125 when it could not be started).
 pub async fn run(args: InitArgs) -> i32 {
-    match run_build(args).await {
+    let result = match args.mode {
+        ServerMode::Serve => serve(&args).await,
+        ServerMode::Own | ServerMode::Shared => run_build(args).await,
+    };
+    match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: the build sandbox could not run cargo: {e:#}");
+            eprintln!("error: the sandbox could not run its command: {e:#}");
             125
         }
     }
@@ -44,7 +67,11 @@ async fn run_build(args: InitArgs) -> anyhow::Result<i32> {
     let (program, rest) = args.command.split_first().context("no build command given")?;
     let mut cargo = tokio::process::Command::new(program);
     cargo.args(rest).stdin(std::process::Stdio::null());
-    let cached = match start_cache(&args).await {
+    let ready = match args.mode {
+        ServerMode::Shared => sccache(&args, "--zero-stats").await.map(drop),
+        _ => start_cache(&args).await,
+    };
+    let cached = match ready {
         Ok(()) => true,
         Err(e) => {
             // The build goes on without the cache, and its log says why.
@@ -54,25 +81,58 @@ async fn run_build(args: InitArgs) -> anyhow::Result<i32> {
         }
     };
     let status = cargo.status().await.with_context(|| format!("starting {}", PathBuf::from(program).display()))?;
-    if cached {
-        let stats = tokio::process::Command::new(&args.sccache)
-            .args(["--show-stats", "--stats-format=json"])
-            .stdin(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .output()
-            .await;
-        if let Ok(stats) = stats
-            && stats.status.success()
-        {
-            let _ = std::fs::write(&args.stats, stats.stdout);
-        }
+    if let (true, Some(file)) = (cached, &args.stats)
+        && let Ok(stats) = sccache(&args, "--show-stats").await
+    {
+        let _ = std::fs::write(file, stats);
     }
     use std::os::unix::process::ExitStatusExt;
     Ok(status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
 }
 
+/// Asks the server one thing (`--zero-stats`, `--show-stats`): its answer.
+async fn sccache(args: &InitArgs, ask: &str) -> anyhow::Result<Vec<u8>> {
+    let mut command = tokio::process::Command::new(&args.sccache);
+    command.arg(ask);
+    if ask == "--show-stats" {
+        command.arg("--stats-format=json");
+    }
+    let output = command
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .output()
+        .await
+        .with_context(|| format!("running {} {ask}", args.sccache.display()))?;
+    anyhow::ensure!(
+        output.status.success(),
+        "sccache {ask} failed ({}): is the member's cache server up?",
+        output.status
+    );
+    Ok(output.stdout)
+}
+
+/// The long-lived server: the relay, then the server in the foreground, until it
+/// ends (the worker stops its sandbox when it is done with it).
+async fn serve(args: &InitArgs) -> anyhow::Result<i32> {
+    relay(args).await?;
+    let status = tokio::process::Command::new(&args.sccache)
+        .env("SCCACHE_START_SERVER", "1")
+        .env("SCCACHE_NO_DAEMON", "1")
+        .stdin(std::process::Stdio::null())
+        .status()
+        .await
+        .with_context(|| format!("starting {}", args.sccache.display()))?;
+    Ok(status.code().unwrap_or(1))
+}
+
 /// The relay to the gateway, then the build's sccache server.
 async fn start_cache(args: &InitArgs) -> anyhow::Result<()> {
+    relay(args).await?;
+    start_server(args).await
+}
+
+/// Relays `127.0.0.1:relay_port` to the gateway's socket, in the background.
+async fn relay(args: &InitArgs) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", args.relay_port))
         .await
         .with_context(|| format!("listening on 127.0.0.1:{} for the cache relay", args.relay_port))?;
@@ -87,7 +147,7 @@ async fn start_cache(args: &InitArgs) -> anyhow::Result<()> {
             });
         }
     });
-    start_server(args).await
+    Ok(())
 }
 
 /// Starts the build's sccache server and waits until it listens. It is left

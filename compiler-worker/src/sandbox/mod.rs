@@ -26,6 +26,7 @@
 //! `--die-with-parent`: when the build ends, is cancelled, times out, or its worker
 //! dies, every process it started ends, `setsid()` or double fork included.
 
+pub mod cache_server;
 pub mod cgroup;
 pub mod files;
 pub mod gateway;
@@ -108,8 +109,13 @@ pub struct Mounts {
     pub build_root: PathBuf,
     /// This program's crate directories under `src/`: the only ones it sees.
     pub crates: Vec<String>,
-    /// A private copy of the workspace lock file, which cargo rewrites.
-    pub lockfile: PathBuf,
+    /// Or a directory of the member's shown as `src/` (the long-lived cache
+    /// server's view, whose contents the member renews for each build).
+    pub sources: Option<PathBuf>,
+    /// For cargo: a private copy of the workspace lock file, which cargo rewrites,
+    /// shown with the workspace manifest. None: neither is shown (the cache
+    /// server's sandbox, which only compiles).
+    pub lockfile: Option<PathBuf>,
     /// The member's directory (or sized tmpfs) shown as the build's `/tmp`.
     pub tmp: PathBuf,
     /// Files the build writes or connects to, shown at their own paths: the cache
@@ -165,7 +171,8 @@ impl Sandbox {
         let mounts = Mounts {
             build_root: scratch.path().to_owned(),
             crates: Vec::new(),
-            lockfile,
+            sources: None,
+            lockfile: Some(lockfile),
             tmp,
             writable: Vec::new(),
             programs: Vec::new(),
@@ -257,7 +264,9 @@ impl Sandbox {
         // and this program's own crates; no other program's sources, and not the
         // pristine prebuilt set (target/ links to it).
         let root = &mounts.build_root;
-        a.mount("--ro-bind-try", &root.join("Cargo.toml"), &root.join("Cargo.toml"));
+        if mounts.lockfile.is_some() {
+            a.mount("--ro-bind-try", &root.join("Cargo.toml"), &root.join("Cargo.toml"));
+        }
         // `.cargo/config.toml` points cargo at a vendored set's sources.
         for shared in ["depset", "pipeline-runtime", ".cargo"] {
             a.mount("--ro-bind-try", &root.join(shared), &root.join(shared));
@@ -266,9 +275,14 @@ impl Sandbox {
             let dir = root.join("src").join(krate);
             a.mount("--ro-bind", &dir, &dir);
         }
+        if let Some(view) = &mounts.sources {
+            a.mount("--ro-bind", view, &root.join("src"));
+        }
         let target = root.join("target");
         a.mount("--bind", &target, &target);
-        a.mount("--bind", &mounts.lockfile, &mounts.build_root.join("Cargo.lock"));
+        if let Some(lockfile) = &mounts.lockfile {
+            a.mount("--bind", lockfile, &root.join("Cargo.lock"));
+        }
         for file in &mounts.writable {
             a.mount("--bind", file, file);
         }
@@ -416,7 +430,8 @@ mod tests {
         let mounts = Mounts {
             build_root: "/var/lib/kiln/build".into(),
             crates: vec!["app-0123".into()],
-            lockfile: "/var/lib/kiln/worker/Cargo.lock".into(),
+            sources: None,
+            lockfile: Some("/var/lib/kiln/worker/Cargo.lock".into()),
             tmp: "/var/lib/kiln/worker/tmp".into(),
             writable: Vec::new(),
             programs: Vec::new(),

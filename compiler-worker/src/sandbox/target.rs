@@ -116,17 +116,47 @@ pub(crate) const PRISTINE: &str = "prebuilt";
 pub(crate) fn fresh_target(root: &Path) -> anyhow::Result<()> {
     let root = BuildRoot::new(root);
     let target = root.target();
-    if target.exists() {
-        std::fs::remove_dir_all(&target).with_context(|| format!("removing {}", target.display()))?;
-    }
+    empty_dir(&target)?;
     let how = if super::is_root() { "-al" } else { "--archive" };
     let mut cp = std::process::Command::new("cp");
     if how == "--archive" {
         cp.arg("--reflink=auto");
     }
-    let status = cp.arg(how).arg(root.pristine()).arg(&target).status().context("running cp")?;
+    // The pristine set's contents into target/, which stays the same directory.
+    let status = cp.arg(how).arg(root.pristine().join(".")).arg(&target).status().context("running cp")?;
     anyhow::ensure!(status.success(), "linking {} to the pristine set failed ({status})", target.display());
     unlink_rewritten(&target)
+}
+
+/// Makes `dir` an empty directory, keeping the directory itself (a sandbox made
+/// earlier, the long-lived cache server's, sees it by that directory): what a
+/// build left in it is removed without following a link.
+fn empty_dir(dir: &Path) -> anyhow::Result<()> {
+    if std::fs::symlink_metadata(dir).is_ok_and(|m| !m.is_dir()) {
+        std::fs::remove_file(dir).with_context(|| format!("removing {}", dir.display()))?;
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        let removed = if std::fs::symlink_metadata(&path)?.is_dir() {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+        removed.with_context(|| format!("removing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// Moves the entries of `from` into `to` (an existing, empty directory), by
+/// renames: links and all, nothing followed.
+fn move_entries(from: &Path, to: &Path) -> anyhow::Result<()> {
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        std::fs::rename(entry.path(), to.join(entry.file_name()))
+            .with_context(|| format!("moving {} to {}", entry.path().display(), to.display()))?;
+    }
+    Ok(())
 }
 
 /// cargo rewrites some files in place: its lock files, its rustc cache, and the
@@ -235,8 +265,22 @@ pub(crate) fn touch(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Unmounts the last build's overlay of `target/`, if there is one: `target/` is
+/// then the plain directory the overlays are mounted on. A sandbox that binds it
+/// now (the long-lived cache server's) sees every later overlay mounted there, by
+/// propagation from the member's shared build root; one that bound an overlay
+/// would keep seeing that overlay.
+pub(crate) fn unmount_target(settings: &BuildSettings) -> anyhow::Result<()> {
+    use nix::mount::{MntFlags, umount2};
+    let target = BuildRoot::new(&settings.build_root).target();
+    match umount2(&target, MntFlags::MNT_DETACH) {
+        Ok(()) | Err(nix::errno::Errno::EINVAL | nix::errno::Errno::ENOENT) => Ok(()),
+        Err(e) => anyhow::bail!("unmounting the last build's {}: {e}", target.display()),
+    }
+}
+
 fn overlay_target(settings: &BuildSettings, sandbox: &Sandbox, pipeline: u64) -> anyhow::Result<()> {
-    use nix::mount::{MntFlags, MsFlags, mount, umount2};
+    use nix::mount::{MsFlags, mount};
     let root = BuildRoot::new(&settings.build_root);
     let (target, pristine, layer) = (root.target(), root.pristine(), root.layer(pipeline));
     let (upper, work) = (layer.join("upper"), layer.join("work"));
@@ -244,10 +288,7 @@ fn overlay_target(settings: &BuildSettings, sandbox: &Sandbox, pipeline: u64) ->
         let text = path.to_string_lossy();
         anyhow::ensure!(!text.contains([',', ':', '\\']), "{text} holds a character overlay options cannot carry");
     }
-    match umount2(&target, MntFlags::MNT_DETACH) {
-        Ok(()) | Err(nix::errno::Errno::EINVAL) => {}
-        Err(e) => anyhow::bail!("unmounting the last build's {}: {e}", target.display()),
-    }
+    unmount_target(settings)?;
     // Layers of the other way (a directory `target`) are not overlays' uppers.
     if layer.join("target").exists() {
         std::fs::remove_dir_all(&layer)?;
@@ -258,11 +299,9 @@ fn overlay_target(settings: &BuildSettings, sandbox: &Sandbox, pipeline: u64) ->
     std::fs::create_dir_all(&upper)?;
     std::fs::create_dir_all(&work)?;
     touch(&layer)?;
-    // Before the first overlay, target/ is the plain copy made at startup.
-    if target.exists() && std::fs::read_dir(&target)?.next().is_some() {
-        std::fs::remove_dir_all(&target).with_context(|| format!("removing {}", target.display()))?;
-    }
-    std::fs::create_dir_all(&target)?;
+    // Before the first overlay, target/ is the plain copy made at startup: emptied,
+    // the directory kept (the overlay is mounted on it; see `unmount_target`).
+    empty_dir(&target)?;
     // The build user may create files in the pristine set's directories (through the
     // overlay only: the set itself is never in a sandbox's view).
     super::hand_over(sandbox, &[], &[&pristine]).context("handing the pristine directories to the build user")?;
@@ -298,6 +337,8 @@ fn owner_file(settings: &BuildSettings) -> PathBuf {
     settings.work_dir.join("target-owner")
 }
 
+/// Without mounts: `target/` stays one directory (the long-lived cache server
+/// sees it by that directory), and the pipelines' contents move in and out of it.
 fn swap_target(settings: &BuildSettings, pipeline: u64) -> anyhow::Result<()> {
     let root = BuildRoot::new(&settings.build_root);
     let target = root.target();
@@ -316,15 +357,14 @@ fn swap_target(settings: &BuildSettings, pipeline: u64) -> anyhow::Result<()> {
         if stash.exists() {
             std::fs::remove_dir_all(&stash)?;
         }
-        std::fs::create_dir_all(&stash)?;
-        std::fs::rename(&target, stash.join("target"))?;
+        std::fs::create_dir_all(stash.join("target"))?;
+        move_entries(&target, &stash.join("target"))?;
     }
     let own = root.layer(pipeline);
     if own.join("target").is_dir() {
-        if target.exists() {
-            std::fs::remove_dir_all(&target)?;
-        }
-        std::fs::rename(own.join("target"), &target)?;
+        empty_dir(&target)?;
+        move_entries(&own.join("target"), &target)?;
+        std::fs::remove_dir(own.join("target"))?;
         touch(&own)?;
         unlink_rewritten(&target)?;
     } else {

@@ -1,5 +1,5 @@
-//! `kiln sandbox-init` (hidden): the first program of a sandboxed build, run by the
-//! worker inside the sandbox. It starts before anything else of `kiln`: no logging
+//! `kiln sandbox-init` (hidden): the first program of a sandboxed build, or of the
+//! member's long-lived cache server's sandbox, run by the worker inside it. It starts before anything else of `kiln`: no logging
 //! of its own (its output is the build's log) and one thread (its processes count
 //! against the build's limit).
 
@@ -17,17 +17,25 @@ pub struct SandboxInitArgs {
     gateway: PathBuf,
     #[arg(long)]
     sccache: PathBuf,
+    /// Where the build's cache statistics go.
+    #[arg(long, required_unless_present = "serve")]
+    stats: Option<PathBuf>,
+    /// The build's compiles go to the member's long-lived server (at
+    /// SCCACHE_SERVER_UDS) rather than one of its own.
+    #[arg(long, conflicts_with = "serve")]
+    shared_server: bool,
+    /// Run the member's long-lived cache server, and no build.
     #[arg(long)]
-    stats: PathBuf,
+    serve: bool,
     /// cargo and its arguments.
-    #[arg(last = true, required = true)]
+    #[arg(last = true, required_unless_present = "serve")]
     command: Vec<OsString>,
 }
 
 /// Runs the build's command in the sandbox on a runtime of one thread; the exit
 /// code is the command's (125 when the sandbox could not start).
 pub fn run(args: SandboxInitArgs) -> ExitCode {
-    use kiln_compiler_worker::sandbox::init::{InitArgs, run};
+    use kiln_compiler_worker::sandbox::init::{InitArgs, ServerMode, run};
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -39,6 +47,11 @@ pub fn run(args: SandboxInitArgs) -> ExitCode {
         relay_port: args.relay_port,
         gateway: args.gateway,
         sccache: args.sccache,
+        mode: match (args.serve, args.shared_server) {
+            (true, _) => ServerMode::Serve,
+            (false, true) => ServerMode::Shared,
+            (false, false) => ServerMode::Own,
+        },
         stats: args.stats,
         command: args.command,
     }));

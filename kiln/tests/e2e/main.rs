@@ -7,6 +7,7 @@ mod common;
 
 mod binary_cache;
 mod cache;
+mod cache_server;
 mod depset;
 mod farm;
 mod healing;

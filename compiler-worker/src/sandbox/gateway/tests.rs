@@ -96,7 +96,10 @@ async fn a_pipelines_own_entries_are_read_back_by_it_alone() {
     let call = |method: Method, body: &'static [u8]| {
         let gate = gate.clone();
         let uri = uri.clone();
-        async move { handle(State(gate), method, uri, HeaderMap::new(), Bytes::from_static(body)).await.status() }
+        async move {
+            let door = Door { gate, fixed: None };
+            handle(State(door), method, uri, HeaderMap::new(), Bytes::from_static(body)).await.status()
+        }
     };
     gateway.set_scope(Scope::Pipeline("forger".into()));
     assert_eq!(call(Method::PUT, b"forged").await, StatusCode::OK);
@@ -119,21 +122,58 @@ async fn a_pipelines_own_entries_are_read_back_by_it_alone() {
 
     // sccache's startup check is answered without the store.
     let check: Uri = format!("/{LOCAL_BUCKET}/.sccache_check").parse().unwrap();
+    let door = Door { gate: gate.clone(), fixed: None };
     let status =
-        |method| handle(State(gate.clone()), method, check.clone(), HeaderMap::new(), Bytes::from_static(b"Hello"));
+        |method| handle(State(door.clone()), method, check.clone(), HeaderMap::new(), Bytes::from_static(b"Hello"));
     assert_eq!(status(Method::GET).await.status(), StatusCode::NOT_FOUND);
     assert_eq!(status(Method::PUT).await.status(), StatusCode::OK);
     assert!(!dir.path().join("gateway/.sccache_check").exists(), "the check stores nothing");
 
     let read_only = CacheStore::LocalDisk { dir: dir.path().join("ro"), read_only: true };
     let gateway = Gateway::start(&read_only, &dir.path().join("ro.sock")).await.unwrap();
+    let door = Door { gate: gateway.gate.clone(), fixed: None };
     let status =
-        handle(State(gateway.gate.clone()), Method::PUT, uri.clone(), HeaderMap::new(), Bytes::from_static(b"x"))
-            .await
-            .status();
+        handle(State(door), Method::PUT, uri.clone(), HeaderMap::new(), Bytes::from_static(b"x")).await.status();
     assert_eq!(status, StatusCode::FORBIDDEN, "--sccache-read-only holds on a local store");
     assert!(gateway.sandbox_env().contains(&("SCCACHE_S3_RW_MODE".into(), "READ_ONLY".into())));
     assert!(gateway.writers().starts_with("read-only"));
+}
+
+/// The long-lived cache server's door, over its real socket: whatever scope the
+/// worker last set for a build, its writes land where every build reads, and it
+/// reads no pipeline's own entries.
+#[tokio::test]
+async fn the_shared_door_writes_shared_whatever_the_builds_scope() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = CacheStore::LocalDisk { dir: dir.path().to_owned(), read_only: false };
+    let mut gateway = Gateway::start(&store, &dir.path().join("gateway.sock")).await.unwrap();
+    let door = dir.path().join("shared.sock");
+    gateway.open_shared_door(&door).unwrap();
+    let digest = format!("abc{}", "2".repeat(61));
+    let path = format!("/{LOCAL_BUCKET}/a/b/c/{digest}");
+    gateway.set_scope(Scope::Pipeline("forger".into()));
+    let request = |socket: PathBuf, method: &'static str, body: &'static str| {
+        let path = path.clone();
+        async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut stream = tokio::net::UnixStream::connect(&socket).await.unwrap();
+            let head = format!(
+                "{method} {path} HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            stream.write_all(head.as_bytes()).await.unwrap();
+            let mut answer = String::new();
+            stream.read_to_string(&mut answer).await.unwrap();
+            answer.lines().next().unwrap_or_default().to_owned()
+        }
+    };
+    let scoped = dir.path().join("gateway.sock");
+    assert!(request(scoped.clone(), "PUT", "forged").await.contains("200"));
+    assert!(dir.path().join(format!("gateway/pipelines/forger/a/b/c/{digest}")).exists());
+    assert!(request(door.clone(), "GET", "").await.contains("404"), "the door reads no pipeline's own entry");
+    assert!(request(door.clone(), "PUT", "compiled").await.contains("200"));
+    assert_eq!(std::fs::read(dir.path().join(format!("gateway/a/b/c/{digest}"))).unwrap(), b"compiled");
+    assert!(request(door, "DELETE", "").await.contains("405"), "the door refuses what the gateway refuses");
 }
 
 #[test]
