@@ -173,6 +173,12 @@ pub async fn build(
         cargo_ms = (elapsed - spawned).as_millis() as u64,
         "cargo finished"
     );
+    if settings.sandbox.is_some() && status.success() && layout.submitted_code().is_none() {
+        let kept = crate::sandbox::target::keep_rustc_info(settings);
+        if let Err(e) = kept {
+            tracing::debug!(error = %format!("{e:#}"), "cargo's record of rustc was not kept");
+        }
+    }
     // What the member's build group counted during this build names the limit
     // a failed build hit, better than the signs it left in the log.
     let group_hit = group.and_then(|g| {
