@@ -1,12 +1,13 @@
 //! The cache gateway: how a sandboxed build reaches the shared compile cache
 //! without holding its credentials.
 //!
-//! Every sandboxed build runs its own sccache server inside its sandbox (so that
-//! whatever sccache runs, rustc and proc-macros included, is as confined as the
-//! build itself). That server speaks S3, anonymously, to `127.0.0.1:`[`SANDBOX_PORT`]
-//! in the sandbox's private network namespace, where the sandbox's first program
-//! relays it to this gateway's Unix socket. The gateway, outside, holds the store's
-//! credentials and answers only three requests:
+//! Every sccache server of a sandboxed member runs in a sandbox (a build's own, or
+//! the member's long-lived one: see [`super::cache_server`]), so that whatever
+//! sccache runs, rustc and proc-macros included, is as confined as a build. A server
+//! speaks S3, anonymously, to `127.0.0.1:`[`SANDBOX_PORT`] in its sandbox's private
+//! network namespace, where the sandbox's first program relays it to one of this
+//! gateway's Unix sockets. The gateway, outside, holds the store's credentials and
+//! answers only three requests:
 //!
 //! - `GET` and `HEAD` of one object under the key prefix (no listing, so a build
 //!   cannot find what it could not compute the key of);
@@ -19,7 +20,11 @@
 //! Anything else (another bucket, any other key, `DELETE`, `POST`, a listing) is
 //! refused with 403 or 405.
 //!
-//! **Who writes what others read.** The worker sets each build's [`Scope`] from
+//! **Who writes what others read.** The gateway has two doors: the build's door,
+//! whose scope the worker sets for each build, and the shared door
+//! ([`Gateway::open_shared_door`]), which only the long-lived server's sandbox
+//! shows and which always writes [`Scope::Shared`] (no submitted code ever runs in
+//! that server). The worker sets each build's [`Scope`] from
 //! the layout it wrote, before the build starts and outside the sandbox, so
 //! nothing inside can take part: a build in which no code of the submitter runs
 //! writes where every build reads ([`Scope::Shared`]); a build that runs submitted

@@ -17,8 +17,11 @@
 //! gateway's socket. Nothing else of the member: no data directory, catalog,
 //! artifacts, tokens or credentials; its `/proc` shows only its own processes.
 //!
-//! The build's sccache server runs inside the sandbox too (see [`init`]): so
-//! every compile it runs, and every proc-macro, is confined like a build script.
+//! sccache's servers run in sandboxes too: a build that runs submitted code starts
+//! its own inside its sandbox (see [`init`]), any other compiles through the
+//! member's long-lived server, in a sandbox of its own of the same shape (see
+//! [`cache_server`]): so every compile, and every proc-macro, is confined like a
+//! build script.
 //! Paths inside are the paths outside, so that cache keys (which hold the working
 //! directory) are the same on every worker and in CI.
 //!
