@@ -63,6 +63,10 @@ pub async fn build(
     progress: &Arc<BuildProgress>,
 ) -> anyhow::Result<BuildOutcome> {
     let started = Instant::now();
+    if let Some(Ok(group)) = settings.sandbox.as_ref().map(|s| &s.group) {
+        let group = group.clone();
+        drop(tokio::task::spawn_blocking(move || group.warm()));
+    }
     progress.start(layout.crates.len());
     let root = settings.build_root.clone();
     let (layout_owned, set) = (layout.clone(), settings.depset.clone());

@@ -58,6 +58,8 @@ pub struct CacheServer {
     door: PathBuf,
     env: Vec<(String, String)>,
     running: tokio::sync::Mutex<Option<Running>>,
+    /// Why the last server was stopped, until the next one starts.
+    stopped: std::sync::Mutex<Option<String>>,
 }
 
 #[derive(Debug)]
@@ -108,7 +110,15 @@ impl std::fmt::Display for Served {
 
 impl CacheServer {
     pub fn new(dir: PathBuf, init: PathBuf, sccache: PathBuf, door: PathBuf, env: Vec<(String, String)>) -> Self {
-        CacheServer { dir, init, sccache, door, env, running: tokio::sync::Mutex::new(None) }
+        CacheServer {
+            dir,
+            init,
+            sccache,
+            door,
+            env,
+            running: tokio::sync::Mutex::new(None),
+            stopped: std::sync::Mutex::new(None),
+        }
     }
 
     /// The server's socket, at the same path inside its sandbox, a build's and outside.
@@ -151,7 +161,11 @@ impl CacheServer {
 
     /// Whether `server` runs, answers and sees what the member sees; why not.
     fn check(&self, server: Option<&mut Running>, build_root: &Path) -> Result<(), String> {
-        let Some(server) = server else { return Err("the first build it serves".to_owned()) };
+        let Some(server) = server else {
+            let stopped = self.stopped.lock().unwrap_or_else(|p| p.into_inner()).take();
+            return Err(stopped
+                .map_or("the first build it serves".to_owned(), |why| format!("the last one was stopped: {why}")));
+        };
         match server.bwrap.try_wait() {
             Ok(Some(status)) => Err(format!("the last one ended ({status})")),
             Err(e) => Err(format!("the last one cannot be waited for ({e})")),
@@ -177,6 +191,7 @@ impl CacheServer {
         if let Some(mut server) = self.running.lock().await.take() {
             tracing::info!(reason = why, "stopping the member's long-lived sccache server");
             stop(&mut server).await;
+            *self.stopped.lock().unwrap_or_else(|p| p.into_inner()) = Some(why.to_owned());
         }
     }
 

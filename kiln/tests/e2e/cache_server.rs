@@ -154,3 +154,71 @@ async fn one_server_serves_plain_builds_in_their_own_view_as_a_non_root_member()
     let farm = test_farm_as(1, user.clone());
     one_server_serves_plain_builds_in_their_own_view(farm, user.sccache(), "non-root, renames").await;
 }
+
+/// A program without a build script whose operator never finishes compiling (an
+/// endless constant, its lint allowed): the compile runs in the member's server,
+/// not in the build's sandbox. When the build times out, nothing of it stays
+/// running there: the server is stopped with it, the next build starts a new one
+/// and says why, and builds right.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plain_build_that_never_ends_leaves_nothing_in_the_members_server() {
+    common::require_root("the member builds at one path through a private mount namespace");
+    let mut farm = test_farm(1);
+    farm.shared_build_root = Some(PathBuf::from("/tmp/kiln-test-cache-server-spin"));
+    let store = farm.dir.path().join("store");
+    farm.start(Member {
+        ordinal: 0,
+        workers: 1,
+        extra: vec![
+            "--sccache=auto".to_owned(),
+            format!("--sccache-binary={}", common::sccache().display()),
+            format!("--sccache-dir={}", store.display()),
+            "--build-timeout=20s".to_owned(),
+        ],
+    });
+    farm.wait_healthy(Duration::from_secs(600)).await;
+    let spinner = write_program(
+        farm.dir.path(),
+        "spinner",
+        &[
+            ("Cargo.toml", &manifest("spinner", "spinop4242 = { path = \"operators/spinop4242\" }")),
+            ("src/main.rs", "fn main() { print!(\"{}\", spinop4242::SPIN); }"),
+            ("operators/spinop4242/Cargo.toml", &manifest("spinop4242", "")),
+            (
+                "operators/spinop4242/src/lib.rs",
+                "#![allow(long_running_const_eval)]\npub const SPIN: u64 = { let mut i: u64 = 1; while i != 0 { i = i.wrapping_add(1); } i };\n",
+            ),
+        ],
+    );
+    assert!(farm.submit(&[spinner.as_path()], false).status.success());
+    kiln_testkit::wait_until(
+        "the operator compiling in the member's server",
+        Duration::from_secs(120),
+        Duration::from_millis(200),
+        || async {
+            let found = kiln_testkit::processes_mentioning("--crate-name spinop4242");
+            if found.is_empty() { Err("not yet".to_owned()) } else { Ok(()) }
+        },
+    )
+    .await;
+    let record =
+        farm.wait_status("spinner", &["success", "compile_error", "system_error"], Duration::from_secs(180)).await;
+    assert!(record["error"].as_str().unwrap_or("").contains("--build-timeout"), "the build timed out: {record}");
+    kiln_testkit::wait_until(
+        "no compile of it left running",
+        Duration::from_secs(60),
+        Duration::from_millis(200),
+        || async {
+            let found = kiln_testkit::processes_mentioning("--crate-name spinop4242");
+            if found.is_empty() { Ok(()) } else { Err(format!("{found:?}")) }
+        },
+    )
+    .await;
+
+    let record = success(&farm, &plain(farm.dir.path(), "next", "nextop", "next answer")).await;
+    let log = log_of(&farm, "next").await;
+    assert!(
+        log.contains("started now (the last one was stopped: the build it served was stopped)"),
+        "a new server, and why: {log} {record}"
+    );
+}
