@@ -18,7 +18,9 @@ use kiln_core::program::Layout;
 
 use crate::builder::settings::{BuildSettings, FARM_CARGO_ENV, Wrapper};
 use crate::sandbox::cache_server::{Served, ServerBuild};
-use crate::sandbox::target::{fresh_tmp, place_rustc_info, renew_target, unmount_target};
+use crate::sandbox::target::{
+    fresh_tmp, mark_layer_ran_submitted_code, place_rustc_info, renew_target, unmount_target,
+};
 use crate::sandbox::{self, Mounts, Sandbox};
 
 /// Environment variables cargo and rustc need; everything else is dropped.
@@ -97,6 +99,9 @@ pub(super) async fn sandboxed_cargo(
         }
     }
     renew_target(settings, sandbox, pipeline).context("renewing target/ from the pristine dependency set")?;
+    if layout.submitted_code().is_some() {
+        mark_layer_ran_submitted_code(root, pipeline).context("recording that the build runs submitted code")?;
+    }
     if let Err(e) = place_rustc_info(settings, sandbox) {
         tracing::warn!(error = %format!("{e:#}"), "cargo's record of rustc could not be put in target/: cargo asks rustc again");
     }

@@ -177,7 +177,7 @@ pub async fn build(
         cargo_ms = (elapsed - spawned).as_millis() as u64,
         "cargo finished"
     );
-    if settings.sandbox.is_some() && status.success() && layout.submitted_code().is_none() {
+    if served.is_some() && status.success() {
         let kept = crate::sandbox::target::keep_rustc_info(settings);
         if let Err(e) = kept {
             tracing::debug!(error = %format!("{e:#}"), "cargo's record of rustc was not kept");
@@ -199,5 +199,10 @@ pub async fn build(
             None
         }
     });
+    // A build the server compiled for that was killed, or hit a limit of its
+    // group, may have left compiles running in it.
+    if status.code().is_none() || group_hit.is_some() {
+        stop_server("the build it served was killed or hit a limit").await;
+    }
     outcome(status, collected, elapsed, &binary.package, &settings.limits, group_hit)
 }

@@ -162,7 +162,6 @@ impl BuildGroup {
         Ok(Join(fds))
     }
 
-    /// SIGKILLs every process in the group.
     /// Moves the member into the group it is already in, which changes nothing but
     /// takes the kernel's cgroup-migration lock once. The first migration after a
     /// quiet spell waits for an RCU grace period (the build's first process joining
@@ -180,6 +179,7 @@ impl BuildGroup {
         }
     }
 
+    /// SIGKILLs every process in the group.
     pub fn kill_all(&self) {
         self.dirs().into_iter().for_each(kill_members);
     }

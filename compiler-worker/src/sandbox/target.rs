@@ -219,8 +219,38 @@ pub(crate) fn place_rustc_info(settings: &BuildSettings, sandbox: &Sandbox) -> a
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e).with_context(|| format!("removing {}", placed.display())),
     }
-    std::fs::copy(&kept, &placed).with_context(|| format!("placing {}", placed.display()))?;
+    // A new file, never through a link (`create_new` is O_EXCL: it fails on any
+    // entry that reappeared at that name).
+    let bytes = std::fs::read(&kept)?;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&placed)
+        .with_context(|| format!("placing {}", placed.display()))?;
+    std::io::Write::write_all(&mut file, &bytes)?;
     super::hand_over(sandbox, &[&placed], &[])?;
+    Ok(())
+}
+
+/// A file of the member's beside a pipeline's layer (never in a sandbox's view):
+/// a build of the pipeline on this worker ran code of its submitter, so what the
+/// layer holds may be that code's doing (a planted proc-macro library, forged
+/// metadata), and every later build on it is treated as one that runs submitted
+/// code (its own cache server, its pipeline's own cache namespace) until the
+/// layer is renewed from the pristine set.
+const RAN_SUBMITTED_CODE: &str = "ran-submitted-code";
+
+/// Whether a build of `pipeline` on this worker ran submitted code into its layer.
+pub(crate) fn layer_ran_submitted_code(build_root: &Path, pipeline: u64) -> bool {
+    BuildRoot::new(build_root).layer(pipeline).join(RAN_SUBMITTED_CODE).exists()
+}
+
+/// Records, after `target/` was renewed and before the build runs, that this
+/// build of `pipeline` runs submitted code.
+pub(crate) fn mark_layer_ran_submitted_code(build_root: &Path, pipeline: u64) -> anyhow::Result<()> {
+    let layer = BuildRoot::new(build_root).layer(pipeline);
+    std::fs::create_dir_all(&layer)?;
+    std::fs::write(layer.join(RAN_SUBMITTED_CODE), b"")?;
     Ok(())
 }
 
@@ -402,9 +432,10 @@ fn swap_target(settings: &BuildSettings, pipeline: u64) -> anyhow::Result<()> {
     if let Some(previous) = owner
         && target.is_dir()
     {
+        // The layer's own files (whether it ran submitted code) stay with it.
         let stash = root.layer(previous);
-        if stash.exists() {
-            std::fs::remove_dir_all(&stash)?;
+        if stash.join("target").exists() {
+            std::fs::remove_dir_all(stash.join("target"))?;
         }
         std::fs::create_dir_all(stash.join("target"))?;
         move_entries(&target, &stash.join("target"))?;

@@ -76,7 +76,11 @@ impl Builds for CargoBuilds {
         };
         // Who may write what others read, decided here from the layout this worker
         // is about to write, before anything of the build runs.
-        let submitted_code = layout.submitted_code();
+        let submitted_code = layout.submitted_code().or_else(|| {
+            sandbox::target::layer_ran_submitted_code(&settings.build_root, pipeline).then(|| {
+                "an earlier build of this pipeline on this worker ran code of its submitter, and what it wrote is in this build's target/".to_owned()
+            })
+        });
         if let Some(sccache) = &self.sccache {
             sccache.set_scope(match &submitted_code {
                 None => Scope::Shared,
@@ -91,6 +95,11 @@ impl Builds for CargoBuilds {
             });
         }
         let mut cache = self.start_cache_run().await;
+        // Only builds that run no submitted code compile through the member's
+        // long-lived server.
+        if let (Some(_), Some(in_sandbox)) = (&submitted_code, cache.wrapper.in_sandbox.as_mut()) {
+            in_sandbox.server = None;
+        }
         let outcome = builder::build(&settings, &cache.wrapper, &layout, pipeline, cancel, &self.shared.progress).await;
         let mut cache_section = self.finish_cache_run(&mut cache.figures, &layout).await;
         if let (Some(why), true) = (&submitted_code, cache.figures.enabled) {

@@ -58,6 +58,15 @@ impl LaidOutCrate {
         let proc_macro = ["proc-macro", "proc_macro"]
             .iter()
             .any(|key| lib.and_then(|l| l.get(key)).is_some_and(|v| v.as_bool() != Some(false)));
-        proc_macro.then(|| format!("crate {package} is a proc-macro"))
+        // cargo also makes a proc-macro of `crate-type = ["proc-macro"]` (with a
+        // warning). Any crate type but those that are only compiled counts.
+        let compiled_only = ["lib", "rlib", "dylib", "cdylib", "staticlib"];
+        let typed = ["crate-type", "crate_type"].iter().any(|key| {
+            lib.and_then(|l| l.get(key)).is_some_and(|v| match v.as_array() {
+                Some(types) => types.iter().any(|t| t.as_str().is_none_or(|t| !compiled_only.contains(&t))),
+                None => true,
+            })
+        });
+        (proc_macro || typed).then(|| format!("crate {package} is a proc-macro"))
     }
 }

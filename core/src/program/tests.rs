@@ -39,7 +39,13 @@ fn code_of_the_submitter_that_runs_at_build_time_is_found() {
         file("operators/ops/Cargo.toml", &(manifest("ops", "").replace("edition", "build = \"gen.rs\"\nedition")));
     renamed.push(file("operators/ops/gen.rs", "fn main() {}"));
     assert_eq!(laid(renamed).submitted_code().as_deref(), Some("crate ops has a build script"));
-    for lib in ["[lib]\nproc-macro = true\n", "[lib]\nproc_macro = true\n"] {
+    for lib in [
+        "[lib]\nproc-macro = true\n",
+        "[lib]\nproc_macro = true\n",
+        "[lib]\ncrate-type = [\"proc-macro\"]\n",
+        "[lib]\ncrate_type = [\"rlib\", \"proc-macro\"]\n",
+        "[lib]\ncrate-type = \"proc-macro\"\n",
+    ] {
         let mut macro_crate = two_crate_program("pub fn run() {}");
         macro_crate[2] = file("operators/ops/Cargo.toml", &format!("{}\n{lib}", manifest("ops", "")));
         assert_eq!(laid(macro_crate).submitted_code().as_deref(), Some("crate ops is a proc-macro"), "{lib}");
@@ -49,6 +55,10 @@ fn code_of_the_submitter_that_runs_at_build_time_is_found() {
         file("operators/ops/Cargo.toml", &manifest("ops", "").replace("edition", "build = false\nedition"));
     switched_off.push(file("operators/ops/build.rs", "fn main() {}"));
     assert_eq!(laid(switched_off).submitted_code(), None, "build = false: cargo runs no build script");
+    let mut plain_types = two_crate_program("pub fn run() {}");
+    plain_types[2] =
+        file("operators/ops/Cargo.toml", &format!("{}\n[lib]\ncrate-type = [\"rlib\"]\n", manifest("ops", "")));
+    assert_eq!(laid(plain_types).submitted_code(), None, "an rlib is only compiled");
 }
 
 #[test]

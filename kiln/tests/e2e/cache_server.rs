@@ -116,6 +116,17 @@ async fn one_server_serves_plain_builds_in_their_own_view(mut farm: Farm, sccach
     let log = log_of(&farm, "scripted").await;
     assert!(log.contains("member server: absent"), "{what}: {log}");
     assert!(!log.contains("long-lived sccache server"), "{what}: its own server: {log}");
+    // Its next version has no build script, but builds on what the last one's
+    // build script may have planted in the pipeline's target/: still its own server
+    // and its own cache namespace.
+    std::fs::remove_file(scripted.join("build.rs")).unwrap();
+    success(&farm, &scripted).await;
+    let log = log_of(&farm, "scripted").await;
+    assert!(
+        log.contains("an earlier build of this pipeline on this worker ran code of its submitter"),
+        "{what}: the layer's past counts: {log}"
+    );
+    assert!(!log.contains("long-lived sccache server"), "{what}: its own server again: {log}");
 
     // The next plain build, of yet another pipeline: the same server, and right.
     let record = success(&farm, &plain(farm.dir.path(), "after", "afterop", "after answer")).await;
