@@ -81,10 +81,9 @@ pub(super) async fn sandboxed_cargo(
     std::fs::copy(root.join("Cargo.lock"), &lockfile).context("copying the workspace lock file for the sandbox")?;
     let target = root.join("target");
     let renewing = Instant::now();
-    let server = match wrapper.in_sandbox.as_ref().and_then(|c| c.server.as_ref()) {
-        Some(server) if layout.submitted_code().is_none() => Some(server),
-        _ => None,
-    };
+    // The worker left the server in the wrapper only for a build that runs no
+    // submitted code (`worker/cargo_builds.rs` decides).
+    let server = wrapper.in_sandbox.as_ref().and_then(|c| c.server.as_ref());
     let for_build = ServerBuild { sandbox, root, limits: settings.limits };
     if let Some(server) = server {
         // The server binds target/ as the plain directory overlays are mounted on.

@@ -7,12 +7,7 @@ use crate::common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::common::{Farm, Member, manifest, test_farm, test_farm_as, text, write_program};
-
-async fn log_of(farm: &Farm, key: &str) -> String {
-    let url = format!("{}/v0/pipelines/{key}/log", farm.url());
-    farm.http.get(url).send().await.unwrap().text().await.unwrap()
-}
+use crate::common::{Farm, Member, log_of, manifest, test_farm, test_farm_as, text, write_program};
 
 /// The one file under `dir` whose path ends with `tail` and holds `part`.
 fn find(dir: &Path, part: &str, tail: &str) -> PathBuf {

@@ -5,18 +5,13 @@
 use crate::common;
 use std::time::Duration;
 
-use crate::common::{Farm, Member, examples, manifest, test_farm, test_farm_as, text, write_program};
+use crate::common::{Farm, Member, examples, log_of, manifest, test_farm, test_farm_as, text, write_program};
 
 async fn one_member_farm() -> Farm {
     let mut farm = test_farm(1);
     farm.start(Member { ordinal: 0, workers: 1, extra: Vec::new() });
     farm.wait_healthy(Duration::from_secs(300)).await;
     farm
-}
-
-async fn log_of(farm: &Farm, key: &str) -> String {
-    let url = format!("{}/v0/pipelines/{key}/log", farm.url());
-    farm.http.get(url).send().await.unwrap().text().await.unwrap()
 }
 
 /// A build script that writes 25 MiB to stderr and then fails, and a program whose

@@ -67,6 +67,12 @@ pub fn test_farm_as(slots: usize, user: std::sync::Arc<kiln_testkit::NonRoot>) -
     Farm::new(setup, slots)
 }
 
+/// A pipeline's build log, as the API serves it.
+pub async fn log_of(farm: &Farm, key: &str) -> String {
+    let url = format!("{}/v0/pipelines/{key}/log", farm.url());
+    farm.http.get(url).send().await.unwrap().text().await.unwrap()
+}
+
 /// Writes a program into a new directory under `parent`.
 pub fn write_program(parent: &Path, name: &str, files: &[(&str, &str)]) -> PathBuf {
     let dir = parent.join(name);
