@@ -133,22 +133,33 @@ pub(super) async fn sandboxed_cargo(
         },
         None => None,
     };
-    let mut command = match &wrapper.in_sandbox {
-        None => {
+    let mut command = match (&wrapper.in_sandbox, shared) {
+        (None, _) => {
             sandbox::hand_over(sandbox, &owned, &[&target])
                 .context("handing the build's directories to the build user")?;
             sandbox.command(&mounts, &cargo, &[])
         }
-        Some(cache) => {
+        // cargo alone: its compiles go to the long-lived server's socket, the only
+        // way out of its sandbox; the member reads the server's figures after it.
+        (Some(cache), Some(socket)) => {
+            sandbox::hand_over(sandbox, &owned, &[&target])
+                .context("handing the build's directories to the build user")?;
+            mounts.writable = vec![socket.clone()];
+            mounts.programs = vec![cache.sccache.clone()];
+            let mut command = sandbox.command(&mounts, &cargo, &[]);
+            command.env("RUSTC_WRAPPER", &cache.sccache).env("SCCACHE_SERVER_UDS", socket);
+            command
+        }
+        // `kiln sandbox-init`: the relay to the gateway, the build's own server,
+        // cargo, and the server's figures written where the worker reads them.
+        (Some(cache), None) => {
             std::fs::write(&cache.stats, b"").context("making the build's cache statistics file")?;
             owned.push(&cache.stats);
             sandbox::hand_over(sandbox, &owned, &[&target])
                 .context("handing the build's directories to the build user")?;
-            // The long-lived server's socket, or the gateway's for a server of its own.
-            let reach = shared.clone().unwrap_or_else(|| cache.gateway.clone());
-            mounts.writable = vec![reach, cache.stats.clone()];
+            mounts.writable = vec![cache.gateway.clone(), cache.stats.clone()];
             mounts.programs = vec![cache.init.clone(), cache.sccache.clone()];
-            let mut args: Vec<OsString> = vec![
+            let args: Vec<OsString> = vec![
                 "sandbox-init".into(),
                 "--relay-port".into(),
                 crate::sandbox::gateway::SANDBOX_PORT.to_string().into(),
@@ -158,19 +169,14 @@ pub(super) async fn sandboxed_cargo(
                 cache.sccache.clone().into(),
                 "--stats".into(),
                 cache.stats.clone().into(),
+                "--".into(),
+                cargo.into(),
             ];
-            if shared.is_some() {
-                args.push("--shared-server".into());
-            }
-            args.extend(["--".into(), cargo.into()]);
             let mut command = sandbox.command(&mounts, &cache.init, &args);
-            command.env("RUSTC_WRAPPER", &cache.sccache);
-            match &shared {
-                Some(socket) => command.env("SCCACHE_SERVER_UDS", socket),
-                None => command
-                    .envs(cache.env.iter().map(|(k, v)| (k, v)))
-                    .env("SCCACHE_SERVER_UDS", SANDBOX_SCCACHE_SOCKET),
-            };
+            command
+                .env("RUSTC_WRAPPER", &cache.sccache)
+                .envs(cache.env.iter().map(|(k, v)| (k, v)))
+                .env("SCCACHE_SERVER_UDS", SANDBOX_SCCACHE_SOCKET);
             command
         }
     };

@@ -19,7 +19,10 @@
 //!   submitted code ever runs in it; no build's scope reaches it.
 //!
 //! **What a build sees of it:** its socket, and nothing else; its compiles run in
-//! the server's sandbox with the build's `target/`.
+//! the server's sandbox with the build's `target/`. Such a build's sandbox runs
+//! cargo alone (no relay, no server of its own); the member reads the server's
+//! figures after the build ([`CacheServer::build_figures`]): what they grew by is
+//! the build's.
 //!
 //! **Invariant:** the server compiles only in the view of the build in hand. Its
 //! sandbox shows `target/` (and the dependency set's directories) by their paths
@@ -41,9 +44,13 @@ use anyhow::{Context, bail};
 use kiln_process::process::Limits;
 
 use super::{Mounts, Sandbox};
+use crate::sccache::stats::{MAX_STATS_BYTES, SccacheStats, parse_stats};
 
 /// How long a new server may take to listen.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long the server may take to say its figures.
+const STATS_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What the member needs to start the server.
 #[derive(Debug)]
@@ -60,6 +67,8 @@ pub struct CacheServer {
     running: tokio::sync::Mutex<Option<Running>>,
     /// Why the last server was stopped, until the next one starts.
     stopped: std::sync::Mutex<Option<String>>,
+    /// Whether a build was readied since the figures were last read.
+    serving: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Debug)]
@@ -73,6 +82,8 @@ struct Running {
     builds: u64,
     /// Why it was started, until its first build is told.
     started_for: Option<String>,
+    /// Its figures when its last build ended (nothing yet when it started).
+    figures: SccacheStats,
 }
 
 /// What the server of a build must match: the sandbox, the build root, and the
@@ -118,6 +129,7 @@ impl CacheServer {
             env,
             running: tokio::sync::Mutex::new(None),
             stopped: std::sync::Mutex::new(None),
+            serving: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -153,10 +165,53 @@ impl CacheServer {
         }
         let server = running.as_mut().context("no cache server runs")?;
         server.builds += 1;
+        self.serving.store(true, std::sync::atomic::Ordering::SeqCst);
         Ok(match server.started_for.take() {
             Some(why) => Served::Started(why),
             None => Served::Kept { builds: server.builds, since: server.started.elapsed() },
         })
+    }
+
+    /// After a build, this build's figures if it compiled through the server (it
+    /// was [readied](Self::ready) since the last call); none for a build that did
+    /// not. The server serves one build at a time, so what its figures grew by
+    /// since the last build ended is this build's; nothing runs inside the build's
+    /// sandbox to count them, and nothing is zeroed before it.
+    pub async fn build_figures(&self) -> Option<anyhow::Result<SccacheStats>> {
+        if !self.serving.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            return None;
+        }
+        let mut running = self.running.lock().await;
+        let Some(server) = running.as_mut() else {
+            return Some(Err(anyhow::anyhow!("the member's cache server was stopped during the build")));
+        };
+        Some(self.figures().await.map(|now| {
+            let build = now.since(&server.figures);
+            server.figures = now;
+            build
+        }))
+    }
+
+    /// The server's figures since it started. The member asks with sccache's own
+    /// client, outside every sandbox, with nothing of its environment: asked for
+    /// figures, the client never starts a server (with none listening it says
+    /// zeros).
+    async fn figures(&self) -> anyhow::Result<SccacheStats> {
+        let mut command = tokio::process::Command::new(&self.sccache);
+        command
+            .args(["--show-stats", "--stats-format=json"])
+            .env_clear()
+            .env("SCCACHE_SERVER_UDS", self.socket())
+            .stdin(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true);
+        let output = tokio::time::timeout(STATS_TIMEOUT, command.output())
+            .await
+            .context("the member's cache server did not say its figures in time")?
+            .with_context(|| format!("running {} --show-stats", self.sccache.display()))?;
+        anyhow::ensure!(output.status.success(), "sccache --show-stats failed ({})", output.status);
+        anyhow::ensure!(output.stdout.len() as u64 <= MAX_STATS_BYTES, "the cache server's figures are too large");
+        parse_stats(&String::from_utf8_lossy(&output.stdout))
     }
 
     /// Whether `server` runs, answers and sees what the member sees; why not.
@@ -258,7 +313,14 @@ impl CacheServer {
         }
         let inside = first_child(bwrap.id().context("bubblewrap has no pid")?)
             .context("finding the cache server's sandbox process")?;
-        Ok(Running { bwrap, inside, started: Instant::now(), builds: 0, started_for: None })
+        Ok(Running {
+            bwrap,
+            inside,
+            started: Instant::now(),
+            builds: 0,
+            started_for: None,
+            figures: SccacheStats::default(),
+        })
     }
 }
 

@@ -1,8 +1,9 @@
 //! The first program of a sandbox (`kiln sandbox-init`), run by bubblewrap inside
-//! it as the build user. In a build's sandbox it runs cargo, through the build's
-//! own sccache server or the member's long-lived one, and writes the server's
-//! statistics where the worker reads them. In the long-lived cache server's
-//! sandbox ([`crate::sandbox::cache_server`]) it runs only that server.
+//! it as the build user. In the sandbox of a build with a server of its own it
+//! starts that server, runs cargo through it, and writes the server's statistics
+//! where the worker reads them. In the long-lived cache server's sandbox
+//! ([`crate::sandbox::cache_server`]) it runs only that server. (A build that
+//! compiles through the long-lived server needs neither: its sandbox runs cargo.)
 //!
 //! Where a server runs here, this program relays the sandbox's private
 //! `127.0.0.1:`[`SANDBOX_PORT`](crate::sandbox::gateway::SANDBOX_PORT) to the cache
@@ -22,11 +23,8 @@ use anyhow::{Context, bail};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ServerMode {
     /// A build that starts its own server in its sandbox (a build that runs code
-    /// of its submitter, or a member without a long-lived server).
+    /// of its submitter, or one whose long-lived server could not be readied).
     Own,
-    /// A build whose compiles go to the member's long-lived server, whose socket
-    /// its sandbox shows at `SCCACHE_SERVER_UDS`.
-    Shared,
     /// The long-lived server's own sandbox: the relay and the server, no build.
     Serve,
 }
@@ -52,7 +50,7 @@ pub struct InitArgs {
 pub async fn run(args: InitArgs) -> i32 {
     let result = match args.mode {
         ServerMode::Serve => serve(&args).await,
-        ServerMode::Own | ServerMode::Shared => run_build(args).await,
+        ServerMode::Own => run_build(args).await,
     };
     match result {
         Ok(code) => code,
@@ -67,11 +65,7 @@ async fn run_build(args: InitArgs) -> anyhow::Result<i32> {
     let (program, rest) = args.command.split_first().context("no build command given")?;
     let mut cargo = tokio::process::Command::new(program);
     cargo.args(rest).stdin(std::process::Stdio::null());
-    let ready = match args.mode {
-        ServerMode::Shared => sccache(&args, "--zero-stats").await.map(drop),
-        _ => start_cache(&args).await,
-    };
-    let cached = match ready {
+    let cached = match start_cache(&args).await {
         Ok(()) => true,
         Err(e) => {
             // The build goes on without the cache, and its log says why.
@@ -82,7 +76,7 @@ async fn run_build(args: InitArgs) -> anyhow::Result<i32> {
     };
     let status = cargo.status().await.with_context(|| format!("starting {}", PathBuf::from(program).display()))?;
     if let (true, Some(file)) = (cached, &args.stats)
-        && let Ok(stats) = sccache(&args, "--show-stats").await
+        && let Ok(stats) = show_stats(&args).await
     {
         let _ = std::fs::write(file, stats);
     }
@@ -90,24 +84,16 @@ async fn run_build(args: InitArgs) -> anyhow::Result<i32> {
     Ok(status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
 }
 
-/// Asks the server one thing (`--zero-stats`, `--show-stats`): its answer.
-async fn sccache(args: &InitArgs, ask: &str) -> anyhow::Result<Vec<u8>> {
-    let mut command = tokio::process::Command::new(&args.sccache);
-    command.arg(ask);
-    if ask == "--show-stats" {
-        command.arg("--stats-format=json");
-    }
-    let output = command
+/// The build's server's statistics (JSON).
+async fn show_stats(args: &InitArgs) -> anyhow::Result<Vec<u8>> {
+    let output = tokio::process::Command::new(&args.sccache)
+        .args(["--show-stats", "--stats-format=json"])
         .stdin(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .output()
         .await
-        .with_context(|| format!("running {} {ask}", args.sccache.display()))?;
-    anyhow::ensure!(
-        output.status.success(),
-        "sccache {ask} failed ({}): is the member's cache server up?",
-        output.status
-    );
+        .with_context(|| format!("running {} --show-stats", args.sccache.display()))?;
+    anyhow::ensure!(output.status.success(), "sccache --show-stats failed ({})", output.status);
     Ok(output.stdout)
 }
 

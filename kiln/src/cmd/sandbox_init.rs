@@ -1,5 +1,6 @@
-//! `kiln sandbox-init` (hidden): the first program of a sandboxed build, or of the
-//! member's long-lived cache server's sandbox, run by the worker inside it. It starts before anything else of `kiln`: no logging
+//! `kiln sandbox-init` (hidden): the first program of a sandboxed build with a
+//! cache server of its own, or of the member's long-lived cache server's sandbox,
+//! run by the worker inside it. It starts before anything else of `kiln`: no logging
 //! of its own (its output is the build's log) and one thread (its processes count
 //! against the build's limit).
 
@@ -20,10 +21,6 @@ pub struct SandboxInitArgs {
     /// Where the build's cache statistics go.
     #[arg(long, required_unless_present = "serve")]
     stats: Option<PathBuf>,
-    /// The build's compiles go to the member's long-lived server (at
-    /// SCCACHE_SERVER_UDS) rather than one of its own.
-    #[arg(long, conflicts_with = "serve")]
-    shared_server: bool,
     /// Run the member's long-lived cache server, and no build.
     #[arg(long)]
     serve: bool,
@@ -47,11 +44,7 @@ pub fn run(args: SandboxInitArgs) -> ExitCode {
         relay_port: args.relay_port,
         gateway: args.gateway,
         sccache: args.sccache,
-        mode: match (args.serve, args.shared_server) {
-            (true, _) => ServerMode::Serve,
-            (false, true) => ServerMode::Shared,
-            (false, false) => ServerMode::Own,
-        },
+        mode: if args.serve { ServerMode::Serve } else { ServerMode::Own },
         stats: args.stats,
         command: args.command,
     }));

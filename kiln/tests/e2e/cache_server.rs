@@ -137,6 +137,13 @@ async fn one_server_serves_plain_builds_in_their_own_view(mut farm: Farm, sccach
     assert!(download.status.success(), "{}", text(&download));
     let ran = std::process::Command::new(&binary).output().unwrap();
     assert_eq!(String::from_utf8_lossy(&ran.stdout), "after answer", "{what}");
+
+    // A build's cache figures are its own, though the server's add up: another
+    // program with the same operator finds it in the cache and compiles nothing.
+    let record = success(&farm, &plain(farm.dir.path(), "again", "afterop", "after answer")).await;
+    assert_eq!(record["cache"]["misses"], 0, "{what}: this build's figures only: {record}");
+    assert!(record["cache"]["hits"].as_u64().unwrap() >= 1, "{what}: the operator came from the cache: {record}");
+    assert!(log_of(&farm, "again").await.contains("long-lived sccache server (build 4 since"), "{what}");
 }
 
 /// Where a member's builds see the build root (the shared path, or its own).

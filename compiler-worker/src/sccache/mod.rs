@@ -6,13 +6,17 @@
 //! [gateway](crate::sandbox::gateway). A build that runs no code of its submitter
 //! compiles through the member's long-lived server
 //! ([`crate::sandbox::cache_server`]), which keeps what it learned of the compiler;
-//! any other runs its own server in its own sandbox. The statistics are zeroed
-//! before each build and read after it, so they are that build's.
+//! any other runs its own server in its own sandbox, whose statistics it writes
+//! where the worker reads them after the build.
 //!
 //! With `--sandbox=off` ([`Sccache`]), each worker runs one server outside, with the
 //! cache's settings; cargo and the build scripts only learn the wrapper's path and
-//! the server's socket. A worker builds one pipeline at a time, so the statistics
-//! read after a build are that build's.
+//! the server's socket.
+//!
+//! A server that outlives builds (the long-lived one, or the one of `--sandbox=off`)
+//! is not zeroed before each: a worker builds one pipeline at a time, so what its
+//! statistics grew by during a build, read after it, are that build's
+//! ([`SccacheStats::since`]).
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -23,25 +27,10 @@ use anyhow::{Context, bail};
 use crate::builder::Wrapper;
 pub use crate::cache_store::CacheStore;
 
-/// One build's figures, read from sccache.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct SccacheStats {
-    pub hits: u64,
-    pub misses: u64,
-    pub non_cacheable: u64,
-    /// Reads and writes of the store that failed (sccache then compiles locally).
-    pub store_errors: u64,
-    /// Time spent serving hits from the store, and compiling misses.
-    pub hit_read_ms: u64,
-    pub miss_compile_ms: u64,
-    /// Compile time the hits saved (what those compilations cost as misses, as
-    /// the cache gateway recorded it with each entry), and the hits whose entry
-    /// had no recorded cost (all of them when builds do not pass the gateway).
-    pub saved_ms: u64,
-    pub hits_without_cost: u64,
-    /// Why sccache did not cache some calls, with counts ("crate-type (bin)": 1).
-    pub not_cached: Vec<(String, u64)>,
-}
+pub mod stats;
+pub use stats::{SccacheStats, parse_stats};
+use stats::read_stats;
+
 
 /// A worker's compile cache.
 #[derive(Debug)]
@@ -64,7 +53,7 @@ impl CompileCache {
     pub async fn before_build(&self) -> anyhow::Result<Wrapper> {
         match self {
             CompileCache::Server(s) => {
-                s.zero_stats().await?;
+                s.ensure_server().await?;
                 Ok(s.wrapper())
             }
             // The statistics file is made afresh by the builder for every build;
@@ -80,13 +69,16 @@ impl CompileCache {
     pub async fn after_build(&self) -> anyhow::Result<SccacheStats> {
         match self {
             CompileCache::Server(s) => {
-                let mut stats = s.stats().await?;
+                let mut stats = s.build_figures().await?;
                 stats.hits_without_cost = stats.hits;
                 Ok(stats)
             }
             CompileCache::Sandboxed(s) => {
                 let savings = s.gateway.take_savings();
-                let mut stats = s.stats()?;
+                let mut stats = match s.server.build_figures().await {
+                    Some(figures) => figures?,
+                    None => s.stats()?,
+                };
                 stats.saved_ms = savings.saved_ms;
                 stats.hits_without_cost = stats.hits.saturating_sub(savings.hits_with_cost);
                 Ok(stats)
@@ -123,9 +115,6 @@ pub struct SandboxedSccache {
     /// The member's long-lived server, started on the first build that may use it.
     server: std::sync::Arc<crate::sandbox::cache_server::CacheServer>,
 }
-
-/// The most of a statistics file that is read (a build could write any amount).
-const MAX_STATS_BYTES: u64 = 1 << 20;
 
 impl SandboxedSccache {
     /// Starts the gateway to `store` in `dir` (the worker's own, closed to builds
@@ -187,27 +176,13 @@ impl SandboxedSccache {
     }
 }
 
-/// The statistics a build's server left in `file`, which the build could have
-/// written anything into: read up to [`MAX_STATS_BYTES`], refused unless they parse.
-fn read_stats(file: &Path) -> anyhow::Result<SccacheStats> {
-    use std::io::Read;
-    let mut bytes = Vec::new();
-    std::fs::File::open(file)
-        .with_context(|| format!("opening {}", file.display()))?
-        .take(MAX_STATS_BYTES)
-        .read_to_end(&mut bytes)
-        .context("reading the build's cache statistics")?;
-    let text = String::from_utf8_lossy(&bytes);
-    if text.trim().is_empty() {
-        bail!("the build's sccache server left no statistics");
-    }
-    parse_stats(&text)
-}
 
 #[derive(Debug, Clone)]
 pub struct Sccache {
-    /// The running server, restarted by [`Sccache::zero_stats`] if it ended.
+    /// The running server, restarted before a build if it ended.
     server: std::sync::Arc<tokio::sync::Mutex<Option<tokio::process::Child>>>,
+    /// The server's figures when the last build ended (nothing when it started).
+    figures: std::sync::Arc<std::sync::Mutex<SccacheStats>>,
     binary: PathBuf,
     /// The server's Unix socket. A socket rather than a port, so a sandboxed build
     /// (which has no network at all) reaches exactly this server and nothing else.
@@ -231,39 +206,6 @@ pub use kiln_process::find_tool;
 /// made its outputs unreadable to the sandbox's build user). It never exits idle.
 const SERVER_IDLE_TIMEOUT_SECONDS: u32 = 0;
 
-fn sum_counts(value: &serde_json::Value) -> u64 {
-    value["counts"].as_object().map(|m| m.values().filter_map(|v| v.as_u64()).sum()).unwrap_or(0)
-}
-
-fn duration_ms(value: &serde_json::Value) -> u64 {
-    value["secs"].as_u64().unwrap_or(0) * 1000 + value["nanos"].as_u64().unwrap_or(0) / 1_000_000
-}
-
-/// Reads the figures out of `sccache --show-stats --stats-format=json`.
-pub fn parse_stats(json: &str) -> anyhow::Result<SccacheStats> {
-    let value: serde_json::Value = serde_json::from_str(json).context("sccache statistics are not JSON")?;
-    let stats = &value["stats"];
-    if !stats.is_object() {
-        bail!("sccache statistics have no \"stats\" object");
-    }
-    Ok(SccacheStats {
-        hits: sum_counts(&stats["cache_hits"]),
-        misses: sum_counts(&stats["cache_misses"]),
-        non_cacheable: stats["non_cacheable_compilations"].as_u64().unwrap_or(0)
-            + stats["requests_not_cacheable"].as_u64().unwrap_or(0),
-        store_errors: sum_counts(&stats["cache_errors"])
-            + stats["cache_read_errors"].as_u64().unwrap_or(0)
-            + stats["cache_write_errors"].as_u64().unwrap_or(0)
-            + stats["cache_timeouts"].as_u64().unwrap_or(0),
-        hit_read_ms: duration_ms(&stats["cache_read_hit_duration"]),
-        miss_compile_ms: duration_ms(&stats["compiler_write_duration"]),
-        not_cached: stats["not_cached"]
-            .as_object()
-            .map(|m| m.iter().filter_map(|(k, v)| Some((k.clone(), v.as_u64()?))).collect())
-            .unwrap_or_default(),
-        ..SccacheStats::default()
-    })
-}
 
 impl Sccache {
     /// Starts this worker's sccache server.
@@ -272,7 +214,7 @@ impl Sccache {
         std::fs::create_dir_all(socket_dir)
             .with_context(|| format!("creating the sccache socket directory {}", socket_dir.display()))?;
         let socket = socket_dir.join("sccache.sock");
-        let sccache = Sccache { server: Default::default(), binary, socket, store };
+        let sccache = Sccache { server: Default::default(), figures: Default::default(), binary, socket, store };
         // A server of an earlier incarnation of this worker may still be listening.
         if sccache.socket.exists() {
             let _ = sccache.run(&["--stop-server"]).await;
@@ -282,7 +224,8 @@ impl Sccache {
         Ok(sccache)
     }
 
-    /// Starts the server unless it runs, and waits until it answers.
+    /// Starts the server unless it runs (with the cache's settings, if it went
+    /// away), and waits until it answers.
     async fn ensure_server(&self) -> anyhow::Result<()> {
         let mut server = self.server.lock().await;
         if let Some(child) = server.as_mut() {
@@ -304,6 +247,7 @@ impl Sccache {
             .stderr(Stdio::null());
         kiln_process::process::own_group_dying_with_parent(&mut command);
         *server = Some(command.spawn().with_context(|| format!("starting {}", self.binary.display()))?);
+        *self.figures.lock().unwrap_or_else(|p| p.into_inner()) = SccacheStats::default();
         drop(server);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         // Only once the server listens: a client that finds no server starts one of
@@ -380,13 +324,16 @@ impl Sccache {
         }
     }
 
-    /// Zeroes the statistics before a build. Also restarts the server, with the
-    /// cache's settings, if it went away.
-    pub async fn zero_stats(&self) -> anyhow::Result<()> {
-        self.ensure_server().await?;
-        self.run(&["--zero-stats"]).await.map(|_| ())
+    /// After a build: what the server's figures grew by since the last one ended.
+    pub async fn build_figures(&self) -> anyhow::Result<SccacheStats> {
+        let now = self.stats().await?;
+        let mut last = self.figures.lock().unwrap_or_else(|p| p.into_inner());
+        let build = now.since(&last);
+        *last = now;
+        Ok(build)
     }
 
+    /// The server's figures since it started.
     pub async fn stats(&self) -> anyhow::Result<SccacheStats> {
         parse_stats(&self.run(&["--show-stats", "--stats-format=json"]).await?)
     }
@@ -395,33 +342,5 @@ impl Sccache {
         if let Err(e) = self.run(&["--stop-server"]).await {
             tracing::warn!(error = %e, "stopping the sccache server");
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A file a build wrote: garbage, a flood, or nothing is an error, never a panic
-    /// or an unbounded read.
-    #[test]
-    fn a_builds_statistics_file_is_read_with_suspicion() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("stats.json");
-        for hostile in [Vec::new(), b"{not json".to_vec(), vec![0xff; 3 << 20], b"{\"stats\": 1}".repeat(1 << 18)] {
-            std::fs::write(&file, &hostile).unwrap();
-            assert!(read_stats(&file).is_err(), "{} bytes of hostile statistics are refused", hostile.len());
-        }
-        assert!(read_stats(&dir.path().join("missing")).is_err());
-    }
-
-    #[test]
-    fn stats_are_summed_over_languages() {
-        let json = r#"{"stats":{"cache_hits":{"counts":{"Rust":7,"C/C++":1}},"cache_misses":{"counts":{"Rust":2}},"non_cacheable_compilations":1,"requests_not_cacheable":3,
-            "cache_read_hit_duration":{"secs":1,"nanos":500000000},"compiler_write_duration":{"secs":3,"nanos":0}}}"#;
-        let stats = parse_stats(json).unwrap();
-        assert_eq!((stats.hits, stats.misses, stats.non_cacheable, stats.store_errors), (8, 2, 4, 0));
-        assert_eq!((stats.hit_read_ms, stats.miss_compile_ms), (1500, 3000));
-        assert!(parse_stats("{}").is_err());
     }
 }
