@@ -28,9 +28,8 @@ use crate::builder::Wrapper;
 pub use crate::cache_store::CacheStore;
 
 pub mod stats;
-pub use stats::{SccacheStats, parse_stats};
 use stats::read_stats;
-
+pub use stats::{SccacheStats, parse_stats};
 
 /// A worker's compile cache.
 #[derive(Debug)]
@@ -176,7 +175,6 @@ impl SandboxedSccache {
     }
 }
 
-
 #[derive(Debug, Clone)]
 pub struct Sccache {
     /// The running server, restarted before a build if it ended.
@@ -205,7 +203,6 @@ pub use kiln_process::find_tool;
 /// as its worker, and with the worker's umask (a daemonized server sets 027, which
 /// made its outputs unreadable to the sandbox's build user). It never exits idle.
 const SERVER_IDLE_TIMEOUT_SECONDS: u32 = 0;
-
 
 impl Sccache {
     /// Starts this worker's sccache server.
