@@ -112,3 +112,48 @@ pub fn limit(command: &mut tokio::process::Command, limits: Limits) {
         });
     }
 }
+
+/// Why a server's socket never answered.
+#[derive(Debug)]
+pub enum NotListening {
+    /// The server ended first, with this status.
+    Ended(std::process::ExitStatus),
+    /// The server could not be waited for.
+    Wait(std::io::Error),
+    /// Nothing accepted a connection within the time given.
+    TimedOut,
+}
+
+impl std::fmt::Display for NotListening {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NotListening::Ended(status) => write!(f, "it ended at once ({status})"),
+            NotListening::Wait(e) => write!(f, "it cannot be waited for ({e})"),
+            NotListening::TimedOut => write!(f, "it did not listen in time"),
+        }
+    }
+}
+
+impl std::error::Error for NotListening {}
+
+/// Waits until `server` (a child just spawned) accepts a connection on the Unix
+/// socket at `socket`, for at most `timeout`; stops as soon as `server` ends.
+pub async fn wait_until_listening(
+    server: &mut tokio::process::Child,
+    socket: &std::path::Path,
+    timeout: std::time::Duration,
+) -> Result<(), NotListening> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(status) = server.try_wait().map_err(NotListening::Wait)? {
+            return Err(NotListening::Ended(status));
+        }
+        if tokio::net::UnixStream::connect(socket).await.is_ok() {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(NotListening::TimedOut);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}

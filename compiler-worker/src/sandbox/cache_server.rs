@@ -295,21 +295,10 @@ impl CacheServer {
         kiln_process::process::own_group_dying_with_parent(&mut command);
         kiln_process::process::limit(&mut command, build.limits);
         let mut bwrap = command.spawn().context("starting the cache server's sandbox")?;
-        let deadline = Instant::now() + START_TIMEOUT;
-        let socket = self.socket();
-        loop {
-            if let Some(status) = bwrap.try_wait()? {
-                let log = std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default();
-                bail!("the cache server's sandbox ended at once ({status}): {}", log.trim());
-            }
-            if socket.exists() && tokio::net::UnixStream::connect(&socket).await.is_ok() {
-                break;
-            }
-            if Instant::now() > deadline {
-                let _ = bwrap.kill().await;
-                bail!("the cache server did not listen on {} within {}s", socket.display(), START_TIMEOUT.as_secs());
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
+        if let Err(e) = kiln_process::process::wait_until_listening(&mut bwrap, &self.socket(), START_TIMEOUT).await {
+            let _ = bwrap.kill().await;
+            let log = std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default();
+            bail!("the cache server did not listen on {}: {e}: {}", self.socket().display(), log.trim());
         }
         let inside = first_child(bwrap.id().context("bubblewrap has no pid")?)
             .context("finding the cache server's sandbox process")?;

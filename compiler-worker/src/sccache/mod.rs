@@ -243,18 +243,15 @@ impl Sccache {
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         kiln_process::process::own_group_dying_with_parent(&mut command);
-        *server = Some(command.spawn().with_context(|| format!("starting {}", self.binary.display()))?);
-        *self.figures.lock().unwrap_or_else(|p| p.into_inner()) = SccacheStats::default();
-        drop(server);
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let mut child = command.spawn().with_context(|| format!("starting {}", self.binary.display()))?;
         // Only once the server listens: a client that finds no server starts one of
         // its own, daemonized.
-        while !self.socket.exists() {
-            if tokio::time::Instant::now() > deadline {
-                bail!("the sccache server did not listen on {} within 30s", self.socket.display());
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        kiln_process::process::wait_until_listening(&mut child, &self.socket, Duration::from_secs(30))
+            .await
+            .with_context(|| format!("the sccache server did not listen on {}", self.socket.display()))?;
+        *server = Some(child);
+        *self.figures.lock().unwrap_or_else(|p| p.into_inner()) = SccacheStats::default();
+        drop(server);
         self.run(&["--show-stats"]).await.map(|_| ()).context("the sccache server does not answer")
     }
 
