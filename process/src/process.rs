@@ -121,15 +121,15 @@ pub enum NotListening {
     /// The server could not be waited for.
     Wait(std::io::Error),
     /// Nothing accepted a connection within the time given.
-    TimedOut,
+    TimedOut(std::time::Duration),
 }
 
 impl std::fmt::Display for NotListening {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            NotListening::Ended(status) => write!(f, "it ended at once ({status})"),
+            NotListening::Ended(status) => write!(f, "it ended before it listened ({status})"),
             NotListening::Wait(e) => write!(f, "it cannot be waited for ({e})"),
-            NotListening::TimedOut => write!(f, "it did not listen in time"),
+            NotListening::TimedOut(after) => write!(f, "it did not listen within {}s", after.as_secs()),
         }
     }
 }
@@ -152,7 +152,7 @@ pub async fn wait_until_listening(
             return Ok(());
         }
         if tokio::time::Instant::now() > deadline {
-            return Err(NotListening::TimedOut);
+            return Err(NotListening::TimedOut(timeout));
         }
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }

@@ -1,6 +1,7 @@
 //! The cargo command lines of the worker: a command with only the toolchain's
 //! environment, cargo as the worker runs it to build the dependency set, cargo in
-//! a build's sandbox (with its own sccache server when the cache is on), and the
+//! a build's sandbox (through the member's long-lived sccache server, or with one
+//! of its own started by `kiln sandbox-init`, when the cache is on), and the
 //! wait that kills cargo's whole process group on cancellation or timeout.
 //!
 //! **Invariant:** nothing but `PATH`, `HOME`, toolchain variables and the cache's

@@ -32,8 +32,8 @@
 //! before each build the member compares what the server sees at those paths
 //! (through `/proc/<pid>/root`) with what it sees itself, device and inode, and
 //! restarts the server when they differ or it cannot tell. It also restarts it
-//! after a build that was cancelled, timed out or stopped, and whenever it does
-//! not answer.
+//! after a build that was cancelled, timed out or stopped, when it ended or its
+//! socket is gone, and when its figures could not be read after a build.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -49,8 +49,10 @@ use crate::sccache::stats::{MAX_STATS_BYTES, SccacheStats, parse_stats};
 /// How long a new server may take to listen.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// How long the server may take to say its figures.
+/// How long the server may take to say its figures, and the memory of the client
+/// that asks (its data segment).
 const STATS_TIMEOUT: Duration = Duration::from_secs(30);
+const STATS_CLIENT_MEMORY: u64 = 1 << 30;
 
 /// What the member needs to start the server.
 #[derive(Debug)]
@@ -176,42 +178,85 @@ impl CacheServer {
     /// was [readied](Self::ready) since the last call); none for a build that did
     /// not. The server serves one build at a time, so what its figures grew by
     /// since the last build ended is this build's; nothing runs inside the build's
-    /// sandbox to count them, and nothing is zeroed before it.
+    /// sandbox to count them, and nothing is zeroed before it. A server whose
+    /// figures cannot be read, or that ended, is replaced for the next build (its
+    /// later figures would mix builds).
     pub async fn build_figures(&self) -> Option<anyhow::Result<SccacheStats>> {
         if !self.serving.swap(false, std::sync::atomic::Ordering::SeqCst) {
             return None;
         }
         let mut running = self.running.lock().await;
         let Some(server) = running.as_mut() else {
-            return Some(Err(anyhow::anyhow!("the member's cache server was stopped during the build")));
+            return Some(Err(anyhow::anyhow!(
+                "the member's cache server was stopped before its figures were read (the build did not end by itself)"
+            )));
         };
-        Some(self.figures().await.map(|now| {
-            let build = now.since(&server.figures);
-            server.figures = now;
-            build
-        }))
+        let read = self.figures().await.and_then(|now| match server.bwrap.try_wait() {
+            Ok(None) => Ok(now),
+            Ok(Some(status)) => Err(anyhow::anyhow!("the member's cache server ended during the build ({status})")),
+            Err(e) => Err(anyhow::anyhow!("the member's cache server cannot be waited for ({e})")),
+        });
+        match read {
+            Ok(now) => {
+                let build = now.since(&server.figures);
+                server.figures = now;
+                Some(Ok(build))
+            }
+            Err(e) => {
+                if let Some(mut old) = running.take() {
+                    stop(&mut old).await;
+                }
+                *self.stopped.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some(format!("its figures could not be read: {e:#}"));
+                Some(Err(e))
+            }
+        }
     }
 
     /// The server's figures since it started. The member asks with sccache's own
-    /// client, outside every sandbox, with nothing of its environment: asked for
-    /// figures, the client never starts a server (with none listening it says
-    /// zeros).
+    /// client, outside every sandbox: asked for figures, the client never starts a
+    /// server (with none listening it says zeros, which the caller refuses when
+    /// the server ended). The answer comes from the server's sandbox, so the client
+    /// gets nothing of the member's environment (a home of its own, no
+    /// configuration), a bounded memory and time, and only its first
+    /// [`MAX_STATS_BYTES`] are read; the socket must be a socket, not a link.
     async fn figures(&self) -> anyhow::Result<SccacheStats> {
+        use std::os::unix::fs::FileTypeExt;
+        use tokio::io::AsyncReadExt;
+        let socket = self.socket();
+        let kind = std::fs::symlink_metadata(&socket).context("the cache server's socket")?.file_type();
+        anyhow::ensure!(kind.is_socket(), "{} is not a socket", socket.display());
         let mut command = tokio::process::Command::new(&self.sccache);
         command
             .args(["--show-stats", "--stats-format=json"])
             .env_clear()
-            .env("SCCACHE_SERVER_UDS", self.socket())
+            .env("HOME", &self.dir)
+            .env("SCCACHE_CONF", self.dir.join("no-sccache-config.toml"))
+            .env("SCCACHE_SERVER_UDS", &socket)
             .stdin(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
             .kill_on_drop(true);
-        let output = tokio::time::timeout(STATS_TIMEOUT, command.output())
+        kiln_process::process::limit_memory(&mut command, STATS_CLIENT_MEMORY);
+        let read = async {
+            let mut child = command.spawn().with_context(|| format!("running {}", self.sccache.display()))?;
+            let (mut out, mut err) = (Vec::new(), Vec::new());
+            let mut stdout = child.stdout.take().context("sccache's output")?.take(MAX_STATS_BYTES + 1);
+            let mut stderr = child.stderr.take().context("sccache's errors")?.take(4096);
+            let (o, e) = tokio::join!(stdout.read_to_end(&mut out), stderr.read_to_end(&mut err));
+            o.and(e).context("reading sccache --show-stats")?;
+            anyhow::ensure!(out.len() as u64 <= MAX_STATS_BYTES, "the cache server's figures are too large");
+            let status = child.wait().await?;
+            anyhow::ensure!(
+                status.success(),
+                "sccache --show-stats failed ({status}): {}",
+                String::from_utf8_lossy(&err).trim()
+            );
+            parse_stats(&String::from_utf8_lossy(&out))
+        };
+        tokio::time::timeout(STATS_TIMEOUT, read)
             .await
             .context("the member's cache server did not say its figures in time")?
-            .with_context(|| format!("running {} --show-stats", self.sccache.display()))?;
-        anyhow::ensure!(output.status.success(), "sccache --show-stats failed ({})", output.status);
-        anyhow::ensure!(output.stdout.len() as u64 <= MAX_STATS_BYTES, "the cache server's figures are too large");
-        parse_stats(&String::from_utf8_lossy(&output.stdout))
     }
 
     /// Whether `server` runs, answers and sees what the member sees; why not.

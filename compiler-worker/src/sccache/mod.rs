@@ -321,6 +321,12 @@ impl Sccache {
     /// After a build: what the server's figures grew by since the last one ended.
     pub async fn build_figures(&self) -> anyhow::Result<SccacheStats> {
         let now = self.stats().await?;
+        // With no server listening the client says zeros: not this build's figures.
+        if let Some(child) = self.server.lock().await.as_mut()
+            && let Ok(Some(status)) = child.try_wait()
+        {
+            bail!("the sccache server ended during the build ({status})");
+        }
         let mut last = self.figures.lock().unwrap_or_else(|p| p.into_inner());
         let build = now.since(&last);
         *last = now;

@@ -80,11 +80,12 @@ pub(crate) fn read_stats(file: &Path) -> anyhow::Result<SccacheStats> {
 }
 
 fn sum_counts(value: &serde_json::Value) -> u64 {
-    value["counts"].as_object().map(|m| m.values().filter_map(|v| v.as_u64()).sum()).unwrap_or(0)
+    value["counts"].as_object().map_or(0, |m| m.values().filter_map(|v| v.as_u64()).fold(0, u64::saturating_add))
 }
 
 fn duration_ms(value: &serde_json::Value) -> u64 {
-    value["secs"].as_u64().unwrap_or(0) * 1000 + value["nanos"].as_u64().unwrap_or(0) / 1_000_000
+    let secs = value["secs"].as_u64().unwrap_or(0);
+    secs.saturating_mul(1000).saturating_add(value["nanos"].as_u64().unwrap_or(0) / 1_000_000)
 }
 
 /// Reads the figures out of `sccache --show-stats --stats-format=json`.
@@ -94,15 +95,17 @@ pub fn parse_stats(json: &str) -> anyhow::Result<SccacheStats> {
     if !stats.is_object() {
         bail!("sccache statistics have no \"stats\" object");
     }
+    // The figures come from a server in a sandbox (or a file a build wrote): no
+    // sum of them may overflow.
+    let count = |key: &str| stats[key].as_u64().unwrap_or(0);
     Ok(SccacheStats {
         hits: sum_counts(&stats["cache_hits"]),
         misses: sum_counts(&stats["cache_misses"]),
-        non_cacheable: stats["non_cacheable_compilations"].as_u64().unwrap_or(0)
-            + stats["requests_not_cacheable"].as_u64().unwrap_or(0),
+        non_cacheable: count("non_cacheable_compilations").saturating_add(count("requests_not_cacheable")),
         store_errors: sum_counts(&stats["cache_errors"])
-            + stats["cache_read_errors"].as_u64().unwrap_or(0)
-            + stats["cache_write_errors"].as_u64().unwrap_or(0)
-            + stats["cache_timeouts"].as_u64().unwrap_or(0),
+            .saturating_add(count("cache_read_errors"))
+            .saturating_add(count("cache_write_errors"))
+            .saturating_add(count("cache_timeouts")),
         hit_read_ms: duration_ms(&stats["cache_read_hit_duration"]),
         miss_compile_ms: duration_ms(&stats["compiler_write_duration"]),
         not_cached: stats["not_cached"]
@@ -138,6 +141,12 @@ mod tests {
         assert_eq!((stats.hits, stats.misses, stats.non_cacheable, stats.store_errors), (8, 2, 4, 0));
         assert_eq!((stats.hit_read_ms, stats.miss_compile_ms), (1500, 3000));
         assert!(parse_stats("{}").is_err());
+        let huge = format!(
+            r#"{{"stats":{{"cache_hits":{{"counts":{{"a":{m},"b":{m}}}}},"cache_read_errors":{m},"cache_timeouts":{m},"cache_read_hit_duration":{{"secs":{m},"nanos":0}}}}}}"#,
+            m = u64::MAX
+        );
+        let stats = parse_stats(&huge).unwrap();
+        assert_eq!((stats.hits, stats.store_errors, stats.hit_read_ms), (u64::MAX, u64::MAX, u64::MAX));
     }
 
     /// A long-lived server's figures are cumulative: a build's are the difference,

@@ -177,7 +177,7 @@ impl CargoBuilds {
         CacheFigures { enabled: false, note: self.cache_note.clone(), ..Default::default() }
     }
 
-    /// Zeroes sccache's statistics, so that after the build they are this build's.
+    /// Readies the compile cache for a build (after it, its figures are read).
     async fn start_cache_run(&self) -> CacheRun {
         let Some(sccache) = &self.sccache else {
             return CacheRun { wrapper: Wrapper::default(), figures: self.cache_off_figures() };
