@@ -23,13 +23,25 @@ fn chart() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../helm/kiln").canonicalize().unwrap()
 }
 
-fn helm() -> PathBuf {
-    let tools = Path::new(&std::env::var_os("HOME").unwrap_or_default()).join(".cache/kiln/tools/bin/helm");
+/// Kiln's tools directory (`scripts/install-deps`): `$KILN_TOOLS_DIR`, else
+/// `~/.cache/kiln/tools`.
+fn tools() -> PathBuf {
     std::env::var_os("KILN_TOOLS_DIR")
-        .map(|d| Path::new(&d).join("bin/helm"))
-        .filter(|p| p.is_file())
-        .or_else(|| tools.is_file().then_some(tools))
-        .expect("helm is installed: run scripts/install-deps")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(&std::env::var_os("HOME").unwrap_or_default()).join(".cache/kiln/tools"))
+}
+
+fn helm() -> PathBuf {
+    let helm = tools().join("bin/helm");
+    assert!(helm.is_file(), "helm is installed at {}: run scripts/install-deps", helm.display());
+    helm
+}
+
+/// The Python of the virtual environment that holds kubernetes-validate and PyYAML.
+fn python() -> PathBuf {
+    let python = tools().join("python/bin/python3");
+    assert!(python.is_file(), "kubernetes-validate's environment is at {}: run scripts/install-deps", python.display());
+    python
 }
 
 /// `helm template` with `--set` values; the rendered YAML, or the failure's text.
@@ -45,7 +57,7 @@ fn render(sets: &[&str]) -> Result<String, String> {
 
 /// Parses multi-document YAML with PyYAML (a dependency of kubernetes-validate).
 fn documents(yaml: &str) -> Vec<Value> {
-    let mut child = Command::new("python3")
+    let mut child = Command::new(python())
         .args(["-c", "import json, sys, yaml; print(json.dumps([d for d in yaml.safe_load_all(sys.stdin) if d]))"])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
@@ -156,7 +168,7 @@ fn the_chart_lints_renders_and_validates() {
         let file = dir.path().join(format!("{name}.yaml"));
         std::fs::write(&file, &yaml).unwrap();
         let validate =
-            Command::new("python3").args(["-m", "kubernetes_validate", "--strict"]).arg(&file).output().unwrap();
+            Command::new(python()).args(["-m", "kubernetes_validate", "--strict"]).arg(&file).output().unwrap();
         let output = text(&validate);
         assert!(validate.status.success(), "{name} passes kubernetes-validate --strict: {output}");
         let built_in = documents(&yaml).iter().filter(|d| !CRD_KINDS.iter().any(|kind| d["kind"] == *kind)).count();
