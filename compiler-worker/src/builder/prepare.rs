@@ -214,6 +214,9 @@ pub async fn prepare_profile(settings: &BuildSettings) -> anyhow::Result<()> {
     let target = root.join("target");
     std::fs::create_dir_all(&target)?;
     copy_tree(&root.join(PRISTINE), &target).await?;
+    // The set alone, as at startup: the workspace the last build left names its
+    // crates, which the disk watermarks may have pruned since.
+    write_workspace(root, &["depset".to_owned()], &settings.depset)?;
     build_depset(settings, &Wrapper::default()).await?;
     std::fs::write(target.join(&marker_name), b"")?;
     keep_pristine(root, &marker_name).await?;

@@ -44,7 +44,12 @@ fn real_set() -> PathBuf {
     if !dir.join("resolved.json").is_file() {
         let source = tempfile::tempdir().unwrap();
         std::fs::write(source.path().join("Cargo.toml"), MANIFEST).unwrap();
+        // With a cargo home of its own: resolving against crates.io rewrites the
+        // registry's index cache, which the farms of other tests, building offline
+        // at the same moment, read (a first run on a fresh machine once saw
+        // "no matching package named `serde_json`" in such a farm).
         let made = Command::new(KILN)
+            .env("CARGO_HOME", root.join("cargo-home"))
             .args(["depset", "create"])
             .arg(source.path().join("Cargo.toml"))
             .arg("-o")

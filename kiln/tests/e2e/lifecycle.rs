@@ -333,6 +333,39 @@ async fn a_full_volume_loses_nothing_and_the_farm_builds_again_once_space_is_fre
     assert!(farm.member(0).running() && farm.member(1).running(), "no member was restarted");
 }
 
+/// A member whose volume is always above its high watermark (1 %) prunes every
+/// crate and older layer it can before each claim: it still builds each version
+/// and each profile, the first release build prebuilding the release set in a
+/// build root whose last workspace names crates pruned since.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_member_that_prunes_before_every_claim_still_builds_every_version_and_profile() {
+    let mut farm = test_farm(1);
+    let watermarks = vec!["--disk-high-watermark=1".to_owned(), "--disk-critical-watermark=100".to_owned()];
+    farm.start(Member { ordinal: 0, workers: 1, extra: watermarks });
+    farm.wait_healthy(Duration::from_secs(300)).await;
+    let url = farm.url();
+    let submit = |dir: &Path, name: &str, profile: &str| {
+        let output = Command::new(KILN)
+            .arg("submit")
+            .arg(dir)
+            .args(["--name", name, "--profile", profile, "--wait", "--timeout=15m", &format!("--leader={url}")])
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{name} ({profile}) builds: {}", text(&output));
+    };
+    let first = program(farm.dir.path(), "pruned", "version one");
+    submit(&first, "pruned", "dev");
+    assert_eq!(download_and_run(&farm, "pruned"), "version one\n");
+    std::fs::write(first.join("src/main.rs"), "fn main() { println!(\"version two\"); }\n").unwrap();
+    submit(&first, "pruned", "dev");
+    assert_eq!(download_and_run(&farm, "pruned"), "version two\n");
+    submit(&first, "pruned-release", "release");
+    assert_eq!(download_and_run(&farm, "pruned-release"), "version two\n");
+    let log = farm.member_log(0);
+    assert!(log.contains("pruned the least recently used crates"), "the member pruned before its claims");
+    assert!(log.contains("dependency set prebuilt in this profile"), "the release set was prebuilt on demand");
+}
+
 fn base64_of(bytes: &[u8]) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(bytes)
