@@ -206,6 +206,13 @@ impl Farm {
         if self.setup.open_api && !member.extra.iter().any(|a| a.starts_with("--api-token")) {
             options.push("--no-api-token=true".into());
         }
+        // A test's build root is on the machine's own disk, however full it is:
+        // pruning (above the high watermark, 85 % by default) would take the crates
+        // and targets that tests of reuse look for. Tests of the watermarks set
+        // their own.
+        if !member.extra.iter().any(|a| a.starts_with("--disk-")) {
+            options.extend(["--disk-high-watermark=98".into(), "--disk-critical-watermark=99.9".into()]);
+        }
         if let Some(certs) = &self.tls {
             options.extend(certs.server_options());
         }
