@@ -48,8 +48,17 @@ fn real_set() -> PathBuf {
         // registry's index cache, which the farms of other tests, building offline
         // at the same moment, read (a first run on a fresh machine once saw
         // "no matching package named `serde_json`" in such a farm).
+        let cargo_home = root.join("cargo-home");
+        std::fs::create_dir_all(&cargo_home).unwrap();
+        let own_home = std::env::var_os("CARGO_HOME").map_or_else(|| home.join(".cargo"), PathBuf::from);
+        for config in ["config.toml", "config", "credentials.toml"] {
+            // A registry mirror or proxy the user configured applies here too.
+            if own_home.join(config).is_file() {
+                std::fs::copy(own_home.join(config), cargo_home.join(config)).unwrap();
+            }
+        }
         let made = Command::new(KILN)
-            .env("CARGO_HOME", root.join("cargo-home"))
+            .env("CARGO_HOME", &cargo_home)
             .args(["depset", "create"])
             .arg(source.path().join("Cargo.toml"))
             .arg("-o")

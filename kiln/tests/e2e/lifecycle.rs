@@ -271,7 +271,10 @@ async fn a_full_volume_loses_nothing_and_the_farm_builds_again_once_space_is_fre
     let mut volume = SmallVolume::mount(&farm.member_dir(0), 48);
     volume.bind(real_build.path(), "build");
     // The product's default watermarks, not the test kit's.
-    let watermarks = || vec!["--disk-high-watermark=85".to_owned(), "--disk-critical-watermark=95".to_owned()];
+    let marks = kiln_core::disk::Watermarks::default();
+    let watermarks = || {
+        vec![format!("--disk-high-watermark={}", marks.high), format!("--disk-critical-watermark={}", marks.critical)]
+    };
     farm.start(Member { ordinal: 0, workers: 2, extra: watermarks() });
     farm.start(Member { ordinal: 1, workers: 2, extra: watermarks() });
     farm.wait_healthy(Duration::from_secs(300)).await;
