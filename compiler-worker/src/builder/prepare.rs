@@ -214,9 +214,6 @@ pub async fn prepare_profile(settings: &BuildSettings) -> anyhow::Result<()> {
     let target = root.join("target");
     std::fs::create_dir_all(&target)?;
     copy_tree(&root.join(PRISTINE), &target).await?;
-    // The set alone, as at startup: the workspace the last build left names its
-    // crates, which the disk watermarks may have pruned since.
-    write_workspace(root, &["depset".to_owned()], &settings.depset)?;
     build_depset(settings, &Wrapper::default()).await?;
     std::fs::write(target.join(&marker_name), b"")?;
     keep_pristine(root, &marker_name).await?;
@@ -231,6 +228,9 @@ pub async fn prepare_profile(settings: &BuildSettings) -> anyhow::Result<()> {
 async fn build_depset(settings: &BuildSettings, wrapper: &Wrapper) -> anyhow::Result<()> {
     tracing::info!(profile = %settings.profile, "building the dependency set (once per machine or image)");
     let started = Instant::now();
+    // In the set's own workspace: the one the last build left names its crates,
+    // which the disk watermarks may have pruned since.
+    write_workspace(&settings.build_root, &["depset".to_owned()], &settings.depset)?;
     // Not offline: a fresh machine may still have to fetch the set's crates. Pipeline
     // builds are offline.
     let mut command = cargo_command(settings, wrapper);
